@@ -1,1 +1,16 @@
+//! PostgreSQL for Sluice: a logical-replication source (pgoutput) and a replica/changelog
+//! sink. They live together because they share type mapping and identifier quoting.
 
+mod catalog;
+pub mod check;
+mod copytext;
+mod error;
+mod ident;
+pub mod pgoutput;
+mod replication;
+mod sink;
+mod source;
+
+pub use error::PgError;
+pub use sink::{row_json, PgSink, CHECKPOINT_TABLE};
+pub use source::PgSource;

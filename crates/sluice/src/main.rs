@@ -1,1 +1,135 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice_config::{PipelineConfig, SinkConfig, SourceConfig};
+use tokio::sync::watch;
+
+/// Sluice: capture row changes from operational databases and deliver them, in one binary.
+#[derive(Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a pipeline in the foreground until SIGINT/SIGTERM, then flush, commit and exit.
+    Run {
+        /// Pipeline file (TOML)
+        pipeline: PathBuf,
+    },
+    /// Validate a pipeline file and run preflight checks against its servers.
+    Check {
+        /// Pipeline file (TOML)
+        pipeline: PathBuf,
+    },
+    /// Start a local source and replica with sample data and a workload, and watch the replica
+    /// follow. Needs only the PostgreSQL server packages (scripts/setup.sh installs them).
+    Playground(sluice::playground::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Run { pipeline } => run(pipeline).await,
+            Cmd::Check { pipeline } => check(pipeline).await,
+            Cmd::Playground(args) => match sluice::playground::run(args, stop_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        }
+    })
+}
+
+/// A watch that turns true on SIGINT or SIGTERM.
+fn stop_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            eprintln!("error: cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+fn load(path: &PathBuf) -> Result<PipelineConfig, ExitCode> {
+    PipelineConfig::load(path).map_err(|e| {
+        eprintln!("error: {}: {e}", path.display());
+        ExitCode::from(2)
+    })
+}
+
+async fn run(path: PathBuf) -> ExitCode {
+    let cfg = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match sluice::run_with_retry(&cfg, stop_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", sluice::chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn check(path: PathBuf) -> ExitCode {
+    let cfg = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!("ok    config: {} is valid", path.display());
+    let mut results = Vec::new();
+    match &cfg.source {
+        SourceConfig::Postgres(pg) => results.extend(sluice_postgres::check::check_source(pg, &cfg.slot_name()).await),
+    }
+    for (i, s) in cfg.sinks.iter().enumerate() {
+        match s {
+            SinkConfig::Postgres(pg) => results.extend(sluice_postgres::check::check_sink(pg, &format!("sink[{i}]")).await),
+        }
+    }
+    let mut failed = 0;
+    for r in &results {
+        let detail = if r.detail.is_empty() { String::new() } else { format!("  ({})", r.detail) };
+        if r.ok {
+            println!("ok    {}{detail}", r.name);
+        } else {
+            failed += 1;
+            println!("FAIL  {}: {}", r.name, r.detail);
+        }
+    }
+    if failed > 0 {
+        println!("{failed} check(s) failed");
+        ExitCode::FAILURE
+    } else {
+        println!("all checks passed");
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,103 @@
+use sluice_core::{ConnectorError, ErrorClass};
+
+/// Errors of the PostgreSQL connector.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The network connection failed or closed.
+    #[error("connection to {what} failed: {source}")]
+    Io {
+        /// Which connection
+        what: &'static str,
+        /// Cause
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server reported an error.
+    #[error("{what}: server error {code}: {message}{}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default(), hint.as_deref().map(|h| format!("; hint: {h}")).unwrap_or_default())]
+    Server {
+        /// What we were doing
+        what: String,
+        /// SQLSTATE
+        code: String,
+        /// Primary message
+        message: String,
+        /// DETAIL field
+        detail: Option<String>,
+        /// HINT field
+        hint: Option<String>,
+    },
+    /// A normal (non-replication) connection or query failed.
+    #[error("{what}: {source}")]
+    Client {
+        /// What we were doing
+        what: String,
+        /// Cause
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The server sent something we did not expect.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A setup problem the user must fix; says how.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Attaches context to a tokio-postgres result.
+pub(crate) trait Ctx<T> {
+    fn ctx(self, what: impl Into<String>) -> Result<T, PgError>;
+}
+
+impl<T> Ctx<T> for Result<T, tokio_postgres::Error> {
+    fn ctx(self, what: impl Into<String>) -> Result<T, PgError> {
+        self.map_err(|source| PgError::Client { what: what.into(), source })
+    }
+}
+
+fn class_of_sqlstate(code: &str) -> ErrorClass {
+    match &code[..code.len().min(2)] {
+        // connection exceptions, insufficient resources, operator intervention, system errors,
+        // serialization failures and deadlocks, lock timeouts
+        "08" | "53" | "57" | "58" | "40" | "55" => ErrorClass::Transient,
+        // privileges, undefined objects, invalid configuration
+        "42" | "28" | "3D" | "F0" => ErrorClass::Fatal,
+        // data exceptions and integrity violations: this record is bad
+        "22" | "23" => ErrorClass::Definite,
+        _ => ErrorClass::Transient,
+    }
+}
+
+impl PgError {
+    /// How the runtime should react.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            PgError::Io { .. } | PgError::Protocol(_) => ErrorClass::Transient,
+            PgError::Server { code, .. } => class_of_sqlstate(code),
+            PgError::Client { source, .. } => match source.code() {
+                Some(state) => class_of_sqlstate(state.code()),
+                None => ErrorClass::Transient,
+            },
+            PgError::Setup(_) => ErrorClass::Fatal,
+        }
+    }
+}
+
+impl From<PgError> for ConnectorError {
+    fn from(e: PgError) -> Self {
+        let class = e.class();
+        let text = match &e {
+            // tokio-postgres' Display hides the server's message behind "db error"
+            PgError::Client { what, source } => match source.as_db_error() {
+                Some(db) => format!(
+                    "{what}: {} {}{}",
+                    db.code().code(),
+                    db.message(),
+                    db.hint().map(|h| format!("; hint: {h}")).unwrap_or_default()
+                ),
+                None => e.to_string(),
+            },
+            _ => e.to_string(),
+        };
+        ConnectorError::new(class, text, e)
+    }
+}

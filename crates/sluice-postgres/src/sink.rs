@@ -1,0 +1,750 @@
+//! PostgreSQL sink: a live replica, or a change log.
+//!
+//! ```text
+//!  write(event) ──▶ per-table pending map (key ─▶ last op)     replica mode
+//!               ──▶ per-table list of change rows              changelog mode
+//!        │  when max_rows are buffered: written out inside the open target transaction
+//!        ▼
+//!  commit() ──▶ write out, upsert sluice.checkpoints row, COMMIT ──▶ Checkpoint
+//! ```
+//!
+//! Exactly once: the checkpoint row (pipeline, sink) is written in the same target
+//! transaction as the rows it covers, and a target transaction only ever ends at a source
+//! transaction boundary. After a crash the target holds whole source transactions up to the
+//! stored position and nothing after it; the runtime replays from there and skips anything at
+//! or before it.
+//!
+//! Replica mode collapses changes per key within a batch (the last operation wins), then
+//! applies deletes, upserts (`INSERT .. SELECT .. FROM unnest($1::text[], ..) ON CONFLICT DO
+//! UPDATE`) and partial updates for rows with unchanged TOAST values (`UPDATE .. FROM
+//! unnest(..)`, setting only the columns that were sent). Values travel as bound text
+//! parameters and are cast to each target column's type by the server.
+//!
+//! Errors: connection failures are transient (the transaction rolls back, the runtime replays);
+//! a target whose shape cannot be made to match is fatal with the table named.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sluice_config::{PgSinkConfig, SinkMode};
+use sluice_core::{
+    BatchPolicy, Change, Checkpoint, ConnectorError, DataType, Event, Op, Position, Row, Sink, TableId, TableSchema,
+    TxnMeta, Value,
+};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Statement};
+use tracing::{debug, info};
+
+use crate::catalog;
+use crate::error::{Ctx, PgError};
+use crate::ident::{qualified, quote_ident, quote_literal};
+
+/// Name of the checkpoint table inside `checkpoint_schema`.
+pub const CHECKPOINT_TABLE: &str = "checkpoints";
+
+/// The PostgreSQL sink.
+pub struct PgSink {
+    name: String,
+    cfg: PgSinkConfig,
+    pipeline: String,
+    sink_id: String,
+    client: Option<Client>,
+    in_tx: bool,
+    targets: HashMap<TableId, Target>,
+    pending: HashMap<TableId, Pending>,
+    buffered: usize,
+    uncommitted_rows: usize,
+    stored: Checkpoint,
+    reached: Checkpoint,
+    dirty: bool,
+    txn: Option<TxnMeta>,
+    statements: HashMap<String, Statement>,
+}
+
+/// What the target table looks like.
+struct Target {
+    /// Source schema version the target was last reconciled with.
+    version: u64,
+    /// Qualified target name.
+    name: String,
+    /// Target column types (as `format_type` prints them), by column name.
+    types: HashMap<String, String>,
+}
+
+struct Pending {
+    schema: Arc<TableSchema>,
+    /// Replica mode: last operation per key, in first-seen order.
+    by_key: HashMap<Vec<Option<String>>, usize>,
+    ops: Vec<Option<PendingOp>>,
+    /// Changelog mode: rows to append.
+    log: Vec<LogRow>,
+}
+
+enum PendingOp {
+    Upsert(Row),
+    Delete(Vec<Option<String>>),
+}
+
+struct LogRow {
+    op: &'static str,
+    before: Option<String>,
+    after: Option<String>,
+    lsn: Option<String>,
+    xid: Option<String>,
+    commit_ts: Option<String>,
+}
+
+impl PgSink {
+    /// A sink named `sink[index]` of pipeline `pipeline`.
+    pub fn new(cfg: PgSinkConfig, pipeline: &str, index: usize) -> Self {
+        PgSink {
+            name: format!("sink[{index}] postgres {}", cfg.mode),
+            pipeline: pipeline.to_string(),
+            sink_id: format!("sink{index}"),
+            cfg,
+            client: None,
+            in_tx: false,
+            targets: HashMap::new(),
+            pending: HashMap::new(),
+            buffered: 0,
+            uncommitted_rows: 0,
+            stored: Checkpoint::default(),
+            reached: Checkpoint::default(),
+            dirty: false,
+            txn: None,
+            statements: HashMap::new(),
+        }
+    }
+
+    fn client(&self) -> Result<&Client, PgError> {
+        self.client.as_ref().ok_or_else(|| PgError::Protocol("sink used before open".into()))
+    }
+
+    fn checkpoint_table(&self) -> String {
+        format!("{}.{}", quote_ident(&self.cfg.checkpoint_schema), quote_ident(CHECKPOINT_TABLE))
+    }
+
+    async fn begin(&mut self) -> Result<(), PgError> {
+        if !self.in_tx {
+            self.client()?.batch_execute("BEGIN").await.ctx("begin target transaction")?;
+            self.in_tx = true;
+        }
+        Ok(())
+    }
+
+    async fn statement(&mut self, sql: String, params: usize) -> Result<Statement, PgError> {
+        if let Some(s) = self.statements.get(&sql) {
+            return Ok(s.clone());
+        }
+        let types = vec![Type::TEXT_ARRAY; params];
+        let st = self.client()?.prepare_typed(&sql, &types).await.ctx(format!("prepare {}", head(&sql)))?;
+        self.statements.insert(sql, st.clone());
+        Ok(st)
+    }
+
+    fn target_name(&self, id: &TableId) -> TableId {
+        match self.cfg.mode {
+            SinkMode::Replica => id.clone(),
+            SinkMode::Changelog => TableId::new(id.schema.clone(), format!("{}{}", id.name, self.cfg.changelog_suffix)),
+        }
+    }
+
+    /// Creates or widens the target table for `schema`.
+    async fn ensure_target(&mut self, schema: &TableSchema) -> Result<(), PgError> {
+        if self.targets.get(&schema.id).is_some_and(|t| t.version == schema.version) {
+            return Ok(());
+        }
+        self.begin().await?;
+        let tid = self.target_name(&schema.id);
+        let name = qualified(&tid);
+        let client = self.client()?;
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&tid.schema)))
+            .await
+            .ctx(format!("create schema {}", tid.schema))?;
+        let existing = target_columns(client, &name).await?;
+        if self.cfg.mode == SinkMode::Changelog {
+            if existing.is_empty() {
+                client
+                    .batch_execute(&format!(
+                        "CREATE TABLE {name} (sluice_seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+                         op text NOT NULL, before jsonb, after jsonb, source_table text NOT NULL, \
+                         lsn pg_lsn, xid bigint, commit_ts timestamptz)"
+                    ))
+                    .await
+                    .ctx(format!("create changelog table {tid}"))?;
+                info!(table = %tid, "created changelog table");
+            }
+            self.targets.insert(schema.id.clone(), Target { version: schema.version, name, types: HashMap::new() });
+            return Ok(());
+        }
+        for c in &schema.columns {
+            ensure_enum(client, &c.data_type, &c.native_type).await?;
+        }
+        if existing.is_empty() {
+            let cols = schema
+                .columns
+                .iter()
+                .map(|c| format!("{} {}{}", quote_ident(&c.name), c.native_type, if c.key { " NOT NULL" } else { "" }))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let key = schema.columns.iter().filter(|c| c.key).map(|c| quote_ident(&c.name)).collect::<Vec<_>>();
+            client
+                .batch_execute(&format!("CREATE TABLE {name} ({cols}, PRIMARY KEY ({}))", key.join(", ")))
+                .await
+                .ctx(format!("create replica table {tid}"))?;
+            info!(table = %tid, "created replica table");
+        } else {
+            for c in &schema.columns {
+                if !existing.iter().any(|(n, _)| *n == c.name) {
+                    client
+                        .batch_execute(&format!(
+                            "ALTER TABLE {name} ADD COLUMN {} {}",
+                            quote_ident(&c.name),
+                            c.native_type
+                        ))
+                        .await
+                        .ctx(format!("add column {} to {tid}", c.name))?;
+                    info!(table = %tid, column = %c.name, "added column to replica");
+                }
+            }
+        }
+        let types = target_columns(client, &name).await?.into_iter().collect();
+        self.targets.insert(schema.id.clone(), Target { version: schema.version, name, types });
+        Ok(())
+    }
+
+    async fn accept_change(&mut self, change: &Change) -> Result<(), PgError> {
+        let schema = &change.table;
+        let stale = self.pending.get(&schema.id).is_some_and(|p| p.schema.version != schema.version);
+        if stale {
+            self.write_table(&schema.id).await?;
+        }
+        self.ensure_target(schema).await?;
+        self.uncommitted_rows += 1;
+        self.dirty = true;
+        if self.cfg.mode == SinkMode::Changelog {
+            let row = self.log_row(change);
+            self.pending_for(schema).log.push(row);
+            self.buffered += 1;
+            return Ok(());
+        }
+        let key_idx = schema.key_indexes();
+        let key_of = |r: &Row| -> Vec<Option<String>> { key_idx.iter().map(|&i| r[i].as_text().map(str::to_string)).collect() };
+        match &change.op {
+            Op::Truncate => {
+                self.pending.remove(&schema.id);
+                self.begin().await?;
+                let name = qualified(&schema.id);
+                self.client()?.batch_execute(&format!("TRUNCATE {name}")).await.ctx(format!("truncate {name}"))?;
+            }
+            Op::Read { after } | Op::Insert { after } => {
+                let key = key_of(after);
+                self.put(schema, key, PendingOp::Upsert(after.clone()));
+            }
+            Op::Update { before, after } => {
+                let new_key = key_of(after);
+                let old_key = before.as_ref().map(&key_of).filter(|k| k.iter().all(Option::is_some));
+                let key_changed = old_key.as_ref().is_some_and(|k| *k != new_key);
+                if key_changed && after.contains(&Value::Unchanged) {
+                    // Values we were not sent live only in the old row: move it in place.
+                    self.write_table(&schema.id).await?;
+                    let old = old_key.unwrap_or_default();
+                    self.update_in_place(schema, &[(old, after.clone())], true).await?;
+                    return Ok(());
+                }
+                if let Some(old) = old_key.filter(|_| key_changed) {
+                    self.put(schema, old, PendingOp::Delete(Vec::new()));
+                }
+                self.put(schema, new_key, PendingOp::Upsert(after.clone()));
+            }
+            Op::Delete { before } => {
+                let key = key_of(before);
+                self.put(schema, key, PendingOp::Delete(Vec::new()));
+            }
+        }
+        if self.buffered >= self.cfg.batch.max_rows {
+            self.write_all().await?;
+        }
+        Ok(())
+    }
+
+    fn pending_for(&mut self, schema: &Arc<TableSchema>) -> &mut Pending {
+        self.pending.entry(schema.id.clone()).or_insert_with(|| Pending {
+            schema: schema.clone(),
+            by_key: HashMap::new(),
+            ops: Vec::new(),
+            log: Vec::new(),
+        })
+    }
+
+    fn put(&mut self, schema: &Arc<TableSchema>, key: Vec<Option<String>>, op: PendingOp) {
+        let p = self.pending_for(schema);
+        let op = match op {
+            PendingOp::Delete(_) => PendingOp::Delete(key.clone()),
+            other => other,
+        };
+        match p.by_key.get(&key) {
+            Some(&i) => {
+                let merged = match (p.ops[i].take(), op) {
+                    // An update that did not resend TOASTed values keeps the ones buffered.
+                    (Some(PendingOp::Upsert(prev)), PendingOp::Upsert(mut next)) => {
+                        for (n, p) in next.iter_mut().zip(prev) {
+                            if *n == Value::Unchanged {
+                                *n = p;
+                            }
+                        }
+                        PendingOp::Upsert(next)
+                    }
+                    (_, op) => op,
+                };
+                p.ops[i] = Some(merged);
+            }
+            None => {
+                p.by_key.insert(key, p.ops.len());
+                p.ops.push(Some(op));
+                self.buffered += 1;
+            }
+        }
+    }
+
+    async fn write_all(&mut self) -> Result<(), PgError> {
+        let ids: Vec<TableId> = self.pending.keys().cloned().collect();
+        for id in ids {
+            self.write_table(&id).await?;
+        }
+        self.buffered = 0;
+        Ok(())
+    }
+
+    /// Writes out one table's buffered changes inside the open target transaction.
+    async fn write_table(&mut self, id: &TableId) -> Result<(), PgError> {
+        let Some(p) = self.pending.remove(id) else { return Ok(()) };
+        self.begin().await?;
+        let n = p.ops.len() + p.log.len();
+        self.buffered = self.buffered.saturating_sub(n);
+        if !p.log.is_empty() {
+            return self.append_log(&p.schema, p.log).await;
+        }
+        let schema = p.schema;
+        let key_idx = schema.key_indexes();
+        let mut deletes: Vec<Vec<Option<String>>> = Vec::new();
+        let mut upserts: Vec<Row> = Vec::new();
+        let mut partial: HashMap<Vec<bool>, Vec<(Vec<Option<String>>, Row)>> = HashMap::new();
+        for op in p.ops.into_iter().flatten() {
+            match op {
+                PendingOp::Delete(k) => deletes.push(k),
+                PendingOp::Upsert(r) if r.contains(&Value::Unchanged) => {
+                    let mask = r.iter().map(|v| *v != Value::Unchanged).collect();
+                    let key = key_idx.iter().map(|&i| r[i].as_text().map(str::to_string)).collect();
+                    partial.entry(mask).or_default().push((key, r));
+                }
+                PendingOp::Upsert(r) => upserts.push(r),
+            }
+        }
+        if !deletes.is_empty() {
+            self.delete_rows(&schema, &deletes).await?;
+        }
+        if !upserts.is_empty() {
+            self.upsert_rows(&schema, &upserts).await?;
+        }
+        for (_, rows) in partial {
+            self.update_in_place(&schema, &rows, false).await?;
+        }
+        debug!(table = %id, rows = n, "wrote batch");
+        Ok(())
+    }
+
+    fn cast(&self, schema: &TableSchema, col: &str) -> String {
+        let native = schema.columns.iter().find(|c| c.name == col).map(|c| c.native_type.as_str()).unwrap_or("text");
+        self.targets
+            .get(&schema.id)
+            .and_then(|t| t.types.get(col))
+            .cloned()
+            .unwrap_or_else(|| native.to_string())
+    }
+
+    fn target(&self, id: &TableId) -> Result<&Target, PgError> {
+        self.targets.get(id).ok_or_else(|| PgError::Protocol(format!("no target for {id}")))
+    }
+
+    async fn delete_rows(&mut self, schema: &TableSchema, keys: &[Vec<Option<String>>]) -> Result<(), PgError> {
+        let key_cols: Vec<&str> = schema.columns.iter().filter(|c| c.key).map(|c| c.name.as_str()).collect();
+        let name = self.target(&schema.id)?.name.clone();
+        let args = (1..=key_cols.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", ");
+        let alias = key_cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+        let cond = key_cols
+            .iter()
+            .map(|c| format!("t.{q} = u.{q}::{}", self.cast(schema, c), q = quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!("DELETE FROM {name} AS t USING unnest({args}) AS u({alias}) WHERE {cond}");
+        let st = self.statement(sql, key_cols.len()).await?;
+        let cols: Vec<Vec<Option<&str>>> =
+            (0..key_cols.len()).map(|j| keys.iter().map(|k| k[j].as_deref()).collect()).collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = cols.iter().map(|c| c as _).collect();
+        self.client()?.execute(&st, &params).await.ctx(format!("delete from {}", schema.id))?;
+        Ok(())
+    }
+
+    async fn upsert_rows(&mut self, schema: &TableSchema, rows: &[Row]) -> Result<(), PgError> {
+        let name = self.target(&schema.id)?.name.clone();
+        let cols: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+        let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+        let args = (1..=cols.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", ");
+        let select = cols
+            .iter()
+            .map(|c| format!("u.{}::{}", quote_ident(c), self.cast(schema, c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let key = schema.columns.iter().filter(|c| c.key).map(|c| quote_ident(&c.name)).collect::<Vec<_>>();
+        let set = schema
+            .columns
+            .iter()
+            .filter(|c| !c.key)
+            .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(&c.name)))
+            .collect::<Vec<_>>();
+        let action = if set.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", set.join(", ")) };
+        let sql = format!(
+            "INSERT INTO {name} ({list}) SELECT {select} FROM unnest({args}) AS u({list}) ON CONFLICT ({}) DO {action}",
+            key.join(", ")
+        );
+        let st = self.statement(sql, cols.len()).await?;
+        let columns: Vec<Vec<Option<&str>>> =
+            (0..cols.len()).map(|j| rows.iter().map(|r| r[j].as_text()).collect()).collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns.iter().map(|c| c as _).collect();
+        self.client()?.execute(&st, &params).await.ctx(format!("upsert into {}", schema.id))?;
+        Ok(())
+    }
+
+    /// `UPDATE` rows found by `match_key`, setting only the columns that were sent (all rows
+    /// share the same set). With `set_key`, the key columns are set too (a key change).
+    async fn update_in_place(
+        &mut self,
+        schema: &TableSchema,
+        rows: &[(Vec<Option<String>>, Row)],
+        set_key: bool,
+    ) -> Result<(), PgError> {
+        let Some((_, first)) = rows.first() else { return Ok(()) };
+        let name = self.target(&schema.id)?.name.clone();
+        let key_cols: Vec<&str> = schema.columns.iter().filter(|c| c.key).map(|c| c.name.as_str()).collect();
+        let set_idx: Vec<usize> = schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| first[*i] != Value::Unchanged && (set_key || !c.key))
+            .map(|(i, _)| i)
+            .collect();
+        if set_idx.is_empty() {
+            return Ok(());
+        }
+        let mut alias: Vec<String> = key_cols.iter().map(|c| quote_ident(&format!("k_{c}"))).collect();
+        alias.extend(set_idx.iter().map(|&i| quote_ident(&schema.columns[i].name)));
+        let args = (1..=alias.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", ");
+        let set = set_idx
+            .iter()
+            .map(|&i| {
+                let c = &schema.columns[i].name;
+                format!("{q} = u.{q}::{}", self.cast(schema, c), q = quote_ident(c))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cond = key_cols
+            .iter()
+            .map(|c| format!("t.{} = u.{}::{}", quote_ident(c), quote_ident(&format!("k_{c}")), self.cast(schema, c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql =
+            format!("UPDATE {name} AS t SET {set} FROM unnest({args}) AS u({}) WHERE {cond}", alias.join(", "));
+        let st = self.statement(sql, alias.len()).await?;
+        let mut columns: Vec<Vec<Option<&str>>> =
+            (0..key_cols.len()).map(|j| rows.iter().map(|(k, _)| k[j].as_deref()).collect()).collect();
+        columns.extend(set_idx.iter().map(|&i| rows.iter().map(|(_, r)| r[i].as_text()).collect()));
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns.iter().map(|c| c as _).collect();
+        self.client()?.execute(&st, &params).await.ctx(format!("update {}", schema.id))?;
+        Ok(())
+    }
+
+    fn log_row(&self, change: &Change) -> LogRow {
+        let schema = &change.table;
+        let json = |r: &Row| Some(row_json(schema, r).to_string());
+        let (op, before, after) = match &change.op {
+            Op::Read { after } => ("r", None, json(after)),
+            Op::Insert { after } => ("c", None, json(after)),
+            Op::Update { before, after } => ("u", before.as_ref().and_then(json), json(after)),
+            Op::Delete { before } => ("d", json(before), None),
+            Op::Truncate => ("t", None, None),
+        };
+        let (lsn, xid, commit_ts) = match &self.txn {
+            Some(m) => (
+                match m.commit_position {
+                    Position::Pg(l) => Some(l.to_string()),
+                },
+                Some(m.xid.to_string()),
+                Some(format_ts(m.commit_ts_micros)),
+            ),
+            None => (None, None, None),
+        };
+        LogRow { op, before, after, lsn, xid, commit_ts }
+    }
+
+    async fn append_log(&mut self, schema: &TableSchema, rows: Vec<LogRow>) -> Result<(), PgError> {
+        let name = self.target(&schema.id)?.name.clone();
+        let sql = format!(
+            "INSERT INTO {name} (op, before, after, source_table, lsn, xid, commit_ts) \
+             SELECT u.op, u.b::jsonb, u.a::jsonb, $7, u.l::pg_lsn, u.x::bigint, u.t::timestamptz \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(op, b, a, l, x, t)"
+        );
+        let types = [Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT];
+        let st = match self.statements.get(&sql) {
+            Some(s) => s.clone(),
+            None => {
+                let st = self.client()?.prepare_typed(&sql, &types).await.ctx("prepare changelog insert")?;
+                self.statements.insert(sql, st.clone());
+                st
+            }
+        };
+        let ops: Vec<&str> = rows.iter().map(|r| r.op).collect();
+        let b: Vec<Option<&str>> = rows.iter().map(|r| r.before.as_deref()).collect();
+        let a: Vec<Option<&str>> = rows.iter().map(|r| r.after.as_deref()).collect();
+        let l: Vec<Option<&str>> = rows.iter().map(|r| r.lsn.as_deref()).collect();
+        let x: Vec<Option<&str>> = rows.iter().map(|r| r.xid.as_deref()).collect();
+        let t: Vec<Option<&str>> = rows.iter().map(|r| r.commit_ts.as_deref()).collect();
+        let table = schema.id.to_string();
+        self.client()?
+            .execute(&st, &[&ops, &b, &a, &l, &x, &t, &table])
+            .await
+            .ctx(format!("append changelog of {}", schema.id))?;
+        Ok(())
+    }
+
+    async fn snapshot_begin(&mut self, tables: &[Arc<TableSchema>]) -> Result<(), PgError> {
+        // Whatever an interrupted earlier snapshot wrote is replaced. In changelog mode the
+        // tables hold nothing else yet: no transaction was streamed before the snapshot ended.
+        self.pending.clear();
+        self.buffered = 0;
+        for t in tables {
+            self.ensure_target(t).await?;
+            let name = self.target(&t.id)?.name.clone();
+            self.client()?.batch_execute(&format!("TRUNCATE {name}")).await.ctx(format!("truncate {name}"))?;
+        }
+        self.dirty = true;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for PgSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn batch_policy(&self) -> BatchPolicy {
+        BatchPolicy { max_rows: self.cfg.batch.max_rows, max_delay: Duration::from_millis(self.cfg.batch.max_delay_ms) }
+    }
+
+    async fn open(&mut self) -> Result<Checkpoint, ConnectorError> {
+        let client = catalog::connect(self.cfg.url.expose(), &format!("{} ({})", self.name, self.cfg.url.redacted())).await?;
+        let table = self.checkpoint_table();
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {table} (\
+                 pipeline text NOT NULL, sink text NOT NULL, position jsonb, snapshot_done boolean NOT NULL, \
+                 updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, sink))",
+                quote_ident(&self.cfg.checkpoint_schema)
+            ))
+            .await
+            .ctx("create checkpoint table")
+            .map_err(ConnectorError::from)?;
+        let row = client
+            .query_opt(
+                &format!("SELECT position::text, snapshot_done FROM {table} WHERE pipeline = $1 AND sink = $2"),
+                &[&self.pipeline, &self.sink_id],
+            )
+            .await
+            .ctx("read checkpoint")
+            .map_err(ConnectorError::from)?;
+        let cp = match row {
+            None => Checkpoint::default(),
+            Some(r) => {
+                let pos: Option<String> = r.get(0);
+                let position = match pos {
+                    None => None,
+                    Some(p) => Some(serde_json::from_str::<Position>(&p).map_err(|e| {
+                        ConnectorError::new(
+                            sluice_core::ErrorClass::Fatal,
+                            format!("checkpoint of pipeline {} in {table} is unreadable: {p}", self.pipeline),
+                            e,
+                        )
+                    })?),
+                };
+                Checkpoint { position, snapshot_done: r.get(1) }
+            }
+        };
+        self.client = Some(client);
+        self.stored = cp;
+        self.reached = cp;
+        info!(sink = %self.name, position = ?cp.position, snapshot_done = cp.snapshot_done, "sink opened");
+        Ok(cp)
+    }
+
+    async fn write(&mut self, event: &Event) -> Result<(), ConnectorError> {
+        match event {
+            Event::SnapshotBegin { tables } => self.snapshot_begin(tables).await?,
+            Event::SnapshotEnd { position } => {
+                self.reached = Checkpoint { position: Some(*position), snapshot_done: true };
+                self.dirty = true;
+            }
+            Event::Begin(meta) => self.txn = Some(meta.clone()),
+            Event::Change(c) => self.accept_change(c).await?,
+            Event::Commit { position, .. } => {
+                self.txn = None;
+                self.reached.position = Some(*position);
+            }
+            Event::Heartbeat { position } => self.reached.position = Some(*position),
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<Option<Checkpoint>, ConnectorError> {
+        if !self.dirty {
+            if self.reached != self.stored {
+                // Only heartbeats since the last commit: nothing to store.
+                self.stored = self.reached;
+                return Ok(Some(self.reached));
+            }
+            return Ok(None);
+        }
+        self.write_all().await?;
+        self.begin().await?;
+        let position = match self.reached.position {
+            Some(p) => Some(serde_json::to_string(&p).map_err(|e| ConnectorError::new(sluice_core::ErrorClass::Fatal, "encode position", e))?),
+            None => None,
+        };
+        let table = self.checkpoint_table();
+        let client = self.client()?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {table} (pipeline, sink, position, snapshot_done, updated_at) \
+                     VALUES ($1, $2, $3::text::jsonb, $4, now()) ON CONFLICT (pipeline, sink) DO UPDATE \
+                     SET position = EXCLUDED.position, snapshot_done = EXCLUDED.snapshot_done, updated_at = now()"
+                ),
+                &[&self.pipeline, &self.sink_id, &position, &self.reached.snapshot_done],
+            )
+            .await
+            .ctx("store checkpoint")
+            .map_err(ConnectorError::from)?;
+        client.batch_execute("COMMIT").await.ctx("commit target transaction").map_err(ConnectorError::from)?;
+        self.in_tx = false;
+        self.dirty = false;
+        self.uncommitted_rows = 0;
+        self.stored = self.reached;
+        Ok(Some(self.reached))
+    }
+
+    fn pending_rows(&self) -> usize {
+        self.uncommitted_rows
+    }
+}
+
+async fn target_columns(client: &Client, qualified_name: &str) -> Result<Vec<(String, String)>, PgError> {
+    Ok(client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&qualified_name],
+        )
+        .await
+        .ctx(format!("read columns of {qualified_name}"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Creates an enum type on the target when a column needs one that is missing.
+async fn ensure_enum(client: &Client, dt: &DataType, native: &str) -> Result<(), PgError> {
+    let (labels, name) = match dt {
+        DataType::Enum { labels } => (labels, native),
+        DataType::Array(inner) => match inner.as_ref() {
+            DataType::Enum { labels } => (labels, native.trim_end_matches("[]")),
+            _ => return Ok(()),
+        },
+        _ => return Ok(()),
+    };
+    let exists: Option<u32> =
+        client.query_one("SELECT to_regtype($1)::oid", &[&name]).await.ctx("look up enum type")?.get(0);
+    if exists.is_none() {
+        let schema = name.split("\".\"").next().unwrap_or("").trim_start_matches('"').replace("\"\"", "\"");
+        if !schema.is_empty() {
+            client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&schema))).await.ctx("create schema")?;
+        }
+        let list = labels.iter().map(|l| quote_literal(l)).collect::<Vec<_>>().join(", ");
+        client.batch_execute(&format!("CREATE TYPE {name} AS ENUM ({list})")).await.ctx(format!("create enum {name}"))?;
+    }
+    Ok(())
+}
+
+/// A row as a JSON object, typed by the column's data type.
+pub fn row_json(schema: &TableSchema, row: &Row) -> serde_json::Value {
+    let mut m = serde_json::Map::with_capacity(row.len());
+    for (c, v) in schema.columns.iter().zip(row) {
+        let j = match v {
+            Value::Unchanged => continue,
+            Value::Null => serde_json::Value::Null,
+            Value::Text(t) => text_json(&c.data_type, t),
+        };
+        m.insert(c.name.clone(), j);
+    }
+    serde_json::Value::Object(m)
+}
+
+fn text_json(dt: &DataType, t: &str) -> serde_json::Value {
+    use serde_json::Value as J;
+    match dt {
+        DataType::Bool => J::Bool(t == "t" || t == "true"),
+        DataType::Int16 | DataType::Int32 | DataType::Int64 => t.parse::<i64>().map(J::from).unwrap_or_else(|_| J::String(t.into())),
+        DataType::Float32 | DataType::Float64 => match t.parse::<f64>() {
+            Ok(f) if f.is_finite() => J::from(f),
+            _ => J::String(t.into()),
+        },
+        DataType::Json | DataType::Jsonb => serde_json::from_str(t).unwrap_or_else(|_| J::String(t.into())),
+        _ => J::String(t.into()),
+    }
+}
+
+/// ISO 8601 UTC text of a Unix timestamp in microseconds, for binding as text.
+fn format_ts(micros_since_unix: i64) -> String {
+    let secs = micros_since_unix.div_euclid(1_000_000);
+    let frac = micros_since_unix.rem_euclid(1_000_000);
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // civil-from-days (proleptic Gregorian), after Howard Hinnant's date algorithms
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{frac:06}+00", sod / 3600, sod % 3600 / 60, sod % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_unix_micros_as_utc_text() {
+        assert_eq!(format_ts(0), "1970-01-01 00:00:00.000000+00");
+        assert_eq!(format_ts(951_782_400_000_001), "2000-02-29 00:00:00.000001+00");
+        assert_eq!(format_ts(-1), "1969-12-31 23:59:59.999999+00");
+    }
+}
+
+fn head(sql: &str) -> String {
+    sql.chars().take(60).collect()
+}
