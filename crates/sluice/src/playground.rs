@@ -106,7 +106,7 @@ pub async fn workload_txn(client: &mut Client, rng: &mut Rng) -> anyhow::Result<
         .await?;
         for n in 1..=lines {
             tx.execute(
-                "INSERT INTO order_line SELECT $1, $2, $3, $4, i_id, $5, i_price * $5, NULL FROM item WHERE i_id = $6",
+                "INSERT INTO order_line SELECT $1, $2, $3, $4, i_id, $5::int, i_price * $5::int, NULL FROM item WHERE i_id = $6",
                 &[&w, &d, &o_id, &n, &rng.range(1, 10), &rng.range(1, 10000)],
             )
             .await?;
@@ -221,7 +221,7 @@ pub async fn run(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Result<
             _ = ticker.tick() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        if pipeline.is_finished() {
+        if pipeline.is_finished() || workload.is_finished() {
             break;
         }
         show(&src, &dst, started, tty).await?;
@@ -230,7 +230,14 @@ pub async fn run(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Result<
         }
     }
     let _ = work_stop_tx.send(true);
-    let txns = workload.await.context("workload task")??;
+    let txns = match workload.await.context("workload task")? {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = pipe_stop_tx.send(true);
+            let _ = pipeline.await;
+            return Err(e.context("workload failed"));
+        }
+    };
     println!("\nWorkload stopped after {txns} transactions; waiting for the replica to converge...");
     let converge_deadline = Instant::now() + Duration::from_secs(60);
     let converged = loop {
