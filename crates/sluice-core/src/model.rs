@@ -92,6 +92,11 @@ pub struct ColumnSchema {
     pub native_type: String,
     /// Whether the column is part of the primary key (or replica identity key)
     pub key: bool,
+    /// For a column added with a constant default: the value rows written before the column
+    /// existed read as, in text form. The source wrote no change for those rows, so a sink
+    /// that adds the column must fill it with this value.
+    #[serde(default)]
+    pub missing_value: Option<String>,
 }
 
 /// The shape of a table at one point in the stream.

@@ -181,13 +181,63 @@ impl TypeCache {
         columns: &[(String, u32, i32)],
         key: &[String],
         version: u64,
+        missing: &[(String, String)],
     ) -> Result<Arc<TableSchema>, PgError> {
         let mut cols = Vec::with_capacity(columns.len());
         for (name, oid, typmod) in columns {
             let (data_type, native_type) = self.resolve(client, *oid, *typmod).await?;
-            cols.push(ColumnSchema { name: name.clone(), data_type, native_type, key: key.contains(name) });
+            let missing_value = missing.iter().find(|(n, _)| n == name).and_then(|(_, v)| single_element(v));
+            cols.push(ColumnSchema { name: name.clone(), data_type, native_type, key: key.contains(name), missing_value });
         }
         Ok(Arc::new(TableSchema { id, columns: cols, version }))
+    }
+}
+
+/// Columns with a stored "missing" value (added with a constant default), as
+/// `(name, one-element array literal)`.
+pub async fn missing_values(client: &Client, oid: u32) -> Result<Vec<(String, String)>, PgError> {
+    Ok(client
+        .query(
+            "SELECT attname::text, attmissingval::text FROM pg_attribute \
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND atthasmissing",
+            &[&oid],
+        )
+        .await
+        .ctx("read column defaults")?
+        .iter()
+        .filter_map(|r| Some((r.get(0), r.get::<_, Option<String>>(1)?)))
+        .collect())
+}
+
+/// The element of a one-element array literal such as `{2.50}`, `{"a b"}` or `{{x,y}}`.
+fn single_element(literal: &str) -> Option<String> {
+    let inner = literal.strip_prefix('{')?.strip_suffix('}')?;
+    if inner == "NULL" {
+        return None;
+    }
+    match inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(quoted) => {
+            let mut out = String::with_capacity(quoted.len());
+            let mut chars = quoted.chars();
+            while let Some(c) = chars.next() {
+                out.push(if c == '\\' { chars.next().unwrap_or('\\') } else { c });
+            }
+            Some(out)
+        }
+        None => Some(inner.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn single_element_unquotes_array_literals() {
+        use super::single_element as e;
+        assert_eq!(e("{2.50}").as_deref(), Some("2.50"));
+        assert_eq!(e(r#"{"a \"b\" \\c"}"#).as_deref(), Some(r#"a "b" \c"#));
+        assert_eq!(e("{{new,old}}").as_deref(), Some("{new,old}"));
+        assert_eq!(e("{NULL}"), None);
+        assert_eq!(e(r#"{"NULL"}"#).as_deref(), Some("NULL"));
     }
 }
 

@@ -160,11 +160,20 @@ impl PgSink {
         let tid = self.target_name(&schema.id);
         let name = qualified(&tid);
         let client = self.client()?;
-        client
-            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&tid.schema)))
-            .await
-            .ctx(format!("create schema {}", tid.schema))?;
         let existing = target_columns(client, &name).await?;
+        if existing.is_empty() {
+            let exists: bool = client
+                .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[&tid.schema])
+                .await
+                .ctx("look up target schema")?
+                .get(0);
+            if !exists {
+                client
+                    .batch_execute(&format!("CREATE SCHEMA {}", quote_ident(&tid.schema)))
+                    .await
+                    .ctx(format!("create schema {}", tid.schema))?;
+            }
+        }
         if self.cfg.mode == SinkMode::Changelog {
             if existing.is_empty() {
                 client
@@ -199,14 +208,18 @@ impl PgSink {
         } else {
             for c in &schema.columns {
                 if !existing.iter().any(|(n, _)| *n == c.name) {
-                    client
-                        .batch_execute(&format!(
-                            "ALTER TABLE {name} ADD COLUMN {} {}",
-                            quote_ident(&c.name),
-                            c.native_type
-                        ))
-                        .await
-                        .ctx(format!("add column {} to {tid}", c.name))?;
+                    let col = quote_ident(&c.name);
+                    // Rows that predate the column read as its default on the source without any
+                    // change being streamed; give the replica's rows the same value.
+                    let sql = match &c.missing_value {
+                        Some(v) => format!(
+                            "ALTER TABLE {name} ADD COLUMN {col} {t} DEFAULT {}::{t}; ALTER TABLE {name} ALTER COLUMN {col} DROP DEFAULT",
+                            quote_literal(v),
+                            t = c.native_type
+                        ),
+                        None => format!("ALTER TABLE {name} ADD COLUMN {col} {}", c.native_type),
+                    };
+                    client.batch_execute(&sql).await.ctx(format!("add column {} to {tid}", c.name))?;
                     info!(table = %tid, column = %c.name, "added column to replica");
                 }
             }

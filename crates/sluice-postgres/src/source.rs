@@ -274,7 +274,7 @@ impl PgSource {
         for t in tables {
             let cols = catalog::table_columns(&client, t.oid).await?;
             let key = catalog::key_columns(&client, t.oid).await?;
-            schemas.push(types.schema(&client, t.id.clone(), &cols, &key, 0).await?);
+            schemas.push(types.schema(&client, t.id.clone(), &cols, &key, 0, &[]).await?);
         }
         send(events, Event::SnapshotBegin { tables: schemas.clone() }).await?;
         let progress = Progress::new(tables);
@@ -618,7 +618,8 @@ impl Streamer<'_> {
             rel.columns.iter().map(|c| (c.name.clone(), c.type_oid, c.typmod)).collect();
         let version = self.versions.entry(id.clone()).or_insert(0);
         *version += 1;
-        let schema = self.types.schema(self.catalog, id, &cols, &key, *version).await?;
+        let missing = catalog::missing_values(self.catalog, rel.id).await?;
+        let schema = self.types.schema(self.catalog, id, &cols, &key, *version, &missing).await?;
         debug!(table = %schema.id, columns = schema.columns.len(), "relation");
         self.relations.insert(rel.id, (rel, schema));
         Ok(())

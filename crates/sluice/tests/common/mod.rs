@@ -1,0 +1,150 @@
+//! Shared fixtures for the end-to-end tests: a source and a target server, pipelines run
+//! in-process or as the real binary, and row-by-row comparison with a readable diff.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use sluice_config::PipelineConfig;
+use sluice_testkit::{wait_for, PgServer};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+pub const CONVERGE: Duration = Duration::from_secs(60);
+
+pub struct Env {
+    pub source: PgServer,
+    pub target: PgServer,
+    pub src_url: String,
+    pub dst_url: String,
+    pub src: Client,
+    pub dst: Client,
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(conn);
+    c
+}
+
+impl Env {
+    /// Two servers, database `app` on the source and `replica` on the target, and `setup` SQL
+    /// run on the source.
+    pub async fn new(setup: &str) -> Env {
+        let source = PgServer::start().expect("start source server");
+        let target = PgServer::start().expect("start target server");
+        let src_url = source.create_database("app").await;
+        let dst_url = target.create_database("replica").await;
+        let src = connect(&src_url).await;
+        let dst = connect(&dst_url).await;
+        if !setup.is_empty() {
+            src.batch_execute(setup).await.unwrap_or_else(|e| panic!("setup SQL failed: {e:?}"));
+        }
+        Env { source, target, src_url, dst_url, src, dst }
+    }
+
+    /// Pipeline TOML with `source_extra` and `sink_extra` lines appended to each section.
+    pub fn toml(&self, name: &str, source_extra: &str, sink_extra: &str) -> String {
+        format!(
+            "name = \"{name}\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n{source_extra}\n\n[[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n{sink_extra}\n",
+            self.src_url, self.dst_url
+        )
+    }
+
+    pub fn config(&self, name: &str, source_extra: &str, sink_extra: &str) -> PipelineConfig {
+        PipelineConfig::parse(&self.toml(name, source_extra, sink_extra), &|_| None).expect("valid test config")
+    }
+
+    /// Waits until `table` is identical on both sides; on timeout panics with a row diff.
+    pub async fn converge(&self, table: &str, key: &str) {
+        let q = format!("SELECT row_::text FROM {table} row_ ORDER BY {key}");
+        let src = &self.src;
+        let dst = &self.dst;
+        let ok = tokio::time::timeout(CONVERGE, wait_for(&format!("{table} to converge"), CONVERGE, || {
+            let q = q.clone();
+            async move {
+                let a = rows(src, &q).await;
+                let b = rows(dst, &q).await;
+                (a.is_some() && a == b).then_some(())
+            }
+        }))
+        .await;
+        if ok.is_err() {
+            panic!("{table} did not converge within {CONVERGE:?}:\n{}", self.diff(table, key).await);
+        }
+    }
+
+    /// Asserts `table` is identical now, with a row diff on failure.
+    pub async fn assert_same(&self, table: &str, key: &str) {
+        let q = format!("SELECT row_::text FROM {table} row_ ORDER BY {key}");
+        if rows(&self.src, &q).await != rows(&self.dst, &q).await {
+            panic!("{table} differs between source and replica:\n{}", self.diff(table, key).await);
+        }
+    }
+
+    pub async fn diff(&self, table: &str, key: &str) -> String {
+        let q = format!("SELECT row_::text FROM {table} row_ ORDER BY {key}");
+        let a = rows(&self.src, &q).await.unwrap_or_default();
+        let b = rows(&self.dst, &q).await.unwrap_or_default();
+        let only_src: Vec<&String> = a.iter().filter(|r| !b.contains(r)).take(10).collect();
+        let only_dst: Vec<&String> = b.iter().filter(|r| !a.contains(r)).take(10).collect();
+        format!(
+            "source rows: {}, replica rows: {}\nonly in source (first 10): {only_src:#?}\nonly in replica (first 10): {only_dst:#?}",
+            a.len(),
+            b.len()
+        )
+    }
+
+    pub async fn count(&self, client: &Client, table: &str) -> i64 {
+        client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
+    }
+}
+
+async fn rows(c: &Client, q: &str) -> Option<Vec<String>> {
+    c.query(q, &[]).await.ok().map(|rs| {
+        rs.iter()
+            .map(|r| r.try_get::<_, String>(0).unwrap_or_else(|e| panic!("row text of `{q}`: {e:?}")))
+            .collect()
+    })
+}
+
+/// A pipeline running in-process.
+pub struct Running {
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<Result<(), sluice_runtime::PipelineError>>,
+}
+
+pub fn start(cfg: PipelineConfig) -> Running {
+    let (stop, rx) = watch::channel(false);
+    let handle = tokio::spawn(async move { sluice::run_with_retry(&cfg, rx).await });
+    Running { stop, handle }
+}
+
+impl Running {
+    /// Stops gracefully and asserts the pipeline ended without error.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(Duration::from_secs(60), self.handle).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => panic!("pipeline failed: {}", sluice::chain(&e)),
+            Ok(Err(e)) => panic!("pipeline task panicked: {e}"),
+            Err(_) => panic!("pipeline did not stop within 60s"),
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+/// The slot's confirmed flush LSN, as bytes from 0/0.
+pub async fn confirmed_flush(src: &Client, slot: &str) -> Option<i64> {
+    src.query_opt(
+        "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .ok()
+    .flatten()
+    .and_then(|r| r.get(0))
+}
