@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what Sluice's playground and tests need when it is missing: the PostgreSQL server
+# binaries (Debian packages). Safe to run any number of times.
+set -euo pipefail
+
+have_pg_server() {
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null 2>&1
+}
+
+if ! have_pg_server; then
+  echo "setup: installing PostgreSQL server packages" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq postgresql postgresql-contrib >/dev/null
+fi
+have_pg_server || { echo "setup: PostgreSQL server binaries still missing after install" >&2; exit 1; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo (the Rust toolchain) is required; install it with rustup" >&2
+  exit 1
+fi
