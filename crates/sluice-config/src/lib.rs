@@ -20,8 +20,6 @@ pub const DEFAULT_TABLES: &str = "public.*";
 pub const DEFAULT_BATCH_MAX_ROWS: usize = 10_000;
 /// Default for `sink[].batch.max_delay_ms`.
 pub const DEFAULT_BATCH_MAX_DELAY_MS: u64 = 50;
-/// Default for `source.snapshot_chunk_rows`.
-pub const DEFAULT_SNAPSHOT_CHUNK_ROWS: usize = 5_000;
 /// Default for `source.status_interval_ms`.
 pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
 /// Default for `source.slot_takeover_secs`.
@@ -72,9 +70,6 @@ pub struct PgSourceConfig {
     /// Publication name; default `sluice_<name>`.
     #[serde(default)]
     pub publication: Option<String>,
-    /// Rows per snapshot chunk handed to sinks.
-    #[serde(default = "default_snapshot_chunk_rows")]
-    pub snapshot_chunk_rows: usize,
     /// How often to report the confirmed position to the server, in milliseconds.
     #[serde(default = "default_status_interval_ms")]
     pub status_interval_ms: u64,
@@ -159,9 +154,6 @@ fn default_batch_max_rows() -> usize {
 }
 fn default_batch_max_delay_ms() -> u64 {
     DEFAULT_BATCH_MAX_DELAY_MS
-}
-fn default_snapshot_chunk_rows() -> usize {
-    DEFAULT_SNAPSHOT_CHUNK_ROWS
 }
 fn default_status_interval_ms() -> u64 {
     DEFAULT_STATUS_INTERVAL_MS
@@ -279,9 +271,6 @@ impl PgSourceConfig {
                     ));
                 }
             }
-        }
-        if self.snapshot_chunk_rows == 0 {
-            return Err(invalid(format!("{at}.snapshot_chunk_rows"), "must be > 0"));
         }
         if self.status_interval_ms == 0 {
             return Err(invalid(format!("{at}.status_interval_ms"), "must be > 0"));
