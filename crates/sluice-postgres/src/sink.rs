@@ -30,12 +30,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sluice_config::{PgSinkConfig, SinkMode};
 use sluice_core::{
-    BatchPolicy, Change, Checkpoint, ConnectorError, DataType, Event, Op, Position, Row, Sink, TableId, TableSchema,
-    TxnMeta, Value,
+    BatchPolicy, Change, Checkpoint, ConnectorError, DataType, ErrorClass, Event, Op, Position, Row, Sink, TableId,
+    TableSchema, TxnMeta, Value,
 };
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::catalog;
 use crate::error::{Ctx, PgError};
@@ -43,6 +43,8 @@ use crate::ident::{qualified, quote_ident, quote_literal};
 
 /// Name of the checkpoint table inside `checkpoint_schema`.
 pub const CHECKPOINT_TABLE: &str = "checkpoints";
+/// Name of the table inside `checkpoint_schema` holding changes the target refused.
+pub const DEAD_LETTER_TABLE: &str = "dead_letters";
 
 /// The PostgreSQL sink.
 pub struct PgSink {
@@ -82,6 +84,7 @@ struct Pending {
     log: Vec<LogRow>,
 }
 
+#[derive(Clone)]
 enum PendingOp {
     Upsert(Row),
     Delete(Vec<Option<String>>),
@@ -342,11 +345,41 @@ impl PgSink {
             return self.append_log(&p.schema, p.log).await;
         }
         let schema = p.schema;
+        let ops: Vec<PendingOp> = p.ops.into_iter().flatten().collect();
+        self.client()?.batch_execute("SAVEPOINT sluice_write").await.ctx("savepoint")?;
+        match self.apply_ops(&schema, &ops).await {
+            Ok(()) => {}
+            Err(e) if e.class() == ErrorClass::Definite => {
+                // A record the target refuses (a constraint, a value out of range): find it by
+                // applying one row at a time, park it in the dead-letter table, keep the rest.
+                warn!(table = %id, error = %ConnectorError::from(e), "batch refused by the target; retrying row by row");
+                self.client()?.batch_execute("ROLLBACK TO SAVEPOINT sluice_write").await.ctx("rollback to savepoint")?;
+                for op in &ops {
+                    self.client()?.batch_execute("SAVEPOINT sluice_row").await.ctx("savepoint")?;
+                    match self.apply_ops(&schema, std::slice::from_ref(op)).await {
+                        Ok(()) => {}
+                        Err(e) if e.class() == ErrorClass::Definite => {
+                            self.client()?.batch_execute("ROLLBACK TO SAVEPOINT sluice_row").await.ctx("rollback to savepoint")?;
+                            self.dead_letter(&schema, op, ConnectorError::from(e).to_string()).await?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    self.client()?.batch_execute("RELEASE SAVEPOINT sluice_row").await.ctx("release savepoint")?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.client()?.batch_execute("RELEASE SAVEPOINT sluice_write").await.ctx("release savepoint")?;
+        debug!(table = %id, rows = n, "wrote batch");
+        Ok(())
+    }
+
+    async fn apply_ops(&mut self, schema: &TableSchema, ops: &[PendingOp]) -> Result<(), PgError> {
         let key_idx = schema.key_indexes();
         let mut deletes: Vec<Vec<Option<String>>> = Vec::new();
         let mut upserts: Vec<Row> = Vec::new();
         let mut partial: HashMap<Vec<bool>, Vec<(Vec<Option<String>>, Row)>> = HashMap::new();
-        for op in p.ops.into_iter().flatten() {
+        for op in ops.iter().cloned() {
             match op {
                 PendingOp::Delete(k) => deletes.push(k),
                 PendingOp::Upsert(r) if r.contains(&Value::Unchanged) => {
@@ -358,15 +391,41 @@ impl PgSink {
             }
         }
         if !deletes.is_empty() {
-            self.delete_rows(&schema, &deletes).await?;
+            self.delete_rows(schema, &deletes).await?;
         }
         if !upserts.is_empty() {
-            self.upsert_rows(&schema, &upserts).await?;
+            self.upsert_rows(schema, &upserts).await?;
         }
         for (_, rows) in partial {
-            self.update_in_place(&schema, &rows, false).await?;
+            self.update_in_place(schema, &rows, false).await?;
         }
-        debug!(table = %id, rows = n, "wrote batch");
+        Ok(())
+    }
+
+    /// Stores a change the target refused, in the same transaction as everything else.
+    async fn dead_letter(&mut self, schema: &TableSchema, op: &PendingOp, error: String) -> Result<(), PgError> {
+        let (kind, row) = match op {
+            PendingOp::Upsert(r) => ("upsert", row_json(schema, r)),
+            PendingOp::Delete(k) => {
+                let keys = schema.columns.iter().filter(|c| c.key).map(|c| c.name.clone());
+                ("delete", serde_json::Value::Object(keys.zip(k.iter().map(|v| serde_json::json!(v))).collect()))
+            }
+        };
+        warn!(table = %schema.id, op = kind, error = %error, "change sent to the dead-letter table");
+        let table = format!("{}.{}", quote_ident(&self.cfg.checkpoint_schema), quote_ident(DEAD_LETTER_TABLE));
+        let row = row.to_string();
+        let source_table = schema.id.to_string();
+        let position = self.txn.as_ref().map(|m| m.commit_position.to_string());
+        self.client()?
+            .execute(
+                &format!(
+                    "INSERT INTO {table} (pipeline, sink, source_table, op, row, error, position) \
+                     VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7)"
+                ),
+                &[&self.pipeline, &self.sink_id, &source_table, &kind, &row, &error, &position],
+            )
+            .await
+            .ctx("write dead letter")?;
         Ok(())
     }
 
@@ -565,8 +624,13 @@ impl Sink for PgSink {
             .batch_execute(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {table} (\
                  pipeline text NOT NULL, sink text NOT NULL, position jsonb, snapshot_done boolean NOT NULL, \
-                 updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, sink))",
-                quote_ident(&self.cfg.checkpoint_schema)
+                 updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, sink)); \
+                 CREATE TABLE IF NOT EXISTS {schema}.{dead} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+                 pipeline text NOT NULL, sink text NOT NULL, source_table text NOT NULL, op text NOT NULL, \
+                 row jsonb, error text NOT NULL, position text, at timestamptz NOT NULL DEFAULT now())",
+                quote_ident(&self.cfg.checkpoint_schema),
+                schema = quote_ident(&self.cfg.checkpoint_schema),
+                dead = quote_ident(DEAD_LETTER_TABLE),
             ))
             .await
             .ctx("create checkpoint table")

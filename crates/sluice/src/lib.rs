@@ -59,7 +59,9 @@ pub async fn run_with_retry(cfg: &PipelineConfig, mut stop: watch::Receiver<bool
         let (source, sinks) = build(cfg);
         match run_pipeline(source, sinks, stop.clone()).await {
             Ok(()) => return Ok(()),
-            Err(e) if e.class() == ErrorClass::Fatal => {
+            // Definite errors that reach this far concern a whole table, and retrying would
+            // only loop; records the target refuses are dead-lettered inside the sink.
+            Err(e) if matches!(e.class(), ErrorClass::Fatal | ErrorClass::Definite) => {
                 error!(error = %chain(&e), "pipeline failed; not retrying");
                 return Err(e);
             }

@@ -289,3 +289,39 @@ async fn changelog_mode_appends_one_row_per_change_with_metadata() {
     again.stop().await;
     assert_eq!(env.count(&env.dst, "ev_changelog").await, 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_target_refuses_goes_to_the_dead_letter_table() {
+    let env = Env::new("CREATE TABLE p (id int PRIMARY KEY, v text); INSERT INTO p SELECT g, 'v' || g FROM generate_series(1, 3) g;").await;
+    // The replica has a rule the source lacks: some changes cannot be applied.
+    env.dst.batch_execute("CREATE TABLE p (id int PRIMARY KEY, v text CHECK (v <> 'poison'))").await.unwrap();
+    let pipeline = start(env.config("dlq", "", ""));
+    env.converge("p", "id").await;
+    env.src
+        .batch_execute("INSERT INTO p VALUES (4, 'ok'), (5, 'poison'), (6, 'fine'); UPDATE p SET v = 'poison' WHERE id = 1;")
+        .await
+        .unwrap();
+    env.src.batch_execute("INSERT INTO p VALUES (7, 'after')").await.unwrap();
+    let dst = &env.dst;
+    wait_for("the change after the poison", CONVERGE, || async {
+        dst.query_opt("SELECT 1 FROM p WHERE id = 7", &[]).await.ok().flatten().map(|_| ())
+    })
+    .await;
+    assert!(!pipeline.is_finished(), "a refused change must not stop the pipeline");
+    pipeline.stop().await;
+    let ids: Vec<i32> = env.dst.query("SELECT id FROM p ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, [1, 2, 3, 4, 6, 7]);
+    let v1: String = env.dst.query_one("SELECT v FROM p WHERE id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(v1, "v1");
+    let dead = env
+        .dst
+        .query("SELECT source_table, op, row->>'id', error FROM sluice.dead_letters WHERE pipeline = 'dlq' ORDER BY (row->>'id')::int", &[])
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2, "two refused changes");
+    assert_eq!(dead[0].get::<_, String>(0), "public.p");
+    assert_eq!(dead[0].get::<_, String>(1), "upsert");
+    assert_eq!(dead[0].get::<_, Option<String>>(2).as_deref(), Some("1"));
+    assert_eq!(dead[1].get::<_, Option<String>>(2).as_deref(), Some("5"));
+    assert!(dead[0].get::<_, String>(3).contains("check constraint"), "{}", dead[0].get::<_, String>(3));
+}
