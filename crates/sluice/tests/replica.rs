@@ -325,3 +325,38 @@ async fn a_change_the_target_refuses_goes_to_the_dead_letter_table() {
     assert_eq!(dead[1].get::<_, Option<String>>(2).as_deref(), Some("5"));
     assert!(dead[0].get::<_, String>(3).contains("check constraint"), "{}", dead[0].get::<_, String>(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_feeds_two_sinks_and_confirms_only_what_both_hold() {
+    let env = Env::new("CREATE TABLE m (id int PRIMARY KEY, v int); INSERT INTO m VALUES (1, 1);").await;
+    let log_url = env.target.create_database("audit").await;
+    let toml = format!(
+        "{}\n[[sink]]\ntype = \"postgres\"\nurl = \"{log_url}\"\nmode = \"changelog\"\n",
+        env.toml("fan", "", "")
+    );
+    let cfg = sluice_config::PipelineConfig::parse(&toml, &|_| None).unwrap();
+    let pipeline = start(cfg);
+    env.converge("m", "id").await;
+    env.src.batch_execute("UPDATE m SET v = 2; INSERT INTO m VALUES (2, 2);").await.unwrap();
+    env.converge("m", "id").await;
+    let audit = common::connect(&log_url).await;
+    let audit_ref = &audit;
+    wait_for("changelog rows in the second sink", CONVERGE, || async {
+        let n: i64 = audit_ref.query_one("SELECT count(*) FROM m_changelog", &[]).await.ok()?.get(0);
+        (n == 3).then_some(())
+    })
+    .await;
+    pipeline.stop().await;
+    // Both sinks keep their own checkpoint; the slot is confirmed no further than the older one.
+    let p1: String = env.dst.query_one("SELECT position->>'at' FROM sluice.checkpoints WHERE pipeline = 'fan'", &[]).await.unwrap().get(0);
+    let p2: String = audit.query_one("SELECT position->>'at' FROM sluice.checkpoints WHERE pipeline = 'fan'", &[]).await.unwrap().get(0);
+    let row = env
+        .src
+        .query_one(
+            "SELECT confirmed_flush_lsn >= LEAST($1::text::pg_lsn, $2::text::pg_lsn) FROM pg_replication_slots WHERE slot_name = 'sluice_fan'",
+            &[&p1, &p2],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+}
