@@ -114,14 +114,7 @@ impl PgSource {
                 self.wait_slot_free(&catalog).await?;
                 repl.simple_query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(&self.slot))).await?;
             }
-            let created = repl
-                .simple_query(&format!(
-                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
-                    quote_ident(&self.slot)
-                ))
-                .await?;
-            let (consistent, snapshot_name) = slot_created(&created)?;
-            info!(slot = %self.slot, lsn = %consistent, "created replication slot");
+            let (consistent, snapshot_name) = self.create_slot(&mut repl, true).await?;
             if !self.snapshot(&url, &mut types, &tables, &snapshot_name, &events, &stop).await? {
                 info!("stopped during the snapshot; it starts over next time");
                 drop(events);
@@ -148,14 +141,7 @@ impl PgSource {
                     }
                 }
                 (None, None) => {
-                    let created = repl
-                        .simple_query(&format!(
-                            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-                            quote_ident(&self.slot)
-                        ))
-                        .await?;
-                    let (consistent, _) = slot_created(&created)?;
-                    info!(slot = %self.slot, lsn = %consistent, "created replication slot (no snapshot)");
+                    let (consistent, _) = self.create_slot(&mut repl, false).await?;
                     send(&events, Event::SnapshotEnd { position: Position::Pg(consistent) }).await?;
                     consistent
                 }
@@ -315,6 +301,20 @@ impl PgSource {
         }
         client.batch_execute("COMMIT").await.ctx("finish snapshot")?;
         Ok(true)
+    }
+}
+
+impl PgSource {
+    /// Creates the slot; with `export`, also returns the name of the snapshot it exported,
+    /// which stays importable until this connection runs its next command.
+    async fn create_slot(&self, repl: &mut ReplicationConn, export: bool) -> Result<(Lsn, String), PgError> {
+        let mode = if export { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
+        let rows = repl
+            .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {mode}", quote_ident(&self.slot)))
+            .await?;
+        let created = slot_created(&rows)?;
+        info!(slot = %self.slot, lsn = %created.0, export, "created replication slot");
+        Ok(created)
     }
 }
 
