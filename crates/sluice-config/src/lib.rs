@@ -389,10 +389,8 @@ fn interpolate(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     match v {
-        toml::Value::String(s) => {
-            if s.contains("${") {
-                *s = expand(s, env).map_err(|m| invalid(path.clone(), m))?;
-            }
+        toml::Value::String(s) if s.contains("${") => {
+            *s = expand(s, env).map_err(|m| invalid(path.clone(), m))?;
         }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {

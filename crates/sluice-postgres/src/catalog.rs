@@ -228,19 +228,6 @@ fn single_element(literal: &str) -> Option<String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn single_element_unquotes_array_literals() {
-        use super::single_element as e;
-        assert_eq!(e("{2.50}").as_deref(), Some("2.50"));
-        assert_eq!(e(r#"{"a \"b\" \\c"}"#).as_deref(), Some(r#"a "b" \c"#));
-        assert_eq!(e("{{new,old}}").as_deref(), Some("{new,old}"));
-        assert_eq!(e("{NULL}"), None);
-        assert_eq!(e(r#"{"NULL"}"#).as_deref(), Some("NULL"));
-    }
-}
-
 /// Current columns of a table as `(name, type oid, typmod)`.
 pub async fn table_columns(client: &Client, oid: u32) -> Result<Vec<(String, u32, i32)>, PgError> {
     Ok(client
@@ -272,4 +259,17 @@ pub async fn connect(url: &str, what: &str) -> Result<Client, PgError> {
         }
     });
     Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn single_element_unquotes_array_literals() {
+        use super::single_element as e;
+        assert_eq!(e("{2.50}").as_deref(), Some("2.50"));
+        assert_eq!(e(r#"{"a \"b\" \\c"}"#).as_deref(), Some(r#"a "b" \c"#));
+        assert_eq!(e("{{new,old}}").as_deref(), Some("{new,old}"));
+        assert_eq!(e("{NULL}"), None);
+        assert_eq!(e(r#"{"NULL"}"#).as_deref(), Some("NULL"));
+    }
 }

@@ -84,6 +84,9 @@ struct Pending {
     log: Vec<LogRow>,
 }
 
+/// A row with the key that finds it on the target.
+type KeyedRow = (Vec<Option<String>>, Row);
+
 #[derive(Clone)]
 enum PendingOp {
     Upsert(Row),
@@ -378,7 +381,7 @@ impl PgSink {
         let key_idx = schema.key_indexes();
         let mut deletes: Vec<Vec<Option<String>>> = Vec::new();
         let mut upserts: Vec<Row> = Vec::new();
-        let mut partial: HashMap<Vec<bool>, Vec<(Vec<Option<String>>, Row)>> = HashMap::new();
+        let mut partial: HashMap<Vec<bool>, Vec<KeyedRow>> = HashMap::new();
         for op in ops.iter().cloned() {
             match op {
                 PendingOp::Delete(k) => deletes.push(k),
@@ -810,6 +813,10 @@ fn format_ts(micros_since_unix: i64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{frac:06}+00", sod / 3600, sod % 3600 / 60, sod % 60)
 }
 
+fn head(sql: &str) -> String {
+    sql.chars().take(60).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -822,6 +829,3 @@ mod tests {
     }
 }
 
-fn head(sql: &str) -> String {
-    sql.chars().take(60).collect()
-}

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -79,7 +79,7 @@ fn stop_signal() -> watch::Receiver<bool> {
     rx
 }
 
-fn load(path: &PathBuf) -> Result<PipelineConfig, ExitCode> {
+fn load(path: &Path) -> Result<PipelineConfig, ExitCode> {
     PipelineConfig::load(path).map_err(|e| {
         eprintln!("error: {}: {e}", path.display());
         ExitCode::from(2)
