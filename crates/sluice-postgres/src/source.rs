@@ -352,16 +352,26 @@ impl Progress {
             return Progress { bars: None, names, last_log: std::sync::Mutex::new(Instant::now()) };
         }
         let multi = indicatif::MultiProgress::new();
-        let style = indicatif::ProgressStyle::with_template(
-            "{prefix:>24} [{bar:30}] {human_pos}/{human_len} rows  {per_sec}  ETA {eta}",
+        let known = indicatif::ProgressStyle::with_template(
+            "{prefix:>24} [{bar:30}] {human_pos}/{human_len} rows  {per_sec:0}  ETA {eta}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> ");
+        // Never analyzed: no row estimate, so no bar or ETA, only the count and rate.
+        let unknown = indicatif::ProgressStyle::with_template("{prefix:>24} {spinner} {human_pos} rows  {per_sec:0}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
         let bars = tables
             .iter()
             .map(|t| {
-                let b = multi.add(indicatif::ProgressBar::new(t.estimated_rows.max(0) as u64));
-                b.set_style(style.clone());
+                let b = if t.estimated_rows > 0 {
+                    let b = multi.add(indicatif::ProgressBar::new(t.estimated_rows as u64));
+                    b.set_style(known.clone());
+                    b
+                } else {
+                    let b = multi.add(indicatif::ProgressBar::new_spinner());
+                    b.set_style(unknown.clone());
+                    b
+                };
                 b.set_prefix(t.id.to_string());
                 b
             })
@@ -372,7 +382,7 @@ impl Progress {
     fn update(&self, i: usize, rows: u64) {
         match &self.bars {
             Some((_, bars)) => {
-                if bars[i].length().is_some_and(|l| rows > l) {
+                if bars[i].length().is_some_and(|l| l > 0 && rows > l) {
                     bars[i].set_length(rows);
                 }
                 bars[i].set_position(rows);
@@ -390,7 +400,10 @@ impl Progress {
 
     fn finish(&self, i: usize, rows: u64) {
         if let Some((_, bars)) = &self.bars {
-            bars[i].set_length(rows);
+            if bars[i].length().is_some() {
+                bars[i].set_length(rows);
+            }
+            bars[i].set_position(rows);
             bars[i].finish();
         }
     }

@@ -43,6 +43,11 @@ fn log_tail(log: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_leaves_an_exact_replica() {
+    // A new kill schedule every run; a failure prints the seed that reproduces it.
+    let seed: u64 = std::env::var("SLUICE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(42, |d| d.as_nanos() as u64)
+    });
+    println!("crash test seed: {seed} (rerun with SLUICE_CRASH_SEED={seed})");
     let env = Env::new(SETUP).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pipeline.toml");
@@ -54,7 +59,7 @@ async fn sigkill_at_random_moments_leaves_an_exact_replica() {
     let mut client = common::connect(&env.src_url).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workload = tokio::spawn(async move {
-        let mut rng = Rng::new(0x5eed);
+        let mut rng = Rng::new(seed ^ 0x5eed);
         let mut txns = 0u64;
         let started = Instant::now();
         while !*stop_rx.borrow() && started.elapsed() < Duration::from_secs(120) {
@@ -77,7 +82,7 @@ async fn sigkill_at_random_moments_leaves_an_exact_replica() {
         txns
     });
 
-    let mut rng = Rng::new(42);
+    let mut rng = Rng::new(seed);
     let mut sluice = spawn(&config, &log);
     // The first two kills land during the initial snapshot, the others while streaming.
     let delays_ms = [300, 500, rng.range(0, 1500), rng.range(0, 1500), rng.range(200, 2500), rng.range(200, 2500), rng.range(0, 800), rng.range(0, 300)];
