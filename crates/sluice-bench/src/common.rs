@@ -1,0 +1,153 @@
+//! Servers, the sluice child process and measurements shared by the benchmarks.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sluice_testkit::{PgOptions, PgServer};
+use tokio_postgres::Client;
+
+/// Server settings for benchmarks: the same for Sluice and for every baseline.
+pub fn bench_server() -> anyhow::Result<PgServer> {
+    let settings = [
+        ("shared_buffers", "512MB"),
+        ("max_wal_size", "16GB"),
+        ("checkpoint_timeout", "1h"),
+        ("wal_buffers", "64MB"),
+        ("max_worker_processes", "16"),
+        ("max_logical_replication_workers", "8"),
+        ("logical_decoding_work_mem", "256MB"),
+    ];
+    PgServer::start_with(PgOptions {
+        wal_level: "logical".into(),
+        settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    })
+    .map_err(anyhow::Error::msg)
+}
+
+pub async fn connect(url: &str) -> anyhow::Result<Client> {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.with_context(|| format!("connect {url}"))?;
+    tokio::spawn(conn);
+    Ok(c)
+}
+
+/// The release `sluice` binary next to this one.
+pub fn sluice_bin() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let bin = me.with_file_name("sluice");
+    if !bin.exists() {
+        bail!("{} not found; run the bench/ scripts, which build it", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A running `sluice run` child.
+pub struct SluiceProc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl SluiceProc {
+    pub fn start(dir: &tempfile::TempDir, toml: &str) -> anyhow::Result<SluiceProc> {
+        let config = dir.path().join("pipeline.toml");
+        std::fs::write(&config, toml)?;
+        let log = dir.path().join("sluice.log");
+        let child = Command::new(sluice_bin()?)
+            .arg("run")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(&log)?))
+            .spawn()
+            .context("start sluice")?;
+        Ok(SluiceProc { child, log })
+    }
+
+    /// Peak resident memory so far, in MB (VmHWM).
+    pub fn peak_rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("sluice exited with {status}:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("sluice did not stop within 120s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("sluice exited early with {status}:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SluiceProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `q` (one row, one bool column) every 20 ms until true; returns the elapsed time.
+pub async fn until_true(client: &Client, q: &str, timeout: Duration, mut alive: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if let Ok(row) = client.query_one(q, &[]).await {
+            if row.get::<_, Option<bool>>(0) == Some(true) {
+                return Ok(started.elapsed());
+            }
+        }
+        alive()?;
+        if started.elapsed() > timeout {
+            bail!("condition not met within {timeout:?}: {q}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Content digest of a table ordered by `id`.
+pub async fn digest(client: &Client, table: &str) -> anyhow::Result<String> {
+    Ok(client
+        .query_one(&format!("SELECT coalesce(md5(string_agg(r::text, '|' ORDER BY id)), '') FROM {table} r"), &[])
+        .await
+        .with_context(|| format!("digest {table}"))?
+        .get(0))
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[v.len() / 2]
+}
+
+/// Runs `sql`, with the server's message (not just "db error") on failure.
+pub async fn exec(client: &Client, sql: &str) -> anyhow::Result<()> {
+    client.batch_execute(sql).await.map_err(|e| {
+        let msg = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
+        anyhow::anyhow!("{msg}\n  in: {}", sql.chars().take(200).collect::<String>())
+    })
+}

@@ -1,0 +1,245 @@
+//! Benchmark 1 (streaming drain) and the huge-transaction memory benchmark.
+//!
+//! A backlog is written while nothing consumes it; three consumers then drain the same WAL one
+//! after another: `pg_recvlogical` with pgoutput into /dev/null (how fast the walsender can hand
+//! changes out at all), PostgreSQL's native logical replication (subscription enabled only after
+//! the backlog exists), and Sluice. "Done" is the moment a marker row, committed after the
+//! backlog, is visible in the target: both appliers keep commit order, so everything before it
+//! is applied too. The replicas are compared with the source afterwards.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::common::{exec, bench_server, connect, digest, median, until_true, SluiceProc};
+
+const TABLES: &str = "
+CREATE TABLE t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, c timestamptz NOT NULL, d numeric(12,2) NOT NULL);
+CREATE TABLE marker (id int PRIMARY KEY, at timestamptz NOT NULL);
+";
+
+const BACKLOG: &str = r#"
+CREATE PROCEDURE backlog(n_ins bigint, n_upd bigint, n_del bigint) LANGUAGE plpgsql AS $$
+DECLARE i bigint; n int;
+BEGIN
+  PERFORM setseed(0.42);
+  i := 0;
+  WHILE i < n_ins LOOP
+    n := 1 + floor(random() * 1000)::int;
+    INSERT INTO t SELECT g, (g % 100000)::int, md5(g::text) || md5((g + 1)::text), now(), (g % 100000) / 100.0
+      FROM generate_series(i + 1, least(i + n, n_ins)) g;
+    i := i + n;
+    COMMIT;
+  END LOOP;
+  i := 0;
+  WHILE i < n_upd LOOP
+    n := 1 + floor(random() * 1000)::int;
+    UPDATE t SET a = a + 1, c = now(), d = d + 1 WHERE id > i AND id <= least(i + n, n_upd);
+    i := i + n;
+    COMMIT;
+  END LOOP;
+  i := 0;
+  WHILE i < n_del LOOP
+    n := 1 + floor(random() * 1000)::int;
+    DELETE FROM t WHERE id > n_ins - n_del + i AND id <= least(n_ins - n_del + i + n, n_ins);
+    i := i + n;
+    COMMIT;
+  END LOOP;
+END $$;
+"#;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Rows inserted in the backlog
+    #[arg(long, default_value_t = 1_000_000)]
+    inserts: i64,
+    /// Rows updated in the backlog
+    #[arg(long, default_value_t = 1_000_000)]
+    updates: i64,
+    /// Rows deleted in the backlog
+    #[arg(long, default_value_t = 200_000)]
+    deletes: i64,
+    /// Repetitions (fresh servers each); medians are reported
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+}
+
+struct DrainRun {
+    ceiling: f64,
+    native: f64,
+    sluice: f64,
+    rss_mb: f64,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let changes = (a.inserts + a.updates.min(a.inserts) + a.deletes.min(a.inserts)) as f64;
+    let mut runs = Vec::new();
+    for i in 0..a.runs {
+        let r = once(&a).await?;
+        println!(
+            "run {}: decode_limit_rows_per_s={:.0} native_rows_per_s={:.0} sluice_rows_per_s={:.0} sluice_peak_rss_mb={:.1}",
+            i + 1,
+            changes / r.ceiling,
+            changes / r.native,
+            changes / r.sluice,
+            r.rss_mb
+        );
+        runs.push(r);
+    }
+    let ceiling = changes / median(runs.iter().map(|r| r.ceiling).collect());
+    let native = changes / median(runs.iter().map(|r| r.native).collect());
+    let sluice = changes / median(runs.iter().map(|r| r.sluice).collect());
+    let rss = median(runs.iter().map(|r| r.rss_mb).collect());
+    println!(
+        "bench=drain changes={changes} runs={} sluice_rows_per_s={sluice:.0} native_rows_per_s={native:.0} \
+         decode_limit_rows_per_s={ceiling:.0} ratio_vs_native={:.2} ratio_vs_decode_limit={:.2} sluice_peak_rss_mb={rss:.1}",
+        a.runs,
+        sluice / native,
+        sluice / ceiling
+    );
+    Ok(())
+}
+
+async fn once(a: &Args) -> anyhow::Result<DrainRun> {
+    let source = bench_server()?;
+    let target = bench_server()?;
+    let src_url = source.create_database("bench").await;
+    let replica_url = target.create_database("replica").await;
+    let native_url = target.create_database("native").await;
+    let src = connect(&src_url).await?;
+    let replica = connect(&replica_url).await?;
+    let native = connect(&native_url).await?;
+    exec(&src, TABLES).await?;
+    exec(&src, BACKLOG).await?;
+    exec(&native, TABLES).await?;
+    exec(&src, 
+        "CREATE PUBLICATION native_pub FOR TABLE t, marker; CREATE PUBLICATION ceiling_pub FOR TABLE t, marker;",
+    )
+    .await?;
+    // A slot cannot be created in a transaction that has written: its own statement.
+    exec(&src, "SELECT pg_create_logical_replication_slot('ceiling', 'pgoutput')").await?;
+    native
+        .batch_execute(&format!(
+            "CREATE SUBSCRIPTION native_sub CONNECTION 'host=127.0.0.1 port={} dbname=bench user=postgres' \
+             PUBLICATION native_pub WITH (copy_data = false, enabled = false)",
+            source.port()
+        ))
+        .await
+        .context("create subscription")?;
+
+    // Sluice creates its slot and copies the (empty) tables, then stops before the backlog.
+    let dir = tempfile::tempdir()?;
+    let toml = format!(
+        "name = \"bench\"\n[source]\ntype = \"postgres\"\nurl = \"{src_url}\"\ntables = [\"public.t\", \"public.marker\"]\n\n\
+         [[sink]]\ntype = \"postgres\"\nurl = \"{replica_url}\"\n"
+    );
+    let mut first = SluiceProc::start(&dir, &toml)?;
+    until_true(
+        &replica,
+        "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)",
+        Duration::from_secs(120),
+        || first.check_alive(),
+    )
+    .await?;
+    first.stop()?;
+
+    let t = Instant::now();
+    exec(&src, &format!("CALL backlog({}, {}, {})", a.inserts, a.updates, a.deletes)).await?;
+    exec(&src, "INSERT INTO marker VALUES (1, now())").await?;
+    let end_lsn: String = src.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    eprintln!("backlog written in {:.1}s, WAL end {end_lsn}", t.elapsed().as_secs_f64());
+
+    // Ceiling: the walsender decoding into pg_recvlogical, output discarded.
+    let bindir = sluice_testkit::pg_bindir().map_err(anyhow::Error::msg)?;
+    let t = Instant::now();
+    let status = Command::new(bindir.join("pg_recvlogical"))
+        .args(["-d", &src_url, "--slot", "ceiling", "--start", "--no-loop", "-f", "/dev/null"])
+        .arg(format!("--endpos={end_lsn}"))
+        .args(["-o", "proto_version=1", "-o", "publication_names=ceiling_pub"])
+        .status()
+        .context("run pg_recvlogical")?;
+    let ceiling = t.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("pg_recvlogical failed: {status}");
+    }
+    eprintln!("decode limit: {ceiling:.2}s");
+
+    // Native logical replication.
+    let t = Instant::now();
+    exec(&native, "ALTER SUBSCRIPTION native_sub ENABLE").await?;
+    until_true(&native, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || Ok(())).await?;
+    let native_secs = t.elapsed().as_secs_f64();
+    exec(&native, "ALTER SUBSCRIPTION native_sub DISABLE").await?;
+    eprintln!("native: {native_secs:.2}s");
+
+    // Sluice.
+    let t = Instant::now();
+    let mut proc = SluiceProc::start(&dir, &toml)?;
+    until_true(&replica, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || proc.check_alive()).await?;
+    let sluice_secs = t.elapsed().as_secs_f64();
+    let rss_mb = proc.peak_rss_mb();
+    proc.stop()?;
+    eprintln!("sluice: {sluice_secs:.2}s, peak RSS {rss_mb:.1} MB");
+
+    let want = digest(&src, "t").await?;
+    if digest(&replica, "t").await? != want {
+        bail!("the Sluice replica differs from the source");
+    }
+    if digest(&native, "t").await? != want {
+        bail!("the native replica differs from the source");
+    }
+    exec(&native, "DROP SUBSCRIPTION native_sub").await?;
+    Ok(DrainRun { ceiling, native: native_secs, sluice: sluice_secs, rss_mb })
+}
+
+#[derive(clap::Args)]
+pub struct BigTxnArgs {
+    /// Rows changed by the single transaction
+    #[arg(long, default_value_t = 2_000_000)]
+    rows: i64,
+}
+
+/// Peak RSS while Sluice applies one transaction that updates `rows` rows.
+pub async fn big_txn(a: BigTxnArgs) -> anyhow::Result<()> {
+    let source = bench_server()?;
+    let target = bench_server()?;
+    let src_url = source.create_database("bench").await;
+    let replica_url = target.create_database("replica").await;
+    let src = connect(&src_url).await?;
+    let replica = connect(&replica_url).await?;
+    exec(&src, TABLES).await?;
+    exec(&src, &format!(
+        "INSERT INTO t SELECT g, g % 1000, md5(g::text) || md5((g + 1)::text), now(), g / 100.0 FROM generate_series(1, {}) g",
+        a.rows
+    ))
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let toml = format!(
+        "name = \"bench\"\n[source]\ntype = \"postgres\"\nurl = \"{src_url}\"\ntables = [\"public.t\", \"public.marker\"]\n\n\
+         [[sink]]\ntype = \"postgres\"\nurl = \"{replica_url}\"\n"
+    );
+    let mut first = SluiceProc::start(&dir, &toml)?;
+    until_true(&replica, "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)", Duration::from_secs(1800), || {
+        first.check_alive()
+    })
+    .await?;
+    first.stop()?;
+    exec(&src, "UPDATE t SET a = a + 1, c = now()").await?;
+    exec(&src, "INSERT INTO marker VALUES (1, now())").await?;
+    let t = Instant::now();
+    let mut proc = SluiceProc::start(&dir, &toml)?;
+    until_true(&replica, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || proc.check_alive()).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let rss = proc.peak_rss_mb();
+    proc.stop()?;
+    if digest(&src, "t").await? != digest(&replica, "t").await? {
+        bail!("the replica differs from the source");
+    }
+    println!(
+        "bench=big_txn rows={} sluice_secs={secs:.2} sluice_rows_per_s={:.0} sluice_peak_rss_mb={rss:.1}",
+        a.rows,
+        a.rows as f64 / secs
+    );
+    Ok(())
+}

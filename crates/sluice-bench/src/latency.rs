@@ -1,0 +1,83 @@
+//! Benchmark 3: commit-to-visible latency under a steady insert workload.
+//!
+//! Each source row records `clock_timestamp()` when written; the replica table has one more
+//! column, filled by `clock_timestamp()` when Sluice writes the row. Both servers share this
+//! machine's clock, so the difference is the per-change latency (the target value is taken
+//! just before Sluice's commit, which follows within the same round trip).
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use crate::common::{exec, bench_server, connect, until_true, SluiceProc};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Rows per second
+    #[arg(long, default_value_t = 5000)]
+    rate: u32,
+    /// Rows per source transaction
+    #[arg(long, default_value_t = 10)]
+    rows_per_txn: u32,
+    /// Duration of the workload in seconds
+    #[arg(long, default_value_t = 60)]
+    secs: u64,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let source = bench_server()?;
+    let target = bench_server()?;
+    let src_url = source.create_database("bench").await;
+    let replica_url = target.create_database("replica").await;
+    let src = connect(&src_url).await?;
+    let replica = connect(&replica_url).await?;
+    exec(&src, "CREATE TABLE lat (id bigserial PRIMARY KEY, payload text NOT NULL, t_src timestamptz NOT NULL DEFAULT clock_timestamp())").await?;
+    replica
+        .batch_execute(
+            "CREATE TABLE lat (id bigint PRIMARY KEY, payload text NOT NULL, t_src timestamptz NOT NULL, \
+             t_dst timestamptz NOT NULL DEFAULT clock_timestamp())",
+        )
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let toml = format!(
+        "name = \"lat\"\n[source]\ntype = \"postgres\"\nurl = \"{src_url}\"\ntables = [\"public.lat\"]\n\n\
+         [[sink]]\ntype = \"postgres\"\nurl = \"{replica_url}\"\n"
+    );
+    let mut proc = SluiceProc::start(&dir, &toml)?;
+    until_true(&replica, "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)", Duration::from_secs(60), || {
+        proc.check_alive()
+    })
+    .await?;
+
+    let txns_per_s = (a.rate / a.rows_per_txn.max(1)).max(1);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / txns_per_s as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let insert = src.prepare(&format!("INSERT INTO lat (payload) SELECT 'payload-' || g FROM generate_series(1, {}) g", a.rows_per_txn)).await?;
+    let started = Instant::now();
+    let mut sent: i64 = 0;
+    while started.elapsed() < Duration::from_secs(a.secs) {
+        tick.tick().await;
+        src.execute(&insert, &[]).await?;
+        sent += a.rows_per_txn as i64;
+    }
+    let achieved = sent as f64 / started.elapsed().as_secs_f64();
+    until_true(&replica, &format!("SELECT count(*) = {sent} FROM lat"), Duration::from_secs(120), || proc.check_alive()).await?;
+    let rss = proc.peak_rss_mb();
+    proc.stop()?;
+    let row = replica
+        .query_one(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms) \
+             FROM (SELECT extract(epoch FROM t_dst - t_src)::float8 * 1000 AS ms FROM lat) l",
+            &[],
+        )
+        .await?;
+    let (p50, p99, max): (f64, f64, f64) = (row.get(0), row.get(1), row.get(2));
+    if p50 < 0.0 {
+        bail!("negative latency: the clocks disagree");
+    }
+    println!(
+        "bench=latency rows={sent} target_rows_per_s={} achieved_rows_per_s={achieved:.0} rows_per_txn={} p50_ms={p50:.1} p99_ms={p99:.1} max_ms={max:.1} sluice_peak_rss_mb={rss:.1}",
+        a.rate, a.rows_per_txn
+    );
+    Ok(())
+}

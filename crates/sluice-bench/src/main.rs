@@ -1,0 +1,43 @@
+//! `sluice-bench`: end-to-end benchmarks that run Sluice and its baseline on the same machine
+//! in the same run, and print a final `key=value` summary line.
+//!
+//! Every benchmark starts its own PostgreSQL servers with the test kit and runs the release
+//! `sluice` binary as a child process (so its memory can be measured). Run them through the
+//! scripts in `bench/`, which build that binary first.
+
+mod common;
+mod drain;
+mod latency;
+mod snapshot;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sluice-bench", about = "Sluice end-to-end benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Streaming drain of a backlog: Sluice vs native logical replication vs pg_recvlogical
+    Drain(drain::Args),
+    /// Initial snapshot: Sluice vs a binary COPY pipe
+    Snapshot(snapshot::Args),
+    /// Commit-to-visible latency under a steady workload
+    Latency(latency::Args),
+    /// Peak memory of one huge transaction
+    BigTxn(drain::BigTxnArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Drain(a) => drain::run(a).await,
+        Cmd::Snapshot(a) => snapshot::run(a).await,
+        Cmd::Latency(a) => latency::run(a).await,
+        Cmd::BigTxn(a) => drain::big_txn(a).await,
+    }
+}
