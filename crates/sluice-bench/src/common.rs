@@ -75,6 +75,11 @@ impl SluiceProc {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
+    /// CPU seconds (user + system) used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        proc_cpu_secs(self.child.id() as i32)
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(mut self) -> anyhow::Result<()> {
         // SAFETY: signalling our own child.
@@ -150,4 +155,27 @@ pub async fn exec(client: &Client, sql: &str) -> anyhow::Result<()> {
         let msg = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
         anyhow::anyhow!("{msg}\n  in: {}", sql.chars().take(200).collect::<String>())
     })
+}
+
+/// CPU seconds (user + system) a process has used, 0 when it is gone.
+pub fn proc_cpu_secs(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name start at field 3 (state);
+    // utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    match (f.get(11).and_then(|x| x.parse::<f64>().ok()), f.get(12).and_then(|x| x.parse::<f64>().ok())) {
+        (Some(u), Some(s)) if hz > 0.0 => (u + s) / hz,
+        _ => 0.0,
+    }
+}
+
+/// CPU seconds of the server processes `query` names by pid.
+pub async fn backend_cpu_secs(client: &Client, query: &str) -> f64 {
+    match client.query(query, &[]).await {
+        Ok(rows) => rows.iter().filter_map(|r| r.get::<_, Option<i32>>(0)).map(proc_cpu_secs).sum(),
+        Err(_) => 0.0,
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::common::{exec, bench_server, connect, digest, median, until_true, SluiceProc};
+use crate::common::{exec, backend_cpu_secs, bench_server, connect, digest, median, until_true, SluiceProc};
 
 const TABLES: &str = "
 CREATE TABLE t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, c timestamptz NOT NULL, d numeric(12,2) NOT NULL);
@@ -170,6 +170,9 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     exec(&native, "ALTER SUBSCRIPTION native_sub ENABLE").await?;
     until_true(&native, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || Ok(())).await?;
     let native_secs = t.elapsed().as_secs_f64();
+    let apply_cpu = backend_cpu_secs(&native, "SELECT pid FROM pg_stat_subscription WHERE pid IS NOT NULL").await;
+    let sender_cpu = backend_cpu_secs(&src, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'native_sub'").await;
+    eprintln!("native: apply worker {apply_cpu:.2} CPU s, walsender {sender_cpu:.2} CPU s");
     exec(&native, "ALTER SUBSCRIPTION native_sub DISABLE").await?;
     eprintln!("native: {native_secs:.2}s");
 
@@ -179,8 +182,12 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     until_true(&replica, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || proc.check_alive()).await?;
     let sluice_secs = t.elapsed().as_secs_f64();
     let rss_mb = proc.peak_rss_mb();
+    let cpu = proc.cpu_secs();
+    let apply_cpu = backend_cpu_secs(&replica, "SELECT pid FROM pg_stat_activity WHERE application_name = 'sluice'").await;
+    let sender_cpu = backend_cpu_secs(&src, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'sluice_bench'").await;
+    eprintln!("sluice: target backends {apply_cpu:.2} CPU s, walsender {sender_cpu:.2} CPU s");
     proc.stop()?;
-    eprintln!("sluice: {sluice_secs:.2}s, peak RSS {rss_mb:.1} MB");
+    eprintln!("sluice: {sluice_secs:.2}s, peak RSS {rss_mb:.1} MB, {cpu:.2} CPU seconds");
 
     let want = digest(&src, "t").await?;
     if digest(&replica, "t").await? != want {

@@ -12,5 +12,5 @@ mod sink;
 mod source;
 
 pub use error::PgError;
-pub use sink::{row_json, PgSink, CHECKPOINT_TABLE, DEAD_LETTER_TABLE};
+pub use sink::{row_json, text_columns, PgSink, CHECKPOINT_TABLE, DEAD_LETTER_TABLE};
 pub use source::PgSource;

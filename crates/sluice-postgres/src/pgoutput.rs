@@ -245,6 +245,18 @@ pub fn decode(mut b: Bytes) -> Result<PgOutput, PgError> {
     })
 }
 
+/// Converts a decoded tuple into a row of text values.
+pub fn to_row(vals: &[TupleValue]) -> sluice_core::Row {
+    use sluice_core::Value;
+    vals.iter()
+        .map(|v| match v {
+            TupleValue::Null => Value::Null,
+            TupleValue::Unchanged => Value::Unchanged,
+            TupleValue::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

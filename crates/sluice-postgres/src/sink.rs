@@ -487,8 +487,7 @@ impl PgSink {
             key.join(", ")
         );
         let st = self.statement(sql, cols.len()).await?;
-        let columns: Vec<Vec<Option<&str>>> =
-            (0..cols.len()).map(|j| rows.iter().map(|r| r[j].as_text()).collect()).collect();
+        let columns = text_columns(rows, cols.len());
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns.iter().map(|c| c as _).collect();
         self.client()?.execute(&st, &params).await.ctx(format!("upsert into {}", schema.id))?;
         Ok(())
@@ -765,6 +764,11 @@ async fn ensure_enum(client: &Client, dt: &DataType, native: &str) -> Result<(),
         client.batch_execute(&format!("CREATE TYPE {name} AS ENUM ({list})")).await.ctx(format!("create enum {name}"))?;
     }
     Ok(())
+}
+
+/// Rows turned into one text array per column, the parameters of the set-based statements.
+pub fn text_columns(rows: &[Row], ncols: usize) -> Vec<Vec<Option<&str>>> {
+    (0..ncols).map(|j| rows.iter().map(|r| r[j].as_text()).collect()).collect()
 }
 
 /// A row as a JSON object, typed by the column's data type.

@@ -44,7 +44,7 @@ use crate::catalog::{self, SourceTable, TypeCache};
 use crate::copytext::CopyTextParser;
 use crate::error::{Ctx, PgError};
 use crate::ident::{qualified, quote_ident, quote_literal};
-use crate::pgoutput::{self, OldTuple, PgOutput, Relation, TupleValue};
+use crate::pgoutput::{self, to_row, OldTuple, PgOutput, Relation, TupleValue};
 use crate::replication::{ReplicationConn, PG_EPOCH_OFFSET_MICROS};
 
 /// How long to wait for a slot to become free before giving up on this attempt.
@@ -572,11 +572,11 @@ impl Streamer<'_> {
             }
             PgOutput::Insert { rel, new } => {
                 let table = self.table(rel)?;
-                Event::Change(Change { op: Op::Insert { after: row(&new) }, table })
+                Event::Change(Change { op: Op::Insert { after: to_row(&new) }, table })
             }
             PgOutput::Update { rel, old, new } => {
                 let table = self.table(rel)?;
-                let mut after = row(&new);
+                let mut after = to_row(&new);
                 let before = old.map(|o| {
                     if let OldTuple::Full(vals) = &o {
                         // Identity FULL sends the whole old row: fill unchanged TOAST values from it.
@@ -588,13 +588,13 @@ impl Streamer<'_> {
                             }
                         }
                     }
-                    row(o.values())
+                    to_row(o.values())
                 });
                 Event::Change(Change { op: Op::Update { before, after }, table })
             }
             PgOutput::Delete { rel, old } => {
                 let table = self.table(rel)?;
-                Event::Change(Change { op: Op::Delete { before: row(old.values()) }, table })
+                Event::Change(Change { op: Op::Delete { before: to_row(old.values()) }, table })
             }
             PgOutput::Truncate { rels } => {
                 for rel in rels {
@@ -637,14 +637,4 @@ impl Streamer<'_> {
         self.relations.insert(rel.id, (rel, schema));
         Ok(())
     }
-}
-
-fn row(vals: &[TupleValue]) -> Row {
-    vals.iter()
-        .map(|v| match v {
-            TupleValue::Null => Value::Null,
-            TupleValue::Unchanged => Value::Unchanged,
-            TupleValue::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-        })
-        .collect()
 }
