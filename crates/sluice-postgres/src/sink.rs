@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::SinkExt;
 use sluice_config::{PgSinkConfig, SinkMode};
 use sluice_core::{
     BatchPolicy, Change, Checkpoint, ConnectorError, DataType, ErrorClass, Event, Op, Position, Row, Sink, TableId,
@@ -63,7 +64,19 @@ pub struct PgSink {
     dirty: bool,
     txn: Option<TxnMeta>,
     statements: HashMap<String, Statement>,
+    /// Replica mode, during the snapshot: the `COPY .. FROM STDIN` being streamed.
+    copy: Option<CopyStream>,
 }
+
+/// An open `COPY .. FROM STDIN` (text format) into one freshly truncated target table.
+struct CopyStream {
+    table: TableId,
+    sink: std::pin::Pin<Box<tokio_postgres::CopyInSink<bytes::Bytes>>>,
+    buf: bytes::BytesMut,
+}
+
+/// Bytes of COPY data gathered before they are sent.
+const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
 /// What the target table looks like.
 struct Target {
@@ -121,6 +134,7 @@ impl PgSink {
             dirty: false,
             txn: None,
             statements: HashMap::new(),
+            copy: None,
         }
     }
 
@@ -258,6 +272,12 @@ impl PgSink {
                 self.begin().await?;
                 let name = qualified(&schema.id);
                 self.client()?.batch_execute(&format!("TRUNCATE {name}")).await.ctx(format!("truncate {name}"))?;
+            }
+            Op::Read { after } if self.cfg.mode == SinkMode::Replica => {
+                // The snapshot fills tables it has just truncated: stream them with COPY.
+                self.copy_row(schema, after).await?;
+                self.uncommitted_rows += 1;
+                return Ok(());
             }
             Op::Read { after } | Op::Insert { after } => {
                 let key = key_of(after);
@@ -594,6 +614,46 @@ impl PgSink {
         Ok(())
     }
 
+    async fn copy_row(&mut self, schema: &TableSchema, row: &Row) -> Result<(), PgError> {
+        if self.copy.as_ref().is_some_and(|c| c.table != schema.id) {
+            self.finish_copy().await?;
+        }
+        if self.copy.is_none() {
+            self.begin().await?;
+            let name = self.target(&schema.id)?.name.clone();
+            let cols = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+            let sink = self
+                .client()?
+                .copy_in::<_, bytes::Bytes>(&format!("COPY {name} ({cols}) FROM STDIN"))
+                .await
+                .ctx(format!("start COPY into {}", schema.id))?;
+            self.copy = Some(CopyStream {
+                table: schema.id.clone(),
+                sink: Box::pin(sink),
+                buf: bytes::BytesMut::with_capacity(COPY_CHUNK_BYTES * 2),
+            });
+        }
+        let Some(copy) = self.copy.as_mut() else { return Ok(()) };
+        encode_copy_row(&mut copy.buf, row);
+        if copy.buf.len() >= COPY_CHUNK_BYTES {
+            let chunk = copy.buf.split().freeze();
+            copy.sink.send(chunk).await.ctx(format!("COPY into {}", schema.id))?;
+        }
+        Ok(())
+    }
+
+    async fn finish_copy(&mut self) -> Result<(), PgError> {
+        if let Some(mut copy) = self.copy.take() {
+            if !copy.buf.is_empty() {
+                let chunk = copy.buf.split().freeze();
+                copy.sink.send(chunk).await.ctx(format!("COPY into {}", copy.table))?;
+            }
+            let rows = copy.sink.as_mut().finish().await.ctx(format!("finish COPY into {}", copy.table))?;
+            debug!(table = %copy.table, rows, "snapshot copy finished");
+        }
+        Ok(())
+    }
+
     async fn snapshot_begin(&mut self, tables: &[Arc<TableSchema>]) -> Result<(), PgError> {
         // Whatever an interrupted earlier snapshot wrote is replaced. In changelog mode the
         // tables hold nothing else yet: no transaction was streamed before the snapshot ended.
@@ -673,6 +733,7 @@ impl Sink for PgSink {
         match event {
             Event::SnapshotBegin { tables } => self.snapshot_begin(tables).await?,
             Event::SnapshotEnd { position } => {
+                self.finish_copy().await?;
                 self.reached = Checkpoint { position: Some(*position), snapshot_done: true };
                 self.dirty = true;
             }
@@ -766,6 +827,37 @@ async fn ensure_enum(client: &Client, dt: &DataType, native: &str) -> Result<(),
     Ok(())
 }
 
+/// Appends `row` as one line of COPY text format: tab-separated, `\N` for NULL, backslash
+/// escapes for the characters the format reserves.
+pub fn encode_copy_row(buf: &mut bytes::BytesMut, row: &Row) {
+    for (i, v) in row.iter().enumerate() {
+        if i > 0 {
+            buf.extend_from_slice(b"\t");
+        }
+        match v {
+            Value::Text(t) => {
+                let bytes = t.as_bytes();
+                let mut start = 0;
+                for (j, &b) in bytes.iter().enumerate() {
+                    let esc: &[u8] = match b {
+                        b'\\' => b"\\\\",
+                        b'\t' => b"\\t",
+                        b'\n' => b"\\n",
+                        b'\r' => b"\\r",
+                        _ => continue,
+                    };
+                    buf.extend_from_slice(&bytes[start..j]);
+                    buf.extend_from_slice(esc);
+                    start = j + 1;
+                }
+                buf.extend_from_slice(&bytes[start..]);
+            }
+            Value::Null | Value::Unchanged => buf.extend_from_slice(b"\\N"),
+        }
+    }
+    buf.extend_from_slice(b"\n");
+}
+
 /// Rows turned into one text array per column, the parameters of the set-based statements.
 pub fn text_columns(rows: &[Row], ncols: usize) -> Vec<Vec<Option<&str>>> {
     (0..ncols).map(|j| rows.iter().map(|r| r[j].as_text()).collect()).collect()
@@ -824,6 +916,14 @@ fn head(sql: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_rows_escape_reserved_characters() {
+        let mut buf = bytes::BytesMut::new();
+        let row = vec![Value::Text("a\tb\\c\nd\re".into()), Value::Null, Value::Text(String::new())];
+        encode_copy_row(&mut buf, &row);
+        assert_eq!(&buf[..], b"a\\tb\\\\c\\nd\\re\t\\N\t\n");
+    }
 
     #[test]
     fn formats_unix_micros_as_utc_text() {

@@ -350,13 +350,18 @@ async fn one_source_feeds_two_sinks_and_confirms_only_what_both_hold() {
     // Both sinks keep their own checkpoint; the slot is confirmed no further than the older one.
     let p1: String = env.dst.query_one("SELECT position->>'at' FROM sluice.checkpoints WHERE pipeline = 'fan'", &[]).await.unwrap().get(0);
     let p2: String = audit.query_one("SELECT position->>'at' FROM sluice.checkpoints WHERE pipeline = 'fan'", &[]).await.unwrap().get(0);
-    let row = env
-        .src
-        .query_one(
-            "SELECT confirmed_flush_lsn >= LEAST($1::text::pg_lsn, $2::text::pg_lsn) FROM pg_replication_slots WHERE slot_name = 'sluice_fan'",
-            &[&p1, &p2],
-        )
-        .await
-        .unwrap();
-    assert!(row.get::<_, bool>(0));
+    // The final confirmation reaches the walsender asynchronously after the pipeline returns.
+    let src = &env.src;
+    let (p1, p2) = (&p1, &p2);
+    wait_for("the slot to be confirmed up to the older sink", CONVERGE, || async move {
+        let row = src
+            .query_one(
+                "SELECT confirmed_flush_lsn >= LEAST($1::text::pg_lsn, $2::text::pg_lsn) FROM pg_replication_slots WHERE slot_name = 'sluice_fan'",
+                &[p1, p2],
+            )
+            .await
+            .ok()?;
+        row.get::<_, bool>(0).then_some(())
+    })
+    .await;
 }
