@@ -72,8 +72,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .await?;
         let sluice_secs = t.elapsed().as_secs_f64();
         rss.push(proc.peak_rss_mb());
+        let cpu = proc.cpu_secs();
         proc.stop()?;
-        eprintln!("sluice snapshot: {sluice_secs:.2}s");
+        eprintln!("sluice snapshot: {sluice_secs:.2}s, sluice used {cpu:.2} CPU s");
         if digest(&replica, "t").await? != want || digest(&copy, "t").await? != want {
             bail!("a copy differs from the source");
         }

@@ -122,6 +122,76 @@ impl TableSchema {
     }
 }
 
+/// UTF-8 text that may share the network buffer it arrived in, so decoding a value costs no
+/// allocation. Cloning is a reference-count increment.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Text(bytes::Bytes);
+
+impl Text {
+    /// Wraps received bytes; invalid UTF-8 (which a server sending UTF-8 never produces) is
+    /// replaced rather than trusted.
+    pub fn from_utf8_bytes(b: bytes::Bytes) -> Text {
+        match std::str::from_utf8(&b) {
+            Ok(_) => Text(b),
+            Err(_) => Text(bytes::Bytes::from(String::from_utf8_lossy(&b).into_owned().into_bytes())),
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor guarantees valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    /// The UTF-8 bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text(bytes::Bytes::from(s.into_bytes()))
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Text {
+        Text(bytes::Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Text::from)
+    }
+}
+
 /// One value of a row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Value {
@@ -131,14 +201,14 @@ pub enum Value {
     /// column in PostgreSQL). A sink must keep the value it already holds.
     Unchanged,
     /// The value in its source's canonical text form; see [`DataType`].
-    Text(String),
+    Text(Text),
 }
 
 impl Value {
     /// The text form, or `None` for NULL and unchanged values.
     pub fn as_text(&self) -> Option<&str> {
         match self {
-            Value::Text(s) => Some(s),
+            Value::Text(s) => Some(s.as_str()),
             _ => None,
         }
     }

@@ -2,7 +2,8 @@
 //! backslash escapes, one row per line. Values come out exactly as the type output functions
 //! wrote them, the same text pgoutput sends while streaming.
 
-use sluice_core::Value;
+use bytes::Bytes;
+use sluice_core::{Text, Value};
 
 use crate::error::PgError;
 
@@ -13,17 +14,18 @@ pub struct CopyTextParser {
 }
 
 impl CopyTextParser {
-    /// Feeds one chunk and calls `row` for every complete line in it.
-    pub fn feed(&mut self, chunk: &[u8], mut row: impl FnMut(Vec<Value>) -> Result<(), PgError>) -> Result<(), PgError> {
+    /// Feeds one chunk and calls `row` for every complete line in it. Values share the
+    /// chunk's buffer unless they contained escapes.
+    pub fn feed(&mut self, chunk: Bytes, mut row: impl FnMut(Vec<Value>) -> Result<(), PgError>) -> Result<(), PgError> {
         let mut start = 0;
         while let Some(nl) = chunk[start..].iter().position(|b| *b == b'\n') {
             let end = start + nl;
             if self.carry.is_empty() {
-                row(parse_line(&chunk[start..end])?)?;
+                row(parse_line(chunk.slice(start..end))?)?;
             } else {
                 self.carry.extend_from_slice(&chunk[start..end]);
-                let line = std::mem::take(&mut self.carry);
-                row(parse_line(&line)?)?;
+                let line = Bytes::from(std::mem::take(&mut self.carry));
+                row(parse_line(line)?)?;
             }
             start = end + 1;
         }
@@ -37,18 +39,24 @@ impl CopyTextParser {
     }
 }
 
-fn parse_line(line: &[u8]) -> Result<Vec<Value>, PgError> {
-    let mut out = Vec::new();
-    for field in line.split(|b| *b == b'\t') {
+fn parse_line(line: Bytes) -> Result<Vec<Value>, PgError> {
+    let mut out = Vec::with_capacity(8);
+    let mut start = 0;
+    loop {
+        let end = line[start..].iter().position(|b| *b == b'\t').map_or(line.len(), |i| start + i);
+        let field = &line[start..end];
         if field == b"\\N" {
             out.push(Value::Null);
         } else if !field.contains(&b'\\') {
-            out.push(Value::Text(String::from_utf8_lossy(field).into_owned()));
+            out.push(Value::Text(Text::from_utf8_bytes(line.slice(start..end))));
         } else {
-            out.push(Value::Text(String::from_utf8_lossy(&unescape(field)?).into_owned()));
+            out.push(Value::Text(Text::from_utf8_bytes(Bytes::from(unescape(field)?))));
         }
+        if end == line.len() {
+            return Ok(out);
+        }
+        start = end + 1;
     }
-    Ok(out)
 }
 
 fn unescape(f: &[u8]) -> Result<Vec<u8>, PgError> {
@@ -112,7 +120,7 @@ mod tests {
         let mut rows = Vec::new();
         let data = b"1\ta\\tb\\\\c\\N\t\\N\n2\t\\x41\\101\\n\tz\n";
         for chunk in data.chunks(3) {
-            p.feed(chunk, |r| {
+            p.feed(Bytes::copy_from_slice(chunk), |r| {
                 rows.push(r);
                 Ok(())
             })

@@ -252,7 +252,7 @@ pub fn to_row(vals: &[TupleValue]) -> sluice_core::Row {
         .map(|v| match v {
             TupleValue::Null => Value::Null,
             TupleValue::Unchanged => Value::Unchanged,
-            TupleValue::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            TupleValue::Text(t) => Value::Text(sluice_core::Text::from_utf8_bytes(t.clone())),
         })
         .collect()
 }

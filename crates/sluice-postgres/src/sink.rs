@@ -870,7 +870,7 @@ pub fn row_json(schema: &TableSchema, row: &Row) -> serde_json::Value {
         let j = match v {
             Value::Unchanged => continue,
             Value::Null => serde_json::Value::Null,
-            Value::Text(t) => text_json(&c.data_type, t),
+            Value::Text(t) => text_json(&c.data_type, t.as_str()),
         };
         m.insert(c.name.clone(), j);
     }
@@ -920,7 +920,7 @@ mod tests {
     #[test]
     fn copy_rows_escape_reserved_characters() {
         let mut buf = bytes::BytesMut::new();
-        let row = vec![Value::Text("a\tb\\c\nd\re".into()), Value::Null, Value::Text(String::new())];
+        let row = vec![Value::Text("a\tb\\c\nd\re".into()), Value::Null, Value::Text("".into())];
         encode_copy_row(&mut buf, &row);
         assert_eq!(&buf[..], b"a\\tb\\\\c\\nd\\re\t\\N\t\n");
     }

@@ -277,7 +277,7 @@ impl PgSource {
             let mut batch: Vec<Row> = Vec::with_capacity(1024);
             while let Some(chunk) = copy.next().await {
                 let chunk = chunk.ctx(format!("snapshot of {}", t.id))?;
-                parser.feed(&chunk, |row| {
+                parser.feed(chunk, |row| {
                     batch.push(row);
                     Ok(())
                 })?;
@@ -583,7 +583,7 @@ impl Streamer<'_> {
                         for (a, b) in after.iter_mut().zip(vals) {
                             if *a == Value::Unchanged {
                                 if let TupleValue::Text(t) = b {
-                                    *a = Value::Text(String::from_utf8_lossy(t).into_owned());
+                                    *a = Value::Text(sluice_core::Text::from_utf8_bytes(t.clone()));
                                 }
                             }
                         }
