@@ -102,6 +102,8 @@ type KeyedRow = (Vec<Option<String>>, Row);
 
 #[derive(Clone)]
 enum PendingOp {
+    /// The key's only change in this batch is an insert: a plain INSERT suffices.
+    Insert(Row),
     Upsert(Row),
     Delete(Vec<Option<String>>),
 }
@@ -279,7 +281,11 @@ impl PgSink {
                 self.uncommitted_rows += 1;
                 return Ok(());
             }
-            Op::Read { after } | Op::Insert { after } => {
+            Op::Insert { after } => {
+                let key = key_of(after);
+                self.put(schema, key, PendingOp::Insert(after.clone()));
+            }
+            Op::Read { after } => {
                 let key = key_of(after);
                 self.put(schema, key, PendingOp::Upsert(after.clone()));
             }
@@ -329,7 +335,7 @@ impl PgSink {
             Some(&i) => {
                 let merged = match (p.ops[i].take(), op) {
                     // An update that did not resend TOASTed values keeps the ones buffered.
-                    (Some(PendingOp::Upsert(prev)), PendingOp::Upsert(mut next)) => {
+                    (Some(PendingOp::Upsert(prev) | PendingOp::Insert(prev)), PendingOp::Upsert(mut next)) => {
                         for (n, p) in next.iter_mut().zip(prev) {
                             if *n == Value::Unchanged {
                                 *n = p;
@@ -337,6 +343,9 @@ impl PgSink {
                         }
                         PendingOp::Upsert(next)
                     }
+                    // A key seen earlier in the batch may exist on the target (deleted, then
+                    // inserted again): only an upsert is safe.
+                    (_, PendingOp::Insert(row)) => PendingOp::Upsert(row),
                     (_, op) => op,
                 };
                 p.ops[i] = Some(merged);
@@ -373,21 +382,22 @@ impl PgSink {
         match self.apply_ops(&schema, &ops).await {
             Ok(()) => {}
             Err(e) if e.class() == ErrorClass::Definite => {
-                // A record the target refuses (a constraint, a value out of range): find it by
-                // applying one row at a time, park it in the dead-letter table, keep the rest.
-                warn!(table = %id, error = %ConnectorError::from(e), "batch refused by the target; retrying row by row");
                 self.client()?.batch_execute("ROLLBACK TO SAVEPOINT sluice_write").await.ctx("rollback to savepoint")?;
-                for op in &ops {
-                    self.client()?.batch_execute("SAVEPOINT sluice_row").await.ctx("savepoint")?;
-                    match self.apply_ops(&schema, std::slice::from_ref(op)).await {
-                        Ok(()) => {}
-                        Err(e) if e.class() == ErrorClass::Definite => {
-                            self.client()?.batch_execute("ROLLBACK TO SAVEPOINT sluice_row").await.ctx("rollback to savepoint")?;
-                            self.dead_letter(&schema, op, ConnectorError::from(e).to_string()).await?;
-                        }
-                        Err(e) => return Err(e),
+                // Plain inserts meet an existing row only if the target was changed behind
+                // Sluice's back; applying them as upserts settles that.
+                let ops: Vec<PendingOp> = ops
+                    .into_iter()
+                    .map(|op| match op {
+                        PendingOp::Insert(r) => PendingOp::Upsert(r),
+                        other => other,
+                    })
+                    .collect();
+                let retried = self.apply_ops(&schema, &ops).await;
+                if let Err(e) = retried {
+                    if e.class() != ErrorClass::Definite {
+                        return Err(e);
                     }
-                    self.client()?.batch_execute("RELEASE SAVEPOINT sluice_row").await.ctx("release savepoint")?;
+                    self.retry_rows(id, &schema, &ops, e).await?;
                 }
             }
             Err(e) => return Err(e),
@@ -397,14 +407,36 @@ impl PgSink {
         Ok(())
     }
 
+    /// A record the target refuses (a constraint, a value out of range): find it by applying
+    /// one change at a time, park it in the dead-letter table, keep the rest.
+    async fn retry_rows(&mut self, id: &TableId, schema: &TableSchema, ops: &[PendingOp], e: PgError) -> Result<(), PgError> {
+        warn!(table = %id, error = %ConnectorError::from(e), "batch refused by the target; retrying row by row");
+        self.client()?.batch_execute("ROLLBACK TO SAVEPOINT sluice_write").await.ctx("rollback to savepoint")?;
+        for op in ops {
+            self.client()?.batch_execute("SAVEPOINT sluice_row").await.ctx("savepoint")?;
+            match self.apply_ops(schema, std::slice::from_ref(op)).await {
+                Ok(()) => {}
+                Err(e) if e.class() == ErrorClass::Definite => {
+                    self.client()?.batch_execute("ROLLBACK TO SAVEPOINT sluice_row").await.ctx("rollback to savepoint")?;
+                    self.dead_letter(schema, op, ConnectorError::from(e).to_string()).await?;
+                }
+                Err(e) => return Err(e),
+            }
+            self.client()?.batch_execute("RELEASE SAVEPOINT sluice_row").await.ctx("release savepoint")?;
+        }
+        Ok(())
+    }
+
     async fn apply_ops(&mut self, schema: &TableSchema, ops: &[PendingOp]) -> Result<(), PgError> {
         let key_idx = schema.key_indexes();
         let mut deletes: Vec<Vec<Option<String>>> = Vec::new();
         let mut upserts: Vec<Row> = Vec::new();
+        let mut inserts: Vec<Row> = Vec::new();
         let mut partial: HashMap<Vec<bool>, Vec<KeyedRow>> = HashMap::new();
         for op in ops.iter().cloned() {
             match op {
                 PendingOp::Delete(k) => deletes.push(k),
+                PendingOp::Insert(r) => inserts.push(r),
                 PendingOp::Upsert(r) if r.contains(&Value::Unchanged) => {
                     let mask = r.iter().map(|v| *v != Value::Unchanged).collect();
                     let key = key_idx.iter().map(|&i| r[i].as_text().map(str::to_string)).collect();
@@ -417,7 +449,10 @@ impl PgSink {
             self.delete_rows(schema, &deletes).await?;
         }
         if !upserts.is_empty() {
-            self.upsert_rows(schema, &upserts).await?;
+            self.upsert_rows(schema, &upserts, true).await?;
+        }
+        if !inserts.is_empty() {
+            self.upsert_rows(schema, &inserts, false).await?;
         }
         for (_, rows) in partial {
             self.update_in_place(schema, &rows, false).await?;
@@ -428,7 +463,7 @@ impl PgSink {
     /// Stores a change the target refused, in the same transaction as everything else.
     async fn dead_letter(&mut self, schema: &TableSchema, op: &PendingOp, error: String) -> Result<(), PgError> {
         let (kind, row) = match op {
-            PendingOp::Upsert(r) => ("upsert", row_json(schema, r)),
+            PendingOp::Upsert(r) | PendingOp::Insert(r) => ("upsert", row_json(schema, r)),
             PendingOp::Delete(k) => {
                 let keys = schema.columns.iter().filter(|c| c.key).map(|c| c.name.clone());
                 ("delete", serde_json::Value::Object(keys.zip(k.iter().map(|v| serde_json::json!(v))).collect()))
@@ -484,7 +519,8 @@ impl PgSink {
         Ok(())
     }
 
-    async fn upsert_rows(&mut self, schema: &TableSchema, rows: &[Row]) -> Result<(), PgError> {
+    /// `INSERT .. SELECT .. FROM unnest(..)`, with `ON CONFLICT .. DO UPDATE` when `upsert`.
+    async fn upsert_rows(&mut self, schema: &TableSchema, rows: &[Row], upsert: bool) -> Result<(), PgError> {
         let name = self.target(&schema.id)?.name.clone();
         let cols: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
         let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
@@ -502,10 +538,9 @@ impl PgSink {
             .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(&c.name)))
             .collect::<Vec<_>>();
         let action = if set.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", set.join(", ")) };
-        let sql = format!(
-            "INSERT INTO {name} ({list}) SELECT {select} FROM unnest({args}) AS u({list}) ON CONFLICT ({}) DO {action}",
-            key.join(", ")
-        );
+        let conflict =
+            if upsert { format!(" ON CONFLICT ({}) DO {action}", key.join(", ")) } else { String::new() };
+        let sql = format!("INSERT INTO {name} ({list}) SELECT {select} FROM unnest({args}) AS u({list}){conflict}");
         let st = self.statement(sql, cols.len()).await?;
         let columns = text_columns(rows, cols.len());
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns.iter().map(|c| c as _).collect();

@@ -296,13 +296,18 @@ async fn a_change_the_target_refuses_goes_to_the_dead_letter_table() {
     // The replica has a rule the source lacks: some changes cannot be applied.
     env.dst.batch_execute("CREATE TABLE p (id int PRIMARY KEY, v text CHECK (v <> 'poison'))").await.unwrap();
     let pipeline = start(env.config("dlq", "", ""));
-    env.converge("p", "id").await;
+    let dst = &env.dst;
+    wait_for("the snapshot", CONVERGE, || async {
+        dst.query_opt("SELECT 1 FROM sluice.checkpoints WHERE pipeline = 'dlq' AND snapshot_done", &[]).await.ok().flatten().map(|_| ())
+    })
+    .await;
+    // A row the source does not have yet appears on the replica: the source's insert must win.
+    env.dst.batch_execute("INSERT INTO p VALUES (4, 'stale')").await.unwrap();
     env.src
         .batch_execute("INSERT INTO p VALUES (4, 'ok'), (5, 'poison'), (6, 'fine'); UPDATE p SET v = 'poison' WHERE id = 1;")
         .await
         .unwrap();
     env.src.batch_execute("INSERT INTO p VALUES (7, 'after')").await.unwrap();
-    let dst = &env.dst;
     wait_for("the change after the poison", CONVERGE, || async {
         dst.query_opt("SELECT 1 FROM p WHERE id = 7", &[]).await.ok().flatten().map(|_| ())
     })
@@ -313,6 +318,8 @@ async fn a_change_the_target_refuses_goes_to_the_dead_letter_table() {
     assert_eq!(ids, [1, 2, 3, 4, 6, 7]);
     let v1: String = env.dst.query_one("SELECT v FROM p WHERE id = 1", &[]).await.unwrap().get(0);
     assert_eq!(v1, "v1");
+    let v4: String = env.dst.query_one("SELECT v FROM p WHERE id = 4", &[]).await.unwrap().get(0);
+    assert_eq!(v4, "ok", "an insert meeting a row the target already had must overwrite it");
     let dead = env
         .dst
         .query("SELECT source_table, op, row->>'id', error FROM sluice.dead_letters WHERE pipeline = 'dlq' ORDER BY (row->>'id')::int", &[])
