@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use futures_util::SinkExt;
 use sluice_config::{PgSinkConfig, SinkMode};
 use sluice_core::{
-    BatchPolicy, Change, Checkpoint, ConnectorError, DataType, ErrorClass, Event, Op, Position, Row, Sink, TableId,
+    Text, BatchPolicy, Change, Checkpoint, ConnectorError, DataType, ErrorClass, Event, Op, Position, Row, Sink, TableId,
     TableSchema, TxnMeta, Value,
 };
 use tokio_postgres::types::Type;
@@ -428,6 +428,14 @@ impl PgSink {
     }
 
     async fn apply_ops(&mut self, schema: &TableSchema, ops: &[PendingOp]) -> Result<(), PgError> {
+        for step in self.plan_ops(schema, ops).await? {
+            step.execute(self.client()?).await?;
+        }
+        Ok(())
+    }
+
+    /// The statements that apply `ops` (each key at most once) to the target.
+    async fn plan_ops(&mut self, schema: &TableSchema, ops: &[PendingOp]) -> Result<Vec<Step>, PgError> {
         let key_idx = schema.key_indexes();
         let mut deletes: Vec<Vec<Option<String>>> = Vec::new();
         let mut upserts: Vec<Row> = Vec::new();
@@ -445,19 +453,20 @@ impl PgSink {
                 PendingOp::Upsert(r) => upserts.push(r),
             }
         }
+        let mut steps = Vec::new();
         if !deletes.is_empty() {
-            self.delete_rows(schema, &deletes).await?;
+            steps.push(self.plan_delete(schema, &deletes).await?);
         }
         if !upserts.is_empty() {
-            self.upsert_rows(schema, &upserts, true).await?;
+            steps.push(self.plan_insert(schema, &upserts, true).await?);
         }
         if !inserts.is_empty() {
-            self.upsert_rows(schema, &inserts, false).await?;
+            steps.push(self.plan_insert(schema, &inserts, false).await?);
         }
         for (_, rows) in partial {
-            self.update_in_place(schema, &rows, false).await?;
+            steps.extend(self.plan_update(schema, &rows, false).await?);
         }
-        Ok(())
+        Ok(steps)
     }
 
     /// Stores a change the target refused, in the same transaction as everything else.
@@ -500,7 +509,7 @@ impl PgSink {
         self.targets.get(id).ok_or_else(|| PgError::Protocol(format!("no target for {id}")))
     }
 
-    async fn delete_rows(&mut self, schema: &TableSchema, keys: &[Vec<Option<String>>]) -> Result<(), PgError> {
+    async fn plan_delete(&mut self, schema: &TableSchema, keys: &[Vec<Option<String>>]) -> Result<Step, PgError> {
         let key_cols: Vec<&str> = schema.columns.iter().filter(|c| c.key).map(|c| c.name.as_str()).collect();
         let name = self.target(&schema.id)?.name.clone();
         let args = (1..=key_cols.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", ");
@@ -512,15 +521,14 @@ impl PgSink {
             .join(" AND ");
         let sql = format!("DELETE FROM {name} AS t USING unnest({args}) AS u({alias}) WHERE {cond}");
         let st = self.statement(sql, key_cols.len()).await?;
-        let cols: Vec<Vec<Option<&str>>> =
-            (0..key_cols.len()).map(|j| keys.iter().map(|k| k[j].as_deref()).collect()).collect();
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = cols.iter().map(|c| c as _).collect();
-        self.client()?.execute(&st, &params).await.ctx(format!("delete from {}", schema.id))?;
-        Ok(())
+        let params = (0..key_cols.len())
+            .map(|j| TextArray(keys.iter().map(|k| k[j].clone().map(Text::from)).collect()))
+            .collect();
+        Ok(Step { st, params, what: format!("delete from {}", schema.id) })
     }
 
     /// `INSERT .. SELECT .. FROM unnest(..)`, with `ON CONFLICT .. DO UPDATE` when `upsert`.
-    async fn upsert_rows(&mut self, schema: &TableSchema, rows: &[Row], upsert: bool) -> Result<(), PgError> {
+    async fn plan_insert(&mut self, schema: &TableSchema, rows: &[Row], upsert: bool) -> Result<Step, PgError> {
         let name = self.target(&schema.id)?.name.clone();
         let cols: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
         let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
@@ -542,21 +550,13 @@ impl PgSink {
             if upsert { format!(" ON CONFLICT ({}) DO {action}", key.join(", ")) } else { String::new() };
         let sql = format!("INSERT INTO {name} ({list}) SELECT {select} FROM unnest({args}) AS u({list}){conflict}");
         let st = self.statement(sql, cols.len()).await?;
-        let columns = text_columns(rows, cols.len());
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns.iter().map(|c| c as _).collect();
-        self.client()?.execute(&st, &params).await.ctx(format!("upsert into {}", schema.id))?;
-        Ok(())
+        Ok(Step { st, params: text_columns(rows, cols.len()), what: format!("upsert into {}", schema.id) })
     }
 
-    /// `UPDATE` rows found by `match_key`, setting only the columns that were sent (all rows
+    /// `UPDATE` rows found by their key, setting only the columns that were sent (all rows
     /// share the same set). With `set_key`, the key columns are set too (a key change).
-    async fn update_in_place(
-        &mut self,
-        schema: &TableSchema,
-        rows: &[(Vec<Option<String>>, Row)],
-        set_key: bool,
-    ) -> Result<(), PgError> {
-        let Some((_, first)) = rows.first() else { return Ok(()) };
+    async fn plan_update(&mut self, schema: &TableSchema, rows: &[KeyedRow], set_key: bool) -> Result<Option<Step>, PgError> {
+        let Some((_, first)) = rows.first() else { return Ok(None) };
         let name = self.target(&schema.id)?.name.clone();
         let key_cols: Vec<&str> = schema.columns.iter().filter(|c| c.key).map(|c| c.name.as_str()).collect();
         let set_idx: Vec<usize> = schema
@@ -567,7 +567,7 @@ impl PgSink {
             .map(|(i, _)| i)
             .collect();
         if set_idx.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut alias: Vec<String> = key_cols.iter().map(|c| quote_ident(&format!("k_{c}"))).collect();
         alias.extend(set_idx.iter().map(|&i| quote_ident(&schema.columns[i].name)));
@@ -588,11 +588,17 @@ impl PgSink {
         let sql =
             format!("UPDATE {name} AS t SET {set} FROM unnest({args}) AS u({}) WHERE {cond}", alias.join(", "));
         let st = self.statement(sql, alias.len()).await?;
-        let mut columns: Vec<Vec<Option<&str>>> =
-            (0..key_cols.len()).map(|j| rows.iter().map(|(k, _)| k[j].as_deref()).collect()).collect();
-        columns.extend(set_idx.iter().map(|&i| rows.iter().map(|(_, r)| r[i].as_text()).collect()));
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns.iter().map(|c| c as _).collect();
-        self.client()?.execute(&st, &params).await.ctx(format!("update {}", schema.id))?;
+        let mut params: Vec<TextArray> = (0..key_cols.len())
+            .map(|j| TextArray(rows.iter().map(|(k, _)| k[j].clone().map(Text::from)).collect()))
+            .collect();
+        params.extend(set_idx.iter().map(|&i| TextArray(rows.iter().map(|(_, r)| text_of(&r[i])).collect())));
+        Ok(Some(Step { st, params, what: format!("update {}", schema.id) }))
+    }
+
+    async fn update_in_place(&mut self, schema: &TableSchema, rows: &[KeyedRow], set_key: bool) -> Result<(), PgError> {
+        if let Some(step) = self.plan_update(schema, rows, set_key).await? {
+            step.execute(self.client()?).await?;
+        }
         Ok(())
     }
 
@@ -894,8 +900,51 @@ pub fn encode_copy_row(buf: &mut bytes::BytesMut, row: &Row) {
 }
 
 /// Rows turned into one text array per column, the parameters of the set-based statements.
-pub fn text_columns(rows: &[Row], ncols: usize) -> Vec<Vec<Option<&str>>> {
-    (0..ncols).map(|j| rows.iter().map(|r| r[j].as_text()).collect()).collect()
+pub fn text_columns(rows: &[Row], ncols: usize) -> Vec<TextArray> {
+    (0..ncols).map(|j| TextArray(rows.iter().map(|r| text_of(&r[j])).collect())).collect()
+}
+
+fn text_of(v: &Value) -> Option<Text> {
+    match v {
+        Value::Text(t) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+/// A `text[]` parameter that owns its (shared) values, so a statement can run after the
+/// rows it came from have moved on.
+#[derive(Debug, Clone)]
+pub struct TextArray(pub Vec<Option<Text>>);
+
+impl tokio_postgres::types::ToSql for TextArray {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let v: Vec<Option<&str>> = self.0.iter().map(|t| t.as_ref().map(|t| t.as_str())).collect();
+        v.to_sql(ty, out)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <Vec<Option<&str>> as tokio_postgres::types::ToSql>::accepts(ty)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// One prepared statement with its parameters.
+struct Step {
+    st: Statement,
+    params: Vec<TextArray>,
+    what: String,
+}
+
+impl Step {
+    async fn execute(&self, client: &Client) -> Result<u64, PgError> {
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = self.params.iter().map(|c| c as _).collect();
+        client.execute(&self.st, &params).await.ctx(self.what.clone())
+    }
 }
 
 /// A row as a JSON object, typed by the column's data type.
