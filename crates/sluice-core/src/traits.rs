@@ -72,11 +72,29 @@ pub trait Sink: Send {
     /// before they reach `write`.
     async fn write(&mut self, event: &Event) -> Result<(), ConnectorError>;
 
-    /// Makes every event written so far durable, atomically with the checkpoint they reach,
-    /// and returns that checkpoint (`None` when nothing changed since the last commit). Only
-    /// called at a boundary. After `Err` nothing written since the previous successful commit
-    /// is durable, and the sink must not be used again.
+    /// Makes every event written so far durable, atomically with the checkpoint they reach.
+    /// Only called at a boundary. Returns the newest checkpoint that has become durable since
+    /// the last one returned (`None` if none has): a sink that commits in the background may
+    /// return an earlier commit's checkpoint here and this one from a later call or from
+    /// [`Sink::flush`]. A checkpoint is returned only once it is durable. After `Err` nothing
+    /// that was not yet reported durable may be assumed durable, and the sink must not be used
+    /// again.
     async fn commit(&mut self) -> Result<Option<Checkpoint>, ConnectorError>;
+
+    /// Whether a commit is still completing in the background.
+    fn has_inflight(&self) -> bool {
+        false
+    }
+
+    /// Waits until the background commit, if any, has completed. Cancel-safe: the runtime
+    /// waits on this alongside new events.
+    async fn wait_inflight(&mut self) {}
+
+    /// Waits for every background commit and returns the newest durable checkpoint not yet
+    /// returned.
+    async fn flush(&mut self) -> Result<Option<Checkpoint>, ConnectorError> {
+        Ok(None)
+    }
 
     /// Rows accepted since the last commit.
     fn pending_rows(&self) -> usize;

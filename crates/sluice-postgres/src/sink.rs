@@ -53,14 +53,22 @@ pub struct PgSink {
     cfg: PgSinkConfig,
     pipeline: String,
     sink_id: String,
-    client: Option<Client>,
+    client: Option<Arc<Client>>,
     in_tx: bool,
     targets: HashMap<TableId, Target>,
     pending: HashMap<TableId, Pending>,
     buffered: usize,
     uncommitted_rows: usize,
-    stored: Checkpoint,
+    /// Newest checkpoint known durable in the target.
+    durable: Checkpoint,
+    /// Newest checkpoint reported to the runtime.
+    reported: Checkpoint,
+    /// Checkpoint reached by the events written so far.
     reached: Checkpoint,
+    /// A batch committing in the background, and the checkpoint it makes durable.
+    inflight: Option<(tokio::task::JoinHandle<Result<JobOutcome, PgError>>, Checkpoint)>,
+    /// The outcome of `inflight` once it finished, until processed.
+    finished: Option<(Result<JobOutcome, PgError>, Checkpoint)>,
     dirty: bool,
     txn: Option<TxnMeta>,
     statements: HashMap<String, Statement>,
@@ -131,7 +139,10 @@ impl PgSink {
             pending: HashMap::new(),
             buffered: 0,
             uncommitted_rows: 0,
-            stored: Checkpoint::default(),
+            durable: Checkpoint::default(),
+            reported: Checkpoint::default(),
+            inflight: None,
+            finished: None,
             reached: Checkpoint::default(),
             dirty: false,
             txn: None,
@@ -141,7 +152,93 @@ impl PgSink {
     }
 
     fn client(&self) -> Result<&Client, PgError> {
-        self.client.as_ref().ok_or_else(|| PgError::Protocol("sink used before open".into()))
+        self.client.as_deref().ok_or_else(|| PgError::Protocol("sink used before open".into()))
+    }
+
+    /// Waits for the batch committing in the background, if any; every direct use of the
+    /// connection comes after it, so the target sees statements in source order. A batch the
+    /// target refused was rolled back whole; it is applied again here change by change, with
+    /// refused changes going to the dead-letter table.
+    async fn settle(&mut self) -> Result<(), PgError> {
+        if let Some((handle, cp)) = self.inflight.take() {
+            let result = handle.await.map_err(|e| PgError::Protocol(format!("sink commit task failed: {e}")))?;
+            self.finished = Some((result, cp));
+        }
+        let Some((result, cp)) = self.finished.take() else { return Ok(()) };
+        match result? {
+            JobOutcome::Committed => {}
+            JobOutcome::Refused { tables, error } => {
+                warn!(error = %ConnectorError::from(error), "batch refused by the target; applying it change by change");
+                self.begin().await?;
+                for (schema, ops) in tables {
+                    self.write_ops(&schema.id, &schema, ops).await?;
+                }
+                self.checkpoint_write(cp)?.execute(self.client()?).await?;
+                self.client()?.batch_execute("COMMIT").await.ctx("commit target transaction")?;
+                self.in_tx = false;
+            }
+        }
+        self.durable = cp;
+        Ok(())
+    }
+
+    fn checkpoint_write(&self, cp: Checkpoint) -> Result<CheckpointWrite, PgError> {
+        let position = match cp.position {
+            Some(p) => Some(serde_json::to_string(&p).map_err(|e| PgError::Protocol(format!("encode position: {e}")))?),
+            None => None,
+        };
+        Ok(CheckpointWrite {
+            sql: format!(
+                "INSERT INTO {} (pipeline, sink, position, snapshot_done, updated_at) \
+                 VALUES ($1, $2, $3::text::jsonb, $4, now()) ON CONFLICT (pipeline, sink) DO UPDATE \
+                 SET position = EXCLUDED.position, snapshot_done = EXCLUDED.snapshot_done, updated_at = now()",
+                self.checkpoint_table()
+            ),
+            pipeline: self.pipeline.clone(),
+            sink: self.sink_id.clone(),
+            position,
+            snapshot_done: cp.snapshot_done,
+        })
+    }
+
+    fn take_report(&mut self) -> Option<Checkpoint> {
+        (self.durable != self.reported).then(|| {
+            self.reported = self.durable;
+            self.durable
+        })
+    }
+
+    /// Commits synchronously: what this target transaction already holds, the buffers, the
+    /// checkpoint.
+    async fn commit_now(&mut self) -> Result<(), PgError> {
+        self.finish_copy().await?;
+        self.write_all().await?;
+        self.begin().await?;
+        self.checkpoint_write(self.reached)?.execute(self.client()?).await?;
+        self.client()?.batch_execute("COMMIT").await.ctx("commit target transaction")?;
+        self.in_tx = false;
+        self.durable = self.reached;
+        Ok(())
+    }
+
+    /// Hands the buffered batch to a background task that applies it in its own target
+    /// transaction with the checkpoint, so the next batch is gathered meanwhile.
+    async fn commit_in_background(&mut self) -> Result<(), PgError> {
+        let ids: Vec<TableId> = self.pending.keys().cloned().collect();
+        let mut steps = Vec::new();
+        let mut tables = Vec::new();
+        for id in ids {
+            let Some(p) = self.pending.remove(&id) else { continue };
+            let ops: Vec<PendingOp> = p.ops.into_iter().flatten().collect();
+            steps.extend(self.plan_ops(&p.schema, &ops).await?);
+            tables.push((p.schema, ops));
+        }
+        self.buffered = 0;
+        let checkpoint = self.checkpoint_write(self.reached)?;
+        let client = self.client.clone().ok_or_else(|| PgError::Protocol("sink used before open".into()))?;
+        let handle = tokio::spawn(run_job(client, steps, checkpoint, tables));
+        self.inflight = Some((handle, self.reached));
+        Ok(())
     }
 
     fn checkpoint_table(&self) -> String {
@@ -178,6 +275,7 @@ impl PgSink {
         if self.targets.get(&schema.id).is_some_and(|t| t.version == schema.version) {
             return Ok(());
         }
+        self.settle().await?;
         self.begin().await?;
         let tid = self.target_name(&schema.id);
         let name = qualified(&tid);
@@ -271,6 +369,7 @@ impl PgSink {
         match &change.op {
             Op::Truncate => {
                 self.pending.remove(&schema.id);
+                self.settle().await?;
                 self.begin().await?;
                 let name = qualified(&schema.id);
                 self.client()?.batch_execute(&format!("TRUNCATE {name}")).await.ctx(format!("truncate {name}"))?;
@@ -369,6 +468,7 @@ impl PgSink {
 
     /// Writes out one table's buffered changes inside the open target transaction.
     async fn write_table(&mut self, id: &TableId) -> Result<(), PgError> {
+        self.settle().await?;
         let Some(p) = self.pending.remove(id) else { return Ok(()) };
         self.begin().await?;
         let n = p.ops.len() + p.log.len();
@@ -376,10 +476,16 @@ impl PgSink {
         if !p.log.is_empty() {
             return self.append_log(&p.schema, p.log).await;
         }
-        let schema = p.schema;
         let ops: Vec<PendingOp> = p.ops.into_iter().flatten().collect();
+        self.write_ops(id, &p.schema, ops).await
+    }
+
+    /// Applies one table's changes inside the open target transaction, isolating changes the
+    /// target refuses.
+    async fn write_ops(&mut self, id: &TableId, schema: &TableSchema, ops: Vec<PendingOp>) -> Result<(), PgError> {
+        let n = ops.len();
         self.client()?.batch_execute("SAVEPOINT sluice_write").await.ctx("savepoint")?;
-        match self.apply_ops(&schema, &ops).await {
+        match self.apply_ops(schema, &ops).await {
             Ok(()) => {}
             Err(e) if e.class() == ErrorClass::Definite => {
                 self.client()?.batch_execute("ROLLBACK TO SAVEPOINT sluice_write").await.ctx("rollback to savepoint")?;
@@ -392,12 +498,12 @@ impl PgSink {
                         other => other,
                     })
                     .collect();
-                let retried = self.apply_ops(&schema, &ops).await;
+                let retried = self.apply_ops(schema, &ops).await;
                 if let Err(e) = retried {
                     if e.class() != ErrorClass::Definite {
                         return Err(e);
                     }
-                    self.retry_rows(id, &schema, &ops, e).await?;
+                    self.retry_rows(id, schema, &ops, e).await?;
                 }
             }
             Err(e) => return Err(e),
@@ -660,6 +766,7 @@ impl PgSink {
             self.finish_copy().await?;
         }
         if self.copy.is_none() {
+            self.settle().await?;
             self.begin().await?;
             let name = self.target(&schema.id)?.name.clone();
             let cols = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
@@ -698,6 +805,7 @@ impl PgSink {
     async fn snapshot_begin(&mut self, tables: &[Arc<TableSchema>]) -> Result<(), PgError> {
         // Whatever an interrupted earlier snapshot wrote is replaced. In changelog mode the
         // tables hold nothing else yet: no transaction was streamed before the snapshot ended.
+        self.settle().await?;
         self.pending.clear();
         self.buffered = 0;
         for t in tables {
@@ -763,8 +871,9 @@ impl Sink for PgSink {
                 Checkpoint { position, snapshot_done: r.get(1) }
             }
         };
-        self.client = Some(client);
-        self.stored = cp;
+        self.client = Some(Arc::new(client));
+        self.durable = cp;
+        self.reported = cp;
         self.reached = cp;
         info!(sink = %self.name, position = ?cp.position, snapshot_done = cp.snapshot_done, "sink opened");
         Ok(cp)
@@ -790,40 +899,43 @@ impl Sink for PgSink {
     }
 
     async fn commit(&mut self) -> Result<Option<Checkpoint>, ConnectorError> {
+        self.settle().await?;
         if !self.dirty {
-            if self.reached != self.stored {
-                // Only heartbeats since the last commit: nothing to store.
-                self.stored = self.reached;
-                return Ok(Some(self.reached));
-            }
-            return Ok(None);
+            // Only heartbeats since the last commit: nothing to store.
+            self.durable = self.reached;
+            return Ok(self.take_report());
         }
-        self.write_all().await?;
-        self.begin().await?;
-        let position = match self.reached.position {
-            Some(p) => Some(serde_json::to_string(&p).map_err(|e| ConnectorError::new(sluice_core::ErrorClass::Fatal, "encode position", e))?),
-            None => None,
-        };
-        let table = self.checkpoint_table();
-        let client = self.client()?;
-        client
-            .execute(
-                &format!(
-                    "INSERT INTO {table} (pipeline, sink, position, snapshot_done, updated_at) \
-                     VALUES ($1, $2, $3::text::jsonb, $4, now()) ON CONFLICT (pipeline, sink) DO UPDATE \
-                     SET position = EXCLUDED.position, snapshot_done = EXCLUDED.snapshot_done, updated_at = now()"
-                ),
-                &[&self.pipeline, &self.sink_id, &position, &self.reached.snapshot_done],
-            )
-            .await
-            .ctx("store checkpoint")
-            .map_err(ConnectorError::from)?;
-        client.batch_execute("COMMIT").await.ctx("commit target transaction").map_err(ConnectorError::from)?;
-        self.in_tx = false;
+        // Batches that share their target transaction with work already done in it (a huge
+        // source transaction written out early, DDL, a truncate, the snapshot) or that append
+        // change logs commit here; the common case commits in the background.
+        if self.in_tx || self.copy.is_some() || self.cfg.mode == SinkMode::Changelog {
+            self.commit_now().await?;
+        } else {
+            self.commit_in_background().await?;
+        }
         self.dirty = false;
         self.uncommitted_rows = 0;
-        self.stored = self.reached;
-        Ok(Some(self.reached))
+        Ok(self.take_report())
+    }
+
+    fn has_inflight(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    async fn wait_inflight(&mut self) {
+        if let Some((handle, _)) = self.inflight.as_mut() {
+            let result = handle.await.map_err(|e| PgError::Protocol(format!("sink commit task failed: {e}")));
+            // Nothing awaits between completion and this assignment, so cancelling the wait
+            // never loses the outcome.
+            if let Some((_, cp)) = self.inflight.take() {
+                self.finished = Some((result.and_then(|r| r), cp));
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<Option<Checkpoint>, ConnectorError> {
+        self.settle().await?;
+        Ok(self.take_report())
     }
 
     fn pending_rows(&self) -> usize {
@@ -931,6 +1043,55 @@ impl tokio_postgres::types::ToSql for TextArray {
     }
 
     tokio_postgres::types::to_sql_checked!();
+}
+
+/// What a background commit ended with.
+enum JobOutcome {
+    Committed,
+    /// The target refused a change; the transaction was rolled back and these changes are
+    /// to be applied again one by one.
+    Refused { tables: Vec<(Arc<TableSchema>, Vec<PendingOp>)>, error: PgError },
+}
+
+/// The checkpoint row to write in a commit.
+struct CheckpointWrite {
+    sql: String,
+    pipeline: String,
+    sink: String,
+    position: Option<String>,
+    snapshot_done: bool,
+}
+
+impl CheckpointWrite {
+    async fn execute(&self, client: &Client) -> Result<(), PgError> {
+        client
+            .execute(&self.sql, &[&self.pipeline, &self.sink, &self.position, &self.snapshot_done])
+            .await
+            .ctx("store checkpoint")?;
+        Ok(())
+    }
+}
+
+/// Applies one batch and its checkpoint in a target transaction of its own.
+async fn run_job(
+    client: Arc<Client>,
+    steps: Vec<Step>,
+    checkpoint: CheckpointWrite,
+    tables: Vec<(Arc<TableSchema>, Vec<PendingOp>)>,
+) -> Result<JobOutcome, PgError> {
+    client.batch_execute("BEGIN").await.ctx("begin target transaction")?;
+    for step in &steps {
+        if let Err(error) = step.execute(&client).await {
+            if error.class() != ErrorClass::Definite {
+                return Err(error);
+            }
+            client.batch_execute("ROLLBACK").await.ctx("roll back refused batch")?;
+            return Ok(JobOutcome::Refused { tables, error });
+        }
+    }
+    checkpoint.execute(&client).await?;
+    client.batch_execute("COMMIT").await.ctx("commit target transaction")?;
+    Ok(JobOutcome::Committed)
 }
 
 /// One prepared statement with its parameters.

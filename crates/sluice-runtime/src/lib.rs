@@ -220,11 +220,16 @@ async fn drive_sink(
     let mut oldest: Option<Instant> = None;
     loop {
         let due = oldest.map(|t| t + policy.max_delay);
+        let inflight = sink.has_inflight();
         let ev = tokio::select! {
             ev = rx.recv() => ev,
             _ = sleep_until_opt(due), if at_boundary && due.is_some() => {
                 commit(idx, sink, acks).await?;
                 oldest = None;
+                continue;
+            }
+            _ = sink.wait_inflight(), if inflight => {
+                ack(idx, sink.flush().await?, acks);
                 continue;
             }
         };
@@ -234,6 +239,7 @@ async fn drive_sink(
             } else {
                 info!(sink = %sink.name(), "rolling back an unfinished source transaction; it will be replayed");
             }
+            ack(idx, sink.flush().await?, acks);
             return Ok(());
         };
         match &*ev {
@@ -271,11 +277,16 @@ async fn drive_sink(
 }
 
 async fn commit(idx: usize, sink: &mut dyn Sink, acks: &mpsc::UnboundedSender<SinkMsg>) -> Result<(), ConnectorError> {
-    if let Some(cp) = sink.commit().await? {
-        debug!(sink = %sink.name(), position = ?cp.position, "committed");
+    let cp = sink.commit().await?;
+    ack(idx, cp, acks);
+    Ok(())
+}
+
+fn ack(idx: usize, cp: Option<Checkpoint>, acks: &mpsc::UnboundedSender<SinkMsg>) {
+    if let Some(cp) = cp {
+        debug!(sink = idx, position = ?cp.position, "durable");
         let _ = acks.send(SinkMsg::Ack(idx, cp));
     }
-    Ok(())
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
