@@ -56,7 +56,7 @@ impl SluiceProc {
         let child = Command::new(sluice_bin()?)
             .arg("run")
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("BENCH_SLUICE_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(&log)?))
             .spawn()

@@ -63,6 +63,9 @@ pub struct Args {
     /// Repetitions (fresh servers each); medians are reported
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Extra lines for the sink section of the Sluice pipeline (e.g. batch settings)
+    #[arg(long, default_value = "")]
+    sink_extra: String,
 }
 
 struct DrainRun {
@@ -132,7 +135,8 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     let dir = tempfile::tempdir()?;
     let toml = format!(
         "name = \"bench\"\n[source]\ntype = \"postgres\"\nurl = \"{src_url}\"\ntables = [\"public.t\", \"public.marker\"]\n\n\
-         [[sink]]\ntype = \"postgres\"\nurl = \"{replica_url}\"\n"
+         [[sink]]\ntype = \"postgres\"\nurl = \"{replica_url}\"\n{}\n",
+        a.sink_extra
     );
     let mut first = SluiceProc::start(&dir, &toml)?;
     until_true(
@@ -183,11 +187,18 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     let sluice_secs = t.elapsed().as_secs_f64();
     let rss_mb = proc.peak_rss_mb();
     let cpu = proc.cpu_secs();
+    let log_path = proc.log.clone();
     let apply_cpu = backend_cpu_secs(&replica, "SELECT pid FROM pg_stat_activity WHERE application_name = 'sluice'").await;
     let sender_cpu = backend_cpu_secs(&src, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'sluice_bench'").await;
     eprintln!("sluice: target backends {apply_cpu:.2} CPU s, walsender {sender_cpu:.2} CPU s");
     proc.stop()?;
     eprintln!("sluice: {sluice_secs:.2}s, peak RSS {rss_mb:.1} MB, {cpu:.2} CPU seconds");
+    if std::env::var("BENCH_SLUICE_LOG").is_ok() {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        for l in log.lines().filter(|l| l.contains("stopped")) {
+            eprintln!("  sluice log: {l}");
+        }
+    }
 
     let want = digest(&src, "t").await?;
     if digest(&replica, "t").await? != want {

@@ -83,6 +83,10 @@ struct CopyStream {
     buf: bytes::BytesMut,
 }
 
+/// Buffered rows, as a multiple of `batch.max_rows`, at which a transaction still open is
+/// written out early.
+const EARLY_WRITE_FACTOR: usize = 2;
+
 /// Bytes of COPY data gathered before they are sent.
 const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
@@ -409,7 +413,10 @@ impl PgSink {
                 self.put(schema, key, PendingOp::Delete(Vec::new()));
             }
         }
-        if self.buffered >= self.cfg.batch.max_rows {
+        // The runtime commits at `max_rows`, at the next transaction boundary. Only a source
+        // transaction bigger than that gets this far: write its rows out inside the open
+        // target transaction to keep memory bounded.
+        if self.buffered >= self.cfg.batch.max_rows.saturating_mul(EARLY_WRITE_FACTOR) {
             self.write_all().await?;
         }
         Ok(())
