@@ -52,7 +52,7 @@ impl ReplicationConn {
         let host = cfg.get_hosts().first().cloned().unwrap_or(Host::Tcp("localhost".into()));
         let stream = match &host {
             Host::Tcp(h) => {
-                let s = TcpStream::connect((h.as_str(), port)).await.map_err(io)?;
+                let s = connect_tcp(h, port).await?;
                 let _ = s.set_nodelay(true);
                 Stream::Tcp(s)
             }
@@ -265,6 +265,25 @@ impl ReplicationConn {
         frontend::terminate(&mut self.wbuf);
         let _ = self.flush().await;
     }
+}
+
+/// Receive buffer of the replication socket. While the pipeline applies backpressure the
+/// source stops reading; a small buffer then closes the TCP window, and the server's sender
+/// can stall on zero-window probes long after reading resumes.
+const RECV_BUFFER_BYTES: u32 = 4 * 1024 * 1024;
+
+async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, PgError> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, format!("no address for {host}"));
+    for addr in tokio::net::lookup_host((host, port)).await.map_err(io)? {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+            .map_err(io)?;
+        let _ = socket.set_recv_buffer_size(RECV_BUFFER_BYTES);
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(io(last))
 }
 
 fn sql_head(sql: &str) -> String {
