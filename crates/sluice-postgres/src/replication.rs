@@ -37,7 +37,19 @@ pub struct ReplicationConn {
     stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// In CopyBoth mode: bytes returned by the last read.
+    last_read: usize,
+    streaming: bool,
 }
+
+/// A streaming read smaller than this is followed by a short pause before the next one.
+const SMALL_READ_BYTES: usize = 8 * 1024;
+/// The pause. The walsender writes and flushes every message separately; a reader that keeps
+/// up gets one message per read, and both sides then spend their CPU on system calls and
+/// wake-ups (measured: 2.7x the CPU on both, a third of the throughput). Letting messages
+/// gather for a millisecond restores large reads, at that much extra latency. The threshold
+/// sits well below what a pause gathers at full speed, so a busy stream is never throttled.
+const COALESCE_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 const WHAT: &str = "replication connection";
 
@@ -61,7 +73,13 @@ impl ReplicationConn {
                 Stream::Unix(UnixStream::connect(path).await.map_err(io)?)
             }
         };
-        let mut conn = ReplicationConn { stream, rbuf: BytesMut::with_capacity(64 * 1024), wbuf: BytesMut::new() };
+        let mut conn = ReplicationConn {
+            stream,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            wbuf: BytesMut::new(),
+            last_read: 0,
+            streaming: false,
+        };
         let user = cfg.get_user().unwrap_or("postgres").to_string();
         let db = cfg.get_dbname().unwrap_or(&user).to_string();
         let params = [
@@ -188,6 +206,10 @@ impl ReplicationConn {
             if let Some(m) = self.try_parse() {
                 return Ok(m);
             }
+            if self.streaming && self.last_read > 0 && self.last_read < SMALL_READ_BYTES {
+                self.last_read = 0;
+                tokio::time::sleep(COALESCE_PAUSE).await;
+            }
             if self.rbuf.capacity() - self.rbuf.len() < 8192 {
                 self.rbuf.reserve(64 * 1024);
             }
@@ -199,6 +221,7 @@ impl ReplicationConn {
             if n == 0 {
                 return Err(io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed the connection")));
             }
+            self.last_read = n;
         }
     }
 
@@ -226,7 +249,10 @@ impl ReplicationConn {
         loop {
             let m = self.recv().await?;
             match m.tag {
-                b'W' => return Ok(()),
+                b'W' => {
+                    self.streaming = true;
+                    return Ok(());
+                }
                 b'E' => {
                     let err = server_error("START_REPLICATION", &m.body);
                     // drain to ReadyForQuery so the connection could be reused
