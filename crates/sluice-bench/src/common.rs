@@ -26,6 +26,38 @@ pub fn bench_server() -> anyhow::Result<PgServer> {
     .map_err(anyhow::Error::msg)
 }
 
+/// A source server with database `bench` and a target server with database `replica`.
+pub struct Pair {
+    /// Held so the servers live as long as the pair; dropping stops them.
+    _source: PgServer,
+    _target: PgServer,
+    pub src_url: String,
+    pub replica_url: String,
+    pub src: Client,
+    pub replica: Client,
+}
+
+impl Pair {
+    pub async fn start() -> anyhow::Result<Pair> {
+        let source = bench_server()?;
+        let target = bench_server()?;
+        let src_url = source.create_database("bench").await;
+        let replica_url = target.create_database("replica").await;
+        let src = connect(&src_url).await?;
+        let replica = connect(&replica_url).await?;
+        Ok(Pair { _source: source, _target: target, src_url, replica_url, src, replica })
+    }
+
+    /// Pipeline TOML from `bench` to `replica` for the given tables.
+    pub fn pipeline(&self, name: &str, tables: &str, sink_extra: &str) -> String {
+        format!(
+            "name = \"{name}\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [{tables}]\n\n\
+             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n{sink_extra}\n",
+            self.src_url, self.replica_url
+        )
+    }
+}
+
 pub async fn connect(url: &str) -> anyhow::Result<Client> {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.with_context(|| format!("connect {url}"))?;
     tokio::spawn(conn);

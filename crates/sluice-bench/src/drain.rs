@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::common::{exec, backend_cpu_secs, bench_server, connect, digest, median, until_true, SluiceProc};
+use crate::common::{exec, backend_cpu_secs, bench_server, connect, digest, median, until_true, Pair, SluiceProc};
 
 const TABLES: &str = "
 CREATE TABLE t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, c timestamptz NOT NULL, d numeric(12,2) NOT NULL);
@@ -220,38 +220,31 @@ pub struct BigTxnArgs {
 
 /// Peak RSS while Sluice applies one transaction that updates `rows` rows.
 pub async fn big_txn(a: BigTxnArgs) -> anyhow::Result<()> {
-    let source = bench_server()?;
-    let target = bench_server()?;
-    let src_url = source.create_database("bench").await;
-    let replica_url = target.create_database("replica").await;
-    let src = connect(&src_url).await?;
-    let replica = connect(&replica_url).await?;
-    exec(&src, TABLES).await?;
-    exec(&src, &format!(
+    let pair = Pair::start().await?;
+    let (src, replica) = (&pair.src, &pair.replica);
+    exec(src, TABLES).await?;
+    exec(src, &format!(
         "INSERT INTO t SELECT g, g % 1000, md5(g::text) || md5((g + 1)::text), now(), g / 100.0 FROM generate_series(1, {}) g",
         a.rows
     ))
     .await?;
     let dir = tempfile::tempdir()?;
-    let toml = format!(
-        "name = \"bench\"\n[source]\ntype = \"postgres\"\nurl = \"{src_url}\"\ntables = [\"public.t\", \"public.marker\"]\n\n\
-         [[sink]]\ntype = \"postgres\"\nurl = \"{replica_url}\"\n"
-    );
+    let toml = pair.pipeline("bench", "\"public.t\", \"public.marker\"", "");
     let mut first = SluiceProc::start(&dir, &toml)?;
-    until_true(&replica, "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)", Duration::from_secs(1800), || {
+    until_true(replica, "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)", Duration::from_secs(1800), || {
         first.check_alive()
     })
     .await?;
     first.stop()?;
-    exec(&src, "UPDATE t SET a = a + 1, c = now()").await?;
-    exec(&src, "INSERT INTO marker VALUES (1, now())").await?;
+    exec(src, "UPDATE t SET a = a + 1, c = now()").await?;
+    exec(src, "INSERT INTO marker VALUES (1, now())").await?;
     let t = Instant::now();
     let mut proc = SluiceProc::start(&dir, &toml)?;
-    until_true(&replica, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || proc.check_alive()).await?;
+    until_true(replica, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || proc.check_alive()).await?;
     let secs = t.elapsed().as_secs_f64();
     let rss = proc.peak_rss_mb();
     proc.stop()?;
-    if digest(&src, "t").await? != digest(&replica, "t").await? {
+    if digest(src, "t").await? != digest(replica, "t").await? {
         bail!("the replica differs from the source");
     }
     println!(

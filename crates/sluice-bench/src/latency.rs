@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use crate::common::{exec, bench_server, connect, until_true, SluiceProc};
+use crate::common::{exec, until_true, Pair, SluiceProc};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,13 +25,9 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let source = bench_server()?;
-    let target = bench_server()?;
-    let src_url = source.create_database("bench").await;
-    let replica_url = target.create_database("replica").await;
-    let src = connect(&src_url).await?;
-    let replica = connect(&replica_url).await?;
-    exec(&src, "CREATE TABLE lat (id bigserial PRIMARY KEY, payload text NOT NULL, t_src timestamptz NOT NULL DEFAULT clock_timestamp())").await?;
+    let pair = Pair::start().await?;
+    let (src, replica) = (&pair.src, &pair.replica);
+    exec(src, "CREATE TABLE lat (id bigserial PRIMARY KEY, payload text NOT NULL, t_src timestamptz NOT NULL DEFAULT clock_timestamp())").await?;
     replica
         .batch_execute(
             "CREATE TABLE lat (id bigint PRIMARY KEY, payload text NOT NULL, t_src timestamptz NOT NULL, \
@@ -39,12 +35,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         )
         .await?;
     let dir = tempfile::tempdir()?;
-    let toml = format!(
-        "name = \"lat\"\n[source]\ntype = \"postgres\"\nurl = \"{src_url}\"\ntables = [\"public.lat\"]\n\n\
-         [[sink]]\ntype = \"postgres\"\nurl = \"{replica_url}\"\n"
-    );
+    let toml = pair.pipeline("lat", "\"public.lat\"", "");
     let mut proc = SluiceProc::start(&dir, &toml)?;
-    until_true(&replica, "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)", Duration::from_secs(60), || {
+    until_true(replica, "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)", Duration::from_secs(60), || {
         proc.check_alive()
     })
     .await?;
@@ -61,7 +54,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         sent += a.rows_per_txn as i64;
     }
     let achieved = sent as f64 / started.elapsed().as_secs_f64();
-    until_true(&replica, &format!("SELECT count(*) = {sent} FROM lat"), Duration::from_secs(120), || proc.check_alive()).await?;
+    until_true(replica, &format!("SELECT count(*) = {sent} FROM lat"), Duration::from_secs(120), || proc.check_alive()).await?;
     let rss = proc.peak_rss_mb();
     proc.stop()?;
     let row = replica
