@@ -381,7 +381,6 @@ impl PgSink {
             Op::Read { after } if self.cfg.mode == SinkMode::Replica => {
                 // The snapshot fills tables it has just truncated: stream them with COPY.
                 self.copy_row(schema, after).await?;
-                self.uncommitted_rows += 1;
                 return Ok(());
             }
             Op::Insert { after } => {
