@@ -72,8 +72,8 @@ pub trait Sink: Send {
     /// before they reach `write`.
     async fn write(&mut self, event: &Event) -> Result<(), ConnectorError>;
 
-    /// Makes every event written so far durable, atomically with the checkpoint they reach.
-    /// Only called at a boundary. Returns the newest checkpoint that has become durable since
+    /// Commits every event written so far, atomically with the checkpoint they reach; the
+    /// commit may complete in the background. Only called at a boundary. Returns the newest checkpoint that has become durable since
     /// the last one returned (`None` if none has): a sink that commits in the background may
     /// return an earlier commit's checkpoint here and this one from a later call or from
     /// [`Sink::flush`]. A checkpoint is returned only once it is durable. After `Err` nothing
