@@ -85,7 +85,18 @@ impl SluiceProc {
         let config = dir.path().join("pipeline.toml");
         std::fs::write(&config, toml)?;
         let log = dir.path().join("sluice.log");
-        let child = Command::new(sluice_bin()?)
+        // BENCH_SLUICE_WRAP runs sluice under a profiler, e.g. "valgrind --tool=callgrind".
+        let wrap = std::env::var("BENCH_SLUICE_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(sluice_bin()?);
+                c
+            }
+            None => Command::new(sluice_bin()?),
+        };
+        let child = cmd
             .arg("run")
             .arg(&config)
             .env("RUST_LOG", std::env::var("BENCH_SLUICE_LOG").unwrap_or_else(|_| "warn".into()))

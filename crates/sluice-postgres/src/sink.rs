@@ -24,6 +24,8 @@
 //! a target whose shape cannot be made to match is fatal with the table named.
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,8 +57,8 @@ pub struct PgSink {
     sink_id: String,
     client: Option<Arc<Client>>,
     in_tx: bool,
-    targets: HashMap<TableId, Target>,
-    pending: HashMap<TableId, Pending>,
+    targets: FxHashMap<TableId, Target>,
+    pending: FxHashMap<TableId, Pending>,
     buffered: usize,
     uncommitted_rows: usize,
     /// Newest checkpoint known durable in the target.
@@ -103,21 +105,24 @@ struct Target {
 struct Pending {
     schema: Arc<TableSchema>,
     /// Replica mode: last operation per key, in first-seen order.
-    by_key: HashMap<Vec<Option<String>>, usize>,
+    by_key: FxHashMap<Key, usize>,
     ops: Vec<Option<PendingOp>>,
     /// Changelog mode: rows to append.
     log: Vec<LogRow>,
 }
 
+/// Key column values of a row (shared, not copied).
+type Key = Vec<Option<Text>>;
+
 /// A row with the key that finds it on the target.
-type KeyedRow = (Vec<Option<String>>, Row);
+type KeyedRow = (Key, Row);
 
 #[derive(Clone)]
 enum PendingOp {
     /// The key's only change in this batch is an insert: a plain INSERT suffices.
     Insert(Row),
     Upsert(Row),
-    Delete(Vec<Option<String>>),
+    Delete(Key),
 }
 
 struct LogRow {
@@ -139,8 +144,8 @@ impl PgSink {
             cfg,
             client: None,
             in_tx: false,
-            targets: HashMap::new(),
-            pending: HashMap::new(),
+            targets: FxHashMap::default(),
+            pending: FxHashMap::default(),
             buffered: 0,
             uncommitted_rows: 0,
             durable: Checkpoint::default(),
@@ -369,7 +374,7 @@ impl PgSink {
             return Ok(());
         }
         let key_idx = schema.key_indexes();
-        let key_of = |r: &Row| -> Vec<Option<String>> { key_idx.iter().map(|&i| r[i].as_text().map(str::to_string)).collect() };
+        let key_of = |r: &Row| -> Key { key_idx.iter().map(|&i| text_of(&r[i])).collect() };
         match &change.op {
             Op::Truncate => {
                 self.pending.remove(&schema.id);
@@ -422,15 +427,15 @@ impl PgSink {
     }
 
     fn pending_for(&mut self, schema: &Arc<TableSchema>) -> &mut Pending {
-        self.pending.entry(schema.id.clone()).or_insert_with(|| Pending {
-            schema: schema.clone(),
-            by_key: HashMap::new(),
-            ops: Vec::new(),
-            log: Vec::new(),
-        })
+        // Look up before inserting: the entry API would clone the table id on every change.
+        if !self.pending.contains_key(&schema.id) {
+            let fresh = Pending { schema: schema.clone(), by_key: FxHashMap::default(), ops: Vec::new(), log: Vec::new() };
+            self.pending.insert(schema.id.clone(), fresh);
+        }
+        self.pending.get_mut(&schema.id).expect("inserted above")
     }
 
-    fn put(&mut self, schema: &Arc<TableSchema>, key: Vec<Option<String>>, op: PendingOp) {
+    fn put(&mut self, schema: &Arc<TableSchema>, key: Key, op: PendingOp) {
         let p = self.pending_for(schema);
         let op = match op {
             PendingOp::Delete(_) => PendingOp::Delete(key.clone()),
@@ -549,17 +554,17 @@ impl PgSink {
     /// The statements that apply `ops` (each key at most once) to the target.
     async fn plan_ops(&mut self, schema: &TableSchema, ops: &[PendingOp]) -> Result<Vec<Step>, PgError> {
         let key_idx = schema.key_indexes();
-        let mut deletes: Vec<Vec<Option<String>>> = Vec::new();
+        let mut deletes: Vec<Key> = Vec::new();
         let mut upserts: Vec<Row> = Vec::new();
         let mut inserts: Vec<Row> = Vec::new();
-        let mut partial: HashMap<Vec<bool>, Vec<KeyedRow>> = HashMap::new();
+        let mut partial: FxHashMap<Vec<bool>, Vec<KeyedRow>> = FxHashMap::default();
         for op in ops.iter().cloned() {
             match op {
                 PendingOp::Delete(k) => deletes.push(k),
                 PendingOp::Insert(r) => inserts.push(r),
                 PendingOp::Upsert(r) if r.contains(&Value::Unchanged) => {
                     let mask = r.iter().map(|v| *v != Value::Unchanged).collect();
-                    let key = key_idx.iter().map(|&i| r[i].as_text().map(str::to_string)).collect();
+                    let key = key_idx.iter().map(|&i| text_of(&r[i])).collect();
                     partial.entry(mask).or_default().push((key, r));
                 }
                 PendingOp::Upsert(r) => upserts.push(r),
@@ -621,7 +626,7 @@ impl PgSink {
         self.targets.get(id).ok_or_else(|| PgError::Protocol(format!("no target for {id}")))
     }
 
-    async fn plan_delete(&mut self, schema: &TableSchema, keys: &[Vec<Option<String>>]) -> Result<Step, PgError> {
+    async fn plan_delete(&mut self, schema: &TableSchema, keys: &[Key]) -> Result<Step, PgError> {
         let key_cols: Vec<&str> = schema.columns.iter().filter(|c| c.key).map(|c| c.name.as_str()).collect();
         let name = self.target(&schema.id)?.name.clone();
         let args = (1..=key_cols.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", ");
@@ -634,7 +639,7 @@ impl PgSink {
         let sql = format!("DELETE FROM {name} AS t USING unnest({args}) AS u({alias}) WHERE {cond}");
         let st = self.statement(sql, key_cols.len()).await?;
         let params = (0..key_cols.len())
-            .map(|j| TextArray(keys.iter().map(|k| k[j].clone().map(Text::from)).collect()))
+            .map(|j| TextArray(keys.iter().map(|k| k[j].clone()).collect()))
             .collect();
         Ok(Step { st, params, what: format!("delete from {}", schema.id) })
     }
@@ -701,7 +706,7 @@ impl PgSink {
             format!("UPDATE {name} AS t SET {set} FROM unnest({args}) AS u({}) WHERE {cond}", alias.join(", "));
         let st = self.statement(sql, alias.len()).await?;
         let mut params: Vec<TextArray> = (0..key_cols.len())
-            .map(|j| TextArray(rows.iter().map(|(k, _)| k[j].clone().map(Text::from)).collect()))
+            .map(|j| TextArray(rows.iter().map(|(k, _)| k[j].clone()).collect()))
             .collect();
         params.extend(set_idx.iter().map(|&i| TextArray(rows.iter().map(|(_, r)| text_of(&r[i])).collect())));
         Ok(Some(Step { st, params, what: format!("update {}", schema.id) }))
