@@ -59,7 +59,8 @@ impl Pair {
 }
 
 pub async fn connect(url: &str) -> anyhow::Result<Client> {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.with_context(|| format!("connect {url}"))?;
+    let (c, conn) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.with_context(|| format!("connect {url}"))?;
     tokio::spawn(conn);
     Ok(c)
 }
@@ -159,7 +160,12 @@ impl Drop for SluiceProc {
 }
 
 /// Polls `q` (one row, one bool column) every 20 ms until true; returns the elapsed time.
-pub async fn until_true(client: &Client, q: &str, timeout: Duration, mut alive: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
+pub async fn until_true(
+    client: &Client,
+    q: &str,
+    timeout: Duration,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     loop {
         if let Ok(row) = client.query_one(q, &[]).await {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::common::{exec, backend_cpu_secs, bench_server, connect, digest, median, until_true, Pair, SluiceProc};
+use crate::common::{backend_cpu_secs, bench_server, connect, digest, exec, median, until_true, Pair, SluiceProc};
 
 const TABLES: &str = "
 CREATE TABLE t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, c timestamptz NOT NULL, d numeric(12,2) NOT NULL);
@@ -116,7 +116,8 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     exec(&src, TABLES).await?;
     exec(&src, BACKLOG).await?;
     exec(&native, TABLES).await?;
-    exec(&src, 
+    exec(
+        &src,
         "CREATE PUBLICATION native_pub FOR TABLE t, marker; CREATE PUBLICATION ceiling_pub FOR TABLE t, marker;",
     )
     .await?;
@@ -172,10 +173,12 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     // Native logical replication.
     let t = Instant::now();
     exec(&native, "ALTER SUBSCRIPTION native_sub ENABLE").await?;
-    until_true(&native, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || Ok(())).await?;
+    until_true(&native, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || Ok(()))
+        .await?;
     let native_secs = t.elapsed().as_secs_f64();
     let apply_cpu = backend_cpu_secs(&native, "SELECT pid FROM pg_stat_subscription WHERE pid IS NOT NULL").await;
-    let sender_cpu = backend_cpu_secs(&src, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'native_sub'").await;
+    let sender_cpu =
+        backend_cpu_secs(&src, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'native_sub'").await;
     eprintln!("native: apply worker {apply_cpu:.2} CPU s, walsender {sender_cpu:.2} CPU s");
     exec(&native, "ALTER SUBSCRIPTION native_sub DISABLE").await?;
     eprintln!("native: {native_secs:.2}s");
@@ -183,13 +186,18 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     // Sluice.
     let t = Instant::now();
     let mut proc = SluiceProc::start(&dir, &toml)?;
-    until_true(&replica, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || proc.check_alive()).await?;
+    until_true(&replica, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || {
+        proc.check_alive()
+    })
+    .await?;
     let sluice_secs = t.elapsed().as_secs_f64();
     let rss_mb = proc.peak_rss_mb();
     let cpu = proc.cpu_secs();
     let log_path = proc.log.clone();
-    let apply_cpu = backend_cpu_secs(&replica, "SELECT pid FROM pg_stat_activity WHERE application_name = 'sluice'").await;
-    let sender_cpu = backend_cpu_secs(&src, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'sluice_bench'").await;
+    let apply_cpu =
+        backend_cpu_secs(&replica, "SELECT pid FROM pg_stat_activity WHERE application_name = 'sluice'").await;
+    let sender_cpu =
+        backend_cpu_secs(&src, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'sluice_bench'").await;
     eprintln!("sluice: target backends {apply_cpu:.2} CPU s, walsender {sender_cpu:.2} CPU s");
     proc.stop()?;
     eprintln!("sluice: {sluice_secs:.2}s, peak RSS {rss_mb:.1} MB, {cpu:.2} CPU seconds");
@@ -231,16 +239,22 @@ pub async fn big_txn(a: BigTxnArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let toml = pair.pipeline("bench", "\"public.t\", \"public.marker\"", "");
     let mut first = SluiceProc::start(&dir, &toml)?;
-    until_true(replica, "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)", Duration::from_secs(1800), || {
-        first.check_alive()
-    })
+    until_true(
+        replica,
+        "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)",
+        Duration::from_secs(1800),
+        || first.check_alive(),
+    )
     .await?;
     first.stop()?;
     exec(src, "UPDATE t SET a = a + 1, c = now()").await?;
     exec(src, "INSERT INTO marker VALUES (1, now())").await?;
     let t = Instant::now();
     let mut proc = SluiceProc::start(&dir, &toml)?;
-    until_true(replica, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || proc.check_alive()).await?;
+    until_true(replica, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || {
+        proc.check_alive()
+    })
+    .await?;
     let secs = t.elapsed().as_secs_f64();
     let rss = proc.peak_rss_mb();
     proc.stop()?;

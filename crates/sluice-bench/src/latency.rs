@@ -37,15 +37,23 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let toml = pair.pipeline("lat", "\"public.lat\"", "");
     let mut proc = SluiceProc::start(&dir, &toml)?;
-    until_true(replica, "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)", Duration::from_secs(60), || {
-        proc.check_alive()
-    })
+    until_true(
+        replica,
+        "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)",
+        Duration::from_secs(60),
+        || proc.check_alive(),
+    )
     .await?;
 
     let txns_per_s = (a.rate / a.rows_per_txn.max(1)).max(1);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / txns_per_s as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let insert = src.prepare(&format!("INSERT INTO lat (payload) SELECT 'payload-' || g FROM generate_series(1, {}) g", a.rows_per_txn)).await?;
+    let insert = src
+        .prepare(&format!(
+            "INSERT INTO lat (payload) SELECT 'payload-' || g FROM generate_series(1, {}) g",
+            a.rows_per_txn
+        ))
+        .await?;
     let started = Instant::now();
     let mut sent: i64 = 0;
     while started.elapsed() < Duration::from_secs(a.secs) {
@@ -54,7 +62,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         sent += a.rows_per_txn as i64;
     }
     let achieved = sent as f64 / started.elapsed().as_secs_f64();
-    until_true(replica, &format!("SELECT count(*) = {sent} FROM lat"), Duration::from_secs(120), || proc.check_alive()).await?;
+    until_true(replica, &format!("SELECT count(*) = {sent} FROM lat"), Duration::from_secs(120), || proc.check_alive())
+        .await?;
     let rss = proc.peak_rss_mb();
     proc.stop()?;
     let row = replica

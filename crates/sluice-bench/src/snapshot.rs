@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::common::{exec, bench_server, connect, digest, median, until_true, SluiceProc};
+use crate::common::{bench_server, connect, digest, exec, median, until_true, SluiceProc};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,11 +27,14 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let src_url = source.create_database("bench").await;
     let src = connect(&src_url).await?;
     exec(&src, TABLE).await?;
-    exec(&src, &format!(
-        "INSERT INTO t SELECT g, g % 100000, md5(g::text) || md5((g + 1)::text), now(), (g % 100000) / 100.0 \
+    exec(
+        &src,
+        &format!(
+            "INSERT INTO t SELECT g, g % 100000, md5(g::text) || md5((g + 1)::text), now(), (g % 100000) / 100.0 \
          FROM generate_series(1, {}) g",
-        a.rows
-    ))
+            a.rows
+        ),
+    )
     .await?;
     exec(&src, "VACUUM ANALYZE t").await?;
     let want = digest(&src, "t").await?;
@@ -66,9 +69,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         );
         let t = Instant::now();
         let mut proc = SluiceProc::start(&dir, &toml)?;
-        until_true(&replica, "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)", Duration::from_secs(3600), || {
-            proc.check_alive()
-        })
+        until_true(
+            &replica,
+            "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)",
+            Duration::from_secs(3600),
+            || proc.check_alive(),
+        )
         .await?;
         let sluice_secs = t.elapsed().as_secs_f64();
         rss.push(proc.peak_rss_mb());

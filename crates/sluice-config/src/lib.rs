@@ -346,9 +346,7 @@ fn from_value(value: toml::Value) -> Result<PipelineConfig, ConfigError> {
                 Ok(SinkConfig::Postgres(typed(body, &at)?))
             })
             .collect::<Result<Vec<_>, ConfigError>>()?,
-        Some(other) => {
-            return Err(invalid("sink", format!("expected [[sink]] tables, found {}", other.type_str())))
-        }
+        Some(other) => return Err(invalid("sink", format!("expected [[sink]] tables, found {}", other.type_str()))),
         None => Vec::new(),
     };
     Ok(PipelineConfig { name, source, sinks })
@@ -362,10 +360,9 @@ fn tagged(v: toml::Value, at: &str, allowed: &[&str]) -> Result<(String, toml::V
     let allowed_list = allowed.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
     match t.remove("type") {
         Some(toml::Value::String(kind)) if allowed.contains(&kind.as_str()) => Ok((kind, toml::Value::Table(t))),
-        Some(toml::Value::String(kind)) => Err(invalid(
-            format!("{at}.type"),
-            format!("unknown type \"{kind}\"; supported: {allowed_list}"),
-        )),
+        Some(toml::Value::String(kind)) => {
+            Err(invalid(format!("{at}.type"), format!("unknown type \"{kind}\"; supported: {allowed_list}")))
+        }
         Some(other) => Err(invalid(format!("{at}.type"), format!("expected a string, found {}", other.type_str()))),
         None => Err(invalid(format!("{at}.type"), format!("missing; supported: {allowed_list}"))),
     }
@@ -427,9 +424,8 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("${{{name}}} is not a valid environment variable reference"));
         }
-        let value = env(name).ok_or_else(|| {
-            format!("environment variable {name} is not set; export it or remove ${{{name}}}")
-        })?;
+        let value = env(name)
+            .ok_or_else(|| format!("environment variable {name} is not set; export it or remove ${{{name}}}"))?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }
@@ -478,9 +474,7 @@ impl PipelineConfig {
     /// The publication name: `source.publication`, or `sluice_<name>`.
     pub fn publication_name(&self) -> String {
         match &self.source {
-            SourceConfig::Postgres(pg) => {
-                pg.publication.clone().unwrap_or_else(|| format!("sluice_{}", self.name))
-            }
+            SourceConfig::Postgres(pg) => pg.publication.clone().unwrap_or_else(|| format!("sluice_{}", self.name)),
         }
     }
 }

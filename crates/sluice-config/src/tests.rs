@@ -83,9 +83,12 @@ fn invalid_values_name_the_key_and_constraint() {
     assert!(e.starts_with("name: "), "{e}");
     let e = err(&GOOD.replace("tables = [\"public.*\"]", "tables = [\"orders\"]"));
     assert!(e.starts_with("source.tables[0]: "), "{e}");
-    let e = err(&GOOD.replace("type = \"postgres\"\nurl = \"postgres://user", "type = \"postgres\"\nurl = \"mysql://user"));
+    let e =
+        err(&GOOD.replace("type = \"postgres\"\nurl = \"postgres://user", "type = \"postgres\"\nurl = \"mysql://user"));
     assert!(e.starts_with("sink[0].url: "), "{e}");
-    let e = err(&GOOD.replace("type = \"postgres\"\nurl = \"postgres://user", "type = \"oracle\"\nurl = \"postgres://user"));
+    let e = err(
+        &GOOD.replace("type = \"postgres\"\nurl = \"postgres://user", "type = \"oracle\"\nurl = \"postgres://user")
+    );
     assert!(e.starts_with("sink[0]") && e.contains("oracle") && e.contains("postgres"), "{e}");
     let no_sinks = GOOD.split("[[sink]]").next().unwrap();
     assert!(err(no_sinks).starts_with("sink: "), "{}", err(no_sinks));
@@ -105,7 +108,14 @@ fn invalid_url_error_redacts_password() {
 
 #[test]
 fn table_globs_select_and_exclude() {
-    let c = PipelineConfig::parse(&GOOD.replace("tables = [\"public.*\"]", "tables = [\"public.*\", \"sales.order?\"]\nexclude = [\"public.tmp_*\"]"), &env).unwrap();
+    let c = PipelineConfig::parse(
+        &GOOD.replace(
+            "tables = [\"public.*\"]",
+            "tables = [\"public.*\", \"sales.order?\"]\nexclude = [\"public.tmp_*\"]",
+        ),
+        &env,
+    )
+    .unwrap();
     let SourceConfig::Postgres(src) = &c.source;
     assert!(src.selects("public", "orders"));
     assert!(!src.selects("public", "tmp_x"));

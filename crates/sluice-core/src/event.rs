@@ -100,9 +100,9 @@ impl Event {
     /// unit of work.
     pub fn boundary_position(&self) -> Option<Position> {
         match self {
-            Event::SnapshotEnd { position }
-            | Event::Commit { position, .. }
-            | Event::Heartbeat { position } => Some(*position),
+            Event::SnapshotEnd { position } | Event::Commit { position, .. } | Event::Heartbeat { position } => {
+                Some(*position)
+            }
             _ => None,
         }
     }

@@ -22,7 +22,7 @@ mod traits;
 
 pub use error::{ConnectorError, ErrorClass};
 pub use event::{Change, Event, Op, TxnMeta};
+pub use model::SchemaRef;
 pub use model::{ColumnSchema, DataType, Row, TableId, TableSchema, Text, Value};
 pub use position::{Checkpoint, Lsn, Position};
-pub use model::SchemaRef;
 pub use traits::{BatchPolicy, Sink, Source, SourceContext};

@@ -147,7 +147,10 @@ impl TypeCache {
                     }
                 } else if typtype == "e" {
                     let labels = client
-                        .query("SELECT enumlabel::text FROM pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder", &[&oid])
+                        .query(
+                            "SELECT enumlabel::text FROM pg_enum WHERE enumtypid = $1 ORDER BY enumsortorder",
+                            &[&oid],
+                        )
                         .await
                         .ctx("read enum labels")?
                         .iter()
@@ -187,7 +190,13 @@ impl TypeCache {
         for (name, oid, typmod) in columns {
             let (data_type, native_type) = self.resolve(client, *oid, *typmod).await?;
             let missing_value = missing.iter().find(|(n, _)| n == name).and_then(|(_, v)| single_element(v));
-            cols.push(ColumnSchema { name: name.clone(), data_type, native_type, key: key.contains(name), missing_value });
+            cols.push(ColumnSchema {
+                name: name.clone(),
+                data_type,
+                native_type,
+                key: key.contains(name),
+                missing_value,
+            });
         }
         Ok(Arc::new(TableSchema { id, columns: cols, version }))
     }

@@ -48,7 +48,11 @@ pub async fn check_source(cfg: &PgSourceConfig, slot: &str) -> Vec<CheckResult> 
         Err(e) => {
             out.push(fail(
                 "source: reachable",
-                format!("{} ({}); check source.url, that the server runs, and pg_hba.conf", err_text(&e), cfg.url.redacted()),
+                format!(
+                    "{} ({}); check source.url, that the server runs, and pg_hba.conf",
+                    err_text(&e),
+                    cfg.url.redacted()
+                ),
             ));
             return out;
         }
@@ -76,10 +80,7 @@ pub async fn check_source(cfg: &PgSourceConfig, slot: &str) -> Vec<CheckResult> 
         )
     });
     let privileges = client
-        .query_one(
-            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
+        .query_one("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
         .await
         .map(|r| r.get::<_, bool>(0))
         .unwrap_or(false);
@@ -106,21 +107,24 @@ pub async fn check_source(cfg: &PgSourceConfig, slot: &str) -> Vec<CheckResult> 
         )
     });
     let max_senders: i64 = setting("max_wal_senders").await.parse().unwrap_or(0);
-    let used_senders: i64 = client
-        .query_one("SELECT count(*) FROM pg_stat_replication", &[])
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(0);
+    let used_senders: i64 =
+        client.query_one("SELECT count(*) FROM pg_stat_replication", &[]).await.map(|r| r.get(0)).unwrap_or(0);
     out.push(if used_senders < max_senders {
         pass("source: free WAL sender", format!("{used_senders} of {max_senders} in use"))
     } else {
-        fail("source: free WAL sender", format!("all {max_senders} WAL senders are busy; raise max_wal_senders and restart"))
+        fail(
+            "source: free WAL sender",
+            format!("all {max_senders} WAL senders are busy; raise max_wal_senders and restart"),
+        )
     });
     match catalog::selected_tables(&client, cfg).await {
         Err(e) => out.push(fail("source: selected tables exist", err_text(&e))),
         Ok(tables) if tables.is_empty() => out.push(fail(
             "source: selected tables exist",
-            format!("no table matches source.tables {:?} minus source.exclude {:?}; fix the globs", cfg.tables, cfg.exclude),
+            format!(
+                "no table matches source.tables {:?} minus source.exclude {:?}; fix the globs",
+                cfg.tables, cfg.exclude
+            ),
         )),
         Ok(tables) => {
             out.push(pass("source: selected tables exist", format!("{} tables", tables.len())));

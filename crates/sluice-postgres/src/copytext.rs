@@ -16,7 +16,11 @@ pub struct CopyTextParser {
 impl CopyTextParser {
     /// Feeds one chunk and calls `row` for every complete line in it. Values share the
     /// chunk's buffer unless they contained escapes.
-    pub fn feed(&mut self, chunk: Bytes, mut row: impl FnMut(Vec<Value>) -> Result<(), PgError>) -> Result<(), PgError> {
+    pub fn feed(
+        &mut self,
+        chunk: Bytes,
+        mut row: impl FnMut(Vec<Value>) -> Result<(), PgError>,
+    ) -> Result<(), PgError> {
         let mut start = 0;
         while let Some(nl) = chunk[start..].iter().position(|b| *b == b'\n') {
             let end = start + nl;

@@ -332,7 +332,9 @@ mod tests {
 
     #[test]
     fn truncated_messages_are_errors_not_panics() {
-        for msg in [&b"B\0\0"[..], b"R\0\0\0\x01pub", b"I\0\0\0\x01N\0\x01t\0\0\0\x09ab", b"U\0\0\0\x01X", b"T\0\0\0\x05\0"] {
+        for msg in
+            [&b"B\0\0"[..], b"R\0\0\0\x01pub", b"I\0\0\0\x01N\0\x01t\0\0\0\x09ab", b"U\0\0\0\x01X", b"T\0\0\0\x05\0"]
+        {
             assert!(decode(Bytes::copy_from_slice(msg)).is_err(), "{msg:?}");
         }
     }

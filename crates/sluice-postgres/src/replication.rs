@@ -153,21 +153,21 @@ impl ReplicationConn {
                             scram = Some(s);
                         }
                         11 => {
-                            let s = scram.as_mut().ok_or_else(|| PgError::Protocol("SASL continue before start".into()))?;
+                            let s =
+                                scram.as_mut().ok_or_else(|| PgError::Protocol("SASL continue before start".into()))?;
                             s.update(&body).map_err(|e| PgError::Protocol(format!("SCRAM: {e}")))?;
                             frontend::sasl_response(s.message(), &mut self.wbuf).map_err(io)?;
                             self.flush().await?;
                         }
                         12 => {
-                            let s = scram.as_mut().ok_or_else(|| PgError::Protocol("SASL final before start".into()))?;
+                            let s =
+                                scram.as_mut().ok_or_else(|| PgError::Protocol("SASL final before start".into()))?;
                             s.finish(&body).map_err(|e| PgError::Protocol(format!("SCRAM: {e}")))?;
                         }
-                        other => {
-                            return Err(PgError::Setup(format!(
-                                "the source server asks for authentication method {other}, which Sluice does not support; \
+                        other => return Err(PgError::Setup(format!(
+                            "the source server asks for authentication method {other}, which Sluice does not support; \
                                  use scram-sha-256, md5, password or trust in pg_hba.conf"
-                            )))
-                        }
+                        ))),
                     }
                 }
                 b'E' => return Err(server_error("authentication", &m.body)),

@@ -33,8 +33,8 @@ use async_trait::async_trait;
 use futures_util::SinkExt;
 use sluice_config::{PgSinkConfig, SinkMode};
 use sluice_core::{
-    Text, BatchPolicy, Change, Checkpoint, ConnectorError, DataType, ErrorClass, Event, Op, Position, Row, Sink, TableId,
-    TableSchema, TxnMeta, Value,
+    BatchPolicy, Change, Checkpoint, ConnectorError, DataType, ErrorClass, Event, Op, Position, Row, Sink, TableId,
+    TableSchema, Text, TxnMeta, Value,
 };
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
@@ -429,7 +429,8 @@ impl PgSink {
     fn pending_for(&mut self, schema: &Arc<TableSchema>) -> &mut Pending {
         // Look up before inserting: the entry API would clone the table id on every change.
         if !self.pending.contains_key(&schema.id) {
-            let fresh = Pending { schema: schema.clone(), by_key: FxHashMap::default(), ops: Vec::new(), log: Vec::new() };
+            let fresh =
+                Pending { schema: schema.clone(), by_key: FxHashMap::default(), ops: Vec::new(), log: Vec::new() };
             self.pending.insert(schema.id.clone(), fresh);
         }
         self.pending.get_mut(&schema.id).expect("inserted above")
@@ -499,7 +500,10 @@ impl PgSink {
         match self.apply_ops(schema, &ops).await {
             Ok(()) => {}
             Err(e) if e.class() == ErrorClass::Definite => {
-                self.client()?.batch_execute("ROLLBACK TO SAVEPOINT sluice_write").await.ctx("rollback to savepoint")?;
+                self.client()?
+                    .batch_execute("ROLLBACK TO SAVEPOINT sluice_write")
+                    .await
+                    .ctx("rollback to savepoint")?;
                 // Plain inserts meet an existing row only if the target was changed behind
                 // Sluice's back; applying them as upserts settles that.
                 let ops: Vec<PendingOp> = ops
@@ -526,7 +530,13 @@ impl PgSink {
 
     /// A record the target refuses (a constraint, a value out of range): find it by applying
     /// one change at a time, park it in the dead-letter table, keep the rest.
-    async fn retry_rows(&mut self, id: &TableId, schema: &TableSchema, ops: &[PendingOp], e: PgError) -> Result<(), PgError> {
+    async fn retry_rows(
+        &mut self,
+        id: &TableId,
+        schema: &TableSchema,
+        ops: &[PendingOp],
+        e: PgError,
+    ) -> Result<(), PgError> {
         warn!(table = %id, error = %ConnectorError::from(e), "batch refused by the target; retrying row by row");
         self.client()?.batch_execute("ROLLBACK TO SAVEPOINT sluice_write").await.ctx("rollback to savepoint")?;
         for op in ops {
@@ -534,7 +544,10 @@ impl PgSink {
             match self.apply_ops(schema, std::slice::from_ref(op)).await {
                 Ok(()) => {}
                 Err(e) if e.class() == ErrorClass::Definite => {
-                    self.client()?.batch_execute("ROLLBACK TO SAVEPOINT sluice_row").await.ctx("rollback to savepoint")?;
+                    self.client()?
+                        .batch_execute("ROLLBACK TO SAVEPOINT sluice_row")
+                        .await
+                        .ctx("rollback to savepoint")?;
                     self.dead_letter(schema, op, ConnectorError::from(e).to_string()).await?;
                 }
                 Err(e) => return Err(e),
@@ -615,11 +628,7 @@ impl PgSink {
 
     fn cast(&self, schema: &TableSchema, col: &str) -> String {
         let native = schema.columns.iter().find(|c| c.name == col).map(|c| c.native_type.as_str()).unwrap_or("text");
-        self.targets
-            .get(&schema.id)
-            .and_then(|t| t.types.get(col))
-            .cloned()
-            .unwrap_or_else(|| native.to_string())
+        self.targets.get(&schema.id).and_then(|t| t.types.get(col)).cloned().unwrap_or_else(|| native.to_string())
     }
 
     fn target(&self, id: &TableId) -> Result<&Target, PgError> {
@@ -638,9 +647,7 @@ impl PgSink {
             .join(" AND ");
         let sql = format!("DELETE FROM {name} AS t USING unnest({args}) AS u({alias}) WHERE {cond}");
         let st = self.statement(sql, key_cols.len()).await?;
-        let params = (0..key_cols.len())
-            .map(|j| TextArray(keys.iter().map(|k| k[j].clone()).collect()))
-            .collect();
+        let params = (0..key_cols.len()).map(|j| TextArray(keys.iter().map(|k| k[j].clone()).collect())).collect();
         Ok(Step { st, params, what: format!("delete from {}", schema.id) })
     }
 
@@ -663,8 +670,7 @@ impl PgSink {
             .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(&c.name)))
             .collect::<Vec<_>>();
         let action = if set.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", set.join(", ")) };
-        let conflict =
-            if upsert { format!(" ON CONFLICT ({}) DO {action}", key.join(", ")) } else { String::new() };
+        let conflict = if upsert { format!(" ON CONFLICT ({}) DO {action}", key.join(", ")) } else { String::new() };
         let sql = format!("INSERT INTO {name} ({list}) SELECT {select} FROM unnest({args}) AS u({list}){conflict}");
         let st = self.statement(sql, cols.len()).await?;
         Ok(Step { st, params: text_columns(rows, cols.len()), what: format!("upsert into {}", schema.id) })
@@ -672,7 +678,12 @@ impl PgSink {
 
     /// `UPDATE` rows found by their key, setting only the columns that were sent (all rows
     /// share the same set). With `set_key`, the key columns are set too (a key change).
-    async fn plan_update(&mut self, schema: &TableSchema, rows: &[KeyedRow], set_key: bool) -> Result<Option<Step>, PgError> {
+    async fn plan_update(
+        &mut self,
+        schema: &TableSchema,
+        rows: &[KeyedRow],
+        set_key: bool,
+    ) -> Result<Option<Step>, PgError> {
         let Some((_, first)) = rows.first() else { return Ok(None) };
         let name = self.target(&schema.id)?.name.clone();
         let key_cols: Vec<&str> = schema.columns.iter().filter(|c| c.key).map(|c| c.name.as_str()).collect();
@@ -702,12 +713,10 @@ impl PgSink {
             .map(|c| format!("t.{} = u.{}::{}", quote_ident(c), quote_ident(&format!("k_{c}")), self.cast(schema, c)))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let sql =
-            format!("UPDATE {name} AS t SET {set} FROM unnest({args}) AS u({}) WHERE {cond}", alias.join(", "));
+        let sql = format!("UPDATE {name} AS t SET {set} FROM unnest({args}) AS u({}) WHERE {cond}", alias.join(", "));
         let st = self.statement(sql, alias.len()).await?;
-        let mut params: Vec<TextArray> = (0..key_cols.len())
-            .map(|j| TextArray(rows.iter().map(|(k, _)| k[j].clone()).collect()))
-            .collect();
+        let mut params: Vec<TextArray> =
+            (0..key_cols.len()).map(|j| TextArray(rows.iter().map(|(k, _)| k[j].clone()).collect())).collect();
         params.extend(set_idx.iter().map(|&i| TextArray(rows.iter().map(|(_, r)| text_of(&r[i])).collect())));
         Ok(Some(Step { st, params, what: format!("update {}", schema.id) }))
     }
@@ -749,7 +758,15 @@ impl PgSink {
              SELECT u.op, u.b::jsonb, u.a::jsonb, $7, u.l::pg_lsn, u.x::bigint, u.t::timestamptz \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(op, b, a, l, x, t)"
         );
-        let types = [Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT];
+        let types = [
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT,
+        ];
         let st = match self.statements.get(&sql) {
             Some(s) => s.clone(),
             None => {
@@ -840,7 +857,8 @@ impl Sink for PgSink {
     }
 
     async fn open(&mut self) -> Result<Checkpoint, ConnectorError> {
-        let client = catalog::connect(self.cfg.url.expose(), &format!("{} ({})", self.name, self.cfg.url.redacted())).await?;
+        let client =
+            catalog::connect(self.cfg.url.expose(), &format!("{} ({})", self.name, self.cfg.url.redacted())).await?;
         // Every join this session runs matches a batch of keys against a primary key. With a
         // large batch the planner would otherwise hash the whole target table (measured: a
         // 20,000-key DELETE turned into a sequential scan of a million rows).
@@ -991,10 +1009,16 @@ async fn ensure_enum(client: &Client, dt: &DataType, native: &str) -> Result<(),
     if exists.is_none() {
         let schema = name.split("\".\"").next().unwrap_or("").trim_start_matches('"').replace("\"\"", "\"");
         if !schema.is_empty() {
-            client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&schema))).await.ctx("create schema")?;
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&schema)))
+                .await
+                .ctx("create schema")?;
         }
         let list = labels.iter().map(|l| quote_literal(l)).collect::<Vec<_>>().join(", ");
-        client.batch_execute(&format!("CREATE TYPE {name} AS ENUM ({list})")).await.ctx(format!("create enum {name}"))?;
+        client
+            .batch_execute(&format!("CREATE TYPE {name} AS ENUM ({list})"))
+            .await
+            .ctx(format!("create enum {name}"))?;
     }
     Ok(())
 }
@@ -1069,7 +1093,10 @@ enum JobOutcome {
     Committed,
     /// The target refused a change; the transaction was rolled back and these changes are
     /// to be applied again one by one.
-    Refused { tables: Vec<(Arc<TableSchema>, Vec<PendingOp>)>, error: PgError },
+    Refused {
+        tables: Vec<(Arc<TableSchema>, Vec<PendingOp>)>,
+        error: PgError,
+    },
 }
 
 /// The checkpoint row to write in a commit.
@@ -1145,7 +1172,9 @@ fn text_json(dt: &DataType, t: &str) -> serde_json::Value {
     use serde_json::Value as J;
     match dt {
         DataType::Bool => J::Bool(t == "t" || t == "true"),
-        DataType::Int16 | DataType::Int32 | DataType::Int64 => t.parse::<i64>().map(J::from).unwrap_or_else(|_| J::String(t.into())),
+        DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+            t.parse::<i64>().map(J::from).unwrap_or_else(|_| J::String(t.into()))
+        }
         DataType::Float32 | DataType::Float64 => match t.parse::<f64>() {
             Ok(f) if f.is_finite() => J::from(f),
             _ => J::String(t.into()),
@@ -1196,4 +1225,3 @@ mod tests {
         assert_eq!(format_ts(-1), "1969-12-31 23:59:59.999999+00");
     }
 }
-

@@ -477,7 +477,12 @@ impl Streamer<'_> {
     }
 
     /// Sends an event while keeping the server connection alive if the pipeline is slow.
-    async fn emit(&mut self, repl: &mut ReplicationConn, interval: Duration, ev: Event) -> Result<Result<(), Stopping>, PgError> {
+    async fn emit(
+        &mut self,
+        repl: &mut ReplicationConn,
+        interval: Duration,
+        ev: Event,
+    ) -> Result<Result<(), Stopping>, PgError> {
         let Some(events) = self.events.clone() else { return Ok(Err(Stopping)) };
         loop {
             tokio::select! {
@@ -599,7 +604,8 @@ impl Streamer<'_> {
             PgOutput::Truncate { rels } => {
                 for rel in rels {
                     if let Ok(table) = self.table(rel) {
-                        if self.emit(repl, interval, Event::Change(Change { table, op: Op::Truncate })).await?.is_err() {
+                        if self.emit(repl, interval, Event::Change(Change { table, op: Op::Truncate })).await?.is_err()
+                        {
                             return Ok(Err(Stopping));
                         }
                     }

@@ -92,7 +92,8 @@ pub async fn run_pipeline(
         source.run(resume, ctx).await
     });
 
-    let mut durable: Vec<Option<Position>> = checkpoints.iter().map(|c| c.position.filter(|_| c.snapshot_done)).collect();
+    let mut durable: Vec<Option<Position>> =
+        checkpoints.iter().map(|c| c.position.filter(|_| c.snapshot_done)).collect();
     let mut stopping = false;
     let mut failure: Option<PipelineError> = None;
     let fail = |component: &str, error: ConnectorError| PipelineError { component: component.to_string(), error };

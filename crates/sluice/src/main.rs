@@ -112,7 +112,9 @@ async fn check(path: PathBuf) -> ExitCode {
     }
     for (i, s) in cfg.sinks.iter().enumerate() {
         match s {
-            SinkConfig::Postgres(pg) => results.extend(sluice_postgres::check::check_sink(pg, &format!("sink[{i}]")).await),
+            SinkConfig::Postgres(pg) => {
+                results.extend(sluice_postgres::check::check_sink(pg, &format!("sink[{i}]")).await)
+            }
         }
     }
     let mut failed = 0;

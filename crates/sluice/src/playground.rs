@@ -170,7 +170,8 @@ pub async fn digest(client: &Client, table: &str, key: &str) -> anyhow::Result<(
 }
 
 async fn connect(url: &str) -> anyhow::Result<Client> {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.with_context(|| format!("connect {url}"))?;
+    let (c, conn) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.with_context(|| format!("connect {url}"))?;
     tokio::spawn(conn);
     Ok(c)
 }
@@ -201,7 +202,9 @@ pub async fn run(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Result<
     let rate = args.rate.max(1);
     let mut work_client = connect(&src_url).await?;
     let workload = tokio::spawn(async move {
-        let mut rng = Rng::new(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64));
+        let mut rng = Rng::new(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64),
+        );
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
         let mut done: u64 = 0;
         while !*work_stop_rx.borrow() {

@@ -9,11 +9,7 @@ use common::Env;
 use sluice_testkit::{free_port, wait_for, PgOptions, PgServer};
 
 fn sluice(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .expect("run sluice")
+    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).env("RUST_LOG", "info").output().expect("run sluice")
 }
 
 fn text(o: &Output) -> String {
@@ -47,9 +43,30 @@ fn invalid_config_is_rejected_naming_the_key() {
         (format!("{base}mode = \"mirror\"\n"), "sink[0].mode", "changelog"),
         (format!("{base}batch = {{ max_rows = 0 }}\n"), "sink[0].batch.max_rows", "must be > 0"),
         (format!("{base}colour = \"blue\"\n"), "sink[0]", "colour"),
-        (base.replace("type = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1", "type = \"postgres\"\ntables = 3\nurl = \"postgres://u@127.0.0.1:1"), "source.tables", "sequence"),
-        (base.replace("snapshot", "x").replace("url = \"postgres://u@127.0.0.1:1/app\"", "url = \"postgres://u@127.0.0.1:1/app\"\nsnapshot = \"sometimes\""), "source.snapshot", "initial"),
-        (base.replace("url = \"postgres://u@127.0.0.1:1/app\"", "url = \"postgres://u:${SLUICE_TEST_UNSET_VAR}@127.0.0.1:1/app\""), "source.url", "SLUICE_TEST_UNSET_VAR"),
+        (
+            base.replace(
+                "type = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1",
+                "type = \"postgres\"\ntables = 3\nurl = \"postgres://u@127.0.0.1:1",
+            ),
+            "source.tables",
+            "sequence",
+        ),
+        (
+            base.replace("snapshot", "x").replace(
+                "url = \"postgres://u@127.0.0.1:1/app\"",
+                "url = \"postgres://u@127.0.0.1:1/app\"\nsnapshot = \"sometimes\"",
+            ),
+            "source.snapshot",
+            "initial",
+        ),
+        (
+            base.replace(
+                "url = \"postgres://u@127.0.0.1:1/app\"",
+                "url = \"postgres://u:${SLUICE_TEST_UNSET_VAR}@127.0.0.1:1/app\"",
+            ),
+            "source.url",
+            "SLUICE_TEST_UNSET_VAR",
+        ),
     ];
     for (toml, key, hint) in cases {
         let path = write_config(&dir, &toml);
@@ -116,9 +133,7 @@ async fn run_never_logs_the_password_and_exits_cleanly_on_sigterm() {
     let env = Env::new("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);").await;
     let dir = tempfile::tempdir().unwrap();
     // Trust authentication ignores the password, so the URL works and still carries a secret.
-    let toml = env
-        .toml("secret", "", "")
-        .replace("postgres://postgres@", "postgres://postgres:hunter2secret@");
+    let toml = env.toml("secret", "", "").replace("postgres://postgres@", "postgres://postgres:hunter2secret@");
     let path = write_config(&dir, &toml);
     let log = dir.path().join("run.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -145,4 +160,3 @@ async fn run_never_logs_the_password_and_exits_cleanly_on_sigterm() {
     assert!(all.contains("source stopped"), "{all}");
     assert!(!all.contains("hunter2secret"), "password leaked into logs");
 }
-

@@ -51,7 +51,11 @@ async fn sigkill_at_random_moments_leaves_an_exact_replica() {
     let env = Env::new(SETUP).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pipeline.toml");
-    std::fs::write(&config, env.toml("crash", "slot_takeover_secs = 2", "batch = { max_rows = 500, max_delay_ms = 20 }")).unwrap();
+    std::fs::write(
+        &config,
+        env.toml("crash", "slot_takeover_secs = 2", "batch = { max_rows = 500, max_delay_ms = 20 }"),
+    )
+    .unwrap();
     let config = config.display().to_string();
     let log = dir.path().join("sluice.log");
 
@@ -85,7 +89,16 @@ async fn sigkill_at_random_moments_leaves_an_exact_replica() {
     let mut rng = Rng::new(seed);
     let mut sluice = spawn(&config, &log);
     // The first two kills land during the initial snapshot, the others while streaming.
-    let delays_ms = [300, 500, rng.range(0, 1500), rng.range(0, 1500), rng.range(200, 2500), rng.range(200, 2500), rng.range(0, 800), rng.range(0, 300)];
+    let delays_ms = [
+        300,
+        500,
+        rng.range(0, 1500),
+        rng.range(0, 1500),
+        rng.range(200, 2500),
+        rng.range(200, 2500),
+        rng.range(0, 800),
+        rng.range(0, 300),
+    ];
     let dst = &env.dst;
     for (i, d) in delays_ms.iter().enumerate() {
         if i >= 2 {
@@ -111,7 +124,8 @@ async fn sigkill_at_random_moments_leaves_an_exact_replica() {
     let txns = workload.await.unwrap();
     assert!(txns > 50, "workload too small to mean anything: {txns} transactions");
 
-    let wal_at_end: i64 = env.src.query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[]).await.unwrap().get(0);
+    let wal_at_end: i64 =
+        env.src.query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[]).await.unwrap().get(0);
     for (t, k) in [("accounts", "id"), ("ledger", "id"), ("tags", "account, tag")] {
         if let Ok(Some(status)) = sluice.child.try_wait() {
             panic!("sluice exited ({status}):\n{}", log_tail(&log));
@@ -137,7 +151,9 @@ async fn sigkill_at_random_moments_leaves_an_exact_replica() {
     let restarts = all.matches("pipeline starting").count();
     let redone = all.matches("earlier snapshot did not finish").count();
     let taken_over = all.matches("terminating it").count();
-    eprintln!("{txns} workload transactions, {restarts} starts, {redone} snapshot restarts, {taken_over} slot takeovers");
+    eprintln!(
+        "{txns} workload transactions, {restarts} starts, {redone} snapshot restarts, {taken_over} slot takeovers"
+    );
     assert!(restarts > delays_ms.len(), "expected a start per kill, saw {restarts}");
     assert!(redone >= 1, "no kill landed during the snapshot; the test lost its point:\n{}", log_tail(&log));
 }
@@ -152,14 +168,33 @@ async fn a_slot_held_by_a_stale_connection_is_taken_over() {
     first.stop().await;
     // Another client now streams from the slot, as a connection of a crashed run would.
     let bindir = sluice_testkit::pg_bindir().unwrap();
-    let mut holder = KillOnDrop(Command::new(bindir.join("pg_recvlogical"))
-        .args(["-d", &env.src_url, "--slot", "sluice_held", "--start", "--no-loop", "-o", "proto_version=1", "-o", "publication_names=sluice_held", "-f", "/dev/null"])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pg_recvlogical"));
+    let mut holder = KillOnDrop(
+        Command::new(bindir.join("pg_recvlogical"))
+            .args([
+                "-d",
+                &env.src_url,
+                "--slot",
+                "sluice_held",
+                "--start",
+                "--no-loop",
+                "-o",
+                "proto_version=1",
+                "-o",
+                "publication_names=sluice_held",
+                "-f",
+                "/dev/null",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pg_recvlogical"),
+    );
     let src = &env.src;
     wait_for("the slot to be held", Duration::from_secs(30), || async {
-        src.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'sluice_held' AND active", &[]).await.ok().flatten().map(|_| ())
+        src.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'sluice_held' AND active", &[])
+            .await
+            .ok()
+            .flatten()
+            .map(|_| ())
     })
     .await;
     env.src.batch_execute("INSERT INTO t VALUES (2, 'while held')").await.unwrap();

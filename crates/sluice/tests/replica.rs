@@ -156,7 +156,10 @@ async fn every_supported_type_round_trips_exactly() {
         env.src.batch_execute(&format!("INSERT INTO types VALUES {streamed}")).await.unwrap();
     }
     // Updates that change every column of a row, through the upsert path.
-    env.src.batch_execute("UPDATE types SET (i2, t, a_t, m) = (i2, coalesce(t, '') || '!', a_t, m) WHERE id IN (2, 102)").await.unwrap();
+    env.src
+        .batch_execute("UPDATE types SET (i2, t, a_t, m) = (i2, coalesce(t, '') || '!', a_t, m) WHERE id IN (2, 102)")
+        .await
+        .unwrap();
     env.converge("types", "id").await;
     pipeline.stop().await;
     assert_eq!(env.count(&env.dst, "types").await, 8);
@@ -173,8 +176,11 @@ async fn every_supported_type_round_trips_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_apply_in_commit_order() {
-    let env = Env::new("CREATE TABLE seq (id int PRIMARY KEY, v bigint NOT NULL, history text NOT NULL DEFAULT '');
-                        INSERT INTO seq SELECT g, 0 FROM generate_series(1, 10) g;").await;
+    let env = Env::new(
+        "CREATE TABLE seq (id int PRIMARY KEY, v bigint NOT NULL, history text NOT NULL DEFAULT '');
+                        INSERT INTO seq SELECT g, 0 FROM generate_series(1, 10) g;",
+    )
+    .await;
     let pipeline = start(env.config("order", "", "batch = { max_rows = 7, max_delay_ms = 5 }"));
     env.converge("seq", "id").await;
     // Two interleaved sessions: commit order, not statement order, decides the final state.
@@ -183,8 +189,12 @@ async fn transactions_apply_in_commit_order() {
     for i in 1..=200i64 {
         a.batch_execute("BEGIN").await.unwrap();
         b.batch_execute("BEGIN").await.unwrap();
-        a.batch_execute(&format!("UPDATE seq SET v = {i}, history = history || 'a' WHERE id = {}", i % 10 + 1)).await.unwrap();
-        b.batch_execute(&format!("UPDATE seq SET v = -{i}, history = history || 'b' WHERE id = {}", (i + 5) % 10 + 1)).await.unwrap();
+        a.batch_execute(&format!("UPDATE seq SET v = {i}, history = history || 'a' WHERE id = {}", i % 10 + 1))
+            .await
+            .unwrap();
+        b.batch_execute(&format!("UPDATE seq SET v = -{i}, history = history || 'b' WHERE id = {}", (i + 5) % 10 + 1))
+            .await
+            .unwrap();
         if i % 2 == 0 {
             b.batch_execute("COMMIT").await.unwrap();
             a.batch_execute("COMMIT").await.unwrap();
@@ -199,7 +209,8 @@ async fn transactions_apply_in_commit_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn added_column_appears_without_restart() {
-    let env = Env::new("CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'one');").await;
+    let env =
+        Env::new("CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'one');").await;
     let pipeline = start(env.config("ddl", "", ""));
     env.converge("items", "id").await;
     env.src
@@ -224,10 +235,17 @@ async fn idle_publication_still_advances_the_slot() {
     )
     .await;
     let pipeline = start(env.config("idle", "tables = [\"public.*\"]", ""));
-    let first = wait_for("slot to be confirmed", CONVERGE, || async { confirmed_flush(&env.src, "sluice_idle").await.filter(|l| *l > 0) }).await;
+    let first = wait_for("slot to be confirmed", CONVERGE, || async {
+        confirmed_flush(&env.src, "sluice_idle").await.filter(|l| *l > 0)
+    })
+    .await;
     // WAL grows from a table outside the publication only.
-    env.src.batch_execute("INSERT INTO busy.noise (v) SELECT repeat('x', 100) FROM generate_series(1, 5000)").await.unwrap();
-    let wal: i64 = env.src.query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[]).await.unwrap().get(0);
+    env.src
+        .batch_execute("INSERT INTO busy.noise (v) SELECT repeat('x', 100) FROM generate_series(1, 5000)")
+        .await
+        .unwrap();
+    let wal: i64 =
+        env.src.query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[]).await.unwrap().get(0);
     assert!(wal > first);
     let advanced = wait_for("slot to pass the idle WAL", Duration::from_secs(90), || async {
         confirmed_flush(&env.src, "sluice_idle").await.filter(|l| *l >= wal)
@@ -239,7 +257,8 @@ async fn idle_publication_still_advances_the_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changelog_mode_appends_one_row_per_change_with_metadata() {
-    let env = Env::new("CREATE TABLE ev (id int PRIMARY KEY, v text, n int); INSERT INTO ev VALUES (1, 'snap', 1);").await;
+    let env =
+        Env::new("CREATE TABLE ev (id int PRIMARY KEY, v text, n int); INSERT INTO ev VALUES (1, 'snap', 1);").await;
     let pipeline = start(env.config("log", "", "mode = \"changelog\""));
     let dst = &env.dst;
     wait_for("snapshot row", CONVERGE, || async {
@@ -292,19 +311,28 @@ async fn changelog_mode_appends_one_row_per_change_with_metadata() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_the_target_refuses_goes_to_the_dead_letter_table() {
-    let env = Env::new("CREATE TABLE p (id int PRIMARY KEY, v text); INSERT INTO p SELECT g, 'v' || g FROM generate_series(1, 3) g;").await;
+    let env = Env::new(
+        "CREATE TABLE p (id int PRIMARY KEY, v text); INSERT INTO p SELECT g, 'v' || g FROM generate_series(1, 3) g;",
+    )
+    .await;
     // The replica has a rule the source lacks: some changes cannot be applied.
     env.dst.batch_execute("CREATE TABLE p (id int PRIMARY KEY, v text CHECK (v <> 'poison'))").await.unwrap();
     let pipeline = start(env.config("dlq", "", ""));
     let dst = &env.dst;
     wait_for("the snapshot", CONVERGE, || async {
-        dst.query_opt("SELECT 1 FROM sluice.checkpoints WHERE pipeline = 'dlq' AND snapshot_done", &[]).await.ok().flatten().map(|_| ())
+        dst.query_opt("SELECT 1 FROM sluice.checkpoints WHERE pipeline = 'dlq' AND snapshot_done", &[])
+            .await
+            .ok()
+            .flatten()
+            .map(|_| ())
     })
     .await;
     // A row the source does not have yet appears on the replica: the source's insert must win.
     env.dst.batch_execute("INSERT INTO p VALUES (4, 'stale')").await.unwrap();
     env.src
-        .batch_execute("INSERT INTO p VALUES (4, 'ok'), (5, 'poison'), (6, 'fine'); UPDATE p SET v = 'poison' WHERE id = 1;")
+        .batch_execute(
+            "INSERT INTO p VALUES (4, 'ok'), (5, 'poison'), (6, 'fine'); UPDATE p SET v = 'poison' WHERE id = 1;",
+        )
         .await
         .unwrap();
     env.src.batch_execute("INSERT INTO p VALUES (7, 'after')").await.unwrap();
@@ -314,7 +342,8 @@ async fn a_change_the_target_refuses_goes_to_the_dead_letter_table() {
     .await;
     assert!(!pipeline.is_finished(), "a refused change must not stop the pipeline");
     pipeline.stop().await;
-    let ids: Vec<i32> = env.dst.query("SELECT id FROM p ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let ids: Vec<i32> =
+        env.dst.query("SELECT id FROM p ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(ids, [1, 2, 3, 4, 6, 7]);
     let v1: String = env.dst.query_one("SELECT v FROM p WHERE id = 1", &[]).await.unwrap().get(0);
     assert_eq!(v1, "v1");
@@ -355,8 +384,17 @@ async fn one_source_feeds_two_sinks_and_confirms_only_what_both_hold() {
     .await;
     pipeline.stop().await;
     // Both sinks keep their own checkpoint; the slot is confirmed no further than the older one.
-    let p1: String = env.dst.query_one("SELECT position->>'at' FROM sluice.checkpoints WHERE pipeline = 'fan'", &[]).await.unwrap().get(0);
-    let p2: String = audit.query_one("SELECT position->>'at' FROM sluice.checkpoints WHERE pipeline = 'fan'", &[]).await.unwrap().get(0);
+    let p1: String = env
+        .dst
+        .query_one("SELECT position->>'at' FROM sluice.checkpoints WHERE pipeline = 'fan'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let p2: String = audit
+        .query_one("SELECT position->>'at' FROM sluice.checkpoints WHERE pipeline = 'fan'", &[])
+        .await
+        .unwrap()
+        .get(0);
     // The final confirmation reaches the walsender asynchronously after the pipeline returns.
     let src = &env.src;
     let (p1, p2) = (&p1, &p2);

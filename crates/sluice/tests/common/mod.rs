@@ -22,7 +22,8 @@ pub struct Env {
 }
 
 pub async fn connect(url: &str) -> Client {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    let (c, conn) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
     tokio::spawn(conn);
     c
 }
@@ -60,14 +61,17 @@ impl Env {
         let q = format!("SELECT row_::text FROM {table} row_ ORDER BY {key}");
         let src = &self.src;
         let dst = &self.dst;
-        let ok = tokio::time::timeout(CONVERGE, wait_for(&format!("{table} to converge"), CONVERGE, || {
-            let q = q.clone();
-            async move {
-                let a = rows(src, &q).await;
-                let b = rows(dst, &q).await;
-                (a.is_some() && a == b).then_some(())
-            }
-        }))
+        let ok = tokio::time::timeout(
+            CONVERGE,
+            wait_for(&format!("{table} to converge"), CONVERGE, || {
+                let q = q.clone();
+                async move {
+                    let a = rows(src, &q).await;
+                    let b = rows(dst, &q).await;
+                    (a.is_some() && a == b).then_some(())
+                }
+            }),
+        )
         .await;
         if ok.is_err() {
             panic!("{table} did not converge within {CONVERGE:?}:\n{}", self.diff(table, key).await);
@@ -102,9 +106,7 @@ impl Env {
 
 async fn rows(c: &Client, q: &str) -> Option<Vec<String>> {
     c.query(q, &[]).await.ok().map(|rs| {
-        rs.iter()
-            .map(|r| r.try_get::<_, String>(0).unwrap_or_else(|e| panic!("row text of `{q}`: {e:?}")))
-            .collect()
+        rs.iter().map(|r| r.try_get::<_, String>(0).unwrap_or_else(|e| panic!("row text of `{q}`: {e:?}"))).collect()
     })
 }
 
