@@ -164,10 +164,12 @@ impl ReplicationConn {
                                 scram.as_mut().ok_or_else(|| PgError::Protocol("SASL final before start".into()))?;
                             s.finish(&body).map_err(|e| PgError::Protocol(format!("SCRAM: {e}")))?;
                         }
-                        other => return Err(PgError::Setup(format!(
+                        other => {
+                            return Err(PgError::Setup(format!(
                             "the source server asks for authentication method {other}, which Sluice does not support; \
                                  use scram-sha-256, md5, password or trust in pg_hba.conf"
-                        ))),
+                        )))
+                        }
                     }
                 }
                 b'E' => return Err(server_error("authentication", &m.body)),

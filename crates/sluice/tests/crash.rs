@@ -102,13 +102,12 @@ async fn sigkill_at_random_moments_leaves_an_exact_replica() {
     let dst = &env.dst;
     for (i, d) in delays_ms.iter().enumerate() {
         if i >= 2 {
-            wait_for("the snapshot to be committed", Duration::from_secs(120), || async {
-                dst.query_opt("SELECT 1 FROM sluice.checkpoints WHERE pipeline = 'crash' AND snapshot_done", &[])
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|_| ())
-            })
+            common::wait_row(
+                dst,
+                "the snapshot to be committed",
+                Duration::from_secs(120),
+                "SELECT 1 FROM sluice.checkpoints WHERE pipeline = 'crash' AND snapshot_done",
+            )
             .await;
         }
         // Deliberately random kill moments, not a wait for a condition.
@@ -189,13 +188,12 @@ async fn a_slot_held_by_a_stale_connection_is_taken_over() {
             .expect("start pg_recvlogical"),
     );
     let src = &env.src;
-    wait_for("the slot to be held", Duration::from_secs(30), || async {
-        src.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'sluice_held' AND active", &[])
-            .await
-            .ok()
-            .flatten()
-            .map(|_| ())
-    })
+    common::wait_row(
+        src,
+        "the slot to be held",
+        Duration::from_secs(30),
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'sluice_held' AND active",
+    )
     .await;
     env.src.batch_execute("INSERT INTO t VALUES (2, 'while held')").await.unwrap();
     let second = common::start(config);

@@ -261,10 +261,7 @@ async fn changelog_mode_appends_one_row_per_change_with_metadata() {
         Env::new("CREATE TABLE ev (id int PRIMARY KEY, v text, n int); INSERT INTO ev VALUES (1, 'snap', 1);").await;
     let pipeline = start(env.config("log", "", "mode = \"changelog\""));
     let dst = &env.dst;
-    wait_for("snapshot row", CONVERGE, || async {
-        dst.query_opt("SELECT 1 FROM ev_changelog WHERE op = 'r'", &[]).await.ok().flatten().map(|_| ())
-    })
-    .await;
+    common::wait_row(dst, "snapshot row", CONVERGE, "SELECT 1 FROM ev_changelog WHERE op = 'r'").await;
     // Each statement its own transaction (a multi-statement simple query would be one).
     for sql in [
         "INSERT INTO ev VALUES (2, 'ins', 2)",
@@ -301,10 +298,7 @@ async fn changelog_mode_appends_one_row_per_change_with_metadata() {
     // A restart appends nothing twice.
     let again = start(env.config("log", "", "mode = \"changelog\""));
     env.src.batch_execute("INSERT INTO ev VALUES (9, 'after restart', 9)").await.unwrap();
-    wait_for("row after restart", CONVERGE, || async {
-        dst.query_opt("SELECT 1 FROM ev_changelog WHERE after->>'id' = '9'", &[]).await.ok().flatten().map(|_| ())
-    })
-    .await;
+    common::wait_row(dst, "row after restart", CONVERGE, "SELECT 1 FROM ev_changelog WHERE after->>'id' = '9'").await;
     again.stop().await;
     assert_eq!(env.count(&env.dst, "ev_changelog").await, 7);
 }
@@ -319,13 +313,12 @@ async fn a_change_the_target_refuses_goes_to_the_dead_letter_table() {
     env.dst.batch_execute("CREATE TABLE p (id int PRIMARY KEY, v text CHECK (v <> 'poison'))").await.unwrap();
     let pipeline = start(env.config("dlq", "", ""));
     let dst = &env.dst;
-    wait_for("the snapshot", CONVERGE, || async {
-        dst.query_opt("SELECT 1 FROM sluice.checkpoints WHERE pipeline = 'dlq' AND snapshot_done", &[])
-            .await
-            .ok()
-            .flatten()
-            .map(|_| ())
-    })
+    common::wait_row(
+        dst,
+        "the snapshot",
+        CONVERGE,
+        "SELECT 1 FROM sluice.checkpoints WHERE pipeline = 'dlq' AND snapshot_done",
+    )
     .await;
     // A row the source does not have yet appears on the replica: the source's insert must win.
     env.dst.batch_execute("INSERT INTO p VALUES (4, 'stale')").await.unwrap();
@@ -336,10 +329,7 @@ async fn a_change_the_target_refuses_goes_to_the_dead_letter_table() {
         .await
         .unwrap();
     env.src.batch_execute("INSERT INTO p VALUES (7, 'after')").await.unwrap();
-    wait_for("the change after the poison", CONVERGE, || async {
-        dst.query_opt("SELECT 1 FROM p WHERE id = 7", &[]).await.ok().flatten().map(|_| ())
-    })
-    .await;
+    common::wait_row(dst, "the change after the poison", CONVERGE, "SELECT 1 FROM p WHERE id = 7").await;
     assert!(!pipeline.is_finished(), "a refused change must not stop the pipeline");
     pipeline.stop().await;
     let ids: Vec<i32> =

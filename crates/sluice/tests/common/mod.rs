@@ -139,6 +139,11 @@ impl Running {
     }
 }
 
+/// Waits until `sql` returns a row, or panics naming `what` after `timeout`.
+pub async fn wait_row(client: &Client, what: &str, timeout: Duration, sql: &str) {
+    wait_for(what, timeout, || async { client.query_opt(sql, &[]).await.ok().flatten().map(|_| ()) }).await
+}
+
 /// The slot's confirmed flush LSN, as bytes from 0/0.
 pub async fn confirmed_flush(src: &Client, slot: &str) -> Option<i64> {
     src.query_opt(
