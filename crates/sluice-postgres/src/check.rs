@@ -4,7 +4,6 @@
 use sluice_config::{PgSinkConfig, PgSourceConfig};
 
 use crate::catalog;
-use crate::error::PgError;
 use crate::ident::qualified;
 
 /// The outcome of one check.
@@ -26,16 +25,6 @@ fn fail(name: impl Into<String>, detail: impl Into<String>) -> CheckResult {
     CheckResult { name: name.into(), ok: false, detail: detail.into() }
 }
 
-fn err_text(e: &PgError) -> String {
-    match e {
-        PgError::Client { what, source } => match source.as_db_error() {
-            Some(db) => format!("{what}: {}", db.message()),
-            None => format!("{what}: {source}"),
-        },
-        other => other.to_string(),
-    }
-}
-
 /// Checks a PostgreSQL source: reachable, `wal_level`, privileges, free slots and senders,
 /// selected tables and their keys.
 pub async fn check_source(cfg: &PgSourceConfig, slot: &str) -> Vec<CheckResult> {
@@ -50,7 +39,7 @@ pub async fn check_source(cfg: &PgSourceConfig, slot: &str) -> Vec<CheckResult> 
                 "source: reachable",
                 format!(
                     "{} ({}); check source.url, that the server runs, and pg_hba.conf",
-                    err_text(&e),
+                    e.describe(),
                     cfg.url.redacted()
                 ),
             ));
@@ -118,7 +107,7 @@ pub async fn check_source(cfg: &PgSourceConfig, slot: &str) -> Vec<CheckResult> 
         )
     });
     match catalog::selected_tables(&client, cfg).await {
-        Err(e) => out.push(fail("source: selected tables exist", err_text(&e))),
+        Err(e) => out.push(fail("source: selected tables exist", e.describe())),
         Ok(tables) if tables.is_empty() => out.push(fail(
             "source: selected tables exist",
             format!(
@@ -143,7 +132,7 @@ pub async fn check_source(cfg: &PgSourceConfig, slot: &str) -> Vec<CheckResult> 
                             qualified(&t.id)
                         ),
                     )),
-                    Err(e) => out.push(fail(name, err_text(&e))),
+                    Err(e) => out.push(fail(name, e.describe())),
                 }
             }
         }
@@ -171,7 +160,7 @@ pub async fn check_sink(cfg: &PgSinkConfig, at: &str) -> Vec<CheckResult> {
         Err(e) => {
             out.push(fail(
                 format!("{at}: reachable"),
-                format!("{} ({}); check {at}.url and that the server runs", err_text(&e), cfg.url.redacted()),
+                format!("{} ({}); check {at}.url and that the server runs", e.describe(), cfg.url.redacted()),
             ));
             return out;
         }

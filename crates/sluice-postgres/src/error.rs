@@ -82,11 +82,11 @@ impl PgError {
     }
 }
 
-impl From<PgError> for ConnectorError {
-    fn from(e: PgError) -> Self {
-        let class = e.class();
-        let text = match &e {
-            // tokio-postgres' Display hides the server's message behind "db error"
+impl PgError {
+    /// The message to show a person: unlike `Display`, it includes the server's own message,
+    /// SQLSTATE and hint, which tokio-postgres hides behind "db error".
+    pub fn describe(&self) -> String {
+        match self {
             PgError::Client { what, source } => match source.as_db_error() {
                 Some(db) => format!(
                     "{what}: {} {}{}",
@@ -94,10 +94,15 @@ impl From<PgError> for ConnectorError {
                     db.message(),
                     db.hint().map(|h| format!("; hint: {h}")).unwrap_or_default()
                 ),
-                None => e.to_string(),
+                None => self.to_string(),
             },
-            _ => e.to_string(),
-        };
-        ConnectorError::new(class, text, e)
+            _ => self.to_string(),
+        }
+    }
+}
+
+impl From<PgError> for ConnectorError {
+    fn from(e: PgError) -> Self {
+        ConnectorError::new(e.class(), e.describe(), e)
     }
 }

@@ -483,7 +483,16 @@ impl Streamer<'_> {
         interval: Duration,
         ev: Event,
     ) -> Result<Result<(), Stopping>, PgError> {
-        let Some(events) = self.events.clone() else { return Ok(Err(Stopping)) };
+        let Some(events) = self.events.as_ref() else { return Ok(Err(Stopping)) };
+        // Fast path: room in the queue, no timer needed.
+        let ev = match events.try_send(ev) {
+            Ok(()) => return Ok(Ok(())),
+            Err(mpsc::error::TrySendError::Full(ev)) => ev,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(PgError::Protocol("pipeline stopped while the source was sending".into()))
+            }
+        };
+        let events = events.clone();
         loop {
             tokio::select! {
                 permit = events.reserve() => {

@@ -132,12 +132,12 @@ pub async fn run_pipeline(
         }
     }
 
-    if failure.is_some() {
+    if let Some(f) = failure {
         source_task.abort();
         for t in &sink_tasks {
             t.abort();
         }
-        return Err(failure.unwrap_or_else(|| fail("pipeline", ConnectorError::msg(ErrorClass::Transient, "failed"))));
+        return Err(f);
     }
     if !stopping {
         // The source ended on its own: that is a failure (it only ends when asked).
@@ -152,6 +152,7 @@ pub async fn run_pipeline(
     }
 
     // Drain: sinks commit what ends at a boundary and send their last acks.
+    let mut failure: Option<PipelineError> = None;
     drop(sink_txs);
     while let Some(msg) = acks_rx.recv().await {
         match msg {
