@@ -17,6 +17,9 @@ pub struct Args {
     /// Repetitions (fresh target databases each); medians are reported
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Extra TOML lines for the sink, e.g. 'snapshot_connections = 1'
+    #[arg(long, default_value = "")]
+    sink_extra: String,
 }
 
 const TABLE: &str = "CREATE TABLE t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, c timestamptz NOT NULL, d numeric(12,2) NOT NULL)";
@@ -65,7 +68,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let toml = format!(
             "name = \"snap{run}\"\n[source]\ntype = \"postgres\"\nurl = \"{src_url}\"\ntables = [\"public.t\"]\n\n\
-             [[sink]]\ntype = \"postgres\"\nurl = \"{replica_url}\"\n"
+             [[sink]]\ntype = \"postgres\"\nurl = \"{replica_url}\"\n{}\n",
+            a.sink_extra
         );
         let t = Instant::now();
         let mut proc = SluiceProc::start(&dir, &toml)?;

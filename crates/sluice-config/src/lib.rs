@@ -26,6 +26,8 @@ pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_SLOT_TAKEOVER_SECS: u64 = 5;
 /// Default for `sink[].checkpoint_schema`.
 pub const DEFAULT_CHECKPOINT_SCHEMA: &str = "sluice";
+/// Default for `sink[].snapshot_connections`.
+pub const DEFAULT_SNAPSHOT_CONNECTIONS: usize = 2;
 /// Default for `sink[].changelog_suffix`.
 pub const DEFAULT_CHANGELOG_SUFFIX: &str = "_changelog";
 
@@ -115,6 +117,9 @@ pub struct PgSinkConfig {
     /// In changelog mode, appended to the source table name to name the changelog table.
     #[serde(default = "default_changelog_suffix")]
     pub changelog_suffix: String,
+    /// Replica mode: connections that write the initial snapshot in parallel.
+    #[serde(default = "default_snapshot_connections")]
+    pub snapshot_connections: usize,
 }
 
 /// `sink[].mode`.
@@ -163,6 +168,9 @@ fn default_slot_takeover_secs() -> u64 {
 }
 fn default_checkpoint_schema() -> String {
     DEFAULT_CHECKPOINT_SCHEMA.to_string()
+}
+fn default_snapshot_connections() -> usize {
+    DEFAULT_SNAPSHOT_CONNECTIONS
 }
 fn default_changelog_suffix() -> String {
     DEFAULT_CHANGELOG_SUFFIX.to_string()
@@ -287,6 +295,9 @@ impl PgSinkConfig {
         }
         if self.checkpoint_schema.is_empty() {
             return Err(invalid(format!("{at}.checkpoint_schema"), "must not be empty"));
+        }
+        if !(1..=64).contains(&self.snapshot_connections) {
+            return Err(invalid(format!("{at}.snapshot_connections"), "must be between 1 and 64"));
         }
         if self.mode == SinkMode::Changelog && self.changelog_suffix.is_empty() {
             return Err(invalid(

@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::copytext::RowBlock;
 use crate::model::{Row, TableSchema};
 use crate::position::Position;
 
@@ -24,6 +25,11 @@ pub enum Op {
     Read {
         /// The row
         after: Row,
+    },
+    /// Rows read by the initial snapshot, many at once, in COPY text form.
+    ReadRows {
+        /// The rows
+        rows: RowBlock,
     },
     /// A new row.
     Insert {
@@ -60,7 +66,7 @@ pub struct Change {
 /// What a source emits, in source commit order.
 ///
 /// The stream is a sequence of: an optional snapshot (`SnapshotBegin`, `Change`s with
-/// [`Op::Read`], `SnapshotEnd`), then transactions (`Begin`, `Change`s, `Commit`) with
+/// [`Op::Read`] or [`Op::ReadRows`], `SnapshotEnd`), then transactions (`Begin`, `Change`s, `Commit`) with
 /// `Heartbeat`s between them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {

@@ -14,12 +14,14 @@
 //! PostgreSQL: advance the replication slot so the server can recycle WAL).
 #![deny(missing_docs)]
 
+pub mod copytext;
 mod error;
 mod event;
 mod model;
 mod position;
 mod traits;
 
+pub use copytext::RowBlock;
 pub use error::{ConnectorError, ErrorClass};
 pub use event::{Change, Event, Op, TxnMeta};
 pub use model::SchemaRef;

@@ -3,12 +3,12 @@
 
 mod catalog;
 pub mod check;
-mod copytext;
 mod error;
 mod ident;
 pub mod pgoutput;
 mod replication;
 mod sink;
+mod snapshot_copy;
 mod source;
 
 pub use error::PgError;

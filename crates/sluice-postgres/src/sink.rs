@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::SinkExt;
 use sluice_config::{PgSinkConfig, SinkMode};
 use sluice_core::{
     BatchPolicy, Change, Checkpoint, ConnectorError, DataType, ErrorClass, Event, Op, Position, Row, Sink, TableId,
@@ -43,6 +42,7 @@ use tracing::{debug, info, warn};
 use crate::catalog;
 use crate::error::{Ctx, PgError};
 use crate::ident::{qualified, quote_ident, quote_literal};
+use crate::snapshot_copy::SnapshotCopy;
 
 /// Name of the checkpoint table inside `checkpoint_schema`.
 pub const CHECKPOINT_TABLE: &str = "checkpoints";
@@ -74,23 +74,15 @@ pub struct PgSink {
     dirty: bool,
     txn: Option<TxnMeta>,
     statements: HashMap<String, Statement>,
-    /// Replica mode, during the snapshot: the `COPY .. FROM STDIN` being streamed.
-    copy: Option<CopyStream>,
-}
-
-/// An open `COPY .. FROM STDIN` (text format) into one freshly truncated target table.
-struct CopyStream {
-    table: TableId,
-    sink: std::pin::Pin<Box<tokio_postgres::CopyInSink<bytes::Bytes>>>,
-    buf: bytes::BytesMut,
+    /// Replica mode, during the snapshot: the connections filling the tables.
+    snapshot: Option<SnapshotCopy>,
+    /// Replica mode, during the snapshot: the tables it fills.
+    snapshot_tables: Vec<Arc<TableSchema>>,
 }
 
 /// Buffered rows, as a multiple of `batch.max_rows`, at which a transaction still open is
 /// written out early.
 const EARLY_WRITE_FACTOR: usize = 2;
-
-/// Bytes of COPY data gathered before they are sent.
-const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
 /// What the target table looks like.
 struct Target {
@@ -156,7 +148,8 @@ impl PgSink {
             dirty: false,
             txn: None,
             statements: HashMap::new(),
-            copy: None,
+            snapshot: None,
+            snapshot_tables: Vec::new(),
         }
     }
 
@@ -220,7 +213,7 @@ impl PgSink {
     /// Commits synchronously: what this target transaction already holds, the buffers, the
     /// checkpoint.
     async fn commit_now(&mut self) -> Result<(), PgError> {
-        self.finish_copy().await?;
+        self.finish_snapshot_table().await?;
         self.write_all().await?;
         self.begin().await?;
         self.checkpoint_write(self.reached)?.execute(self.client()?).await?;
@@ -281,6 +274,12 @@ impl PgSink {
 
     /// Creates or widens the target table for `schema`.
     async fn ensure_target(&mut self, schema: &TableSchema) -> Result<(), PgError> {
+        self.ensure_target_with(schema, true).await
+    }
+
+    /// Like `ensure_target`; without `with_key`, a table created here gets no primary key yet
+    /// (see `add_missing_keys`).
+    async fn ensure_target_with(&mut self, schema: &TableSchema, with_key: bool) -> Result<(), PgError> {
         if self.targets.get(&schema.id).is_some_and(|t| t.version == schema.version) {
             return Ok(());
         }
@@ -328,9 +327,9 @@ impl PgSink {
                 .map(|c| format!("{} {}{}", quote_ident(&c.name), c.native_type, if c.key { " NOT NULL" } else { "" }))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let key = schema.columns.iter().filter(|c| c.key).map(|c| quote_ident(&c.name)).collect::<Vec<_>>();
+            let key = if with_key { format!(", PRIMARY KEY ({})", key_list(schema)) } else { String::new() };
             client
-                .batch_execute(&format!("CREATE TABLE {name} ({cols}, PRIMARY KEY ({}))", key.join(", ")))
+                .batch_execute(&format!("CREATE TABLE {name} ({cols}{key})"))
                 .await
                 .ctx(format!("create replica table {tid}"))?;
             info!(table = %tid, "created replica table");
@@ -368,6 +367,10 @@ impl PgSink {
         self.uncommitted_rows += 1;
         self.dirty = true;
         if self.cfg.mode == SinkMode::Changelog {
+            if matches!(change.op, Op::ReadRows { .. }) {
+                // `write` splits blocks into single rows for the change log.
+                return Err(PgError::Protocol("a block of snapshot rows reached the changelog unsplit".into()));
+            }
             let row = self.log_row(change);
             self.pending_for(schema).log.push(row);
             self.buffered += 1;
@@ -384,9 +387,16 @@ impl PgSink {
                 self.client()?.batch_execute(&format!("TRUNCATE {name}")).await.ctx(format!("truncate {name}"))?;
             }
             Op::Read { after } if self.cfg.mode == SinkMode::Replica => {
-                // The snapshot fills tables it has just truncated: stream them with COPY.
-                self.copy_row(schema, after).await?;
+                // The snapshot fills tables it has just emptied: stream them with COPY.
+                self.snapshot_for(schema).await?.push_row(after).await?;
                 return Ok(());
+            }
+            Op::ReadRows { rows } if self.cfg.mode == SinkMode::Replica => {
+                self.snapshot_for(schema).await?.send(rows.data().clone()).await?;
+                return Ok(());
+            }
+            Op::ReadRows { .. } => {
+                return Err(PgError::Protocol("a block of snapshot rows outside replica mode".into()));
             }
             Op::Insert { after } => {
                 let key = key_of(after);
@@ -733,6 +743,7 @@ impl PgSink {
         let json = |r: &Row| Some(row_json(schema, r).to_string());
         let (op, before, after) = match &change.op {
             Op::Read { after } => ("r", None, json(after)),
+            Op::ReadRows { .. } => ("r", None, None),
             Op::Insert { after } => ("c", None, json(after)),
             Op::Update { before, after } => ("u", before.as_ref().and_then(json), json(after)),
             Op::Delete { before } => ("d", json(before), None),
@@ -789,45 +800,50 @@ impl PgSink {
         Ok(())
     }
 
-    async fn copy_row(&mut self, schema: &TableSchema, row: &Row) -> Result<(), PgError> {
-        if self.copy.as_ref().is_some_and(|c| c.table != schema.id) {
-            self.finish_copy().await?;
-        }
-        if self.copy.is_none() {
-            self.settle().await?;
-            self.begin().await?;
-            let name = self.target(&schema.id)?.name.clone();
+    /// The snapshot writers, filling `schema`'s table.
+    async fn snapshot_for(&mut self, schema: &TableSchema) -> Result<&mut SnapshotCopy, PgError> {
+        let name = self.target(&schema.id)?.name.clone();
+        let snapshot =
+            self.snapshot.as_mut().ok_or_else(|| PgError::Protocol("snapshot rows outside a snapshot".into()))?;
+        if snapshot.table() != Some(&schema.id) {
             let cols = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
-            let sink = self
-                .client()?
-                .copy_in::<_, bytes::Bytes>(&format!("COPY {name} ({cols}) FROM STDIN"))
-                .await
-                .ctx(format!("start COPY into {}", schema.id))?;
-            self.copy = Some(CopyStream {
-                table: schema.id.clone(),
-                sink: Box::pin(sink),
-                buf: bytes::BytesMut::with_capacity(COPY_CHUNK_BYTES * 2),
-            });
+            snapshot.begin_table(schema.id.clone(), format!("COPY {name} ({cols}) FROM STDIN")).await?;
         }
-        let Some(copy) = self.copy.as_mut() else { return Ok(()) };
-        encode_copy_row(&mut copy.buf, row);
-        if copy.buf.len() >= COPY_CHUNK_BYTES {
-            let chunk = copy.buf.split().freeze();
-            copy.sink.send(chunk).await.ctx(format!("COPY into {}", schema.id))?;
+        Ok(snapshot)
+    }
+
+    /// Gives every snapshot table without a primary key the source's key, inside the target
+    /// transaction that will mark the snapshot complete.
+    async fn add_missing_keys(&mut self) -> Result<(), PgError> {
+        for schema in std::mem::take(&mut self.snapshot_tables) {
+            let name = self.target(&schema.id)?.name.clone();
+            self.begin().await?;
+            let client = self.client()?;
+            let has_key: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = to_regclass($1) AND indisprimary)",
+                    &[&name],
+                )
+                .await
+                .ctx(format!("look up the primary key of {name}"))?
+                .get(0);
+            if !has_key {
+                let started = std::time::Instant::now();
+                client
+                    .batch_execute(&format!("ALTER TABLE {name} ADD PRIMARY KEY ({})", key_list(&schema)))
+                    .await
+                    .ctx(format!("add the primary key to {name}"))?;
+                info!(table = %name, secs = started.elapsed().as_secs_f64(), "added primary key after the snapshot");
+            }
         }
         Ok(())
     }
 
-    async fn finish_copy(&mut self) -> Result<(), PgError> {
-        if let Some(mut copy) = self.copy.take() {
-            if !copy.buf.is_empty() {
-                let chunk = copy.buf.split().freeze();
-                copy.sink.send(chunk).await.ctx(format!("COPY into {}", copy.table))?;
-            }
-            let rows = copy.sink.as_mut().finish().await.ctx(format!("finish COPY into {}", copy.table))?;
-            debug!(table = %copy.table, rows, "snapshot copy finished");
+    async fn finish_snapshot_table(&mut self) -> Result<(), PgError> {
+        match self.snapshot.as_mut() {
+            Some(s) => s.finish_table().await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn snapshot_begin(&mut self, tables: &[Arc<TableSchema>]) -> Result<(), PgError> {
@@ -836,10 +852,28 @@ impl PgSink {
         self.settle().await?;
         self.pending.clear();
         self.buffered = 0;
+        self.snapshot = None;
+        let replica = self.cfg.mode == SinkMode::Replica;
         for t in tables {
-            self.ensure_target(t).await?;
+            // A table created for the snapshot gets its primary key once it is filled: one
+            // sorted index build costs a fraction of maintaining the index row by row.
+            self.ensure_target_with(t, !replica).await?;
             let name = self.target(&t.id)?.name.clone();
+            self.begin().await?;
             self.client()?.batch_execute(&format!("TRUNCATE {name}")).await.ctx(format!("truncate {name}"))?;
+        }
+        if replica {
+            self.snapshot_tables = tables.to_vec();
+            // The snapshot connections cannot write to the tables until the truncation is
+            // committed. Until the snapshot ends the checkpoint says it is not done, so a crash
+            // in between redoes it.
+            self.begin().await?;
+            self.checkpoint_write(Checkpoint::default())?.execute(self.client()?).await?;
+            self.client()?.batch_execute("COMMIT").await.ctx("commit the emptied tables")?;
+            self.in_tx = false;
+            let label = format!("{} ({})", self.name, self.cfg.url.redacted());
+            self.snapshot =
+                Some(SnapshotCopy::open(self.cfg.url.expose(), &label, self.cfg.snapshot_connections).await?);
         }
         self.dirty = true;
         Ok(())
@@ -920,11 +954,19 @@ impl Sink for PgSink {
         match event {
             Event::SnapshotBegin { tables } => self.snapshot_begin(tables).await?,
             Event::SnapshotEnd { position } => {
-                self.finish_copy().await?;
+                self.finish_snapshot_table().await?;
+                self.snapshot = None;
+                self.add_missing_keys().await?;
                 self.reached = Checkpoint { position: Some(*position), snapshot_done: true };
                 self.dirty = true;
             }
             Event::Begin(meta) => self.txn = Some(meta.clone()),
+            Event::Change(Change { table, op: Op::ReadRows { rows } }) if self.cfg.mode != SinkMode::Replica => {
+                for row in rows.rows() {
+                    let after = row.map_err(|e| PgError::Protocol(format!("snapshot rows of {}: {e}", table.id)))?;
+                    self.accept_change(&Change { table: table.clone(), op: Op::Read { after } }).await?;
+                }
+            }
             Event::Change(c) => self.accept_change(c).await?,
             Event::Commit { position, .. } => {
                 self.txn = None;
@@ -945,7 +987,7 @@ impl Sink for PgSink {
         // Batches that share their target transaction with work already done in it (a huge
         // source transaction written out early, DDL, a truncate, the snapshot) or that append
         // change logs commit here; the common case commits in the background.
-        if self.in_tx || self.copy.is_some() || self.cfg.mode == SinkMode::Changelog {
+        if self.in_tx || self.snapshot.is_some() || self.cfg.mode == SinkMode::Changelog {
             self.commit_now().await?;
         } else {
             self.commit_in_background().await?;
@@ -978,6 +1020,11 @@ impl Sink for PgSink {
     fn pending_rows(&self) -> usize {
         self.uncommitted_rows
     }
+}
+
+/// The key columns of `schema`, quoted and comma-separated.
+fn key_list(schema: &TableSchema) -> String {
+    schema.columns.iter().filter(|c| c.key).map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
 }
 
 async fn target_columns(client: &Client, qualified_name: &str) -> Result<Vec<(String, String)>, PgError> {
@@ -1021,37 +1068,6 @@ async fn ensure_enum(client: &Client, dt: &DataType, native: &str) -> Result<(),
             .ctx(format!("create enum {name}"))?;
     }
     Ok(())
-}
-
-/// Appends `row` as one line of COPY text format: tab-separated, `\N` for NULL, backslash
-/// escapes for the characters the format reserves.
-pub fn encode_copy_row(buf: &mut bytes::BytesMut, row: &Row) {
-    for (i, v) in row.iter().enumerate() {
-        if i > 0 {
-            buf.extend_from_slice(b"\t");
-        }
-        match v {
-            Value::Text(t) => {
-                let bytes = t.as_bytes();
-                let mut start = 0;
-                for (j, &b) in bytes.iter().enumerate() {
-                    let esc: &[u8] = match b {
-                        b'\\' => b"\\\\",
-                        b'\t' => b"\\t",
-                        b'\n' => b"\\n",
-                        b'\r' => b"\\r",
-                        _ => continue,
-                    };
-                    buf.extend_from_slice(&bytes[start..j]);
-                    buf.extend_from_slice(esc);
-                    start = j + 1;
-                }
-                buf.extend_from_slice(&bytes[start..]);
-            }
-            Value::Null | Value::Unchanged => buf.extend_from_slice(b"\\N"),
-        }
-    }
-    buf.extend_from_slice(b"\n");
 }
 
 /// Rows turned into one text array per column, the parameters of the set-based statements.
@@ -1209,14 +1225,6 @@ fn head(sql: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn copy_rows_escape_reserved_characters() {
-        let mut buf = bytes::BytesMut::new();
-        let row = vec![Value::Text("a\tb\\c\nd\re".into()), Value::Null, Value::Text("".into())];
-        encode_copy_row(&mut buf, &row);
-        assert_eq!(&buf[..], b"a\\tb\\\\c\\nd\\re\t\\N\t\n");
-    }
 
     #[test]
     fn formats_unix_micros_as_utc_text() {

@@ -32,16 +32,16 @@ use async_trait::async_trait;
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use sluice_config::{PgSourceConfig, SnapshotMode};
+use sluice_core::copytext::BlockBuilder;
 use sluice_core::{
-    Change, Checkpoint, ConnectorError, Event, Lsn, Op, Position, Row, Source, SourceContext, TableId, TableSchema,
-    TxnMeta, Value,
+    Change, Checkpoint, ConnectorError, Event, Lsn, Op, Position, RowBlock, Source, SourceContext, TableId,
+    TableSchema, TxnMeta, Value,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
 use crate::catalog::{self, SourceTable, TypeCache};
-use crate::copytext::CopyTextParser;
 use crate::error::{Ctx, PgError};
 use crate::ident::{qualified, quote_ident, quote_literal};
 use crate::pgoutput::{self, to_row, OldTuple, PgOutput, Relation, TupleValue};
@@ -49,6 +49,10 @@ use crate::replication::{ReplicationConn, PG_EPOCH_OFFSET_MICROS};
 
 /// How long to wait for a slot to become free before giving up on this attempt.
 const SLOT_WAIT_LIMIT: Duration = Duration::from_secs(60);
+/// Size of the blocks of rows the snapshot emits.
+const SNAPSHOT_BLOCK_BYTES: usize = 64 * 1024;
+/// Bytes of snapshot rows that may be in the pipeline at once (queued or being written).
+const SNAPSHOT_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 /// How often snapshot progress is logged when stderr is not a terminal.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -264,6 +268,7 @@ impl PgSource {
         }
         send(events, Event::SnapshotBegin { tables: schemas.clone() }).await?;
         let progress = Progress::new(tables);
+        let budget = Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_BUDGET_BYTES));
         for (i, (t, schema)) in tables.iter().zip(&schemas).enumerate() {
             let started = Instant::now();
             let cols = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
@@ -272,29 +277,37 @@ impl PgSource {
                 .await
                 .ctx(format!("snapshot of {}", t.id))?;
             let mut copy = std::pin::pin!(copy);
-            let mut parser = CopyTextParser::default();
+            // Rows travel on as the server wrote them, in blocks of whole lines; the memory
+            // they hold in the pipeline's queues is bounded by `budget`.
+            let mut blocks = BlockBuilder::new(SNAPSHOT_BLOCK_BYTES);
             let mut rows: u64 = 0;
-            let mut batch: Vec<Row> = Vec::with_capacity(1024);
-            while let Some(chunk) = copy.next().await {
-                let chunk = chunk.ctx(format!("snapshot of {}", t.id))?;
-                parser.feed(chunk, |row| {
-                    batch.push(row);
-                    Ok(())
-                })?;
-                for after in batch.drain(..) {
-                    if after.len() != schema.columns.len() {
-                        return Err(PgError::Protocol(format!("COPY row of {} has {} fields", t.id, after.len())));
+            loop {
+                let chunk = copy.next().await.transpose().ctx(format!("snapshot of {}", t.id))?;
+                let block = match &chunk {
+                    Some(c) => blocks.push(c),
+                    None => blocks.finish().map_err(|e| PgError::Protocol(format!("snapshot of {}: {e}", t.id)))?,
+                };
+                if let Some(block) = block {
+                    let permits = block.len().clamp(1, SNAPSHOT_BUDGET_BYTES) as u32;
+                    let share = budget
+                        .clone()
+                        .acquire_many_owned(permits)
+                        .await
+                        .map_err(|_| PgError::Protocol("snapshot memory budget closed".into()))?;
+                    let block = RowBlock::new(block)
+                        .map_err(|e| PgError::Protocol(format!("snapshot of {}: {e}", t.id)))?
+                        .with_budget(Arc::new(share));
+                    rows += block.len() as u64;
+                    send(events, Event::Change(Change { table: schema.clone(), op: Op::ReadRows { rows: block } }))
+                        .await?;
+                    progress.update(i, rows);
+                    if *stop.borrow() {
+                        return Ok(false);
                     }
-                    send(events, Event::Change(Change { table: schema.clone(), op: Op::Read { after } })).await?;
-                    rows += 1;
                 }
-                progress.update(i, rows);
-                if *stop.borrow() {
-                    return Ok(false);
+                if chunk.is_none() {
+                    break;
                 }
-            }
-            if parser.has_partial() {
-                return Err(PgError::Protocol(format!("snapshot of {} ended mid-row", t.id)));
             }
             progress.finish(i, rows);
             info!(table = %t.id, rows, secs = started.elapsed().as_secs_f64(), "snapshot of table finished");

@@ -400,3 +400,79 @@ async fn one_source_feeds_two_sinks_and_confirms_only_what_both_hold() {
     })
     .await;
 }
+
+const SNAPSHOT_TABLES: &str = "
+CREATE TABLE big (id bigint PRIMARY KEY, note text, amount numeric(12,2), at timestamptz);
+INSERT INTO big SELECT g, CASE WHEN g % 7 = 0 THEN NULL ELSE E'line\\n\\ttab\\\\' || g END, g / 3.0, now() - g * interval '1 s'
+  FROM generate_series(1, 30000) g;
+CREATE TABLE empty_t (id int PRIMARY KEY, v text);
+CREATE TABLE pair (a int, b text, v text, PRIMARY KEY (a, b));
+INSERT INTO pair SELECT g % 10, 'b' || g, 'v' || g FROM generate_series(1, 500) g;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_written_over_several_connections_is_exact_and_gets_keys() {
+    let env = Env::new(SNAPSHOT_TABLES).await;
+    let pipeline = start(env.config("par", "", "snapshot_connections = 3"));
+    let dst = &env.dst;
+    common::wait_row(
+        dst,
+        "the snapshot",
+        CONVERGE,
+        "SELECT 1 FROM sluice.checkpoints WHERE pipeline = 'par' AND snapshot_done",
+    )
+    .await;
+    env.assert_same("big", "id").await;
+    env.assert_same("empty_t", "id").await;
+    env.assert_same("pair", "a, b").await;
+    // Tables created for the snapshot get the source's primary key once filled.
+    for (table, key) in [("big", "PRIMARY KEY (id)"), ("empty_t", "PRIMARY KEY (id)"), ("pair", "PRIMARY KEY (a, b)")] {
+        let def: Option<String> = dst
+            .query_opt(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        assert_eq!(def.as_deref(), Some(key), "primary key of {table}");
+    }
+    // Streaming upserts rely on that key.
+    env.src
+        .batch_execute(
+            "UPDATE big SET note = 'changed' WHERE id % 1000 = 0; INSERT INTO empty_t VALUES (1, 'x'); \
+             INSERT INTO pair VALUES (1, 'b1', 'dup-a') ON CONFLICT (a, b) DO UPDATE SET v = 'updated'; \
+             DELETE FROM big WHERE id < 10;",
+        )
+        .await
+        .unwrap();
+    env.converge("big", "id").await;
+    env.converge("empty_t", "id").await;
+    env.converge("pair", "a, b").await;
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_row_the_target_refuses_stops_with_the_table_named() {
+    let env = Env::new(
+        "CREATE TABLE strict_t (id int PRIMARY KEY, v text); \
+         INSERT INTO strict_t SELECT g, CASE WHEN g = 15000 THEN 'poison' ELSE 'v' || g END FROM generate_series(1, 20000) g;",
+    )
+    .await;
+    env.dst.batch_execute("CREATE TABLE strict_t (id int PRIMARY KEY, v text CHECK (v <> 'poison'))").await.unwrap();
+    let pipeline = start(env.config("refuse", "", "snapshot_connections = 2"));
+    wait_for("the pipeline to stop", CONVERGE, || async { pipeline.is_finished().then_some(()) }).await;
+    let err = match pipeline.handle.await.unwrap() {
+        Ok(()) => panic!("a refused snapshot row must stop the pipeline"),
+        Err(e) => sluice::chain(&e),
+    };
+    eprintln!("{err}");
+    assert!(err.contains("public.strict_t") && err.contains("check constraint"), "{err}");
+    let done: Option<bool> = env
+        .dst
+        .query_opt("SELECT snapshot_done FROM sluice.checkpoints WHERE pipeline = 'refuse'", &[])
+        .await
+        .unwrap()
+        .map(|r| r.get(0));
+    assert_eq!(done, Some(false), "the snapshot must not be marked complete");
+}

@@ -113,7 +113,7 @@ async fn rows(c: &Client, q: &str) -> Option<Vec<String>> {
 /// A pipeline running in-process.
 pub struct Running {
     stop: watch::Sender<bool>,
-    handle: JoinHandle<Result<(), sluice_runtime::PipelineError>>,
+    pub handle: JoinHandle<Result<(), sluice_runtime::PipelineError>>,
 }
 
 pub fn start(cfg: PipelineConfig) -> Running {

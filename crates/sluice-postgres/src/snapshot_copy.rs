@@ -1,0 +1,189 @@
+//! Replica mode's initial snapshot: rows streamed into the target with `COPY .. FROM STDIN`
+//! over several connections at once.
+//!
+//! ```text
+//!  blocks of COPY text ──round robin──▶ writer 0: COPY t (..) FROM STDIN   (own connection)
+//!                                   ──▶ writer 1: COPY t (..) FROM STDIN   (own connection)
+//! ```
+//!
+//! Parsing rows is the target's slowest part of a bulk load and is single-threaded per
+//! statement, so one `COPY` per connection lets the target use several cores. Blocks are
+//! passed on as the source wrote them: nothing is parsed or re-encoded here. Each writer's
+//! `COPY` commits on its own when its table is finished; the sink marks the snapshot complete
+//! only after all of them did, and a snapshot that fails or is interrupted starts over (the
+//! tables are emptied again), so partial contents are never taken for a finished snapshot.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::SinkExt;
+use sluice_core::{copytext, Row, TableId};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+use tracing::debug;
+
+use crate::catalog;
+use crate::error::{Ctx, PgError};
+
+/// Blocks queued per writer.
+const WRITER_QUEUE: usize = 4;
+/// Single rows are gathered into blocks of this size before they are dealt out.
+const ROW_BLOCK_BYTES: usize = 64 * 1024;
+
+/// Connections writing the snapshot, and the table they are filling.
+pub struct SnapshotCopy {
+    clients: Vec<Arc<Client>>,
+    current: Option<TableCopy>,
+    rows: BytesMut,
+}
+
+struct TableCopy {
+    table: TableId,
+    writers: Vec<Writer>,
+    next: usize,
+}
+
+struct Writer {
+    tx: mpsc::Sender<Bytes>,
+    task: JoinHandle<Result<u64, PgError>>,
+}
+
+impl Drop for TableCopy {
+    /// A copy abandoned before [`SnapshotCopy::finish_table`] is aborted, not committed.
+    fn drop(&mut self) {
+        for w in &self.writers {
+            w.task.abort();
+        }
+    }
+}
+
+impl SnapshotCopy {
+    /// Opens `connections` connections to the target.
+    pub async fn open(url: &str, label: &str, connections: usize) -> Result<SnapshotCopy, PgError> {
+        let mut clients = Vec::with_capacity(connections);
+        for i in 0..connections.max(1) {
+            clients.push(Arc::new(catalog::connect(url, &format!("{label} (snapshot writer {i})")).await?));
+        }
+        Ok(SnapshotCopy { clients, current: None, rows: BytesMut::new() })
+    }
+
+    /// The table being filled.
+    pub fn table(&self) -> Option<&TableId> {
+        self.current.as_ref().map(|c| &c.table)
+    }
+
+    /// Finishes the table being filled and starts `copy_sql` (a `COPY .. FROM STDIN` in text
+    /// format) for `table` on every connection.
+    pub async fn begin_table(&mut self, table: TableId, copy_sql: String) -> Result<(), PgError> {
+        self.finish_table().await?;
+        let writers = self
+            .clients
+            .iter()
+            .map(|client| {
+                let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+                let task = tokio::spawn(write_copy(client.clone(), copy_sql.clone(), table.clone(), rx));
+                Writer { tx, task }
+            })
+            .collect();
+        self.current = Some(TableCopy { table, writers, next: 0 });
+        Ok(())
+    }
+
+    /// Hands a block of whole rows in COPY text format to the next writer.
+    pub async fn send(&mut self, block: Bytes) -> Result<(), PgError> {
+        let cur = self.current.as_mut().ok_or_else(|| PgError::Protocol("snapshot rows before their table".into()))?;
+        let i = cur.next;
+        cur.next = (i + 1) % cur.writers.len();
+        if cur.writers[i].tx.send(block).await.is_err() {
+            // That writer stopped; its result says why.
+            return Err(self.fail().await);
+        }
+        Ok(())
+    }
+
+    /// Adds one row; rows are sent on in blocks.
+    pub async fn push_row(&mut self, row: &Row) -> Result<(), PgError> {
+        copytext::encode_row(&mut self.rows, row);
+        if self.rows.len() >= ROW_BLOCK_BYTES {
+            let block = self.rows.split().freeze();
+            self.send(block).await?;
+        }
+        Ok(())
+    }
+
+    /// Completes (and so commits) the table's copy on every connection.
+    pub async fn finish_table(&mut self) -> Result<(), PgError> {
+        if !self.rows.is_empty() {
+            let block = self.rows.split().freeze();
+            self.send(block).await?;
+        }
+        let Some(mut cur) = self.current.take() else { return Ok(()) };
+        let mut rows = 0;
+        let mut first_error = None;
+        for w in std::mem::take(&mut cur.writers) {
+            drop(w.tx);
+            match join(w.task).await {
+                Ok(n) => rows += n,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        debug!(table = %cur.table, rows, "snapshot copy finished");
+        Ok(())
+    }
+
+    /// After a writer failed: aborts the others and returns the failure.
+    async fn fail(&mut self) -> PgError {
+        let Some(mut cur) = self.current.take() else {
+            return PgError::Protocol("snapshot writer failed".into());
+        };
+        let writers = std::mem::take(&mut cur.writers);
+        let mut first_error = None;
+        for w in &writers {
+            if w.task.is_finished() {
+                continue;
+            }
+            w.task.abort();
+        }
+        for w in writers {
+            if let Err(e) = join(w.task).await {
+                if !matches!(&e, PgError::Protocol(m) if m == ABORTED) {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.unwrap_or_else(|| PgError::Protocol(format!("snapshot writer for {} stopped", cur.table)))
+    }
+}
+
+const ABORTED: &str = "snapshot writer aborted";
+
+async fn join(task: JoinHandle<Result<u64, PgError>>) -> Result<u64, PgError> {
+    match task.await {
+        Ok(r) => r,
+        Err(e) if e.is_cancelled() => Err(PgError::Protocol(ABORTED.into())),
+        Err(e) => Err(PgError::Protocol(format!("snapshot writer failed: {e}"))),
+    }
+}
+
+async fn write_copy(
+    client: Arc<Client>,
+    sql: String,
+    table: TableId,
+    mut blocks: mpsc::Receiver<Bytes>,
+) -> Result<u64, PgError> {
+    let sink = client.copy_in::<_, Bytes>(&sql).await.ctx(format!("start COPY into {table}"))?;
+    let mut sink = std::pin::pin!(sink);
+    while let Some(block) = blocks.recv().await {
+        sink.feed(block).await.ctx(format!("COPY into {table}"))?;
+        if blocks.is_empty() {
+            sink.flush().await.ctx(format!("COPY into {table}"))?;
+        }
+    }
+    sink.as_mut().finish().await.ctx(format!("finish COPY into {table}"))
+}
