@@ -476,3 +476,26 @@ async fn a_snapshot_row_the_target_refuses_stops_with_the_table_named() {
         .map(|r| r.get(0));
     assert_eq!(done, Some(false), "the snapshot must not be marked complete");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_of_a_row_missing_on_the_target_puts_it_back() {
+    let env = Env::new(
+        "CREATE TABLE u (id int PRIMARY KEY, v text); INSERT INTO u SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+    )
+    .await;
+    let pipeline = start(env.config("miss", "", ""));
+    let dst = &env.dst;
+    common::wait_row(
+        dst,
+        "the snapshot",
+        CONVERGE,
+        "SELECT 1 FROM sluice.checkpoints WHERE pipeline = 'miss' AND snapshot_done",
+    )
+    .await;
+    // Rows removed on the replica behind Sluice's back, then updated on the source in one
+    // batch with rows that are still there.
+    dst.batch_execute("DELETE FROM u WHERE id IN (3, 50)").await.unwrap();
+    env.src.batch_execute("UPDATE u SET v = v || '-new' WHERE id <= 60").await.unwrap();
+    env.converge("u", "id").await;
+    pipeline.stop().await;
+}
