@@ -15,10 +15,12 @@
 //! or before it.
 //!
 //! Replica mode collapses changes per key within a batch (the last operation wins), then
-//! applies deletes, upserts (`INSERT .. SELECT .. FROM unnest($1::text[], ..) ON CONFLICT DO
-//! UPDATE`) and partial updates for rows with unchanged TOAST values (`UPDATE .. FROM
-//! unnest(..)`, setting only the columns that were sent). Values travel as bound text
-//! parameters and are cast to each target column's type by the server.
+//! applies deletes, new rows (`COPY .. FROM STDIN`), updated rows (`UPDATE .. FROM
+//! unnest($1::text[], ..)`, then an upsert if some were missing), upserts (`INSERT .. SELECT ..
+//! FROM unnest(..) ON CONFLICT DO UPDATE`) and partial updates for rows with unchanged TOAST
+//! values (setting only the columns that were sent). Values travel as bound text parameters
+//! (or COPY text) and are cast to each target column's type by the server. The initial
+//! snapshot is written over several connections (`snapshot_copy`).
 //!
 //! Errors: connection failures are transient (the transaction rolls back, the runtime replays);
 //! a target whose shape cannot be made to match is fatal with the table named.
@@ -112,7 +114,7 @@ type KeyedRow = (Key, Row);
 
 #[derive(Clone)]
 enum PendingOp {
-    /// The key's only change in this batch is an insert: a plain INSERT suffices.
+    /// The key's only change in this batch is an insert: a plain insert (COPY) suffices.
     Insert(Row),
     /// The key's changes in this batch are updates of a row the target should hold: an
     /// UPDATE suffices, with an upsert for any row it does not find.
