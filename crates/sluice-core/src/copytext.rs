@@ -34,15 +34,6 @@ impl RowBlock {
         Ok(RowBlock { data, rows, _budget: None })
     }
 
-    /// Encodes rows into a block.
-    pub fn encode(rows: &[Row]) -> RowBlock {
-        let mut buf = BytesMut::new();
-        for r in rows {
-            encode_row(&mut buf, r);
-        }
-        RowBlock { data: buf.freeze(), rows: rows.len(), _budget: None }
-    }
-
     /// Attaches a share of a memory budget, held until every copy of the block is dropped.
     pub fn with_budget(mut self, share: Arc<dyn Send + Sync>) -> RowBlock {
         self._budget = Some(share);
@@ -280,7 +271,11 @@ mod tests {
     #[test]
     fn encoding_then_parsing_gives_the_rows_back() {
         let rows = vec![vec![t("a\\b\tc\nd\re"), Value::Null, t("")], vec![t("\\N"), t("x"), Value::Null]];
-        let block = RowBlock::encode(&rows);
+        let mut buf = BytesMut::new();
+        for r in &rows {
+            encode_row(&mut buf, r);
+        }
+        let block = RowBlock::new(buf.freeze()).unwrap();
         assert_eq!(block.len(), 2);
         assert_eq!(block.rows().collect::<Result<Vec<_>, _>>().unwrap(), rows);
     }

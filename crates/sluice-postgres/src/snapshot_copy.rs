@@ -144,10 +144,7 @@ impl SnapshotCopy {
         };
         let writers = std::mem::take(&mut cur.writers);
         let mut first_error = None;
-        for w in &writers {
-            if w.task.is_finished() {
-                continue;
-            }
+        for w in writers.iter().filter(|w| !w.task.is_finished()) {
             w.task.abort();
         }
         for w in writers {

@@ -466,7 +466,6 @@ async fn a_snapshot_row_the_target_refuses_stops_with_the_table_named() {
         Ok(()) => panic!("a refused snapshot row must stop the pipeline"),
         Err(e) => sluice::chain(&e),
     };
-    eprintln!("{err}");
     assert!(err.contains("public.strict_t") && err.contains("check constraint"), "{err}");
     let done: Option<bool> = env
         .dst
