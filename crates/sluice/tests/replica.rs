@@ -313,13 +313,7 @@ async fn a_change_the_target_refuses_goes_to_the_dead_letter_table() {
     env.dst.batch_execute("CREATE TABLE p (id int PRIMARY KEY, v text CHECK (v <> 'poison'))").await.unwrap();
     let pipeline = start(env.config("dlq", "", ""));
     let dst = &env.dst;
-    common::wait_row(
-        dst,
-        "the snapshot",
-        CONVERGE,
-        "SELECT 1 FROM sluice.checkpoints WHERE pipeline = 'dlq' AND snapshot_done",
-    )
-    .await;
+    env.wait_snapshot("dlq").await;
     // A row the source does not have yet appears on the replica: the source's insert must win.
     env.dst.batch_execute("INSERT INTO p VALUES (4, 'stale')").await.unwrap();
     env.src
@@ -415,13 +409,7 @@ async fn snapshot_written_over_several_connections_is_exact_and_gets_keys() {
     let env = Env::new(SNAPSHOT_TABLES).await;
     let pipeline = start(env.config("par", "", "snapshot_connections = 3"));
     let dst = &env.dst;
-    common::wait_row(
-        dst,
-        "the snapshot",
-        CONVERGE,
-        "SELECT 1 FROM sluice.checkpoints WHERE pipeline = 'par' AND snapshot_done",
-    )
-    .await;
+    env.wait_snapshot("par").await;
     env.assert_same("big", "id").await;
     env.assert_same("empty_t", "id").await;
     env.assert_same("pair", "a, b").await;
@@ -484,13 +472,7 @@ async fn an_update_of_a_row_missing_on_the_target_puts_it_back() {
     .await;
     let pipeline = start(env.config("miss", "", ""));
     let dst = &env.dst;
-    common::wait_row(
-        dst,
-        "the snapshot",
-        CONVERGE,
-        "SELECT 1 FROM sluice.checkpoints WHERE pipeline = 'miss' AND snapshot_done",
-    )
-    .await;
+    env.wait_snapshot("miss").await;
     // Rows removed on the replica behind Sluice's back, then updated on the source in one
     // batch with rows that are still there.
     dst.batch_execute("DELETE FROM u WHERE id IN (3, 50)").await.unwrap();

@@ -99,6 +99,12 @@ impl Env {
         )
     }
 
+    /// Waits until pipeline `name` has marked its snapshot complete on the replica.
+    pub async fn wait_snapshot(&self, name: &str) {
+        let sql = format!("SELECT 1 FROM sluice.checkpoints WHERE pipeline = '{name}' AND snapshot_done");
+        wait_row(&self.dst, &format!("the snapshot of pipeline {name}"), CONVERGE, &sql).await
+    }
+
     pub async fn count(&self, client: &Client, table: &str) -> i64 {
         client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
     }
