@@ -594,7 +594,9 @@ impl PgSink {
             steps.push(self.plan_delete(schema, &deletes).await?);
         }
         if !upserts.is_empty() {
-            steps.push(self.plan_insert(schema, &upserts, true).await?);
+            let st = self.upsert_statement(schema).await?;
+            let params = text_columns(&upserts, schema.columns.len());
+            steps.push(Step::Exec { st, params, what: format!("upsert into {}", schema.id) });
         }
         if !inserts.is_empty() {
             steps.push(self.plan_copy(schema, &inserts)?);
@@ -660,8 +662,8 @@ impl PgSink {
         Ok(Step::Exec { st, params, what: format!("delete from {}", schema.id) })
     }
 
-    /// `INSERT .. SELECT .. FROM unnest(..)`, with `ON CONFLICT .. DO UPDATE` when `upsert`.
-    async fn plan_insert(&mut self, schema: &TableSchema, rows: &[Row], upsert: bool) -> Result<Step, PgError> {
+    /// `INSERT .. SELECT .. FROM unnest(..) ON CONFLICT .. DO UPDATE` over every column.
+    async fn upsert_statement(&mut self, schema: &TableSchema) -> Result<Statement, PgError> {
         let name = self.target(&schema.id)?.name.clone();
         let cols: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
         let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
@@ -679,10 +681,11 @@ impl PgSink {
             .map(|c| format!("{q} = EXCLUDED.{q}", q = quote_ident(&c.name)))
             .collect::<Vec<_>>();
         let action = if set.is_empty() { "NOTHING".to_string() } else { format!("UPDATE SET {}", set.join(", ")) };
-        let conflict = if upsert { format!(" ON CONFLICT ({}) DO {action}", key.join(", ")) } else { String::new() };
-        let sql = format!("INSERT INTO {name} ({list}) SELECT {select} FROM unnest({args}) AS u({list}){conflict}");
-        let st = self.statement(sql, cols.len()).await?;
-        Ok(Step::Exec { st, params: text_columns(rows, cols.len()), what: format!("upsert into {}", schema.id) })
+        let sql = format!(
+            "INSERT INTO {name} ({list}) SELECT {select} FROM unnest({args}) AS u({list}) ON CONFLICT ({}) DO {action}",
+            key.join(", ")
+        );
+        self.statement(sql, cols.len()).await
     }
 
     /// `COPY .. FROM STDIN` for rows that are new to the target: the server inserts them in
@@ -705,9 +708,9 @@ impl PgSink {
     /// `UPDATE` of whole rows found by their key; if some are not found, the same rows go
     /// through the upsert (which rewrites the updated ones with the same values).
     async fn plan_update_else_upsert(&mut self, schema: &TableSchema, rows: &[Row]) -> Result<Step, PgError> {
-        let Step::Exec { st: upsert, params, what } = self.plan_insert(schema, rows, true).await? else {
-            return Err(PgError::Protocol("upsert planned as something else".into()));
-        };
+        let upsert = self.upsert_statement(schema).await?;
+        let params = text_columns(rows, schema.columns.len());
+        let what = format!("update {}", schema.id);
         if schema.columns.iter().all(|c| c.key) {
             return Ok(Step::Exec { st: upsert, params, what });
         }
