@@ -1,44 +1,37 @@
+//! What flows from a source through the runtime to sinks.
+
+use std::fmt;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use bytes::Bytes;
 
-use crate::copytext::RowBlock;
-use crate::model::{Row, TableSchema};
+use crate::error::ConnectorError;
 use crate::position::Position;
+use crate::schema::{Key, Row, SchemaRef, TableId, TableSchema};
 
 /// Transaction metadata from the source.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnMeta {
-    /// Source transaction id
+    /// Source transaction id (0 when the source has none)
     pub xid: u64,
     /// Commit time, microseconds since the Unix epoch
     pub commit_ts_micros: i64,
-    /// Position of the commit record itself; every change of this transaction is covered by
-    /// any checkpoint strictly greater than it.
-    pub commit_position: Position,
+    /// Where the transaction starts; a sink whose position [covers](Position::covers) it
+    /// already holds the transaction.
+    pub position: Position,
 }
 
-/// What happened to one row.
+/// What happened to one row, inside a source transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    /// A row read by the initial snapshot.
-    Read {
-        /// The row
-        after: Row,
-    },
-    /// Rows read by the initial snapshot, many at once, in COPY text form.
-    ReadRows {
-        /// The rows
-        rows: RowBlock,
-    },
     /// A new row.
     Insert {
         /// The row
         after: Row,
     },
-    /// A changed row. `before` holds the old key (replica identity default, when the key
-    /// changed) or the whole old row (replica identity full); it is `None` when the key did
-    /// not change and identity is default.
+    /// A changed row. `before` holds the old key (when the key changed) or the whole old row
+    /// (when the source logs whole rows); it is `None` when the key did not change and only
+    /// keys are logged.
     Update {
         /// Old key or old row, where the source sent one
         before: Option<Row>,
@@ -58,57 +51,229 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     /// Table shape at the time of the change
-    pub table: Arc<TableSchema>,
+    pub table: SchemaRef,
     /// The change
     pub op: Op,
 }
 
+/// A set of sinks, by their index in the pipeline (at most [`SinkSet::MAX`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SinkSet(u64);
+
+impl SinkSet {
+    /// Most sinks a pipeline may have.
+    pub const MAX: usize = 64;
+
+    /// No sink.
+    pub const fn empty() -> SinkSet {
+        SinkSet(0)
+    }
+
+    /// Sinks `0..n`.
+    pub fn first(n: usize) -> SinkSet {
+        SinkSet(if n >= 64 { u64::MAX } else { (1u64 << n) - 1 })
+    }
+
+    /// Just sink `i`.
+    pub fn one(i: usize) -> SinkSet {
+        SinkSet(1u64 << i)
+    }
+
+    /// Adds sink `i`.
+    pub fn insert(&mut self, i: usize) {
+        self.0 |= 1u64 << i;
+    }
+
+    /// Whether sink `i` is in the set.
+    pub fn contains(self, i: usize) -> bool {
+        i < 64 && self.0 & (1u64 << i) != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The sinks in the set, in index order.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..64).filter(move |i| self.contains(*i))
+    }
+}
+
+impl fmt::Debug for SinkSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// A bulk row format, named `system/format`, e.g. `postgres/copy-text`. A source may offer
+/// rows in a format some sink accepts as is (see [`crate::Sink::accepts`]); the runtime decodes
+/// them into typed rows for every sink that does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BulkFormat(pub &'static str);
+
+impl fmt::Display for BulkFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Turns bulk rows back into typed rows; supplied by the source that wrote them.
+pub trait BulkDecoder: Send + Sync {
+    /// The rows of `data`, in the column order of `table`.
+    fn decode(&self, table: &TableSchema, data: &Bytes) -> Result<Vec<Row>, ConnectorError>;
+}
+
+/// Rows in a source's own bulk format, passed on without decoding to sinks that accept it.
+///
+/// A block may hold a share of a memory budget, given back when the last copy is dropped.
+#[derive(Clone)]
+pub struct BulkRows {
+    format: BulkFormat,
+    data: Bytes,
+    rows: usize,
+    decoder: Arc<dyn BulkDecoder>,
+    _budget: Option<Arc<dyn Send + Sync>>,
+}
+
+impl BulkRows {
+    /// `rows` rows in `format`, decodable by `decoder`.
+    pub fn new(format: BulkFormat, data: Bytes, rows: usize, decoder: Arc<dyn BulkDecoder>) -> BulkRows {
+        BulkRows { format, data, rows, decoder, _budget: None }
+    }
+
+    /// Attaches a share of a memory budget, held until every copy of the block is dropped.
+    pub fn with_budget(mut self, share: Arc<dyn Send + Sync>) -> BulkRows {
+        self._budget = Some(share);
+        self
+    }
+
+    /// The format.
+    pub fn format(&self) -> BulkFormat {
+        self.format
+    }
+
+    /// The encoded rows.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether the block holds no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The rows, typed.
+    pub fn decode(&self, table: &TableSchema) -> Result<Vec<Row>, ConnectorError> {
+        self.decoder.decode(table, &self.data)
+    }
+}
+
+impl fmt::Debug for BulkRows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkRows")
+            .field("format", &self.format.0)
+            .field("rows", &self.rows)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
+impl PartialEq for BulkRows {
+    fn eq(&self, other: &Self) -> bool {
+        self.format == other.format && self.data == other.data
+    }
+}
+
+/// One step of copying a table's existing rows into some sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CopyStep {
+    /// The copy starts. With `reset`, the rows come from a snapshot consistent with the
+    /// stream's start and the sink empties the table first; without, the table is live and
+    /// rows are merged in (inserted, or replacing the row with the same key).
+    Begin {
+        /// Empty the table first
+        reset: bool,
+        /// The source's estimate of the row count, for progress display
+        estimated_rows: Option<u64>,
+    },
+    /// Rows, typed.
+    Rows(Vec<Row>),
+    /// Rows in a bulk format the receiving sinks accept.
+    Bulk(BulkRows),
+    /// A merge copy reached `after`: every row with a key up to it has been sent. A sink that
+    /// makes this durable resumes after it.
+    Progress {
+        /// Last key sent
+        after: Key,
+    },
+    /// Every row has been sent.
+    End,
+}
+
+/// A step of copying `table` into the sinks `to`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Copy {
+    /// The sinks the rows are for; other sinks never see this event
+    pub to: SinkSet,
+    /// The table, in the shape the rows have
+    pub table: SchemaRef,
+    /// What happens
+    pub step: CopyStep,
+}
+
 /// What a source emits, in source commit order.
 ///
-/// The stream is a sequence of: an optional snapshot (`SnapshotBegin`, `Change`s with
-/// [`Op::Read`] or [`Op::ReadRows`], `SnapshotEnd`), then transactions (`Begin`, `Change`s, `Commit`) with
-/// `Heartbeat`s between them.
+/// A stream is: `Tables`, `StreamStart`, then transactions (`Begin`, `Change`s, `Commit`) with
+/// `Heartbeat`s between them. `Copy` events come between transactions: all of them before the
+/// first transaction for a consistent snapshot, or in chunks while streaming for a copy of a live
+/// table (a backfill). `Tables` is repeated whenever the selection changes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// An initial snapshot of these tables starts; sinks reset whatever an earlier,
-    /// interrupted snapshot left behind.
-    SnapshotBegin {
-        /// Tables about to be copied
-        tables: Vec<Arc<TableSchema>>,
+    /// The tables the source now selects. A sink's copy state of any other table is forgotten,
+    /// so a table selected again later is copied again.
+    Tables {
+        /// Selected tables
+        selected: Vec<TableId>,
     },
-    /// The snapshot is complete and consistent with the stream that follows at `position`.
-    SnapshotEnd {
-        /// Where streaming continues
+    /// The stream starts at `position`; copies that follow with `reset` hold exactly what lies
+    /// before it. A sink with no position takes this one.
+    StreamStart {
+        /// Where the stream continues
         position: Position,
     },
     /// A source transaction starts.
     Begin(TxnMeta),
-    /// A row change inside a transaction or snapshot.
+    /// A row change inside a transaction.
     Change(Change),
-    /// The transaction started by the last `Begin` committed; `position` is its end.
+    /// The transaction started by the last `Begin` committed.
     Commit {
         /// Transaction metadata, as at `Begin`
         meta: TxnMeta,
-        /// End position of the transaction: the resume point after it
+        /// The resume point after the transaction
         position: Position,
     },
-    /// No transaction is open and nothing before `position` remains to be delivered: a sink
-    /// that has made everything before durable may report `position` as durable too. This is
-    /// what lets the source release WAL when the selected tables are idle.
+    /// No transaction is open and nothing before `position` remains to be delivered. This is
+    /// what lets the source release its log while the selected tables are idle.
     Heartbeat {
         /// Position reached by the source
         position: Position,
     },
+    /// Copying a table's existing rows.
+    Copy(Copy),
 }
 
 impl Event {
-    /// The position a sink reaches once it has made this event durable, for events that end a
-    /// unit of work.
-    pub fn boundary_position(&self) -> Option<Position> {
+    /// The table an event concerns, if one.
+    pub fn table(&self) -> Option<&TableId> {
         match self {
-            Event::SnapshotEnd { position } | Event::Commit { position, .. } | Event::Heartbeat { position } => {
-                Some(*position)
-            }
+            Event::Change(c) => Some(&c.table.id),
+            Event::Copy(c) => Some(&c.table.id),
             _ => None,
         }
     }

@@ -1,11 +1,69 @@
+//! The contracts between sources, the runtime, transforms and sinks.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 
-use crate::error::ConnectorError;
-use crate::event::Event;
-use crate::position::{Checkpoint, Position};
+use crate::checkpoint::{Checkpoint, TableProgress};
+use crate::error::{ConnectorError, ErrorClass};
+use crate::event::{BulkFormat, Event, SinkSet};
+use crate::position::Position;
+use crate::schema::{Key, TableId};
+
+/// What every sink holds, handed to a source when it starts.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// Per sink, in pipeline order: what it has made durable (or, for a sink that kept running
+    /// through a restart of the source, what it has accepted).
+    pub sinks: Vec<Checkpoint>,
+}
+
+impl Resume {
+    /// Every sink of the pipeline.
+    pub fn all(&self) -> SinkSet {
+        SinkSet::first(self.sinks.len())
+    }
+
+    /// Where to stream from: the meet of the positions of the sinks that have one. `None` when no
+    /// sink has a position (or they belong to different source families).
+    pub fn position(&self) -> Option<Position> {
+        Position::meet_all(self.sinks.iter().filter_map(|c| c.position.as_ref()))
+    }
+
+    /// Whether no sink holds anything: the source starts from scratch.
+    pub fn is_fresh(&self) -> bool {
+        self.sinks.iter().all(Checkpoint::is_empty)
+    }
+
+    /// Whether any sink has copied (part of) any table; if none has, a source may as well start
+    /// over with a consistent snapshot.
+    pub fn any_copied(&self) -> bool {
+        self.sinks.iter().any(|c| c.all_tables_copied || !c.tables.is_empty())
+    }
+
+    /// The copies `table` still needs: groups of sinks that continue from the same key (`None`:
+    /// from the first row). Sinks that hold the whole table are in no group.
+    pub fn copies_needed(&self, table: &TableId) -> Vec<(SinkSet, Option<Key>)> {
+        let mut groups: Vec<(SinkSet, Option<Key>)> = Vec::new();
+        for (i, cp) in self.sinks.iter().enumerate() {
+            if cp.is_copied(table) {
+                continue;
+            }
+            let after = match cp.tables.get(table) {
+                Some(TableProgress::Copying { after }) => after.clone(),
+                _ => None,
+            };
+            match groups.iter_mut().find(|(_, a)| *a == after) {
+                Some((set, _)) => set.insert(i),
+                None => groups.push((SinkSet::one(i), after)),
+            }
+        }
+        groups
+    }
+}
 
 /// Channels through which a running source talks to the runtime.
 pub struct SourceContext {
@@ -15,27 +73,29 @@ pub struct SourceContext {
     /// The position durable in every sink. The source may release everything before it. When
     /// the runtime drops the sender, the source confirms the last value it saw and returns.
     pub confirmed: watch::Receiver<Option<Position>>,
-    /// Becomes `true` when the pipeline is shutting down: stop reading new changes, but keep
+    /// Becomes `true` when the source should stop: stop reading new changes, but keep
     /// confirming until `confirmed` closes.
     pub stop: watch::Receiver<bool>,
+    /// Bulk formats at least one sink accepts; the source may send copied rows in one of them.
+    pub accepted: Vec<BulkFormat>,
 }
 
 /// A change source (PostgreSQL logical replication, MySQL binlog, a Kafka topic, ...).
 #[async_trait]
 pub trait Source: Send {
-    /// Streams events from `resume` until told to stop.
+    /// Streams events, starting from what the sinks hold, until told to stop.
     ///
-    /// `resume` is the oldest checkpoint among the sinks. When `resume.snapshot_done` is false
-    /// (and the source is configured to snapshot) the source starts over with a fresh,
-    /// consistent snapshot, preceded by [`Event::SnapshotBegin`]. Otherwise it emits only
-    /// transactions that end after `resume.position`; it may repeat transactions at or before
-    /// it, which sinks skip.
+    /// The source starts at `resume.position()` (the meet over sinks) and may repeat
+    /// transactions that some sink already holds: the runtime skips them per sink. It copies
+    /// every selected table that some sink has not fully copied, addressing the copy to those
+    /// sinks only, from the key each stopped at. When no sink holds anything it may instead take
+    /// a snapshot consistent with the start of its stream.
     ///
     /// Returns `Ok(())` after `stop` became true and `confirmed` closed, having confirmed the
     /// final position to its server. Returns `Err` when the stream fails; the runtime may call
-    /// `run` again with the checkpoint current at that time, so `run` must not depend on state
-    /// left by an earlier failed call.
-    async fn run(&mut self, resume: Checkpoint, ctx: SourceContext) -> Result<(), ConnectorError>;
+    /// `run` again (on a new source from the same config), so nothing may depend on state left
+    /// by a failed call.
+    async fn run(&mut self, resume: Resume, ctx: SourceContext) -> Result<(), ConnectorError>;
 }
 
 /// How often the runtime asks a sink to commit.
@@ -48,10 +108,105 @@ pub struct BatchPolicy {
     pub max_delay: Duration,
 }
 
+/// Counters a sink keeps for the pipeline's status.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Changes the target refused, stored in the sink's dead-letter place
+    pub dead_letters: AtomicU64,
+}
+
+/// What the runtime hands a sink when it opens.
+#[derive(Debug, Clone, Default)]
+pub struct SinkContext {
+    /// Counters the sink updates
+    pub stats: Arc<SinkStats>,
+}
+
+/// What becomes of a commit: reported through the [`Ack`] it was given.
+#[derive(Debug)]
+pub enum AckReport {
+    /// Commit number `seq` is durable.
+    Durable(u64),
+    /// Commit number `seq` failed; nothing not reported durable before is durable.
+    Failed(u64, ConnectorError),
+    /// The acknowledgement of commit `seq` was dropped without a report: a bug in the sink,
+    /// treated as a failure.
+    Dropped(u64),
+}
+
+/// The obligation to report one commit's outcome. A sink sends it with [`Ack::durable`] once
+/// the commit is durable, or [`Ack::fail`]s it; dropping it unsent reports
+/// [`AckReport::Dropped`], which the runtime treats as the sink failing. It may travel into a
+/// background task that completes the commit.
+#[must_use = "an Ack must be sent once its commit is durable; dropping it fails the sink"]
+pub struct Ack {
+    seq: u64,
+    tx: Option<mpsc::UnboundedSender<AckReport>>,
+}
+
+impl Ack {
+    /// The commit's number, increasing by one per commit of a sink.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Reports the commit durable.
+    pub fn durable(mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(AckReport::Durable(self.seq));
+        }
+    }
+
+    /// Reports the commit failed.
+    pub fn fail(mut self, error: ConnectorError) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(AckReport::Failed(self.seq, error));
+        }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(AckReport::Dropped(self.seq));
+        }
+    }
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ack({})", self.seq)
+    }
+}
+
+/// Issues numbered [`Ack`]s for one sink; their reports arrive on the receiver.
+#[derive(Debug)]
+pub struct AckIssuer {
+    next: u64,
+    tx: mpsc::UnboundedSender<AckReport>,
+}
+
+impl AckIssuer {
+    /// An issuer and the receiver of its reports.
+    pub fn new() -> (AckIssuer, mpsc::UnboundedReceiver<AckReport>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (AckIssuer { next: 0, tx }, rx)
+    }
+
+    /// The next acknowledgement.
+    pub fn issue(&mut self) -> Ack {
+        self.next += 1;
+        Ack { seq: self.next, tx: Some(self.tx.clone()) }
+    }
+}
+
 /// A change sink.
 ///
-/// The runtime calls `open` once, then `write` for every event in source order, interleaved
-/// with `commit` calls made only right after a boundary event ([`Event::boundary_position`]).
+/// The runtime calls `open` once, then `write` for every event addressed to it in source order
+/// (`Begin`, `Change`, `Commit` and the `Copy` steps for it; never `Tables`, `StreamStart` or
+/// `Heartbeat`), interleaved with `commit` calls made only between transactions, and `close`
+/// before it drops the sink. After any `Err` the sink is dropped; a new one is built from the
+/// config and opened, and resumes from what its checkpoint says.
 #[async_trait]
 pub trait Sink: Send {
     /// A short name for logs and metrics, e.g. `sink[0] postgres replica`.
@@ -60,42 +215,120 @@ pub trait Sink: Send {
     /// When the runtime should commit.
     fn batch_policy(&self) -> BatchPolicy;
 
-    /// Connects and returns what this sink has durably stored, read in the same place the data
-    /// lives. A sink that has never run returns `Checkpoint::default()`. Called once per run;
-    /// after an error the runtime builds a new sink.
-    async fn open(&mut self) -> Result<Checkpoint, ConnectorError>;
-
-    /// Accepts one event. `Ok` means accepted, not durable: the change may sit in memory or in
-    /// an uncommitted target transaction. A sink keeps its memory bounded by writing buffered
-    /// rows out early, never by committing part of a source transaction. Events of a
-    /// transaction ending at or before the sink's stored checkpoint are skipped by the runtime
-    /// before they reach `write`.
-    async fn write(&mut self, event: &Event) -> Result<(), ConnectorError>;
-
-    /// Commits every event written so far, atomically with the checkpoint they reach; the
-    /// commit may complete in the background. Only called at a boundary. Returns the newest checkpoint that has become durable since
-    /// the last one returned (`None` if none has): a sink that commits in the background may
-    /// return an earlier commit's checkpoint here and this one from a later call or from
-    /// [`Sink::flush`]. A checkpoint is returned only once it is durable. After `Err` nothing
-    /// that was not yet reported durable may be assumed durable, and the sink must not be used
-    /// again.
-    async fn commit(&mut self) -> Result<Option<Checkpoint>, ConnectorError>;
-
-    /// Whether a commit is still completing in the background.
-    fn has_inflight(&self) -> bool {
+    /// Whether the sink takes copied rows in `format` as they are. It is only ever sent
+    /// [`crate::CopyStep::Bulk`] rows in formats it accepts; the runtime decodes the others.
+    fn accepts(&self, _format: crate::event::BulkFormat) -> bool {
         false
     }
 
-    /// Waits until the background commit, if any, has completed. Cancel-safe: the runtime
-    /// waits on this alongside new events.
-    async fn wait_inflight(&mut self) {}
+    /// Connects and returns the checkpoint stored with the data, or `None` if this sink has
+    /// never committed.
+    async fn open(&mut self, ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError>;
 
-    /// Waits for every background commit and returns the newest durable checkpoint not yet
-    /// returned.
-    async fn flush(&mut self) -> Result<Option<Checkpoint>, ConnectorError> {
-        Ok(None)
+    /// Accepts one event. `Ok` means accepted, not durable: the change may sit in memory or in
+    /// an uncommitted target transaction. A sink keeps its memory bounded by writing buffered
+    /// rows out early, never by committing part of a source transaction.
+    async fn write(&mut self, event: &Event) -> Result<(), ConnectorError>;
+
+    /// Makes every event written so far durable together with `checkpoint` (stored where
+    /// [`Sink::open`] reads it), then sends `ack`. The commit may complete in the background
+    /// after this returns; the sink then keeps later writes from overtaking it. `Err` (or a
+    /// failed ack) means nothing not yet acknowledged may be assumed durable.
+    async fn commit(&mut self, checkpoint: Checkpoint, ack: Ack) -> Result<(), ConnectorError>;
+
+    /// Completes background work; every [`Ack`] it was given has been sent when this returns.
+    /// Uncommitted events are discarded (they will be replayed).
+    async fn close(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
     }
 
     /// Rows accepted since the last commit.
     fn pending_rows(&self) -> usize;
+}
+
+/// A stage between the source and the sinks that rewrites the stream (the SQL transforms plug
+/// in here). It sees every event in order and may drop, change or add events. Its state at a
+/// position is stored with the sinks' checkpoints and handed back after a restart.
+pub trait Transform: Send {
+    /// A short name for logs.
+    fn name(&self) -> &str;
+
+    /// Restores the state stored with the checkpoint the stream resumes from (`None`: none).
+    fn restore(&mut self, state: Option<&serde_json::Value>) -> Result<(), ConnectorError>;
+
+    /// Processes one event into `out`. A transaction's `Begin` and `Commit` must be passed on.
+    fn apply(&mut self, event: Event, out: &mut Vec<Event>) -> Result<(), ConnectorError>;
+
+    /// The state to store at the current position (after the last event applied), if any.
+    fn state(&self) -> Option<serde_json::Value>;
+}
+
+/// The transform that changes nothing.
+#[derive(Debug, Default)]
+pub struct Identity;
+
+impl Transform for Identity {
+    fn name(&self) -> &str {
+        "identity"
+    }
+
+    fn restore(&mut self, state: Option<&serde_json::Value>) -> Result<(), ConnectorError> {
+        match state {
+            None => Ok(()),
+            Some(_) => Err(ConnectorError::msg(
+                ErrorClass::Fatal,
+                "the sinks hold state of a transform that this pipeline no longer has; restore the transform",
+            )),
+        }
+    }
+
+    fn apply(&mut self, event: Event, out: &mut Vec<Event>) -> Result<(), ConnectorError> {
+        out.push(event);
+        Ok(())
+    }
+
+    fn state(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Value;
+
+    #[test]
+    fn an_ack_dropped_unsent_reports_itself() {
+        let (mut issuer, mut rx) = AckIssuer::new();
+        let a = issuer.issue();
+        let b = issuer.issue();
+        let c = issuer.issue();
+        a.durable();
+        drop(b);
+        c.fail(ConnectorError::msg(ErrorClass::Transient, "x"));
+        assert!(matches!(rx.try_recv(), Ok(AckReport::Durable(1))));
+        assert!(matches!(rx.try_recv(), Ok(AckReport::Dropped(2))));
+        assert!(matches!(rx.try_recv(), Ok(AckReport::Failed(3, _))));
+    }
+
+    #[test]
+    fn resume_groups_sinks_by_where_their_copy_stopped() {
+        let t = TableId::new("public", "t");
+        let lsn = |s: &str| Some(Position::Pg(s.parse().unwrap()));
+        let mut a = Checkpoint { position: lsn("0/300"), ..Default::default() };
+        a.tables.insert(t.clone(), TableProgress::Copied);
+        let mut b = Checkpoint { position: lsn("0/200"), ..Default::default() };
+        b.tables.insert(t.clone(), TableProgress::Copying { after: Some(vec![Value::Int(5)]) });
+        let c = Checkpoint::default();
+        let d = Checkpoint::default();
+        let r = Resume { sinks: vec![a, b, c, d] };
+        assert_eq!(r.position(), lsn("0/200"), "sinks without a position do not hold the stream back");
+        assert!(!r.is_fresh() && r.any_copied());
+        let mut needs = r.copies_needed(&t);
+        needs.sort_by_key(|(s, _)| s.iter().next());
+        assert_eq!(needs.len(), 2);
+        assert_eq!((needs[0].0.iter().collect::<Vec<_>>(), needs[0].1.clone()), (vec![1], Some(vec![Value::Int(5)])));
+        assert_eq!((needs[1].0.iter().collect::<Vec<_>>(), needs[1].1.clone()), (vec![2, 3], None));
+        assert!(Resume { sinks: vec![Checkpoint::default()] }.is_fresh());
+    }
 }

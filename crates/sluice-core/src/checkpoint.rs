@@ -1,0 +1,180 @@
+//! What a sink stores, atomically with the data it covers, to resume exactly where it stopped.
+//!
+//! A checkpoint holds the stream [`Position`] the sink has reached, the copy state of every
+//! table (copied, or being copied up to some key), and the transform's state at that position.
+//! Sinks store it as an opaque, versioned JSON document ([`Checkpoint::to_json`]); the first
+//! release stored only a position and a "snapshot done" flag, which [`Checkpoint::from_v1`]
+//! reads.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::position::Position;
+use crate::schema::{Key, TableId};
+
+/// Version of the JSON form written by [`Checkpoint::to_json`].
+pub const CHECKPOINT_VERSION: u32 = 2;
+
+/// How far a sink has copied one table's existing rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TableProgress {
+    /// Being copied: every row with a key up to and including `after` is in the sink (none yet
+    /// when `after` is `None`). Changes streamed since the copy began are applied as they come.
+    Copying {
+        /// Last key copied, in the source's key order
+        after: Option<Key>,
+    },
+    /// Every row is in the sink; only streamed changes remain.
+    Copied,
+}
+
+/// A sink's durable progress.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Checkpoint {
+    /// Every source transaction this position covers (see [`Position::covers`]) is in the sink.
+    /// `None` before the sink received anything.
+    pub position: Option<Position>,
+    /// Copy state per table. A selected table that is absent has not been copied at all.
+    pub tables: BTreeMap<TableId, TableProgress>,
+    /// Read from a first-release checkpoint whose snapshot had finished: every table selected
+    /// at that time counts as copied (that release did not record which tables it copied).
+    pub all_tables_copied: bool,
+    /// State of the transform stage at `position`, if it keeps any.
+    pub transform: Option<serde_json::Value>,
+}
+
+/// A stored checkpoint that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Not the JSON this release writes.
+    #[error("unreadable checkpoint: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// Written by a newer release.
+    #[error("checkpoint version {found} is newer than this release understands ({CHECKPOINT_VERSION}); upgrade Sluice")]
+    TooNew {
+        /// Version found
+        found: u32,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    version: u32,
+    position: Option<Position>,
+    #[serde(default)]
+    tables: Vec<StoredTable>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    all_tables_copied: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transform: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredTable {
+    schema: String,
+    name: String,
+    #[serde(flatten)]
+    progress: TableProgress,
+}
+
+impl Checkpoint {
+    /// Whether `table` is fully copied in this sink.
+    pub fn is_copied(&self, table: &TableId) -> bool {
+        self.all_tables_copied || matches!(self.tables.get(table), Some(TableProgress::Copied))
+    }
+
+    /// Whether the sink holds anything at all: a position or a copied table.
+    pub fn is_empty(&self) -> bool {
+        self.position.is_none() && self.tables.is_empty() && !self.all_tables_copied
+    }
+
+    /// The versioned JSON form sinks store.
+    pub fn to_json(&self) -> String {
+        let stored = Stored {
+            version: CHECKPOINT_VERSION,
+            position: self.position.clone(),
+            tables: self
+                .tables
+                .iter()
+                .map(|(id, p)| StoredTable { schema: id.schema.clone(), name: id.name.clone(), progress: p.clone() })
+                .collect(),
+            all_tables_copied: self.all_tables_copied,
+            transform: self.transform.clone(),
+        };
+        // Serializing plain data into a String cannot fail.
+        serde_json::to_string(&stored).unwrap_or_default()
+    }
+
+    /// Reads what [`Checkpoint::to_json`] wrote, in this or an earlier version.
+    pub fn from_json(s: &str) -> Result<Checkpoint, CheckpointError> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let v: Version = serde_json::from_str(s)?;
+        if v.version > CHECKPOINT_VERSION {
+            return Err(CheckpointError::TooNew { found: v.version });
+        }
+        let stored: Stored = serde_json::from_str(s)?;
+        Ok(Checkpoint {
+            position: stored.position,
+            tables: stored.tables.into_iter().map(|t| (TableId::new(t.schema, t.name), t.progress)).collect(),
+            all_tables_copied: stored.all_tables_copied,
+            transform: stored.transform,
+        })
+    }
+
+    /// Reads a first-release checkpoint: a position in its JSON form and whether the initial
+    /// snapshot had finished.
+    pub fn from_v1(position: Option<&str>, snapshot_done: bool) -> Result<Checkpoint, CheckpointError> {
+        let position = position.map(serde_json::from_str::<Position>).transpose()?;
+        // Before its snapshot finished, the first release had streamed nothing: its position
+        // then only named where the snapshot was to end, which a fresh start redoes anyway.
+        if !snapshot_done {
+            return Ok(Checkpoint::default());
+        }
+        Ok(Checkpoint { position, all_tables_copied: true, ..Checkpoint::default() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Value;
+
+    #[test]
+    fn checkpoints_round_trip_with_table_states_and_transform_state() {
+        let mut cp = Checkpoint { position: Some(Position::Pg("1/2".parse().unwrap())), ..Default::default() };
+        cp.tables.insert(TableId::new("public", "a.b"), TableProgress::Copied);
+        cp.tables.insert(
+            TableId::new("s", "t"),
+            TableProgress::Copying { after: Some(vec![Value::Int(7), Value::Text("x".into())]) },
+        );
+        cp.transform = Some(serde_json::json!({"window": [1, 2]}));
+        let j = cp.to_json();
+        assert!(j.starts_with(r#"{"version":2,"#), "{j}");
+        assert_eq!(Checkpoint::from_json(&j).unwrap(), cp);
+        assert!(cp.is_copied(&TableId::new("public", "a.b")));
+        assert!(!cp.is_copied(&TableId::new("s", "t")));
+        assert!(!cp.is_empty() && Checkpoint::default().is_empty());
+    }
+
+    #[test]
+    fn first_release_checkpoints_still_load() {
+        let cp = Checkpoint::from_v1(Some(r#"{"kind":"pg","at":"16/B374D848"}"#), true).unwrap();
+        assert_eq!(cp.position, Some(Position::Pg("16/B374D848".parse().unwrap())));
+        assert!(cp.all_tables_copied && cp.is_copied(&TableId::new("any", "table")));
+        assert!(Checkpoint::from_v1(Some(r#"{"kind":"pg","at":"0/10"}"#), false).unwrap().is_empty());
+        assert!(Checkpoint::from_v1(Some("{"), true).is_err());
+    }
+
+    #[test]
+    fn newer_or_malformed_checkpoints_are_refused_with_a_reason() {
+        let e = Checkpoint::from_json(r#"{"version":3,"position":null}"#).unwrap_err();
+        assert!(e.to_string().contains("upgrade Sluice"), "{e}");
+        assert!(Checkpoint::from_json(r#"{"position":null}"#).is_err());
+        assert!(Checkpoint::from_json("not json").is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! Table shapes: names, logical column types and what a sink needs to create a table.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::Value;
+
+/// A table's qualified name in its source, e.g. `public.orders`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TableId {
+    /// Schema (PostgreSQL namespace, MySQL database).
+    pub schema: String,
+    /// Table name within the schema.
+    pub name: String,
+}
+
+impl TableId {
+    /// A table id from its two parts.
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        TableId { schema: schema.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// The logical type of a column, independent of any database's spelling. `docs/types.md`
+/// maps every source type to one of these and each of these to every sink's type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataType {
+    /// true/false; values are [`Value::Bool`]
+    Bool,
+    /// 8-bit signed integer; [`Value::Int`]
+    Int8,
+    /// 16-bit signed integer; [`Value::Int`]
+    Int16,
+    /// 32-bit signed integer (also MySQL's 24-bit MEDIUMINT); [`Value::Int`]
+    Int32,
+    /// 64-bit signed integer; [`Value::Int`]
+    Int64,
+    /// 8-bit unsigned integer; [`Value::UInt`]
+    UInt8,
+    /// 16-bit unsigned integer; [`Value::UInt`]
+    UInt16,
+    /// 32-bit unsigned integer; [`Value::UInt`]
+    UInt32,
+    /// 64-bit unsigned integer; [`Value::UInt`]
+    UInt64,
+    /// IEEE single precision, with NaN and infinities; [`Value::Float32`]
+    Float32,
+    /// IEEE double precision, with NaN and infinities; [`Value::Float64`]
+    Float64,
+    /// Exact decimal (precision and scale on the column, when the source fixes them);
+    /// [`Value::Decimal`]
+    Decimal,
+    /// Character data; [`Value::Text`]
+    Text,
+    /// Raw bytes; [`Value::Bytes`]
+    Bytes,
+    /// Calendar date; [`Value::Date`]
+    Date,
+    /// Time of day; [`Value::Time`]
+    Time,
+    /// Time of day with zone offset; [`Value::TimeTz`]
+    TimeTz,
+    /// Date and time without zone; [`Value::Timestamp`]
+    Timestamp,
+    /// An instant; [`Value::TimestampTz`]
+    TimestampTz,
+    /// Months, days and microseconds; [`Value::Interval`]
+    Interval,
+    /// UUID; [`Value::Uuid`]
+    Uuid,
+    /// JSON document; [`Value::Json`]
+    Json,
+    /// Enumerated type; [`Value::Enum`]
+    Enum {
+        /// Labels in sort order
+        labels: Vec<String>,
+    },
+    /// A list of the element type (arrays; multi-dimensional ones nest); [`Value::List`]
+    List(Box<DataType>),
+    /// A type Sluice does not interpret; [`Value::Other`] carries its text form
+    Other,
+}
+
+impl DataType {
+    /// Whether values of this type are unsigned integers.
+    pub fn is_unsigned(&self) -> bool {
+        matches!(self, DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64)
+    }
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnSchema {
+    /// Column name
+    pub name: String,
+    /// Logical type
+    pub data_type: DataType,
+    /// Whether NULL is allowed
+    pub nullable: bool,
+    /// Whether the column is part of the primary key (or replica identity key)
+    pub key: bool,
+    /// Decimals: total significant digits; time types: digits of fractional seconds.
+    /// `None` when the source leaves it open.
+    pub precision: Option<u32>,
+    /// Decimals: digits after the point; `None` when open.
+    pub scale: Option<u32>,
+    /// Text and bytes: the declared maximum length (characters for text, bytes for binary);
+    /// `None` when unbounded.
+    pub length: Option<u32>,
+    /// The source's own spelling of the type, e.g. `numeric(12,2)` or `public.mood[]`. Only a
+    /// hint for sinks of the same kind of database (see [`TableSchema::dialect`]); every other
+    /// sink maps [`ColumnSchema::data_type`].
+    pub native_type: String,
+    /// For a column added with a constant default: the value rows written before the column
+    /// existed read as. The source wrote no change for those rows, so a sink that adds the
+    /// column must fill it with this value.
+    #[serde(default)]
+    pub missing_value: Option<Value>,
+}
+
+impl ColumnSchema {
+    /// A nullable, non-key column of `data_type` with no precision, scale or length.
+    pub fn new(name: impl Into<String>, data_type: DataType, native_type: impl Into<String>) -> ColumnSchema {
+        ColumnSchema {
+            name: name.into(),
+            data_type,
+            nullable: true,
+            key: false,
+            precision: None,
+            scale: None,
+            length: None,
+            native_type: native_type.into(),
+            missing_value: None,
+        }
+    }
+
+    /// The same column marked as (part of) the key, and so not nullable.
+    pub fn key(mut self) -> ColumnSchema {
+        self.key = true;
+        self.nullable = false;
+        self
+    }
+}
+
+/// The shape of a table at one point in the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSchema {
+    /// Qualified name
+    pub id: TableId,
+    /// Columns in source order
+    pub columns: Vec<ColumnSchema>,
+    /// Increases every time the source reports a new shape for this table
+    pub version: u64,
+    /// Which database's spelling [`ColumnSchema::native_type`] uses, e.g. `postgres`
+    pub dialect: String,
+}
+
+impl TableSchema {
+    /// Indexes of the key columns in column order.
+    pub fn key_indexes(&self) -> Vec<usize> {
+        self.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect()
+    }
+
+    /// Index of the column called `name`.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The key values of `row`, in key column order.
+    pub fn key_of(&self, row: &Row) -> Key {
+        self.columns.iter().zip(row).filter(|(c, _)| c.key).map(|(_, v)| v.clone()).collect()
+    }
+}
+
+/// Values in the column order of the row's [`TableSchema`].
+pub type Row = Vec<Value>;
+
+/// The key column values of a row, in key column order.
+pub type Key = Vec<Value>;
+
+/// Shared handle to a schema; changes point at the schema they were captured under.
+pub type SchemaRef = Arc<TableSchema>;
