@@ -89,6 +89,11 @@ impl SinkSet {
         i < 64 && self.0 & (1u64 << i) != 0
     }
 
+    /// The sinks in both sets.
+    pub fn intersect(self, other: SinkSet) -> SinkSet {
+        SinkSet(self.0 & other.0)
+    }
+
     /// Whether the set is empty.
     pub fn is_empty(self) -> bool {
         self.0 == 0
@@ -107,7 +112,7 @@ impl fmt::Debug for SinkSet {
 }
 
 /// A bulk row format, named `system/format`, e.g. `postgres/copy-text`. A source may offer
-/// rows in a format some sink accepts as is (see [`crate::Sink::accepts`]); the runtime decodes
+/// rows in a format some sink accepts as is (see [`crate::Sink::accepted_formats`]); the runtime decodes
 /// them into typed rows for every sink that does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BulkFormat(pub &'static str);

@@ -8,47 +8,51 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 
 use crate::checkpoint::{Checkpoint, TableProgress};
+use crate::event::BulkFormat;
 use crate::error::{ConnectorError, ErrorClass};
-use crate::event::{BulkFormat, Event, SinkSet};
+use crate::event::{Event, SinkSet};
 use crate::position::Position;
 use crate::schema::{Key, TableId};
 
 /// What every sink holds, handed to a source when it starts.
 #[derive(Debug, Clone, Default)]
 pub struct Resume {
-    /// Per sink, in pipeline order: what it has made durable (or, for a sink that kept running
-    /// through a restart of the source, what it has accepted).
-    pub sinks: Vec<Checkpoint>,
+    /// Per sink, in pipeline order: what a running sink holds (durably, or accepted when it kept
+    /// running through a restart of the source), or `None` for a sink that is down. A down sink
+    /// receives nothing in this run and may hold anything.
+    pub sinks: Vec<Option<Checkpoint>>,
 }
 
 impl Resume {
-    /// Every sink of the pipeline.
-    pub fn all(&self) -> SinkSet {
-        SinkSet::first(self.sinks.len())
+    /// The running sinks.
+    pub fn live(&self) -> SinkSet {
+        let mut set = SinkSet::empty();
+        for (i, c) in self.sinks.iter().enumerate() {
+            if c.is_some() {
+                set.insert(i);
+            }
+        }
+        set
     }
 
-    /// Where to stream from: the meet of the positions of the sinks that have one. `None` when no
-    /// sink has a position (or they belong to different source families).
+    /// Where to stream from: the meet of the positions of the running sinks that have one.
+    /// `None` when none has a position (or they belong to different source families).
     pub fn position(&self) -> Option<Position> {
-        Position::meet_all(self.sinks.iter().filter_map(|c| c.position.as_ref()))
+        Position::meet_all(self.sinks.iter().flatten().filter_map(|c| c.position.as_ref()))
     }
 
-    /// Whether no sink holds anything: the source starts from scratch.
+    /// Whether every sink is running and holds nothing: the source may start from scratch (for
+    /// PostgreSQL: drop its slot and take a new consistent snapshot).
     pub fn is_fresh(&self) -> bool {
-        self.sinks.iter().all(Checkpoint::is_empty)
+        self.sinks.iter().all(|c| c.as_ref().is_some_and(Checkpoint::is_empty))
     }
 
-    /// Whether any sink has copied (part of) any table; if none has, a source may as well start
-    /// over with a consistent snapshot.
-    pub fn any_copied(&self) -> bool {
-        self.sinks.iter().any(|c| c.all_tables_copied || !c.tables.is_empty())
-    }
-
-    /// The copies `table` still needs: groups of sinks that continue from the same key (`None`:
-    /// from the first row). Sinks that hold the whole table are in no group.
+    /// The copies `table` still needs: groups of running sinks that continue from the same key
+    /// (`None`: from the first row). Sinks that hold the whole table are in no group.
     pub fn copies_needed(&self, table: &TableId) -> Vec<(SinkSet, Option<Key>)> {
         let mut groups: Vec<(SinkSet, Option<Key>)> = Vec::new();
         for (i, cp) in self.sinks.iter().enumerate() {
+            let Some(cp) = cp else { continue };
             if cp.is_copied(table) {
                 continue;
             }
@@ -215,10 +219,10 @@ pub trait Sink: Send {
     /// When the runtime should commit.
     fn batch_policy(&self) -> BatchPolicy;
 
-    /// Whether the sink takes copied rows in `format` as they are. It is only ever sent
-    /// [`crate::CopyStep::Bulk`] rows in formats it accepts; the runtime decodes the others.
-    fn accepts(&self, _format: crate::event::BulkFormat) -> bool {
-        false
+    /// The bulk formats the sink takes copied rows in as they are. It is only ever sent
+    /// [`crate::CopyStep::Bulk`] rows in these formats; the runtime decodes the others.
+    fn accepted_formats(&self) -> Vec<BulkFormat> {
+        Vec::new()
     }
 
     /// Connects and returns the checkpoint stored with the data, or `None` if this sink has
@@ -319,16 +323,15 @@ mod tests {
         a.tables.insert(t.clone(), TableProgress::Copied);
         let mut b = Checkpoint { position: lsn("0/200"), ..Default::default() };
         b.tables.insert(t.clone(), TableProgress::Copying { after: Some(vec![Value::Int(5)]) });
-        let c = Checkpoint::default();
-        let d = Checkpoint::default();
-        let r = Resume { sinks: vec![a, b, c, d] };
-        assert_eq!(r.position(), lsn("0/200"), "sinks without a position do not hold the stream back");
-        assert!(!r.is_fresh() && r.any_copied());
-        let mut needs = r.copies_needed(&t);
-        needs.sort_by_key(|(s, _)| s.iter().next());
+                let r = Resume { sinks: vec![Some(a), Some(b), Some(Checkpoint::default()), Some(Checkpoint::default()), None] };
+        assert_eq!(r.position(), lsn("0/200"), "sinks without a position, or down, do not hold the stream back");
+        assert!(!r.is_fresh());
+        assert_eq!(r.live().iter().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        let needs = r.copies_needed(&t);
         assert_eq!(needs.len(), 2);
         assert_eq!((needs[0].0.iter().collect::<Vec<_>>(), needs[0].1.clone()), (vec![1], Some(vec![Value::Int(5)])));
         assert_eq!((needs[1].0.iter().collect::<Vec<_>>(), needs[1].1.clone()), (vec![2, 3], None));
-        assert!(Resume { sinks: vec![Checkpoint::default()] }.is_fresh());
+        assert!(Resume { sinks: vec![Some(Checkpoint::default())] }.is_fresh());
+        assert!(!Resume { sinks: vec![Some(Checkpoint::default()), None] }.is_fresh(), "a down sink may hold anything");
     }
 }

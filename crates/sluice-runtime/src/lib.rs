@@ -1,42 +1,127 @@
-//! The pipeline driver.
+//! The pipeline driver: it owns recovery.
 //!
 //! ```text
-//!            events (bounded)            per-sink queues (bounded)
-//!  source ───────────────────▶ router ──────────────────────────▶ sink task 0 ──┐
-//!    ▲                           │    ──────────────────────────▶ sink task 1 ──┤
-//!    │ confirmed = min(durable)  │◀────────── Ack(checkpoint) / Failed ─────────┘
-//!    └───────────────────────────┘
+//!              events (bounded)    ┌───────────┐  Arc<Event>, per-sink queues (bounded)
+//!  source ───────────────────────▶ │  router + │ ─────────────────────────▶ sink task 0 ──┐
+//!    ▲                             │ transform │ ─────────────────────────▶ sink task 1 ──┤
+//!    │ confirmed = meet(durable)   └───────────┘ ◀──── Durable(checkpoint) / Failed ─────┘
+//!    └───────────────────────────────────┘
 //! ```
 //!
-//! Each sink task decides when to commit from its [`BatchPolicy`], always at a source
-//! transaction boundary, and acknowledges the checkpoint it made durable. The router keeps the
-//! latest durable position per sink and confirms the minimum to the source; nothing is
-//! confirmed before every sink holds it. Bounded queues give backpressure end to end.
+//! **Epochs.** The source runs in epochs: one call of [`Source::run`], from the position every
+//! running sink holds. A source that fails transiently is rebuilt after a backoff and the next
+//! epoch starts from what the sinks hold.
 //!
-//! Replays: after a restart the source may repeat transactions that a sink already holds;
-//! the sink task drops every transaction whose commit position is below the sink's stored
-//! checkpoint, so each sink sees each transaction once.
+//! **Per-sink recovery.** A sink that fails transiently is dropped alone: the others keep
+//! receiving the stream. It is rebuilt from its config and reopened after a backoff; once open,
+//! the epoch ends and the next one starts from the meet of all positions, so the reopened sink
+//! gets everything after its own checkpoint while the others skip what they already accepted
+//! (see `sink_task`). Sinks that are mid-transaction when an epoch ends are reopened too, since
+//! their half-written transaction would be replayed. Nothing is confirmed to the source beyond
+//! what every sink, running or not, holds durably, so the source can always replay for the one
+//! that fell behind.
 //!
-//! Shutdown: the router asks the source to stop, forwards what the source already emitted,
-//! lets every sink commit what ends at a boundary (an unfinished transaction is rolled back
-//! and will be replayed), confirms the final position, then waits for the source to report it.
+//! **Copies.** The source copies a table into exactly the sinks whose checkpoints say they lack
+//! it ([`Resume::copies_needed`]), so a sink added later, or a table selected later, is
+//! backfilled without touching anything else.
+//!
+//! **Errors.** Transient errors retry with exponential backoff per component. Definite and
+//! fatal errors stop the pipeline: the other sinks commit what ends at a boundary, the final
+//! position is confirmed, and the error is returned naming the component.
+//!
+//! **Shutdown.** On `stop`, the source stops reading, the router forwards what it already
+//! emitted, every sink commits what ends at a boundary (an unfinished transaction is rolled back
+//! and replayed next time), the meet is confirmed, and the source exits.
+
+mod sink_task;
+mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::{BatchPolicy, Checkpoint, ConnectorError, ErrorClass, Event, Position, Sink, Source, SourceContext};
-use tokio::sync::{mpsc, watch};
+use sluice_core::{
+    BulkFormat, Checkpoint, ConnectorError, ErrorClass, Event, Position, Resume, Sink, SinkConnector, SinkContext,
+    SinkSet, SinkStats, SourceConnector, SourceContext, Transform,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
+
+use sink_task::{FromSink, SinkSync, SinkTask, ToSink};
+pub use status::{
+    CopyState, ErrorEntry, PipelineHandle, PipelineStatus, RunState, SinkState, SinkStatus, SourceStatus, TableStatus,
+};
+use status::StatusBoard;
 
 /// Capacity of the source's event queue and of each sink's queue.
 pub const QUEUE_CAPACITY: usize = 4096;
+/// How long opening a sink may take before the attempt counts as failed.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a stopping source may take to exit.
+pub const SOURCE_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the transform of each epoch.
+pub type TransformFactory = Arc<dyn Fn() -> Box<dyn Transform> + Send + Sync>;
+
+/// When to retry after a transient failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// First delay; doubles per consecutive failure
+    pub initial: Duration,
+    /// Longest delay
+    pub max: Duration,
+    /// A component that ran this long without failing starts again from `initial`
+    pub reset_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { initial: Duration::from_millis(500), max: Duration::from_secs(30), reset_after: Duration::from_secs(60) }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Backoff {
+    policy: RetryPolicy,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(policy: RetryPolicy) -> Backoff {
+        Backoff { policy, next: policy.initial }
+    }
+
+    /// The delay before the next attempt, given how long the failed one ran.
+    fn after_failure(&mut self, ran: Duration) -> Duration {
+        if ran >= self.policy.reset_after {
+            self.next = self.policy.initial;
+        }
+        let d = self.next;
+        self.next = (self.next * 2).min(self.policy.max);
+        d
+    }
+}
+
+/// Everything a pipeline is made of.
+pub struct Pipeline {
+    /// Pipeline name (checkpoints and source-side names derive from it)
+    pub name: String,
+    /// The configured source
+    pub source: Arc<dyn SourceConnector>,
+    /// The configured sinks, in order; a sink's index names its checkpoint
+    pub sinks: Vec<Arc<dyn SinkConnector>>,
+    /// The transform stage
+    pub transform: TransformFactory,
+    /// Retries
+    pub retry: RetryPolicy,
+}
 
 /// A pipeline failure, naming the component that failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{component}: {error}")]
 pub struct PipelineError {
-    /// `source` or the sink's name
+    /// `source`, `transform` or the sink's name
     pub component: String,
     /// The cause
     #[source]
@@ -50,250 +135,657 @@ impl PipelineError {
     }
 }
 
-enum SinkMsg {
-    Ack(usize, Checkpoint),
-    Failed(usize, ConnectorError),
+/// A pipeline running in the background.
+pub struct Running {
+    /// Its published status
+    pub handle: PipelineHandle,
+    /// Its outcome
+    pub task: JoinHandle<Result<(), PipelineError>>,
 }
 
-/// Runs one pipeline until `stop` becomes true (then drains and returns `Ok`) or a component
-/// fails (then returns its error; nothing unconfirmed is lost, as the source replays it).
-pub async fn run_pipeline(
-    mut source: Box<dyn Source>,
-    mut sinks: Vec<Box<dyn Sink>>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), PipelineError> {
-    let mut checkpoints = Vec::with_capacity(sinks.len());
-    for s in sinks.iter_mut() {
-        let cp = s.open().await.map_err(|error| PipelineError { component: s.name().to_string(), error })?;
-        checkpoints.push(cp);
+/// Starts `pipeline` on the current tokio runtime; it runs until `stop` becomes true or a
+/// definite or fatal error ends it.
+pub fn spawn(pipeline: Pipeline, stop: watch::Receiver<bool>) -> Running {
+    let sinks = pipeline
+        .sinks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("sink[{i}] {}", s.kind()), s.describe(), Arc::new(SinkStats::default())))
+        .collect::<Vec<_>>();
+    let stats: Vec<Arc<SinkStats>> = sinks.iter().map(|s| s.2.clone()).collect();
+    let (board, handle) = StatusBoard::new(&pipeline.name, pipeline.source.describe(), sinks);
+    let task = tokio::spawn(Supervisor::new(pipeline, stop, board, stats).run());
+    Running { handle, task }
+}
+
+/// Runs `pipeline` until `stop` becomes true (then drains and returns `Ok`) or a definite or
+/// fatal error ends it.
+pub async fn run(pipeline: Pipeline, stop: watch::Receiver<bool>) -> Result<(), PipelineError> {
+    let running = spawn(pipeline, stop);
+    running.task.await.map_err(|e| PipelineError {
+        component: "runtime".into(),
+        error: ConnectorError::new(ErrorClass::Fatal, "the pipeline task panicked", e),
+    })?
+}
+
+enum Life {
+    /// Never opened, or being reopened by a background task.
+    Opening { generation: u64 },
+    /// Opened, waiting for the next epoch to start its task.
+    Ready { sink: Box<dyn Sink>, checkpoint: Checkpoint, generation: u64 },
+    /// Receiving the stream.
+    Live { tx: mpsc::Sender<ToSink>, generation: u64, since: Instant },
+    /// Closed for good (shutdown).
+    Closed,
+}
+
+struct Slot {
+    connector: Arc<dyn SinkConnector>,
+    name: String,
+    stats: Arc<SinkStats>,
+    life: Life,
+    /// What the sink holds durably; `None` until it was opened once in this run. While any
+    /// slot is `None`, nothing is confirmed to the source.
+    durable: Option<Checkpoint>,
+    /// What a live sink has accepted (its resume point when the source restarts).
+    accepted: Checkpoint,
+    formats: Vec<BulkFormat>,
+    backoff: Backoff,
+}
+
+struct Opened {
+    sink: usize,
+    generation: u64,
+    result: Result<(Box<dyn Sink>, Option<Checkpoint>), ConnectorError>,
+}
+
+/// How an epoch ended.
+enum EpochEnd {
+    /// Stop requested: shut down cleanly.
+    Stop,
+    /// A definite or fatal error: shut down, then report it.
+    Fatal(PipelineError),
+    /// Start another epoch after the delay.
+    Restart(Duration),
+}
+
+/// The source of an epoch that has stopped emitting but may still be confirming.
+struct Winding {
+    task: JoinHandle<Result<(), ConnectorError>>,
+    confirm: watch::Sender<Option<Position>>,
+}
+
+struct Supervisor {
+    p: Pipeline,
+    slots: Vec<Slot>,
+    stop: watch::Receiver<bool>,
+    board: StatusBoard,
+    from_sinks_tx: mpsc::UnboundedSender<FromSink>,
+    from_sinks: mpsc::UnboundedReceiver<FromSink>,
+    opened_tx: mpsc::UnboundedSender<Opened>,
+    opened: mpsc::UnboundedReceiver<Opened>,
+    next_generation: u64,
+    source_backoff: Backoff,
+}
+
+fn fail(component: &str, error: ConnectorError) -> PipelineError {
+    PipelineError { component: component.to_string(), error }
+}
+
+impl Supervisor {
+    fn new(p: Pipeline, stop: watch::Receiver<bool>, board: StatusBoard, stats: Vec<Arc<SinkStats>>) -> Supervisor {
+        let slots = p
+            .sinks
+            .iter()
+            .zip(stats)
+            .enumerate()
+            .map(|(i, (c, stats))| Slot {
+                connector: c.clone(),
+                name: format!("sink[{i}] {}", c.kind()),
+                stats,
+                life: Life::Opening { generation: 0 },
+                durable: None,
+                accepted: Checkpoint::default(),
+                formats: Vec::new(),
+                backoff: Backoff::new(p.retry),
+            })
+            .collect();
+        let (from_sinks_tx, from_sinks) = mpsc::unbounded_channel();
+        let (opened_tx, opened) = mpsc::unbounded_channel();
+        let source_backoff = Backoff::new(p.retry);
+        Supervisor {
+            p,
+            slots,
+            stop,
+            board,
+            from_sinks_tx,
+            from_sinks,
+            opened_tx,
+            opened,
+            next_generation: 0,
+            source_backoff,
+        }
     }
-    let resume = Checkpoint {
-        snapshot_done: checkpoints.iter().all(|c| c.snapshot_done),
-        position: checkpoints.iter().map(|c| c.position).min().flatten(),
-    };
-    info!(position = ?resume.position, snapshot_done = resume.snapshot_done, sinks = sinks.len(), "pipeline starting");
 
-    let (events_tx, mut events_rx) = mpsc::channel::<Event>(QUEUE_CAPACITY);
-    let (confirm_tx, confirm_rx) = watch::channel::<Option<Position>>(resume.position.filter(|_| resume.snapshot_done));
-    let (source_stop_tx, source_stop_rx) = watch::channel(false);
-    let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<SinkMsg>();
-
-    let mut sink_txs = Vec::with_capacity(sinks.len());
-    let mut sink_tasks = Vec::with_capacity(sinks.len());
-    let names: Vec<String> = sinks.iter().map(|s| s.name().to_string()).collect();
-    for (i, (sink, cp)) in sinks.into_iter().zip(&checkpoints).enumerate() {
-        let (tx, rx) = mpsc::channel::<Arc<Event>>(QUEUE_CAPACITY);
-        sink_txs.push(tx);
-        sink_tasks.push(tokio::spawn(sink_task(i, sink, *cp, rx, acks_tx.clone())));
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
     }
-    drop(acks_tx);
-    let mut source_task = tokio::spawn(async move {
-        let ctx = SourceContext { events: events_tx, confirmed: confirm_rx, stop: source_stop_rx };
-        source.run(resume, ctx).await
-    });
 
-    let mut durable: Vec<Option<Position>> =
-        checkpoints.iter().map(|c| c.position.filter(|_| c.snapshot_done)).collect();
-    let mut stopping = false;
-    let mut failure: Option<PipelineError> = None;
-    let fail = |component: &str, error: ConnectorError| PipelineError { component: component.to_string(), error };
-
-    // Route events until the source's stream ends (on stop, or because it failed).
-    loop {
-        tokio::select! {
-            biased;
-            msg = acks_rx.recv() => match msg {
-                Some(SinkMsg::Ack(i, cp)) => {
-                    durable[i] = cp.position;
-                    confirm(&confirm_tx, &durable);
+    async fn run(mut self) -> Result<(), PipelineError> {
+        info!(pipeline = %self.p.name, sinks = self.slots.len(), "pipeline starting");
+        for i in 0..self.slots.len() {
+            self.start_open(i, Duration::ZERO);
+        }
+        // The first epoch waits for every sink's first attempt, so the source starts once with
+        // all the sinks that could open; one that could not is retried in the background.
+        let mut answered = vec![false; self.slots.len()];
+        while !answered.iter().all(|a| *a) {
+            tokio::select! {
+                Some(o) = self.opened.recv() => {
+                    let i = o.sink;
+                    if let Err(e) = self.on_opened(o) {
+                        return self.shutdown(None, Some(e)).await;
+                    }
+                    answered[i] = true;
                 }
-                Some(SinkMsg::Failed(i, e)) => { failure = Some(fail(&names[i], e)); break; }
-                None => break,
-            },
-            _ = stop.changed(), if !stopping => {
-                if *stop.borrow() {
-                    info!("stopping: draining sinks");
-                    stopping = true;
-                    let _ = source_stop_tx.send(true);
+                _ = self.stop.changed() => if self.stopping() { return self.shutdown(None, None).await },
+            }
+        }
+        loop {
+            if self.stopping() {
+                return self.shutdown(None, None).await;
+            }
+            self.activate_ready();
+            if !self.slots.iter().any(|s| matches!(s.life, Life::Live { .. })) {
+                self.board.set_state(RunState::Recovering);
+                tokio::select! {
+                    Some(o) = self.opened.recv() => {
+                        if let Err(e) = self.on_opened(o) {
+                            return self.shutdown(None, Some(e)).await;
+                        }
+                    }
+                    _ = self.stop.changed() => {}
+                }
+                continue;
+            }
+            self.board.set_state(RunState::Running);
+            let (end, winding) = self.epoch().await;
+            match end {
+                EpochEnd::Stop => return self.shutdown(Some(winding), None).await,
+                EpochEnd::Fatal(e) => return self.shutdown(Some(winding), Some(e)).await,
+                EpochEnd::Restart(delay) => {
+                    self.wind_down(winding).await;
+                    if let Err(e) = self.sync_sinks().await {
+                        return self.shutdown(None, Some(e)).await;
+                    }
+                    if !delay.is_zero() {
+                        self.board.set_state(RunState::Recovering);
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = self.stop.changed() => {}
+                        }
+                    }
+                    self.board.source_restarted();
                 }
             }
-            ev = events_rx.recv() => match ev {
-                Some(ev) => {
-                    let ev = Arc::new(ev);
-                    for (i, tx) in sink_txs.iter().enumerate() {
-                        if tx.send(ev.clone()).await.is_err() {
-                            // The task ended; its Failed message says why.
-                            debug!(sink = %names[i], "sink queue closed");
+        }
+    }
+
+    /// Builds and opens sink `i` in the background after `delay`.
+    fn start_open(&mut self, i: usize, delay: Duration) {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let slot = &mut self.slots[i];
+        slot.life = Life::Opening { generation };
+        let connector = slot.connector.clone();
+        let name = self.p.name.clone();
+        let ctx = SinkContext { stats: slot.stats.clone() };
+        let tx = self.opened_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut sink = connector.build(&name, i);
+            let result = match tokio::time::timeout(OPEN_TIMEOUT, sink.open(ctx)).await {
+                Ok(Ok(cp)) => Ok((sink, cp)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ConnectorError::msg(ErrorClass::Transient, format!("opening took longer than {OPEN_TIMEOUT:?}"))),
+            };
+            let _ = tx.send(Opened { sink: i, generation, result });
+        });
+    }
+
+    /// Records an open attempt's result; `Err` for errors that end the pipeline.
+    fn on_opened(&mut self, o: Opened) -> Result<(), PipelineError> {
+        let slot = &mut self.slots[o.sink];
+        if !matches!(slot.life, Life::Opening { generation } if generation == o.generation) {
+            return Ok(());
+        }
+        match o.result {
+            Ok((sink, cp)) => {
+                let checkpoint = cp.unwrap_or_default();
+                info!(sink = %slot.name, position = ?checkpoint.position, tables = checkpoint.tables.len(), "sink opened");
+                slot.durable = Some(checkpoint.clone());
+                slot.life = Life::Ready { sink, checkpoint, generation: o.generation };
+                Ok(())
+            }
+            Err(e) if e.class() == ErrorClass::Transient => {
+                let delay = slot.backoff.after_failure(Duration::ZERO);
+                warn!(sink = %slot.name, error = %chain(&e), retry_in_ms = delay.as_millis() as u64, "cannot open sink; retrying");
+                self.board.error(&slot.name.clone(), e.class(), chain(&e), Some(o.sink));
+                self.board.sink_state(o.sink, SinkState::Down);
+                self.start_open(o.sink, delay);
+                Ok(())
+            }
+            Err(e) => {
+                let name = slot.name.clone();
+                self.board.error(&name, e.class(), chain(&e), Some(o.sink));
+                Err(fail(&name, e))
+            }
+        }
+    }
+
+    /// Starts a task for every sink that is open and waiting.
+    fn activate_ready(&mut self) {
+        for i in 0..self.slots.len() {
+            if !matches!(self.slots[i].life, Life::Ready { .. }) {
+                continue;
+            }
+            let Life::Ready { sink, checkpoint, generation } = std::mem::replace(&mut self.slots[i].life, Life::Closed) else {
+                continue;
+            };
+            let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+            let slot = &mut self.slots[i];
+            slot.formats = sink.accepted_formats();
+            slot.accepted = checkpoint.clone();
+            let task = SinkTask {
+                index: i,
+                generation,
+                sink,
+                accepted: checkpoint,
+                out: self.from_sinks_tx.clone(),
+                counters: self.board.counters(i),
+            };
+            tokio::spawn(task.run(rx));
+            slot.life = Life::Live { tx, generation, since: Instant::now() };
+            self.board.sink_state(i, SinkState::Running);
+        }
+    }
+
+    fn live(&self) -> SinkSet {
+        let mut set = SinkSet::empty();
+        for (i, s) in self.slots.iter().enumerate() {
+            if matches!(s.life, Life::Live { .. }) {
+                set.insert(i);
+            }
+        }
+        set
+    }
+
+    /// The position every sink holds durably, once every sink's is known.
+    fn meet_durable(&self) -> Option<Position> {
+        let mut positions = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            positions.push(s.durable.as_ref()?.position.as_ref()?);
+        }
+        Position::meet_all(positions.into_iter())
+    }
+
+    fn confirm(&self, tx: &watch::Sender<Option<Position>>) {
+        let Some(meet) = self.meet_durable() else { return };
+        let changed = tx.send_if_modified(|cur| {
+            let forward = match cur {
+                None => true,
+                Some(c) => *c != meet && meet.includes(c),
+            };
+            if forward {
+                *cur = Some(meet.clone());
+            }
+            forward
+        });
+        if changed {
+            self.board.confirmed(meet.to_string());
+        }
+    }
+
+    /// One run of the source, until it fails, a sink comes back, or the pipeline stops.
+    async fn epoch(&mut self) -> (EpochEnd, Winding) {
+        let live = self.live();
+        let resume = Resume {
+            sinks: self.slots.iter().enumerate().map(|(i, s)| live.contains(i).then(|| s.accepted.clone())).collect(),
+        };
+        let mut accepted: Vec<BulkFormat> = Vec::new();
+        for s in self.slots.iter().filter(|s| matches!(s.life, Life::Live { .. })) {
+            for f in &s.formats {
+                if !accepted.contains(f) {
+                    accepted.push(*f);
+                }
+            }
+        }
+        let (events_tx, mut events_rx) = mpsc::channel::<Event>(QUEUE_CAPACITY);
+        let (confirm_tx, confirm_rx) = watch::channel(None);
+        self.confirm(&confirm_tx);
+        let (source_stop_tx, source_stop_rx) = watch::channel(false);
+        let ctx = SourceContext { events: events_tx, confirmed: confirm_rx, stop: source_stop_rx, accepted };
+        info!(position = ?resume.position(), live = ?live, "source starting");
+        let mut transform = (self.p.transform)();
+        let meet = resume.position();
+        let state = resume
+            .sinks
+            .iter()
+            .flatten()
+            .find(|c| c.position == meet)
+            .and_then(|c| c.transform.clone());
+        if let Err(e) = transform.restore(state.as_ref()) {
+            let task = tokio::spawn(async { Ok(()) });
+            return (EpochEnd::Fatal(fail("transform", e)), Winding { task, confirm: confirm_tx });
+        }
+        let mut source = self.p.source.build(&self.p.name);
+        let task = tokio::spawn(async move { source.run(resume, ctx).await });
+        let started = Instant::now();
+        let mut end: Option<EpochEnd> = None;
+        let mut buf: Vec<Event> = Vec::with_capacity(4);
+        loop {
+            tokio::select! {
+                biased;
+                Some(msg) = self.from_sinks.recv() => {
+                    if let Some(e) = self.on_sink_msg(msg, Some(&confirm_tx)) {
+                        if end.is_none() {
+                            end = Some(EpochEnd::Fatal(e));
+                            let _ = source_stop_tx.send(true);
+                        }
+                    } else if end.is_none() && self.live().is_empty() {
+                        // Nobody to stream to: wait for a sink to come back.
+                        end = Some(EpochEnd::Restart(Duration::ZERO));
+                        let _ = source_stop_tx.send(true);
+                    }
+                }
+                Some(o) = self.opened.recv(), if end.is_none() => {
+                    match self.on_opened(o) {
+                        Ok(()) => {
+                            if self.slots.iter().any(|s| matches!(s.life, Life::Ready { .. })) {
+                                info!("a sink is back; restarting the source from the position every sink holds");
+                                end = Some(EpochEnd::Restart(Duration::ZERO));
+                                let _ = source_stop_tx.send(true);
+                            }
+                        }
+                        Err(e) => {
+                            end = Some(EpochEnd::Fatal(e));
+                            let _ = source_stop_tx.send(true);
                         }
                     }
                 }
-                None => break,
-            },
-        }
-    }
-
-    if let Some(f) = failure {
-        source_task.abort();
-        for t in &sink_tasks {
-            t.abort();
-        }
-        return Err(f);
-    }
-    if !stopping {
-        // The source ended on its own: that is a failure (it only ends when asked).
-        for t in &sink_tasks {
-            t.abort();
-        }
-        return match source_task.await {
-            Ok(Err(e)) => Err(fail("source", e)),
-            Ok(Ok(())) => Err(fail("source", ConnectorError::msg(ErrorClass::Transient, "source stream ended"))),
-            Err(e) => Err(fail("source", ConnectorError::new(ErrorClass::Transient, "source task failed", e))),
-        };
-    }
-
-    // Drain: sinks commit what ends at a boundary and send their last acks.
-    let mut failure: Option<PipelineError> = None;
-    drop(sink_txs);
-    while let Some(msg) = acks_rx.recv().await {
-        match msg {
-            SinkMsg::Ack(i, cp) => {
-                durable[i] = cp.position;
-                confirm(&confirm_tx, &durable);
-            }
-            SinkMsg::Failed(i, e) => failure = Some(fail(&names[i], e)),
-        }
-    }
-    drop(confirm_tx);
-    let source_result = tokio::select! {
-        r = &mut source_task => r,
-        _ = tokio::time::sleep(Duration::from_secs(30)) => {
-            source_task.abort();
-            warn!("source did not stop within 30s");
-            Ok(Ok(()))
-        }
-    };
-    if let Some(f) = failure {
-        return Err(f);
-    }
-    match source_result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(fail("source", e)),
-        Err(e) => Err(fail("source", ConnectorError::new(ErrorClass::Transient, "source task failed", e))),
-    }
-}
-
-fn confirm(tx: &watch::Sender<Option<Position>>, durable: &[Option<Position>]) {
-    if durable.iter().all(Option::is_some) {
-        let min = durable.iter().flatten().min().copied();
-        tx.send_if_modified(|cur| {
-            if min > *cur {
-                *cur = min;
-                true
-            } else {
-                false
-            }
-        });
-    }
-}
-
-async fn sink_task(
-    idx: usize,
-    mut sink: Box<dyn Sink>,
-    stored: Checkpoint,
-    mut rx: mpsc::Receiver<Arc<Event>>,
-    acks: mpsc::UnboundedSender<SinkMsg>,
-) {
-    let policy = sink.batch_policy();
-    if let Err(e) = drive_sink(idx, sink.as_mut(), stored, policy, &mut rx, &acks).await {
-        let _ = acks.send(SinkMsg::Failed(idx, e));
-    }
-}
-
-async fn drive_sink(
-    idx: usize,
-    sink: &mut dyn Sink,
-    stored: Checkpoint,
-    policy: BatchPolicy,
-    rx: &mut mpsc::Receiver<Arc<Event>>,
-    acks: &mpsc::UnboundedSender<SinkMsg>,
-) -> Result<(), ConnectorError> {
-    let mut at_boundary = true;
-    let mut skipping = false;
-    let mut oldest: Option<Instant> = None;
-    loop {
-        let due = oldest.map(|t| t + policy.max_delay);
-        let inflight = sink.has_inflight();
-        let ev = tokio::select! {
-            ev = rx.recv() => ev,
-            _ = sleep_until_opt(due), if at_boundary && due.is_some() => {
-                commit(idx, sink, acks).await?;
-                oldest = None;
-                continue;
-            }
-            _ = sink.wait_inflight(), if inflight => {
-                ack(idx, sink.flush().await?, acks);
-                continue;
-            }
-        };
-        let Some(ev) = ev else {
-            if at_boundary {
-                commit(idx, sink, acks).await?;
-            } else {
-                info!(sink = %sink.name(), "rolling back an unfinished source transaction; it will be replayed");
-            }
-            ack(idx, sink.flush().await?, acks);
-            return Ok(());
-        };
-        match &*ev {
-            Event::Begin(meta) => {
-                if stored.snapshot_done && stored.position.is_some_and(|p| meta.commit_position < p) {
-                    skipping = true;
-                    continue;
+                _ = self.stop.changed(), if end.is_none() => {
+                    if self.stopping() {
+                        info!("stopping: draining sinks");
+                        self.board.set_state(RunState::Stopping);
+                        end = Some(EpochEnd::Stop);
+                        let _ = source_stop_tx.send(true);
+                    }
                 }
-                at_boundary = false;
+                ev = events_rx.recv() => match ev {
+                    Some(ev) => {
+                        if let Err(e) = self.route(ev, transform.as_mut(), &mut buf).await {
+                            if end.is_none() {
+                                end = Some(EpochEnd::Fatal(fail("transform", e)));
+                                let _ = source_stop_tx.send(true);
+                            }
+                        }
+                    }
+                    None => break,
+                },
             }
-            Event::Change(_) if skipping => continue,
-            Event::Commit { .. } if skipping => {
-                skipping = false;
-                continue;
+        }
+        // The source's stream has ended: on request, or because it failed.
+        let winding = Winding { task, confirm: confirm_tx };
+        if let Some(end) = end {
+            return (end, winding);
+        }
+        let Winding { task, confirm } = winding;
+        let result = match tokio::time::timeout(SOURCE_STOP_TIMEOUT, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(ConnectorError::new(ErrorClass::Transient, "the source task panicked", e)),
+            Err(_) => Err(ConnectorError::msg(ErrorClass::Transient, "the source stopped emitting but did not exit")),
+        };
+        let error = match result {
+            Ok(()) => ConnectorError::msg(ErrorClass::Transient, "the source stream ended"),
+            Err(e) => e,
+        };
+        let done = Winding { task: tokio::spawn(async { Ok(()) }), confirm };
+        self.board.error("source", error.class(), chain(&error), None);
+        if error.class() != ErrorClass::Transient {
+            return (EpochEnd::Fatal(fail("source", error)), done);
+        }
+        let delay = self.source_backoff.after_failure(started.elapsed());
+        warn!(error = %chain(&error), retry_in_ms = delay.as_millis() as u64, "source interrupted; resuming from what the sinks hold");
+        (EpochEnd::Restart(delay), done)
+    }
+
+    /// Handles a sink task's report; returns an error that ends the pipeline.
+    fn on_sink_msg(&mut self, msg: FromSink, confirm: Option<&watch::Sender<Option<Position>>>) -> Option<PipelineError> {
+        let (i, generation) = match &msg {
+            FromSink::Durable { sink, generation, .. }
+            | FromSink::Failed { sink, generation, .. }
+            | FromSink::Finished { sink, generation } => (*sink, *generation),
+        };
+        let current = match self.slots[i].life {
+            Life::Live { generation: g, .. } => g == generation,
+            _ => false,
+        };
+        match msg {
+            FromSink::Durable { checkpoint, commit_ts, .. } => {
+                // A commit of an earlier incarnation may still land; it is durable all the same.
+                let position = checkpoint.position.as_ref().map(ToString::to_string);
+                self.slots[i].durable = Some(checkpoint);
+                self.board.durable(i, position, commit_ts);
+                if let Some(c) = confirm {
+                    self.confirm(c);
+                }
+                None
             }
-            Event::SnapshotBegin { .. } => at_boundary = false,
-            _ => {}
+            FromSink::Failed { error, .. } if current => {
+                let name = self.slots[i].name.clone();
+                self.board.error(&name, error.class(), chain(&error), Some(i));
+                if error.class() != ErrorClass::Transient {
+                    error!(sink = %name, error = %chain(&error), "sink failed; stopping the pipeline");
+                    self.slots[i].life = Life::Closed;
+                    return Some(fail(&name, error));
+                }
+                let ran = match self.slots[i].life {
+                    Life::Live { since, .. } => since.elapsed(),
+                    _ => Duration::ZERO,
+                };
+                let delay = self.slots[i].backoff.after_failure(ran);
+                warn!(sink = %name, error = %chain(&error), retry_in_ms = delay.as_millis() as u64, "sink failed; the others continue, it reopens after a pause");
+                self.board.sink_state(i, SinkState::Down);
+                self.start_open(i, delay);
+                None
+            }
+            FromSink::Finished { .. } if current => {
+                // Only a closed queue ends a task without error, and the router closes queues
+                // only when it retires the sink.
+                self.slots[i].life = Life::Closed;
+                None
+            }
+            _ => None,
         }
-        sink.write(&ev).await?;
-        if oldest.is_none() && sink.pending_rows() > 0 {
-            oldest = Some(Instant::now());
+    }
+
+    /// Passes one source event through the transform and on to the sinks it concerns.
+    async fn route(&mut self, ev: Event, transform: &mut dyn Transform, buf: &mut Vec<Event>) -> Result<(), ConnectorError> {
+        transform.apply(ev, buf)?;
+        for ev in buf.drain(..) {
+            let mut to = self.live();
+            let mut boundary = false;
+            match &ev {
+                Event::Tables { selected } => self.board.tables(selected),
+                Event::Commit { position, .. } | Event::Heartbeat { position } => {
+                    boundary = true;
+                    self.board.event(Some(position.to_string()));
+                }
+                Event::Copy(c) => {
+                    to = to.intersect(c.to);
+                    match &c.step {
+                        sluice_core::CopyStep::Begin { estimated_rows, .. } => self.board.copy_begin(&c.table.id, *estimated_rows),
+                        sluice_core::CopyStep::Rows(r) => self.board.copy_rows(&c.table.id, r.len() as u64),
+                        sluice_core::CopyStep::Bulk(b) => self.board.copy_rows(&c.table.id, b.len() as u64),
+                        sluice_core::CopyStep::End => self.board.copy_end(&c.table.id),
+                        sluice_core::CopyStep::Progress { .. } => {}
+                    }
+                }
+                _ => {}
+            }
+            let state = if boundary { transform.state().map(Arc::new) } else { None };
+            let ev = Arc::new(ev);
+            for i in to.iter() {
+                if let Life::Live { tx, .. } = &self.slots[i].life {
+                    if tx.send(ToSink::Event(ev.clone(), state.clone())).await.is_err() {
+                        debug!(sink = %self.slots[i].name, "sink queue closed; its report says why");
+                    }
+                }
+            }
         }
-        if let Some(_pos) = ev.boundary_position() {
-            at_boundary = true;
-            let full = sink.pending_rows() >= policy.max_rows;
-            let late = oldest.is_some_and(|t| t.elapsed() >= policy.max_delay);
-            let idle_marker = matches!(&*ev, Event::Heartbeat { .. }) && sink.pending_rows() == 0;
-            let snapshot_done = matches!(&*ev, Event::SnapshotEnd { .. });
-            if full || late || idle_marker || snapshot_done {
-                commit(idx, sink, acks).await?;
-                oldest = None;
+        Ok(())
+    }
+
+    /// Lets a stopped source finish: no more confirmations for it.
+    async fn wind_down(&mut self, winding: Winding) {
+        drop(winding.confirm);
+        if tokio::time::timeout(SOURCE_STOP_TIMEOUT, winding.task).await.is_err() {
+            warn!("source did not exit within {SOURCE_STOP_TIMEOUT:?}");
+        }
+    }
+
+    /// Between epochs: learns what every live sink has accepted; reopens those caught in the
+    /// middle of a transaction or copy chunk, whose partial work will be replayed.
+    async fn sync_sinks(&mut self) -> Result<(), PipelineError> {
+        for i in 0..self.slots.len() {
+            let Life::Live { tx, generation, .. } = &self.slots[i].life else { continue };
+            let generation = *generation;
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let reply = match tx.send(ToSink::Sync(reply_tx)).await {
+                Ok(()) => reply_rx.await.ok(),
+                Err(_) => None,
+            };
+            match reply {
+                Some(SinkSync { at_boundary: true, accepted }) => self.slots[i].accepted = accepted,
+                Some(SinkSync { at_boundary: false, .. }) => {
+                    info!(sink = %self.slots[i].name, "sink stopped inside a transaction; reopening it");
+                    self.retire(i, generation).await?;
+                    self.start_open(i, Duration::ZERO);
+                }
+                // The task ended; its report is queued and handled below.
+                None => {}
+            }
+        }
+        // Reports of tasks that ended meanwhile.
+        while let Ok(msg) = self.from_sinks.try_recv() {
+            if let Some(e) = self.on_sink_msg(msg, None) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes sink `i`'s queue and waits until its task has ended.
+    async fn retire(&mut self, i: usize, generation: u64) -> Result<(), PipelineError> {
+        self.slots[i].life = Life::Closed;
+        let mut others = Vec::new();
+        while let Some(msg) = self.from_sinks.recv().await {
+            let ended = matches!(&msg, FromSink::Finished { sink, generation: g } | FromSink::Failed { sink, generation: g, .. } if *sink == i && *g == generation);
+            if ended {
+                break;
+            }
+            others.push(msg);
+        }
+        for msg in others {
+            if let Some(e) = self.on_sink_msg(msg, None) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the pipeline: sinks commit what ends at a boundary and close, the final position
+    /// is confirmed, the source exits.
+    async fn shutdown(&mut self, winding: Option<Winding>, error: Option<PipelineError>) -> Result<(), PipelineError> {
+        self.board.set_state(RunState::Stopping);
+        let mut error = error;
+        let mut waiting: Vec<(usize, u64)> = Vec::new();
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if let Life::Live { generation, .. } = s.life {
+                waiting.push((i, generation));
+            }
+            s.life = Life::Closed;
+        }
+        let (confirm, task) = match winding {
+            Some(w) => (Some(w.confirm), Some(w.task)),
+            None => (None, None),
+        };
+        while !waiting.is_empty() {
+            let Some(msg) = self.from_sinks.recv().await else { break };
+            match msg {
+                FromSink::Durable { sink, checkpoint, commit_ts, .. } => {
+                    let position = checkpoint.position.as_ref().map(ToString::to_string);
+                    self.slots[sink].durable = Some(checkpoint);
+                    self.board.durable(sink, position, commit_ts);
+                    if let Some(c) = &confirm {
+                        self.confirm(c);
+                    }
+                }
+                FromSink::Failed { sink, generation, error: e } => {
+                    waiting.retain(|w| *w != (sink, generation));
+                    let name = self.slots[sink].name.clone();
+                    self.board.error(&name, e.class(), chain(&e), Some(sink));
+                    error!(sink = %name, error = %chain(&e), "sink failed while stopping");
+                    error.get_or_insert(fail(&name, e));
+                }
+                FromSink::Finished { sink, generation } => waiting.retain(|w| *w != (sink, generation)),
+            }
+        }
+        for i in 0..self.slots.len() {
+            self.board.sink_state(i, SinkState::Closed);
+        }
+        if let Some(c) = &confirm {
+            self.confirm(c);
+        }
+        drop(confirm);
+        if let Some(task) = task {
+            match tokio::time::timeout(SOURCE_STOP_TIMEOUT, task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    self.board.error("source", e.class(), chain(&e), None);
+                    if error.is_none() && e.class() != ErrorClass::Transient {
+                        error = Some(fail("source", e));
+                    }
+                }
+                Ok(Err(e)) => warn!(error = %e, "source task panicked while stopping"),
+                Err(_) => warn!("source did not exit within {SOURCE_STOP_TIMEOUT:?}"),
+            }
+        }
+        self.board.set_state(if error.is_some() { RunState::Failed } else { RunState::Stopped });
+        match error {
+            Some(e) => Err(e),
+            None => {
+                info!(pipeline = %self.p.name, "pipeline stopped");
+                Ok(())
             }
         }
     }
 }
 
-async fn commit(idx: usize, sink: &mut dyn Sink, acks: &mpsc::UnboundedSender<SinkMsg>) -> Result<(), ConnectorError> {
-    let cp = sink.commit().await?;
-    ack(idx, cp, acks);
-    Ok(())
+/// An error with its whole cause chain on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
-fn ack(idx: usize, cp: Option<Checkpoint>, acks: &mpsc::UnboundedSender<SinkMsg>) {
-    if let Some(cp) = cp {
-        debug!(sink = idx, position = ?cp.position, "durable");
-        let _ = acks.send(SinkMsg::Ack(idx, cp));
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
+#[cfg(test)]
+mod tests;
