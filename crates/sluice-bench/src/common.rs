@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use sluice_testkit::{PgOptions, PgServer};
+use sluice_playground::{PgOptions, PgServer};
 use tokio_postgres::Client;
 
 /// Server settings for benchmarks: the same for Sluice and for every baseline.
@@ -41,8 +41,8 @@ impl Pair {
     pub async fn start() -> anyhow::Result<Pair> {
         let source = bench_server()?;
         let target = bench_server()?;
-        let src_url = source.create_database("bench").await;
-        let replica_url = target.create_database("replica").await;
+        let src_url = source.create_database("bench").await.map_err(anyhow::Error::msg)?;
+        let replica_url = target.create_database("replica").await.map_err(anyhow::Error::msg)?;
         let src = connect(&src_url).await?;
         let replica = connect(&replica_url).await?;
         Ok(Pair { _source: source, _target: target, src_url, replica_url, src, replica })

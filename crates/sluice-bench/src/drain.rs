@@ -107,9 +107,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     let source = bench_server()?;
     let target = bench_server()?;
-    let src_url = source.create_database("bench").await;
-    let replica_url = target.create_database("replica").await;
-    let native_url = target.create_database("native").await;
+    let src_url = source.create_database("bench").await.map_err(anyhow::Error::msg)?;
+    let replica_url = target.create_database("replica").await.map_err(anyhow::Error::msg)?;
+    let native_url = target.create_database("native").await.map_err(anyhow::Error::msg)?;
     let src = connect(&src_url).await?;
     let replica = connect(&replica_url).await?;
     let native = connect(&native_url).await?;
@@ -142,7 +142,8 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     let mut first = SluiceProc::start(&dir, &toml)?;
     until_true(
         &replica,
-        "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)",
+        "SELECT (SELECT count(*) FROM sluice.checkpoints c, jsonb_array_elements(c.state->'tables') t \
+         WHERE t->>'state' = 'copied') >= 2",
         Duration::from_secs(120),
         || first.check_alive(),
     )
@@ -156,7 +157,7 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     eprintln!("backlog written in {:.1}s, WAL end {end_lsn}", t.elapsed().as_secs_f64());
 
     // Ceiling: the walsender decoding into pg_recvlogical, output discarded.
-    let bindir = sluice_testkit::pg_bindir().map_err(anyhow::Error::msg)?;
+    let bindir = sluice_playground::pg_bindir().map_err(anyhow::Error::msg)?;
     let t = Instant::now();
     let status = Command::new(bindir.join("pg_recvlogical"))
         .args(["-d", &src_url, "--slot", "ceiling", "--start", "--no-loop", "-f", "/dev/null"])
@@ -241,7 +242,8 @@ pub async fn big_txn(a: BigTxnArgs) -> anyhow::Result<()> {
     let mut first = SluiceProc::start(&dir, &toml)?;
     until_true(
         replica,
-        "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)",
+        "SELECT (SELECT count(*) FROM sluice.checkpoints c, jsonb_array_elements(c.state->'tables') t \
+         WHERE t->>'state' = 'copied') >= 2",
         Duration::from_secs(1800),
         || first.check_alive(),
     )

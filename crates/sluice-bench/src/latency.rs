@@ -39,7 +39,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut proc = SluiceProc::start(&dir, &toml)?;
     until_true(
         replica,
-        "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)",
+        "SELECT (SELECT count(*) FROM sluice.checkpoints c, jsonb_array_elements(c.state->'tables') t \
+         WHERE t->>'state' = 'copied') >= 1",
         Duration::from_secs(60),
         || proc.check_alive(),
     )

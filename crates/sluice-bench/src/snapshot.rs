@@ -27,7 +27,7 @@ const TABLE: &str = "CREATE TABLE t (id bigint PRIMARY KEY, a int NOT NULL, b te
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let source = bench_server()?;
     let target = bench_server()?;
-    let src_url = source.create_database("bench").await;
+    let src_url = source.create_database("bench").await.map_err(anyhow::Error::msg)?;
     let src = connect(&src_url).await?;
     exec(&src, TABLE).await?;
     exec(
@@ -41,11 +41,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     .await?;
     exec(&src, "VACUUM ANALYZE t").await?;
     let want = digest(&src, "t").await?;
-    let bindir = sluice_testkit::pg_bindir().map_err(anyhow::Error::msg)?;
+    let bindir = sluice_playground::pg_bindir().map_err(anyhow::Error::msg)?;
     let psql = bindir.join("psql");
     let (mut copy_times, mut sluice_times, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..a.runs {
-        let copy_url = target.create_database(&format!("copy{run}")).await;
+        let copy_url = target.create_database(&format!("copy{run}")).await.map_err(anyhow::Error::msg)?;
         let copy = connect(&copy_url).await?;
         exec(&copy, TABLE).await?;
         let t = Instant::now();
@@ -63,7 +63,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }
         eprintln!("binary COPY pipe: {copy_secs:.2}s");
 
-        let replica_url = target.create_database(&format!("replica{run}")).await;
+        let replica_url = target.create_database(&format!("replica{run}")).await.map_err(anyhow::Error::msg)?;
         let replica = connect(&replica_url).await?;
         let dir = tempfile::tempdir()?;
         let toml = format!(
@@ -75,7 +75,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let mut proc = SluiceProc::start(&dir, &toml)?;
         until_true(
             &replica,
-            "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints WHERE snapshot_done)",
+            "SELECT (SELECT count(*) FROM sluice.checkpoints c, jsonb_array_elements(c.state->'tables') t \
+         WHERE t->>'state' = 'copied') >= 1",
             Duration::from_secs(3600),
             || proc.check_alive(),
         )

@@ -1,180 +1,30 @@
 //! Pipeline configuration: the TOML file, its defaults and its validation.
 //!
-//! One set of types serves the file, the docs (`docs/config.md`) and later the REST API.
-//! Loading happens in three steps, each of which names the offending key on failure:
-//! parse TOML, interpolate `${ENV_VAR}` in string values, deserialize strictly (unknown keys
-//! and wrong types are errors), then [`PipelineConfig::validate`].
+//! One set of types serves the file, the docs (`docs/config.md`) and the coming REST API.
+//! Loading happens in steps, each of which names the offending key on failure: parse TOML,
+//! interpolate `${ENV_VAR}` in string values, dispatch `[source]` and every `[[sink]]` on its
+//! `type` through the [`Registry`] to the connector that owns that type, which deserializes its
+//! section strictly (unknown keys and wrong types are errors) and validates it.
+//!
+//! Connector config types live in their connector's crate; this crate holds what every
+//! connector shares: [`Secret`], [`BatchConfig`], [`TableFilter`], the error type and helpers.
 
 mod secret;
 
-use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use sluice_core::{SinkConnector, SinkSet, SourceConnector};
 
-pub use secret::Secret;
+pub use secret::{redact_url, Secret};
 
-/// Default for `source.tables`.
+/// Default for a source's `tables`.
 pub const DEFAULT_TABLES: &str = "public.*";
 /// Default for `sink[].batch.max_rows`.
 pub const DEFAULT_BATCH_MAX_ROWS: usize = 10_000;
 /// Default for `sink[].batch.max_delay_ms`.
 pub const DEFAULT_BATCH_MAX_DELAY_MS: u64 = 50;
-/// Default for `source.status_interval_ms`.
-pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
-/// Default for `source.slot_takeover_secs`.
-pub const DEFAULT_SLOT_TAKEOVER_SECS: u64 = 5;
-/// Default for `sink[].checkpoint_schema`.
-pub const DEFAULT_CHECKPOINT_SCHEMA: &str = "sluice";
-/// Default for `sink[].snapshot_connections`.
-pub const DEFAULT_SNAPSHOT_CONNECTIONS: usize = 2;
-/// Default for `sink[].changelog_suffix`.
-pub const DEFAULT_CHANGELOG_SUFFIX: &str = "_changelog";
-
-/// A whole pipeline: one source feeding one or more sinks.
-#[derive(Debug, Clone, Serialize)]
-pub struct PipelineConfig {
-    /// Pipeline name; slot, publication and checkpoint names derive from it.
-    pub name: String,
-    /// Where changes come from.
-    pub source: SourceConfig,
-    /// Where changes go, in `[[sink]]` tables.
-    #[serde(rename = "sink")]
-    pub sinks: Vec<SinkConfig>,
-}
-
-/// The source of a pipeline, chosen by `type`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SourceConfig {
-    /// PostgreSQL logical replication (pgoutput).
-    Postgres(PgSourceConfig),
-}
-
-/// `[source]` with `type = "postgres"`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PgSourceConfig {
-    /// Connection URL; the password may come from `${ENV_VAR}`.
-    pub url: Secret<String>,
-    /// Include globs over `schema.table` (`*` any run of characters, `?` one character).
-    #[serde(default = "default_tables")]
-    pub tables: Vec<String>,
-    /// Exclude globs over `schema.table`, applied after `tables`.
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// Whether to copy existing rows before streaming.
-    #[serde(default)]
-    pub snapshot: SnapshotMode,
-    /// Replication slot name; default `sluice_<name>`.
-    #[serde(default)]
-    pub slot: Option<String>,
-    /// Publication name; default `sluice_<name>`.
-    #[serde(default)]
-    pub publication: Option<String>,
-    /// How often to report the confirmed position to the server, in milliseconds.
-    #[serde(default = "default_status_interval_ms")]
-    pub status_interval_ms: u64,
-    /// How long to wait for a slot still held by a dead connection before terminating it.
-    #[serde(default = "default_slot_takeover_secs")]
-    pub slot_takeover_secs: u64,
-}
-
-/// `source.snapshot`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SnapshotMode {
-    /// Copy existing rows first, consistently with the stream.
-    #[default]
-    Initial,
-    /// Stream changes only, from the moment the slot is created.
-    Never,
-}
-
-/// One `[[sink]]`, chosen by `type`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SinkConfig {
-    /// A PostgreSQL database.
-    Postgres(PgSinkConfig),
-}
-
-/// `[[sink]]` with `type = "postgres"`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PgSinkConfig {
-    /// Connection URL; the password may come from `${ENV_VAR}`.
-    pub url: Secret<String>,
-    /// `replica` keeps tables of the same shape; `changelog` appends one row per change.
-    #[serde(default)]
-    pub mode: SinkMode,
-    /// When to commit.
-    #[serde(default)]
-    pub batch: BatchConfig,
-    /// Schema of the table holding this sink's checkpoints.
-    #[serde(default = "default_checkpoint_schema")]
-    pub checkpoint_schema: String,
-    /// In changelog mode, appended to the source table name to name the changelog table.
-    #[serde(default = "default_changelog_suffix")]
-    pub changelog_suffix: String,
-    /// Replica mode: connections that write the initial snapshot in parallel.
-    #[serde(default = "default_snapshot_connections")]
-    pub snapshot_connections: usize,
-}
-
-/// `sink[].mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkMode {
-    /// Same table shape; upserts, deletes and truncates applied.
-    #[default]
-    Replica,
-    /// One appended row per change with before/after images and source metadata.
-    Changelog,
-}
-
-/// `sink[].batch`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchConfig {
-    /// Commit after this many rows (at the next source transaction boundary).
-    #[serde(default = "default_batch_max_rows")]
-    pub max_rows: usize,
-    /// Commit once the oldest uncommitted change is this old, in milliseconds.
-    #[serde(default = "default_batch_max_delay_ms")]
-    pub max_delay_ms: u64,
-}
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        BatchConfig { max_rows: DEFAULT_BATCH_MAX_ROWS, max_delay_ms: DEFAULT_BATCH_MAX_DELAY_MS }
-    }
-}
-
-fn default_tables() -> Vec<String> {
-    vec![DEFAULT_TABLES.to_string()]
-}
-fn default_batch_max_rows() -> usize {
-    DEFAULT_BATCH_MAX_ROWS
-}
-fn default_batch_max_delay_ms() -> u64 {
-    DEFAULT_BATCH_MAX_DELAY_MS
-}
-fn default_status_interval_ms() -> u64 {
-    DEFAULT_STATUS_INTERVAL_MS
-}
-fn default_slot_takeover_secs() -> u64 {
-    DEFAULT_SLOT_TAKEOVER_SECS
-}
-fn default_checkpoint_schema() -> String {
-    DEFAULT_CHECKPOINT_SCHEMA.to_string()
-}
-fn default_snapshot_connections() -> usize {
-    DEFAULT_SNAPSHOT_CONNECTIONS
-}
-fn default_changelog_suffix() -> String {
-    DEFAULT_CHANGELOG_SUFFIX.to_string()
-}
 
 /// A configuration problem, naming the key and what is allowed.
 #[derive(Debug, thiserror::Error)]
@@ -201,122 +51,107 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+/// A [`ConfigError::Invalid`] for `key`.
+pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// Where a section being parsed sits, for error messages and derived names.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseContext<'a> {
+    /// The section's key, e.g. `source` or `sink[1]`
+    pub at: &'a str,
+    /// The pipeline's name
+    pub pipeline: &'a str,
+}
+
+/// Parses a `[source]` section (without its `type` key) into a configured source.
+pub type SourceParser = fn(toml::Value, &ParseContext<'_>) -> Result<Arc<dyn SourceConnector>, ConfigError>;
+/// Parses a `[[sink]]` section (without its `type` key) into a configured sink.
+pub type SinkParser = fn(toml::Value, &ParseContext<'_>) -> Result<Arc<dyn SinkConnector>, ConfigError>;
+
+/// The connector types a build of Sluice knows, by their `type` tag. Adding a connector is one
+/// entry here (made in the binary) plus the connector's own crate.
+#[derive(Default, Clone)]
+pub struct Registry {
+    sources: Vec<(&'static str, SourceParser)>,
+    sinks: Vec<(&'static str, SinkParser)>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Adds a source type.
+    pub fn source(mut self, tag: &'static str, parse: SourceParser) -> Registry {
+        self.sources.push((tag, parse));
+        self
+    }
+
+    /// Adds a sink type.
+    pub fn sink(mut self, tag: &'static str, parse: SinkParser) -> Registry {
+        self.sinks.push((tag, parse));
+        self
+    }
+
+    /// The source type tags.
+    pub fn source_tags(&self) -> Vec<&'static str> {
+        self.sources.iter().map(|(t, _)| *t).collect()
+    }
+
+    /// The sink type tags.
+    pub fn sink_tags(&self) -> Vec<&'static str> {
+        self.sinks.iter().map(|(t, _)| *t).collect()
+    }
+}
+
+/// A whole pipeline: one source feeding one or more sinks.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Pipeline name; checkpoint rows and source-side names (slots) derive from it.
+    pub name: String,
+    /// Where changes come from.
+    pub source: Arc<dyn SourceConnector>,
+    /// Where changes go, in `[[sink]]` order; a sink's position in the list names its
+    /// checkpoint, so new sinks go at the end.
+    pub sinks: Vec<Arc<dyn SinkConnector>>,
 }
 
 impl PipelineConfig {
     /// Reads, interpolates, parses and validates a pipeline file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path, registry: &Registry) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Self::parse(&text, &|name| std::env::var(name).ok())
+        Self::parse(&text, &|name| std::env::var(name).ok(), registry)
     }
 
     /// Parses and validates pipeline TOML, resolving `${NAME}` through `env`.
-    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, registry: &Registry) -> Result<Self, ConfigError> {
         let mut value: toml::Value = toml::from_str(text).map_err(ConfigError::Syntax)?;
         interpolate(&mut value, &mut String::new(), env)?;
-        let config = from_value(value)?;
-        config.validate()?;
-        Ok(config)
+        from_value(value, registry)
     }
 
-    /// Checks the constraints that types alone cannot express.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.name.is_empty() || self.name.len() > 40 {
-            return Err(invalid("name", "must be 1 to 40 characters long"));
-        }
-        if !self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-            return Err(invalid(
-                "name",
-                format!(
-                    "{:?} may only contain lowercase letters, digits and '_' (slot names derive from it)",
-                    self.name
-                ),
-            ));
-        }
-        match &self.source {
-            SourceConfig::Postgres(pg) => pg.validate("source")?,
-        }
-        if self.sinks.is_empty() {
-            return Err(invalid("sink", "at least one [[sink]] is required"));
-        }
-        for (i, sink) in self.sinks.iter().enumerate() {
-            match sink {
-                SinkConfig::Postgres(s) => s.validate(&format!("sink[{i}]"))?,
-            }
-        }
-        Ok(())
+    /// The config as JSON, every secret redacted (for status output and the API).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "source": self.source.to_json(),
+            "sink": self.sinks.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
+        })
     }
 }
 
-impl PgSourceConfig {
-    fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        validate_pg_url(self.url.expose(), &format!("{at}.url"))?;
-        if self.tables.is_empty() {
-            return Err(invalid(format!("{at}.tables"), "must list at least one glob like \"public.*\""));
-        }
-        for (key, globs) in [("tables", &self.tables), ("exclude", &self.exclude)] {
-            for (i, g) in globs.iter().enumerate() {
-                if g.matches('.').count() != 1 || g.starts_with('.') || g.ends_with('.') {
-                    return Err(invalid(
-                        format!("{at}.{key}[{i}]"),
-                        format!("{g:?} must have the form \"schema.table\", each part a glob such as \"public.*\""),
-                    ));
-                }
-            }
-        }
-        for (key, name) in [("slot", &self.slot), ("publication", &self.publication)] {
-            if let Some(n) = name {
-                if n.is_empty()
-                    || n.len() > 63
-                    || !n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                {
-                    return Err(invalid(
-                        format!("{at}.{key}"),
-                        format!("{n:?} must be 1 to 63 lowercase letters, digits or '_'"),
-                    ));
-                }
-            }
-        }
-        if self.status_interval_ms == 0 {
-            return Err(invalid(format!("{at}.status_interval_ms"), "must be > 0"));
-        }
-        Ok(())
+fn validate_name(name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 40 {
+        return Err(invalid("name", "must be 1 to 40 characters long"));
     }
-}
-
-impl PgSinkConfig {
-    fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        validate_pg_url(self.url.expose(), &format!("{at}.url"))?;
-        if self.batch.max_rows == 0 {
-            return Err(invalid(format!("{at}.batch.max_rows"), "must be > 0"));
-        }
-        if self.checkpoint_schema.is_empty() {
-            return Err(invalid(format!("{at}.checkpoint_schema"), "must not be empty"));
-        }
-        if !(1..=64).contains(&self.snapshot_connections) {
-            return Err(invalid(format!("{at}.snapshot_connections"), "must be between 1 and 64"));
-        }
-        if self.mode == SinkMode::Changelog && self.changelog_suffix.is_empty() {
-            return Err(invalid(
-                format!("{at}.changelog_suffix"),
-                "must not be empty in changelog mode, or changelog tables would replace the source-named tables",
-            ));
-        }
-        Ok(())
-    }
-}
-
-fn validate_pg_url(url: &str, key: &str) -> Result<(), ConfigError> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+    if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
         return Err(invalid(
-            key,
-            format!(
-                "{:?} is not a PostgreSQL URL; expected postgres://user@host:port/database",
-                secret::redact_url(url)
-            ),
+            "name",
+            format!("{name:?} may only contain lowercase letters, digits and '_' (slot names derive from it)"),
         ));
     }
     Ok(())
@@ -325,7 +160,7 @@ fn validate_pg_url(url: &str, key: &str) -> Result<(), ConfigError> {
 /// Builds the config from parsed TOML. The `type` tags are dispatched here rather than by
 /// serde's internally tagged enums, which buffer their content and so lose the key path that
 /// every error must name.
-fn from_value(value: toml::Value) -> Result<PipelineConfig, ConfigError> {
+fn from_value(value: toml::Value, registry: &Registry) -> Result<PipelineConfig, ConfigError> {
     let toml::Value::Table(mut top) = value else {
         return Err(invalid("(top level)", "expected a TOML table"));
     };
@@ -339,13 +174,20 @@ fn from_value(value: toml::Value) -> Result<PipelineConfig, ConfigError> {
         Some(other) => return Err(invalid("name", format!("expected a string, found {}", other.type_str()))),
         None => return Err(invalid("name", "missing: every pipeline needs a name, e.g. name = \"orders\"")),
     };
+    validate_name(&name)?;
     let source = match top.remove("source") {
         Some(v) => {
-            // Only one source type exists yet; `tagged` has already rejected any other.
-            let (_kind, body) = tagged(v, "source", &["postgres"])?;
-            SourceConfig::Postgres(typed(body, "source")?)
+            let (kind, body) = tagged(v, "source", &registry.source_tags())?;
+            let parse = registry.sources.iter().find(|(t, _)| *t == kind).map(|(_, p)| *p);
+            let parse = parse.ok_or_else(|| invalid("source.type", "unknown type"))?;
+            parse(body, &ParseContext { at: "source", pipeline: &name })?
         }
-        None => return Err(invalid("source", "missing: add a [source] table with type = \"postgres\"")),
+        None => {
+            return Err(invalid(
+                "source",
+                format!("missing: add a [source] table with type = one of {}", quoted(&registry.source_tags())),
+            ))
+        }
     };
     let sinks = match top.remove("sink") {
         Some(toml::Value::Array(items)) => items
@@ -353,14 +195,26 @@ fn from_value(value: toml::Value) -> Result<PipelineConfig, ConfigError> {
             .enumerate()
             .map(|(i, v)| {
                 let at = format!("sink[{i}]");
-                let (_kind, body) = tagged(v, &at, &["postgres"])?;
-                Ok(SinkConfig::Postgres(typed(body, &at)?))
+                let (kind, body) = tagged(v, &at, &registry.sink_tags())?;
+                let parse = registry.sinks.iter().find(|(t, _)| *t == kind).map(|(_, p)| *p);
+                let parse = parse.ok_or_else(|| invalid(format!("{at}.type"), "unknown type"))?;
+                parse(body, &ParseContext { at: &at, pipeline: &name })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?,
         Some(other) => return Err(invalid("sink", format!("expected [[sink]] tables, found {}", other.type_str()))),
         None => Vec::new(),
     };
+    if sinks.is_empty() {
+        return Err(invalid("sink", "at least one [[sink]] is required"));
+    }
+    if sinks.len() > SinkSet::MAX {
+        return Err(invalid("sink", format!("at most {} sinks per pipeline", SinkSet::MAX)));
+    }
     Ok(PipelineConfig { name, source, sinks })
+}
+
+fn quoted(tags: &[&str]) -> String {
+    tags.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
 }
 
 /// Splits a `{ type = "...", ... }` table into its type and the remaining keys.
@@ -368,19 +222,20 @@ fn tagged(v: toml::Value, at: &str, allowed: &[&str]) -> Result<(String, toml::V
     let toml::Value::Table(mut t) = v else {
         return Err(invalid(at, format!("expected a table, found {}", v.type_str())));
     };
-    let allowed_list = allowed.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    let allowed_list = quoted(allowed);
     match t.remove("type") {
         Some(toml::Value::String(kind)) if allowed.contains(&kind.as_str()) => Ok((kind, toml::Value::Table(t))),
-        Some(toml::Value::String(kind)) => {
-            Err(invalid(format!("{at}.type"), format!("unknown type \"{kind}\"; supported: {allowed_list}")))
-        }
+        Some(toml::Value::String(kind)) => Err(invalid(
+            format!("{at}.type"),
+            format!("unknown type \"{kind}\"; this build of Sluice supports {allowed_list}"),
+        )),
         Some(other) => Err(invalid(format!("{at}.type"), format!("expected a string, found {}", other.type_str()))),
         None => Err(invalid(format!("{at}.type"), format!("missing; supported: {allowed_list}"))),
     }
 }
 
 /// Deserializes one section strictly, naming the full key of any error.
-fn typed<T: serde::de::DeserializeOwned>(body: toml::Value, at: &str) -> Result<T, ConfigError> {
+pub fn typed<T: serde::de::DeserializeOwned>(body: toml::Value, at: &str) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(body).map_err(|e| {
         let inner = e.path().to_string();
         let key = if inner.is_empty() || inner == "." { at.to_string() } else { format!("{at}.{inner}") };
@@ -389,6 +244,90 @@ fn typed<T: serde::de::DeserializeOwned>(body: toml::Value, at: &str) -> Result<
         let message = message.split("\nin `").next().unwrap_or(&message).trim().to_string();
         invalid(key, message)
     })
+}
+
+/// When a sink commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Commit after this many rows (at the next source transaction boundary).
+    #[serde(default = "default_batch_max_rows")]
+    pub max_rows: usize,
+    /// Commit once the oldest uncommitted change is this old, in milliseconds.
+    #[serde(default = "default_batch_max_delay_ms")]
+    pub max_delay_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig { max_rows: DEFAULT_BATCH_MAX_ROWS, max_delay_ms: DEFAULT_BATCH_MAX_DELAY_MS }
+    }
+}
+
+impl BatchConfig {
+    /// Checks the limits; `at` is the sink's key.
+    pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.max_rows == 0 {
+            return Err(invalid(format!("{at}.batch.max_rows"), "must be > 0"));
+        }
+        Ok(())
+    }
+}
+
+fn default_batch_max_rows() -> usize {
+    DEFAULT_BATCH_MAX_ROWS
+}
+fn default_batch_max_delay_ms() -> u64 {
+    DEFAULT_BATCH_MAX_DELAY_MS
+}
+
+/// Which tables a source selects: `tables` include globs and `exclude` globs over
+/// `schema.table`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableFilter {
+    /// Include globs over `schema.table` (`*` any run of characters, `?` one character).
+    #[serde(default = "default_tables")]
+    pub tables: Vec<String>,
+    /// Exclude globs, applied after `tables`.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl Default for TableFilter {
+    fn default() -> Self {
+        TableFilter { tables: default_tables(), exclude: Vec::new() }
+    }
+}
+
+fn default_tables() -> Vec<String> {
+    vec![DEFAULT_TABLES.to_string()]
+}
+
+impl TableFilter {
+    /// Checks the globs; `at` is the source's key.
+    pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.tables.is_empty() {
+            return Err(invalid(format!("{at}.tables"), "must list at least one glob like \"public.*\""));
+        }
+        for (key, globs) in [("tables", &self.tables), ("exclude", &self.exclude)] {
+            for (i, g) in globs.iter().enumerate() {
+                if g.matches('.').count() != 1 || g.starts_with('.') || g.ends_with('.') {
+                    return Err(invalid(
+                        format!("{at}.{key}[{i}]"),
+                        format!("{g:?} must have the form \"schema.table\", each part a glob such as \"public.*\""),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `schema.table` is selected by `tables` and not excluded by `exclude`.
+    pub fn selects(&self, schema: &str, table: &str) -> bool {
+        let name = format!("{schema}.{table}");
+        self.tables.iter().any(|g| glob_match(g, &name)) && !self.exclude.iter().any(|g| glob_match(g, &name))
+    }
 }
 
 fn interpolate(
@@ -465,38 +404,6 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         }
     }
     p[pi..].iter().all(|&c| c == '*')
-}
-
-impl PgSourceConfig {
-    /// Whether `schema.table` is selected by `tables` and not excluded by `exclude`.
-    pub fn selects(&self, schema: &str, table: &str) -> bool {
-        let name = format!("{schema}.{table}");
-        self.tables.iter().any(|g| glob_match(g, &name)) && !self.exclude.iter().any(|g| glob_match(g, &name))
-    }
-}
-
-impl PipelineConfig {
-    /// The slot name: `source.slot`, or `sluice_<name>`.
-    pub fn slot_name(&self) -> String {
-        match &self.source {
-            SourceConfig::Postgres(pg) => pg.slot.clone().unwrap_or_else(|| format!("sluice_{}", self.name)),
-        }
-    }
-    /// The publication name: `source.publication`, or `sluice_<name>`.
-    pub fn publication_name(&self) -> String {
-        match &self.source {
-            SourceConfig::Postgres(pg) => pg.publication.clone().unwrap_or_else(|| format!("sluice_{}", self.name)),
-        }
-    }
-}
-
-impl fmt::Display for SinkMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SinkMode::Replica => "replica",
-            SinkMode::Changelog => "changelog",
-        })
-    }
 }
 
 #[cfg(test)]

@@ -52,7 +52,9 @@ pub enum CheckpointError {
     #[error("unreadable checkpoint: {0}")]
     Malformed(#[from] serde_json::Error),
     /// Written by a newer release.
-    #[error("checkpoint version {found} is newer than this release understands ({CHECKPOINT_VERSION}); upgrade Sluice")]
+    #[error(
+        "checkpoint version {found} is newer than this release understands ({CHECKPOINT_VERSION}); upgrade Sluice"
+    )]
     TooNew {
         /// Version found
         found: u32,

@@ -226,7 +226,8 @@ mod tests {
         let moved = Op::Update { before: Some(vec![Value::Int(2), Value::Null]), after: row(3, "b") };
         assert_eq!(b.add(&moved), Added::Buffered { new_keys: 1 });
         // ...unless values were not resent: then the sink moves the row itself.
-        let partial = Op::Update { before: Some(vec![Value::Int(3), Value::Null]), after: vec![Value::Int(4), Value::Unchanged] };
+        let partial =
+            Op::Update { before: Some(vec![Value::Int(3), Value::Null]), after: vec![Value::Int(4), Value::Unchanged] };
         assert!(matches!(b.add(&partial), Added::MoveRow { .. }));
         assert_eq!(b.len(), 3);
         assert_eq!(

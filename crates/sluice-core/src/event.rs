@@ -130,27 +130,18 @@ pub trait BulkDecoder: Send + Sync {
 }
 
 /// Rows in a source's own bulk format, passed on without decoding to sinks that accept it.
-///
-/// A block may hold a share of a memory budget, given back when the last copy is dropped.
 #[derive(Clone)]
 pub struct BulkRows {
     format: BulkFormat,
     data: Bytes,
     rows: usize,
     decoder: Arc<dyn BulkDecoder>,
-    _budget: Option<Arc<dyn Send + Sync>>,
 }
 
 impl BulkRows {
     /// `rows` rows in `format`, decodable by `decoder`.
     pub fn new(format: BulkFormat, data: Bytes, rows: usize, decoder: Arc<dyn BulkDecoder>) -> BulkRows {
-        BulkRows { format, data, rows, decoder, _budget: None }
-    }
-
-    /// Attaches a share of a memory budget, held until every copy of the block is dropped.
-    pub fn with_budget(mut self, share: Arc<dyn Send + Sync>) -> BulkRows {
-        self._budget = Some(share);
-        self
+        BulkRows { format, data, rows, decoder }
     }
 
     /// The format.
@@ -230,6 +221,34 @@ pub struct Copy {
     pub table: SchemaRef,
     /// What happens
     pub step: CopyStep,
+    /// A share of the source's memory budget, given back when the last sink has written the
+    /// rows (the event is dropped)
+    pub hold: Hold,
+}
+
+impl Copy {
+    /// A copy step that holds no memory budget.
+    pub fn new(to: SinkSet, table: SchemaRef, step: CopyStep) -> Copy {
+        Copy { to, table, step, hold: Hold::default() }
+    }
+}
+
+/// Something kept alive as long as the event carrying it: typically a semaphore permit that
+/// bounds how much copied data is in flight.
+#[derive(Clone, Default)]
+pub struct Hold(pub Option<Arc<dyn Send + Sync>>);
+
+impl fmt::Debug for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Hold(held)" } else { "Hold(none)" })
+    }
+}
+
+impl PartialEq for Hold {
+    /// A hold says nothing about the data: every two are equal.
+    fn eq(&self, _: &Hold) -> bool {
+        true
+    }
 }
 
 /// What a source emits, in source commit order.

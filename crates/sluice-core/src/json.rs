@@ -70,7 +70,10 @@ mod tests {
         assert_eq!(value_json(&Value::Decimal(Decimal::parse("1.50").unwrap())), serde_json::json!("1.50"));
         assert_eq!(value_json(&Value::Json(r#"{"a":[1]}"#.into())), serde_json::json!({"a": [1]}));
         assert_eq!(value_json(&Value::Bytes(bytes::Bytes::from_static(b"\x00\xff"))), serde_json::json!("AP8="));
-        assert_eq!(value_json(&Value::TimestampTz(Timestamp::from_micros(1))), serde_json::json!("1970-01-01T00:00:00.000001Z"));
+        assert_eq!(
+            value_json(&Value::TimestampTz(Timestamp::from_micros(1))),
+            serde_json::json!("1970-01-01T00:00:00.000001Z")
+        );
         assert_eq!(value_json(&Value::UInt(u64::MAX)), serde_json::json!(u64::MAX));
     }
 }

@@ -37,9 +37,8 @@ pub struct InvalidPosition(String);
 impl FromStr for Lsn {
     type Err = InvalidPosition;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || {
-            InvalidPosition(format!("{s:?}: expected two hexadecimal numbers separated by '/', like 16/B374D848"))
-        };
+        let bad =
+            || InvalidPosition(format!("{s:?}: expected two hexadecimal numbers separated by '/', like 16/B374D848"));
         let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
         let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
         let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
@@ -172,9 +171,7 @@ impl GtidSet {
                 GtidSet::MySql(out)
             }
             (GtidSet::MariaDb(a), GtidSet::MariaDb(b)) => GtidSet::MariaDb(
-                a.iter()
-                    .filter_map(|(d, &x)| b.get(d).map(|&y| (*d, if x.1 <= y.1 { x } else { y })))
-                    .collect(),
+                a.iter().filter_map(|(d, &x)| b.get(d).map(|&y| (*d, if x.1 <= y.1 { x } else { y }))).collect(),
             ),
             _ => match self {
                 GtidSet::MySql(_) => GtidSet::MySql(BTreeMap::new()),

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 
 use crate::checkpoint::{Checkpoint, TableProgress};
-use crate::event::BulkFormat;
 use crate::error::{ConnectorError, ErrorClass};
+use crate::event::BulkFormat;
 use crate::event::{Event, SinkSet};
 use crate::position::Position;
 use crate::schema::{Key, TableId};
@@ -323,7 +323,8 @@ mod tests {
         a.tables.insert(t.clone(), TableProgress::Copied);
         let mut b = Checkpoint { position: lsn("0/200"), ..Default::default() };
         b.tables.insert(t.clone(), TableProgress::Copying { after: Some(vec![Value::Int(5)]) });
-                let r = Resume { sinks: vec![Some(a), Some(b), Some(Checkpoint::default()), Some(Checkpoint::default()), None] };
+        let r =
+            Resume { sinks: vec![Some(a), Some(b), Some(Checkpoint::default()), Some(Checkpoint::default()), None] };
         assert_eq!(r.position(), lsn("0/200"), "sinks without a position, or down, do not hold the stream back");
         assert!(!r.is_fresh());
         assert_eq!(r.live().iter().collect::<Vec<_>>(), vec![0, 1, 2, 3]);

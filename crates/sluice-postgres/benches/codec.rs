@@ -1,10 +1,30 @@
-//! Micro-benchmarks: pgoutput decoding and sink batch encoding, in rows per second.
+//! Micro-benchmarks: pgoutput decoding into typed rows and sink batch encoding, in rows per
+//! second.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use sluice_postgres::pgoutput::{decode, to_row, PgOutput};
+use std::sync::Arc;
+
+use sluice_core::{Row, Value};
+use sluice_postgres::codec::{decode_text, PgType};
+use sluice_postgres::pgoutput::{decode, PgOutput, TupleValue};
 use sluice_postgres::text_columns;
 use tokio_postgres::types::{ToSql, Type};
+
+/// The drain benchmark's column types.
+const TYPES: [PgType; 5] = [PgType::Int8, PgType::Int4, PgType::Text, PgType::TimestampTz, PgType::Numeric];
+
+/// A tuple decoded into typed values, as the source does.
+fn to_row(vals: &[TupleValue]) -> Row {
+    vals.iter()
+        .zip(TYPES.iter())
+        .map(|(v, ty)| match v {
+            TupleValue::Text(t) | TupleValue::Binary(t) => decode_text(ty, t.clone()).unwrap_or(Value::Null),
+            TupleValue::Null => Value::Null,
+            TupleValue::Unchanged => Value::Unchanged,
+        })
+        .collect()
+}
 
 /// An Insert message like the drain benchmark's rows: bigint, int, 64-char text, timestamptz, numeric.
 fn insert_message(id: u64) -> Bytes {
@@ -46,20 +66,21 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    let rows: Vec<_> = messages
+    let rows: Vec<Row> = messages
         .iter()
         .filter_map(|m| match decode(m.clone()) {
             Ok(PgOutput::Insert { new, .. }) => Some(to_row(&new)),
             _ => None,
         })
         .collect();
+    let rows = Arc::new(rows);
     let mut g = c.benchmark_group("sink");
     g.throughput(Throughput::Elements(N as u64));
     g.bench_function("encode_upsert_batch", |b| {
         b.iter_batched_ref(
             || BytesMut::with_capacity(2 << 20),
             |buf| {
-                for col in text_columns(&rows, 5) {
+                for col in text_columns(&rows, &TYPES) {
                     let _ = col.to_sql(&Type::TEXT_ARRAY, buf);
                 }
                 buf.len()

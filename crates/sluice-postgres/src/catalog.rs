@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sluice_config::PgSourceConfig;
-use sluice_core::{ColumnSchema, DataType, TableId, TableSchema};
+use sluice_config::TableFilter;
+use sluice_core::{ColumnSchema, DataType, SchemaRef, TableId, TableSchema};
 use tokio_postgres::Client;
 
+use crate::codec::{self, PgType};
 use crate::error::{Ctx, PgError};
 use crate::ident::quote_ident;
 
@@ -25,7 +26,7 @@ pub struct SourceTable {
 }
 
 /// Tables matching the source's `tables`/`exclude` globs, sorted by name.
-pub async fn selected_tables(client: &Client, cfg: &PgSourceConfig) -> Result<Vec<SourceTable>, PgError> {
+pub async fn selected_tables(client: &Client, filter: &TableFilter) -> Result<Vec<SourceTable>, PgError> {
     let rows = client
         .query(
             "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, \
@@ -41,7 +42,7 @@ pub async fn selected_tables(client: &Client, cfg: &PgSourceConfig) -> Result<Ve
         .ctx("list source tables")?;
     Ok(rows
         .iter()
-        .filter(|r| cfg.selects(r.get(1), r.get(2)))
+        .filter(|r| filter.selects(r.get(1), r.get(2)))
         .map(|r| SourceTable {
             oid: r.get(0),
             id: TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
@@ -77,10 +78,50 @@ pub async fn key_columns(client: &Client, oid: u32) -> Result<Vec<String>, PgErr
     Ok(out)
 }
 
+/// What Sluice knows about one PostgreSQL column type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedType {
+    /// The logical type
+    pub data_type: DataType,
+    /// How values are read and written
+    pub pg: PgType,
+    /// The spelling a PostgreSQL sink should use (`format_type` with modifiers; `text` for
+    /// types a target may lack, such as domains and extension types)
+    pub native: String,
+    /// Decimal precision, or fractional-second digits of time types
+    pub precision: Option<u32>,
+    /// Decimal scale
+    pub scale: Option<u32>,
+    /// Declared length of varchar(n) and char(n)
+    pub length: Option<u32>,
+}
+
+/// A column as a source or catalog reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgColumn {
+    /// Name
+    pub name: String,
+    /// Type OID
+    pub type_oid: u32,
+    /// Type modifier (-1 for none)
+    pub typmod: i32,
+    /// Declared NOT NULL
+    pub not_null: bool,
+}
+
+/// A table's schema together with the codec of each column.
+#[derive(Debug, Clone)]
+pub struct PgTable {
+    /// The shape every sink sees
+    pub schema: SchemaRef,
+    /// How to decode each column, in column order
+    pub types: Arc<Vec<PgType>>,
+}
+
 /// Resolves type OIDs to Sluice data types and to the spelling a PostgreSQL sink should use.
 #[derive(Default)]
 pub struct TypeCache {
-    cache: HashMap<(u32, i32), (DataType, String)>,
+    cache: HashMap<(u32, i32), ResolvedType>,
 }
 
 fn builtin(oid: u32) -> Option<DataType> {
@@ -91,7 +132,7 @@ fn builtin(oid: u32) -> Option<DataType> {
         21 => DataType::Int16,
         23 => DataType::Int32,
         18 | 19 | 25 | 1042 | 1043 => DataType::Text,
-        114 => DataType::Json,
+        114 | 3802 => DataType::Json,
         700 => DataType::Float32,
         701 => DataType::Float64,
         1082 => DataType::Date,
@@ -102,14 +143,29 @@ fn builtin(oid: u32) -> Option<DataType> {
         1266 => DataType::TimeTz,
         1700 => DataType::Decimal,
         2950 => DataType::Uuid,
-        3802 => DataType::Jsonb,
         _ => return None,
     })
 }
 
+/// Precision, scale and length a type modifier encodes.
+fn modifiers(oid: u32, typmod: i32) -> (Option<u32>, Option<u32>, Option<u32>) {
+    const VARHDRSZ: i32 = 4;
+    match oid {
+        1700 if typmod >= VARHDRSZ => {
+            let m = typmod - VARHDRSZ;
+            let scale = (m & 0xffff) as i16;
+            (Some(((m >> 16) & 0xffff) as u32), u32::try_from(scale).ok(), None)
+        }
+        1042 | 1043 if typmod >= VARHDRSZ => (None, None, Some((typmod - VARHDRSZ) as u32)),
+        1083 | 1266 | 1114 | 1184 if typmod >= 0 => (Some(typmod as u32), None, None),
+        1186 if typmod >= 0 && typmod & 0xffff != 0xffff => (Some((typmod & 0xffff) as u32), None, None),
+        _ => (None, None, None),
+    }
+}
+
 impl TypeCache {
-    /// The data type and sink spelling of `oid` with modifier `typmod`.
-    pub async fn resolve(&mut self, client: &Client, oid: u32, typmod: i32) -> Result<(DataType, String), PgError> {
+    /// The type of `oid` with modifier `typmod`.
+    pub async fn resolve(&mut self, client: &Client, oid: u32, typmod: i32) -> Result<ResolvedType, PgError> {
         if let Some(hit) = self.cache.get(&(oid, typmod)) {
             return Ok(hit.clone());
         }
@@ -125,9 +181,17 @@ impl TypeCache {
             )
             .await
             .ctx("resolve column type")?;
+        let other = |native: String| ResolvedType {
+            data_type: DataType::Other,
+            pg: PgType::Other,
+            native,
+            precision: None,
+            scale: None,
+            length: None,
+        };
         let resolved = match row {
             // A type dropped since the change was written: keep its text.
-            None => (DataType::Other, "text".to_string()),
+            None => other("text".to_string()),
             Some(r) => {
                 let typtype: String = r.get(0);
                 let category: String = r.get(1);
@@ -137,13 +201,23 @@ impl TypeCache {
                     let elem: u32 = r.get(2);
                     let elem_nsp: Option<String> = r.get(7);
                     let elem_type: Option<String> = r.get(6);
-                    let (elem_dt, elem_native) = self.element(client, elem).await?;
+                    let e = Box::pin(self.resolve(client, elem, -1)).await?;
+                    let list = |native: String| ResolvedType {
+                        data_type: DataType::List(Box::new(e.data_type.clone())),
+                        pg: PgType::Array { elem: Box::new(e.pg.clone()), elem_oid: elem },
+                        native,
+                        precision: None,
+                        scale: None,
+                        length: None,
+                    };
                     if elem_type.as_deref() == Some("e") {
-                        (DataType::Array(Box::new(elem_dt)), format!("{elem_native}[]"))
+                        list(format!("{}[]", e.native))
+                    } else if elem_nsp.as_deref() == Some("pg_catalog") && e.data_type != DataType::Other {
+                        list(formatted)
                     } else if elem_nsp.as_deref() == Some("pg_catalog") {
-                        (DataType::Array(Box::new(elem_dt)), formatted)
+                        other(formatted)
                     } else {
-                        (DataType::Other, "text".to_string())
+                        other("text".to_string())
                     }
                 } else if typtype == "e" {
                     let labels = client
@@ -157,14 +231,22 @@ impl TypeCache {
                         .map(|r| r.get::<_, String>(0))
                         .collect();
                     let name: String = r.get(4);
-                    (DataType::Enum { labels }, format!("{}.{}", quote_ident(&nsp), quote_ident(&name)))
-                } else if let Some(dt) = builtin(oid) {
-                    (dt, formatted)
+                    ResolvedType {
+                        data_type: DataType::Enum { labels },
+                        pg: PgType::Enum,
+                        native: format!("{}.{}", quote_ident(&nsp), quote_ident(&name)),
+                        precision: None,
+                        scale: None,
+                        length: None,
+                    }
+                } else if let (Some(dt), Some(pg)) = (builtin(oid), PgType::from_builtin_oid(oid)) {
+                    let (precision, scale, length) = modifiers(oid, typmod);
+                    ResolvedType { data_type: dt, pg, native: formatted, precision, scale, length }
                 } else if nsp == "pg_catalog" {
-                    (DataType::Other, formatted)
+                    other(formatted)
                 } else {
                     // Domains, composites and extension types may not exist on a sink.
-                    (DataType::Other, "text".to_string())
+                    other("text".to_string())
                 }
             }
         };
@@ -172,35 +254,53 @@ impl TypeCache {
         Ok(resolved)
     }
 
-    async fn element(&mut self, client: &Client, elem: u32) -> Result<(DataType, String), PgError> {
-        Box::pin(self.resolve(client, elem, -1)).await
+    /// Forgets resolved types (after a schema change, enum labels may have grown).
+    pub fn clear(&mut self) {
+        self.cache.clear();
     }
 
-    /// Builds the schema of `id` from `(name, type oid, typmod)` columns and its key.
-    pub async fn schema(
+    /// Builds the schema of `id` from its columns and key.
+    pub async fn table(
         &mut self,
         client: &Client,
         id: TableId,
-        columns: &[(String, u32, i32)],
+        columns: &[PgColumn],
         key: &[String],
         version: u64,
         missing: &[(String, String)],
-    ) -> Result<Arc<TableSchema>, PgError> {
+    ) -> Result<PgTable, PgError> {
         let mut cols = Vec::with_capacity(columns.len());
-        for (name, oid, typmod) in columns {
-            let (data_type, native_type) = self.resolve(client, *oid, *typmod).await?;
-            let missing_value = missing.iter().find(|(n, _)| n == name).and_then(|(_, v)| single_element(v));
+        let mut types = Vec::with_capacity(columns.len());
+        for c in columns {
+            let t = self.resolve(client, c.type_oid, c.typmod).await?;
+            let missing_value = match missing.iter().find(|(n, _)| *n == c.name).and_then(|(_, v)| single_element(v)) {
+                Some(text) => Some(
+                    codec::decode_text(&t.pg, bytes::Bytes::from(text))
+                        .map_err(|e| PgError::Protocol(format!("default of column {} of {id}: {e}", c.name)))?,
+                ),
+                None => None,
+            };
+            let is_key = key.contains(&c.name);
             cols.push(ColumnSchema {
-                name: name.clone(),
-                data_type,
-                native_type,
-                key: key.contains(name),
+                name: c.name.clone(),
+                data_type: t.data_type,
+                nullable: !c.not_null && !is_key,
+                key: is_key,
+                precision: t.precision,
+                scale: t.scale,
+                length: t.length,
+                native_type: t.native,
                 missing_value,
             });
+            types.push(t.pg);
         }
-        Ok(Arc::new(TableSchema { id, columns: cols, version }))
+        let schema = Arc::new(TableSchema { id, columns: cols, version, dialect: DIALECT.to_string() });
+        Ok(PgTable { schema, types: Arc::new(types) })
     }
 }
+
+/// The dialect name PostgreSQL schemas carry.
+pub const DIALECT: &str = "postgres";
 
 /// Columns with a stored "missing" value (added with a constant default), as
 /// `(name, one-element array literal)`.
@@ -237,18 +337,32 @@ fn single_element(literal: &str) -> Option<String> {
     }
 }
 
-/// Current columns of a table as `(name, type oid, typmod)`.
-pub async fn table_columns(client: &Client, oid: u32) -> Result<Vec<(String, u32, i32)>, PgError> {
+/// Current columns of a table.
+pub async fn table_columns(client: &Client, oid: u32) -> Result<Vec<PgColumn>, PgError> {
     Ok(client
         .query(
-            "SELECT attname::text, atttypid, atttypmod FROM pg_attribute \
+            "SELECT attname::text, atttypid, atttypmod, attnotnull FROM pg_attribute \
              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             &[&oid],
         )
         .await
         .ctx("read table columns")?
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| PgColumn { name: r.get(0), type_oid: r.get(1), typmod: r.get(2), not_null: r.get(3) })
+        .collect())
+}
+
+/// Names of the NOT NULL columns of a table.
+pub async fn not_null_columns(client: &Client, oid: u32) -> Result<Vec<String>, PgError> {
+    Ok(client
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attnotnull",
+            &[&oid],
+        )
+        .await
+        .ctx("read NOT NULL columns")?
+        .iter()
+        .map(|r| r.get(0))
         .collect())
 }
 

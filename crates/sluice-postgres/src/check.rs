@@ -1,28 +1,18 @@
 //! Preflight checks for `sluice check`: each says what it looked at, and on failure how to fix
 //! it.
 
-use sluice_config::{PgSinkConfig, PgSourceConfig};
+use sluice_core::CheckResult;
 
 use crate::catalog;
+use crate::config::{PgSinkConfig, PgSourceConfig};
 use crate::ident::qualified;
 
-/// The outcome of one check.
-#[derive(Debug, Clone)]
-pub struct CheckResult {
-    /// What was checked, e.g. `source: wal_level = logical`
-    pub name: String,
-    /// Passed
-    pub ok: bool,
-    /// What was found, and on failure how to fix it
-    pub detail: String,
-}
-
 fn pass(name: impl Into<String>, detail: impl Into<String>) -> CheckResult {
-    CheckResult { name: name.into(), ok: true, detail: detail.into() }
+    CheckResult::pass(name, detail)
 }
 
 fn fail(name: impl Into<String>, detail: impl Into<String>) -> CheckResult {
-    CheckResult { name: name.into(), ok: false, detail: detail.into() }
+    CheckResult::fail(name, detail)
 }
 
 /// Checks a PostgreSQL source: reachable, `wal_level`, privileges, free slots and senders,
@@ -106,7 +96,7 @@ pub async fn check_source(cfg: &PgSourceConfig, slot: &str) -> Vec<CheckResult> 
             format!("all {max_senders} WAL senders are busy; raise max_wal_senders and restart"),
         )
     });
-    match catalog::selected_tables(&client, cfg).await {
+    match catalog::selected_tables(&client, &cfg.filter()).await {
         Err(e) => out.push(fail("source: selected tables exist", e.describe())),
         Ok(tables) if tables.is_empty() => out.push(fail(
             "source: selected tables exist",

@@ -41,6 +41,15 @@ pub enum PgError {
     /// A setup problem the user must fix; says how.
     #[error("{0}")]
     Setup(String),
+    /// A condition that may clear by itself; the runtime retries.
+    #[error("{0}")]
+    Retry(String),
+    /// A value the source sent that cannot be read as its column's type.
+    #[error("cannot read a value: {0}")]
+    Decode(String),
+    /// A value that cannot be written into its target column.
+    #[error("cannot write a value: {0}")]
+    Encode(String),
 }
 
 /// Attaches context to a tokio-postgres result.
@@ -75,11 +84,26 @@ impl PgError {
             PgError::Server { code, .. } => class_of_sqlstate(code),
             PgError::Client { source, .. } => match source.code() {
                 Some(state) => class_of_sqlstate(state.code()),
+                // A parameter that could not be encoded: this record is bad, retrying is futile.
+                None if is_encoding_error(source) => ErrorClass::Definite,
                 None => ErrorClass::Transient,
             },
-            PgError::Setup(_) => ErrorClass::Fatal,
+            PgError::Encode(_) => ErrorClass::Definite,
+            PgError::Setup(_) | PgError::Decode(_) => ErrorClass::Fatal,
+            PgError::Retry(_) => ErrorClass::Transient,
         }
     }
+}
+
+fn is_encoding_error(e: &tokio_postgres::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if c.is::<crate::codec::CodecError>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 impl PgError {

@@ -16,6 +16,8 @@ pub enum TupleValue {
     Unchanged,
     /// Text-format value
     Text(Bytes),
+    /// Binary-format value (the `binary` option)
+    Binary(Bytes),
 }
 
 /// A column of a Relation message.
@@ -124,7 +126,18 @@ pub enum PgOutput {
         /// Relation OIDs
         rels: Vec<u32>,
     },
-    /// Origin, logical message or anything else we pass over
+    /// A logical decoding message (`pg_logical_emit_message`)
+    Message {
+        /// Emitted inside a transaction (decoded at its commit) rather than immediately
+        transactional: bool,
+        /// Where it was written
+        lsn: u64,
+        /// Its prefix
+        prefix: String,
+        /// Its content
+        content: Bytes,
+    },
+    /// Origin, or anything else we pass over
     Other(u8),
 }
 
@@ -156,11 +169,12 @@ fn tuple(b: &mut Bytes, what: &str) -> Result<Vec<TupleValue>, PgError> {
         match b.get_u8() {
             b'n' => out.push(TupleValue::Null),
             b'u' => out.push(TupleValue::Unchanged),
-            b't' | b'b' => {
+            kind @ (b't' | b'b') => {
                 need(b, 4, what)?;
                 let len = b.get_i32().max(0) as usize;
                 need(b, len, what)?;
-                out.push(TupleValue::Text(b.split_to(len)));
+                let v = b.split_to(len);
+                out.push(if kind == b't' { TupleValue::Text(v) } else { TupleValue::Binary(v) });
             }
             other => return Err(PgError::Protocol(format!("unknown tuple value kind {:?}", other as char))),
         }
@@ -241,20 +255,18 @@ pub fn decode(mut b: Bytes) -> Result<PgOutput, PgError> {
             need(&b, 4 * n, "Truncate")?;
             PgOutput::Truncate { rels: (0..n).map(|_| b.get_u32()).collect() }
         }
+        b'M' => {
+            need(&b, 9, "Message")?;
+            let flags = b.get_u8();
+            let lsn = b.get_u64();
+            let prefix = cstr(&mut b, "Message")?;
+            need(&b, 4, "Message")?;
+            let len = b.get_i32().max(0) as usize;
+            need(&b, len, "Message")?;
+            PgOutput::Message { transactional: flags & 1 == 1, lsn, prefix, content: b.split_to(len) }
+        }
         other => PgOutput::Other(other),
     })
-}
-
-/// Converts a decoded tuple into a row of text values.
-pub fn to_row(vals: &[TupleValue]) -> sluice_core::Row {
-    use sluice_core::Value;
-    vals.iter()
-        .map(|v| match v {
-            TupleValue::Null => Value::Null,
-            TupleValue::Unchanged => Value::Unchanged,
-            TupleValue::Text(t) => Value::Text(sluice_core::Text::from_utf8_bytes(t.clone())),
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -328,13 +340,44 @@ mod tests {
             decode(b.split().freeze()).unwrap(),
             PgOutput::Commit { commit_lsn: 0x100, end_lsn: 0x130, commit_ts: 42 }
         );
+
+        b.put_u8(b'M');
+        b.put_u8(1);
+        b.put_u64(0x200);
+        b.put_slice(b"sluice\0");
+        b.put_i32(3);
+        b.put_slice(b"low");
+        assert_eq!(
+            decode(b.split().freeze()).unwrap(),
+            PgOutput::Message {
+                transactional: true,
+                lsn: 0x200,
+                prefix: "sluice".into(),
+                content: Bytes::from_static(b"low")
+            }
+        );
+
+        b.put_u8(b'I');
+        b.put_u32(16384);
+        b.put_u8(b'N');
+        b.put_i16(1);
+        b.put_u8(b'b');
+        b.put_i32(2);
+        b.put_slice(b"\x00\x07");
+        let PgOutput::Insert { new, .. } = decode(b.split().freeze()).unwrap() else { panic!() };
+        assert_eq!(new, vec![TupleValue::Binary(Bytes::from_static(b"\x00\x07"))]);
     }
 
     #[test]
     fn truncated_messages_are_errors_not_panics() {
-        for msg in
-            [&b"B\0\0"[..], b"R\0\0\0\x01pub", b"I\0\0\0\x01N\0\x01t\0\0\0\x09ab", b"U\0\0\0\x01X", b"T\0\0\0\x05\0"]
-        {
+        for msg in [
+            &b"B\0\0"[..],
+            b"R\0\0\0\x01pub",
+            b"I\0\0\0\x01N\0\x01t\0\0\0\x09ab",
+            b"U\0\0\0\x01X",
+            b"T\0\0\0\x05\0",
+            b"M\x01\0\0\0\0\0\0\0\x01p\0\0\0\0\x09ab",
+        ] {
             assert!(decode(Bytes::copy_from_slice(msg)).is_err(), "{msg:?}");
         }
     }

@@ -49,10 +49,10 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use sink_task::{FromSink, SinkSync, SinkTask, ToSink};
+use status::StatusBoard;
 pub use status::{
     CopyState, ErrorEntry, PipelineHandle, PipelineStatus, RunState, SinkState, SinkStatus, SourceStatus, TableStatus,
 };
-use status::StatusBoard;
 
 /// Capacity of the source's event queue and of each sink's queue.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -77,7 +77,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { initial: Duration::from_millis(500), max: Duration::from_secs(30), reset_after: Duration::from_secs(60) }
+        RetryPolicy {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(60),
+        }
     }
 }
 
@@ -347,7 +351,10 @@ impl Supervisor {
             let result = match tokio::time::timeout(OPEN_TIMEOUT, sink.open(ctx)).await {
                 Ok(Ok(cp)) => Ok((sink, cp)),
                 Ok(Err(e)) => Err(e),
-                Err(_) => Err(ConnectorError::msg(ErrorClass::Transient, format!("opening took longer than {OPEN_TIMEOUT:?}"))),
+                Err(_) => Err(ConnectorError::msg(
+                    ErrorClass::Transient,
+                    format!("opening took longer than {OPEN_TIMEOUT:?}"),
+                )),
             };
             let _ = tx.send(Opened { sink: i, generation, result });
         });
@@ -389,7 +396,8 @@ impl Supervisor {
             if !matches!(self.slots[i].life, Life::Ready { .. }) {
                 continue;
             }
-            let Life::Ready { sink, checkpoint, generation } = std::mem::replace(&mut self.slots[i].life, Life::Closed) else {
+            let Life::Ready { sink, checkpoint, generation } = std::mem::replace(&mut self.slots[i].life, Life::Closed)
+            else {
                 continue;
             };
             let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -468,12 +476,7 @@ impl Supervisor {
         info!(position = ?resume.position(), live = ?live, "source starting");
         let mut transform = (self.p.transform)();
         let meet = resume.position();
-        let state = resume
-            .sinks
-            .iter()
-            .flatten()
-            .find(|c| c.position == meet)
-            .and_then(|c| c.transform.clone());
+        let state = resume.sinks.iter().flatten().find(|c| c.position == meet).and_then(|c| c.transform.clone());
         if let Err(e) = transform.restore(state.as_ref()) {
             let task = tokio::spawn(async { Ok(()) });
             return (EpochEnd::Fatal(fail("transform", e)), Winding { task, confirm: confirm_tx });
@@ -560,7 +563,11 @@ impl Supervisor {
     }
 
     /// Handles a sink task's report; returns an error that ends the pipeline.
-    fn on_sink_msg(&mut self, msg: FromSink, confirm: Option<&watch::Sender<Option<Position>>>) -> Option<PipelineError> {
+    fn on_sink_msg(
+        &mut self,
+        msg: FromSink,
+        confirm: Option<&watch::Sender<Option<Position>>>,
+    ) -> Option<PipelineError> {
         let (i, generation) = match &msg {
             FromSink::Durable { sink, generation, .. }
             | FromSink::Failed { sink, generation, .. }
@@ -610,7 +617,12 @@ impl Supervisor {
     }
 
     /// Passes one source event through the transform and on to the sinks it concerns.
-    async fn route(&mut self, ev: Event, transform: &mut dyn Transform, buf: &mut Vec<Event>) -> Result<(), ConnectorError> {
+    async fn route(
+        &mut self,
+        ev: Event,
+        transform: &mut dyn Transform,
+        buf: &mut Vec<Event>,
+    ) -> Result<(), ConnectorError> {
         transform.apply(ev, buf)?;
         for ev in buf.drain(..) {
             let mut to = self.live();
@@ -624,7 +636,9 @@ impl Supervisor {
                 Event::Copy(c) => {
                     to = to.intersect(c.to);
                     match &c.step {
-                        sluice_core::CopyStep::Begin { estimated_rows, .. } => self.board.copy_begin(&c.table.id, *estimated_rows),
+                        sluice_core::CopyStep::Begin { estimated_rows, .. } => {
+                            self.board.copy_begin(&c.table.id, *estimated_rows)
+                        }
                         sluice_core::CopyStep::Rows(r) => self.board.copy_rows(&c.table.id, r.len() as u64),
                         sluice_core::CopyStep::Bulk(b) => self.board.copy_rows(&c.table.id, b.len() as u64),
                         sluice_core::CopyStep::End => self.board.copy_end(&c.table.id),

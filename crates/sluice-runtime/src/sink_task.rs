@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{
-    Ack, AckIssuer, AckReport, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyStep, ErrorClass, Event, Sink,
-    TableId, TableProgress,
+    Ack, AckIssuer, AckReport, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyStep, ErrorClass, Event,
+    Sink, TableId, TableProgress,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -298,7 +298,7 @@ impl Driver {
                 let rows = bulk.decode(&c.table)?;
                 let n = rows.len();
                 self.chunk_open = self.reset_copy.is_none();
-                let decoded = Event::Copy(Copy { to: c.to, table: c.table.clone(), step: CopyStep::Rows(rows) });
+                let decoded = Event::Copy(Copy::new(c.to, c.table.clone(), CopyStep::Rows(rows)));
                 self.write_counted(&decoded, n).await?;
             }
             CopyStep::Bulk(bulk) => {

@@ -216,7 +216,11 @@ impl StatusBoard {
     /// How often counters are published at most.
     pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
-    pub fn new(name: &str, source: String, sinks: Vec<(String, String, Arc<SinkStats>)>) -> (StatusBoard, PipelineHandle) {
+    pub fn new(
+        name: &str,
+        source: String,
+        sinks: Vec<(String, String, Arc<SinkStats>)>,
+    ) -> (StatusBoard, PipelineHandle) {
         let entries: Vec<SinkEntry> = sinks
             .into_iter()
             .map(|(name, target, stats)| SinkEntry {
@@ -249,7 +253,13 @@ impl StatusBoard {
             errors: Vec::new(),
         };
         let (tx, rx) = watch::channel(Arc::new(status.clone()));
-        let board = Board { status, sinks: entries, tables: BTreeMap::new(), errors: VecDeque::new(), last_publish: Instant::now() };
+        let board = Board {
+            status,
+            sinks: entries,
+            tables: BTreeMap::new(),
+            errors: VecDeque::new(),
+            last_publish: Instant::now(),
+        };
         (StatusBoard { board: Arc::new(Mutex::new(board)), tx: Arc::new(tx) }, PipelineHandle { rx })
     }
 
@@ -278,7 +288,12 @@ impl StatusBoard {
                 b.sinks[i].status.failures += 1;
                 b.sinks[i].status.last_error = Some(message.clone());
             }
-            b.errors.push_back(ErrorEntry { at_ms: now_ms(), component: component.to_string(), class: class_name(class), message });
+            b.errors.push_back(ErrorEntry {
+                at_ms: now_ms(),
+                component: component.to_string(),
+                class: class_name(class),
+                message,
+            });
             while b.errors.len() > ERRORS_KEPT {
                 b.errors.pop_front();
             }
@@ -385,11 +400,8 @@ impl StatusBoard {
                 s.status.rows = rows;
                 s.status.commits = s.counters.commits.load(Ordering::Relaxed);
                 s.status.dead_letters = s.stats.dead_letters.load(Ordering::Relaxed);
-                s.status.lag_ms = if s.caught_up {
-                    Some(0)
-                } else {
-                    s.durable_commit_ts.map(|ts| ((now_micros - ts) / 1000).max(0))
-                };
+                s.status.lag_ms =
+                    if s.caught_up { Some(0) } else { s.durable_commit_ts.map(|ts| ((now_micros - ts) / 1000).max(0)) };
             }
             b.status.sinks = b.sinks.iter().map(|s| s.status.clone()).collect();
             b.status.tables = b.tables.values().cloned().collect();

@@ -146,13 +146,14 @@ impl Source for MemSource {
         // to the bookkeeping under test).
         for (to, after) in resume.copies_needed(&table_id()) {
             let t = schema();
-            let copy = |step| Event::Copy(Copy { to, table: t.clone(), step });
+            let copy = |step| Event::Copy(Copy::new(to, t.clone(), step));
             send(copy(CopyStep::Begin { reset: false, estimated_rows: Some(table.len() as u64) })).await?;
             let from = match after.as_deref() {
                 Some([Value::Int(k)]) => *k,
                 _ => i64::MIN,
             };
-            let rows: Vec<(i64, String)> = table.iter().filter(|(k, _)| **k > from).map(|(k, v)| (*k, v.clone())).collect();
+            let rows: Vec<(i64, String)> =
+                table.iter().filter(|(k, _)| **k > from).map(|(k, v)| (*k, v.clone())).collect();
             for chunk in rows.chunks(2) {
                 send(copy(CopyStep::Rows(chunk.iter().map(|(k, v)| row(*k, v)).collect()))).await?;
                 let last = chunk.last().map(|(k, _)| *k).unwrap_or_default();
@@ -203,7 +204,14 @@ impl SinkConnector for MemSinkConn {
     }
     fn build(&self, _pipeline: &str, index: usize) -> Box<dyn Sink> {
         assert_eq!(index, self.0);
-        Box::new(MemSink { i: self.0, w: self.1.clone(), pending: Vec::new(), txns: Vec::new(), incarnation: 0, commits: 0 })
+        Box::new(MemSink {
+            i: self.0,
+            w: self.1.clone(),
+            pending: Vec::new(),
+            txns: Vec::new(),
+            incarnation: 0,
+            commits: 0,
+        })
     }
     async fn check(&self, _at: &str) -> Vec<CheckResult> {
         Vec::new()
@@ -301,7 +309,11 @@ fn pipeline(w: &Shared, sinks: usize) -> Pipeline {
         source: Arc::new(MemSourceConn(w.clone())),
         sinks: (0..sinks).map(|i| Arc::new(MemSinkConn(i, w.clone())) as Arc<dyn SinkConnector>).collect(),
         transform: Arc::new(|| Box::new(Identity) as Box<dyn Transform>),
-        retry: RetryPolicy { initial: Duration::from_millis(10), max: Duration::from_millis(50), reset_after: Duration::from_secs(60) },
+        retry: RetryPolicy {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+            reset_after: Duration::from_secs(60),
+        },
     }
 }
 
@@ -487,7 +499,9 @@ async fn a_first_release_checkpoint_counts_every_selected_table_as_copied() {
     let running = spawn(pipeline(&w, 1), rx);
     wait(&w, "the migrated checkpoint", |w| {
         w.targets[0].checkpoint.as_ref().is_some_and(|c| {
-            !c.all_tables_copied && c.tables.get(&table_id()) == Some(&TableProgress::Copied) && c.position == Some(lsn(550))
+            !c.all_tables_copied
+                && c.tables.get(&table_id()) == Some(&TableProgress::Copied)
+                && c.position == Some(lsn(550))
         })
     })
     .await;
@@ -523,7 +537,11 @@ async fn a_fatal_sink_error_stops_the_pipeline_naming_the_sink() {
 
 #[test]
 fn backoff_doubles_to_its_limit_and_resets_after_a_long_run() {
-    let mut b = Backoff::new(RetryPolicy { initial: Duration::from_millis(100), max: Duration::from_millis(350), reset_after: Duration::from_secs(5) });
+    let mut b = Backoff::new(RetryPolicy {
+        initial: Duration::from_millis(100),
+        max: Duration::from_millis(350),
+        reset_after: Duration::from_secs(5),
+    });
     let d: Vec<u128> = (0..4).map(|_| b.after_failure(Duration::ZERO).as_millis()).collect();
     assert_eq!(d, [100, 200, 350, 350]);
     assert_eq!(b.after_failure(Duration::from_secs(6)).as_millis(), 100);

@@ -1,84 +1,59 @@
-//! The `sluice` binary's library half: assembling pipelines from config, running them with
-//! retries, and the playground. `main.rs` is only the command line.
+//! The `sluice` binary's library half: the registry of connectors this build knows, turning a
+//! config into a running pipeline, the terminal's progress display and the playground.
+//! `main.rs` is only the command line; recovery and retries live in `sluice-runtime`.
 
 pub mod playground;
+pub mod progress;
 
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::Arc;
 
-use sluice_config::{PipelineConfig, SinkConfig, SourceConfig};
-use sluice_core::{ErrorClass, Sink, Source};
-use sluice_postgres::{PgSink, PgSource};
-use sluice_runtime::{run_pipeline, PipelineError};
+use sluice_config::{ConfigError, PipelineConfig, Registry};
+use sluice_core::{Identity, Transform};
+use sluice_runtime::{Pipeline, PipelineError, RetryPolicy, Running};
 use tokio::sync::watch;
-use tracing::{error, warn};
 
-/// First delay before retrying after a transient failure; doubles up to [`MAX_BACKOFF`].
-pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
-/// Longest delay between retries.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub use sluice_runtime::chain;
 
-/// Builds the source and sinks a config describes.
-pub fn build(cfg: &PipelineConfig) -> (Box<dyn Source>, Vec<Box<dyn Sink>>) {
-    let source: Box<dyn Source> = match &cfg.source {
-        SourceConfig::Postgres(pg) => Box::new(PgSource::new(pg.clone(), cfg.slot_name(), cfg.publication_name())),
-    };
-    let sinks = cfg
-        .sinks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| -> Box<dyn Sink> {
-            match s {
-                SinkConfig::Postgres(pg) => Box::new(PgSink::new(pg.clone(), &cfg.name, i)),
-            }
-        })
-        .collect();
-    (source, sinks)
+/// Every connector type this build knows. Adding a connector is one line here (behind its
+/// cargo feature) and its own crate.
+pub fn registry() -> Registry {
+    let r = Registry::new();
+    #[cfg(feature = "postgres")]
+    let r = r
+        .source(sluice_postgres::TYPE, sluice_postgres::parse_source)
+        .sink(sluice_postgres::TYPE, sluice_postgres::parse_sink);
+    r
 }
 
-/// An error with its whole cause chain on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
+/// Reads and validates a pipeline file.
+pub fn load(path: &Path) -> Result<PipelineConfig, ConfigError> {
+    PipelineConfig::load(path, &registry())
 }
 
-/// Runs the pipeline until `stop` becomes true, reconnecting with backoff after transient
-/// failures. Returns the fatal error that ended it, if any.
-pub async fn run_with_retry(cfg: &PipelineConfig, mut stop: watch::Receiver<bool>) -> Result<(), PipelineError> {
-    let mut backoff = INITIAL_BACKOFF;
-    loop {
-        let started = Instant::now();
-        let (source, sinks) = build(cfg);
-        match run_pipeline(source, sinks, stop.clone()).await {
-            Ok(()) => return Ok(()),
-            // Definite errors that reach this far concern a whole table, and retrying would
-            // only loop; records the target refuses are dead-lettered inside the sink.
-            Err(e) if matches!(e.class(), ErrorClass::Fatal | ErrorClass::Definite) => {
-                error!(error = %chain(&e), "pipeline failed; not retrying");
-                return Err(e);
-            }
-            Err(e) => {
-                if *stop.borrow() {
-                    return Ok(());
-                }
-                if started.elapsed() > Duration::from_secs(60) {
-                    backoff = INITIAL_BACKOFF;
-                }
-                warn!(error = %chain(&e), retry_in_ms = backoff.as_millis() as u64, "pipeline interrupted; resuming from the last checkpoint");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|s| *s) => return Ok(()),
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
+/// Parses and validates pipeline TOML, resolving `${NAME}` through `env`.
+pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PipelineConfig, ConfigError> {
+    PipelineConfig::parse(text, env, &registry())
+}
+
+/// The runtime's view of a configured pipeline.
+pub fn pipeline(cfg: &PipelineConfig) -> Pipeline {
+    Pipeline {
+        name: cfg.name.clone(),
+        source: cfg.source.clone(),
+        sinks: cfg.sinks.clone(),
+        transform: Arc::new(|| Box::new(Identity) as Box<dyn Transform>),
+        retry: RetryPolicy::default(),
     }
+}
+
+/// Starts the pipeline in the background; it runs until `stop` becomes true or an error that
+/// retrying cannot fix ends it.
+pub fn start(cfg: &PipelineConfig, stop: watch::Receiver<bool>) -> Running {
+    sluice_runtime::spawn(pipeline(cfg), stop)
+}
+
+/// Runs the pipeline until `stop` becomes true; returns the error that ended it, if any.
+pub async fn run(cfg: &PipelineConfig, stop: watch::Receiver<bool>) -> Result<(), PipelineError> {
+    sluice_runtime::run(pipeline(cfg), stop).await
 }

@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice_config::{PipelineConfig, SinkConfig, SourceConfig};
+use sluice_config::PipelineConfig;
 use tokio::sync::watch;
 
 /// Sluice: capture row changes from operational databases and deliver them, in one binary.
@@ -80,7 +80,7 @@ fn stop_signal() -> watch::Receiver<bool> {
 }
 
 fn load(path: &Path) -> Result<PipelineConfig, ExitCode> {
-    PipelineConfig::load(path).map_err(|e| {
+    sluice::load(path).map_err(|e| {
         eprintln!("error: {}: {e}", path.display());
         ExitCode::from(2)
     })
@@ -91,10 +91,16 @@ async fn run(path: PathBuf) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match sluice::run_with_retry(&cfg, stop_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    let running = sluice::start(&cfg, stop_signal());
+    tokio::spawn(sluice::progress::render(running.handle.clone()));
+    match running.task.await {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("error: {}", sluice::chain(&e));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: the pipeline task failed: {e}");
             ExitCode::FAILURE
         }
     }
@@ -106,16 +112,9 @@ async fn check(path: PathBuf) -> ExitCode {
         Err(code) => return code,
     };
     println!("ok    config: {} is valid", path.display());
-    let mut results = Vec::new();
-    match &cfg.source {
-        SourceConfig::Postgres(pg) => results.extend(sluice_postgres::check::check_source(pg, &cfg.slot_name()).await),
-    }
+    let mut results = cfg.source.check(&cfg.name).await;
     for (i, s) in cfg.sinks.iter().enumerate() {
-        match s {
-            SinkConfig::Postgres(pg) => {
-                results.extend(sluice_postgres::check::check_sink(pg, &format!("sink[{i}]")).await)
-            }
-        }
+        results.extend(s.check(&format!("sink[{i}]")).await);
     }
     let mut failed = 0;
     for r in &results {

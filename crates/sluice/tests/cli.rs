@@ -86,7 +86,7 @@ fn invalid_config_is_rejected_naming_the_key() {
 async fn check_on_wal_level_replica_explains_the_fix() {
     let source = PgServer::start_with(PgOptions { wal_level: "replica".into(), ..Default::default() }).unwrap();
     let target = PgServer::start().unwrap();
-    let c = source.connect("postgres").await;
+    let c = source.connect("postgres").await.unwrap();
     c.batch_execute("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE nokey (v text);").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(

@@ -313,7 +313,7 @@ async fn a_change_the_target_refuses_goes_to_the_dead_letter_table() {
     env.dst.batch_execute("CREATE TABLE p (id int PRIMARY KEY, v text CHECK (v <> 'poison'))").await.unwrap();
     let pipeline = start(env.config("dlq", "", ""));
     let dst = &env.dst;
-    env.wait_snapshot("dlq").await;
+    env.wait_copied("dlq", &["p"]).await;
     // A row the source does not have yet appears on the replica: the source's insert must win.
     env.dst.batch_execute("INSERT INTO p VALUES (4, 'stale')").await.unwrap();
     env.src
@@ -349,12 +349,12 @@ async fn a_change_the_target_refuses_goes_to_the_dead_letter_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_source_feeds_two_sinks_and_confirms_only_what_both_hold() {
     let env = Env::new("CREATE TABLE m (id int PRIMARY KEY, v int); INSERT INTO m VALUES (1, 1);").await;
-    let log_url = env.target.create_database("audit").await;
+    let log_url = env.target.create_database("audit").await.unwrap();
     let toml = format!(
         "{}\n[[sink]]\ntype = \"postgres\"\nurl = \"{log_url}\"\nmode = \"changelog\"\n",
         env.toml("fan", "", "")
     );
-    let cfg = sluice_config::PipelineConfig::parse(&toml, &|_| None).unwrap();
+    let cfg = sluice::parse(&toml, &|_| None).unwrap();
     let pipeline = start(cfg);
     env.converge("m", "id").await;
     env.src.batch_execute("UPDATE m SET v = 2; INSERT INTO m VALUES (2, 2);").await.unwrap();
@@ -409,7 +409,7 @@ async fn snapshot_written_over_several_connections_is_exact_and_gets_keys() {
     let env = Env::new(SNAPSHOT_TABLES).await;
     let pipeline = start(env.config("par", "", "snapshot_connections = 3"));
     let dst = &env.dst;
-    env.wait_snapshot("par").await;
+    env.wait_copied("par", &["big", "empty_t", "pair"]).await;
     env.assert_same("big", "id").await;
     env.assert_same("empty_t", "id").await;
     env.assert_same("pair", "a, b").await;
@@ -455,13 +455,17 @@ async fn a_snapshot_row_the_target_refuses_stops_with_the_table_named() {
         Err(e) => sluice::chain(&e),
     };
     assert!(err.contains("public.strict_t") && err.contains("check constraint"), "{err}");
-    let done: Option<bool> = env
+    let copied: i64 = env
         .dst
-        .query_opt("SELECT snapshot_done FROM sluice.checkpoints WHERE pipeline = 'refuse'", &[])
+        .query_one(
+            "SELECT count(*) FROM sluice.checkpoints c, jsonb_array_elements(c.state->'tables') t \
+             WHERE c.pipeline = 'refuse' AND t->>'name' = 'strict_t' AND t->>'state' = 'copied'",
+            &[],
+        )
         .await
         .unwrap()
-        .map(|r| r.get(0));
-    assert_eq!(done, Some(false), "the snapshot must not be marked complete");
+        .get(0);
+    assert_eq!(copied, 0, "the table must not be marked copied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,7 +476,7 @@ async fn an_update_of_a_row_missing_on_the_target_puts_it_back() {
     .await;
     let pipeline = start(env.config("miss", "", ""));
     let dst = &env.dst;
-    env.wait_snapshot("miss").await;
+    env.wait_copied("miss", &["u"]).await;
     // Rows removed on the replica behind Sluice's back, then updated on the source in one
     // batch with rows that are still there.
     dst.batch_execute("DELETE FROM u WHERE id IN (3, 50)").await.unwrap();

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use sluice_config::PipelineConfig;
-use sluice_testkit::{wait_for, PgServer};
+use sluice_testkit::{pg_server, wait_for, PgServer};
+
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
@@ -32,10 +33,10 @@ impl Env {
     /// Two servers, database `app` on the source and `replica` on the target, and `setup` SQL
     /// run on the source.
     pub async fn new(setup: &str) -> Env {
-        let source = PgServer::start().expect("start source server");
-        let target = PgServer::start().expect("start target server");
-        let src_url = source.create_database("app").await;
-        let dst_url = target.create_database("replica").await;
+        let source = pg_server();
+        let target = pg_server();
+        let src_url = source.create_database("app").await.unwrap_or_else(|e| panic!("{e}"));
+        let dst_url = target.create_database("replica").await.unwrap_or_else(|e| panic!("{e}"));
         let src = connect(&src_url).await;
         let dst = connect(&dst_url).await;
         if !setup.is_empty() {
@@ -53,7 +54,7 @@ impl Env {
     }
 
     pub fn config(&self, name: &str, source_extra: &str, sink_extra: &str) -> PipelineConfig {
-        PipelineConfig::parse(&self.toml(name, source_extra, sink_extra), &|_| None).expect("valid test config")
+        sluice::parse(&self.toml(name, source_extra, sink_extra), &|_| None).expect("valid test config")
     }
 
     /// Waits until `table` is identical on both sides; on timeout panics with a row diff.
@@ -99,10 +100,9 @@ impl Env {
         )
     }
 
-    /// Waits until pipeline `name` has marked its snapshot complete on the replica.
-    pub async fn wait_snapshot(&self, name: &str) {
-        let sql = format!("SELECT 1 FROM sluice.checkpoints WHERE pipeline = '{name}' AND snapshot_done");
-        wait_row(&self.dst, &format!("the snapshot of pipeline {name}"), CONVERGE, &sql).await
+    /// Waits until pipeline `name` has durably copied every table in `tables` into the replica.
+    pub async fn wait_copied(&self, name: &str, tables: &[&str]) {
+        wait_copied(&self.dst, name, tables).await
     }
 
     pub async fn count(&self, client: &Client, table: &str) -> i64 {
@@ -116,16 +116,40 @@ async fn rows(c: &Client, q: &str) -> Option<Vec<String>> {
     })
 }
 
+/// Waits until the checkpoint of pipeline `name` in `client`'s database says every table in
+/// `tables` (names in schema public) is copied.
+pub async fn wait_copied(client: &Client, name: &str, tables: &[&str]) {
+    let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    let what = format!("pipeline {name} to copy {tables:?}");
+    wait_for(&what, CONVERGE, || {
+        let names = names.clone();
+        async move {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(DISTINCT t->>'name') FROM sluice.checkpoints c, jsonb_array_elements(c.state->'tables') t \
+                     WHERE c.pipeline = $1 AND t->>'state' = 'copied' AND t->>'name' = ANY($2)",
+                    &[&name, &names],
+                )
+                .await
+                .ok()?
+                .get(0);
+            (n == names.len() as i64).then_some(())
+        }
+    })
+    .await
+}
+
 /// A pipeline running in-process.
 pub struct Running {
     stop: watch::Sender<bool>,
+    pub status: sluice_runtime::PipelineHandle,
     pub handle: JoinHandle<Result<(), sluice_runtime::PipelineError>>,
 }
 
 pub fn start(cfg: PipelineConfig) -> Running {
     let (stop, rx) = watch::channel(false);
-    let handle = tokio::spawn(async move { sluice::run_with_retry(&cfg, rx).await });
-    Running { stop, handle }
+    let running = sluice::start(&cfg, rx);
+    Running { stop, status: running.handle, handle: running.task }
 }
 
 impl Running {

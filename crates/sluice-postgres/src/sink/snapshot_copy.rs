@@ -17,13 +17,15 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::SinkExt;
-use sluice_core::{copytext, Row, TableId};
+use sluice_core::{Row, TableId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 use tracing::debug;
 
 use crate::catalog;
+use crate::codec::PgType;
+use crate::copy;
 use crate::error::{Ctx, PgError};
 
 /// Blocks queued per writer.
@@ -36,6 +38,7 @@ pub struct SnapshotCopy {
     clients: Vec<Arc<Client>>,
     current: Option<TableCopy>,
     rows: BytesMut,
+    scratch: BytesMut,
 }
 
 struct TableCopy {
@@ -65,12 +68,7 @@ impl SnapshotCopy {
         for i in 0..connections.max(1) {
             clients.push(Arc::new(catalog::connect(url, &format!("{label} (snapshot writer {i})")).await?));
         }
-        Ok(SnapshotCopy { clients, current: None, rows: BytesMut::new() })
-    }
-
-    /// The table being filled.
-    pub fn table(&self) -> Option<&TableId> {
-        self.current.as_ref().map(|c| &c.table)
+        Ok(SnapshotCopy { clients, current: None, rows: BytesMut::new(), scratch: BytesMut::new() })
     }
 
     /// Finishes the table being filled and starts `copy_sql` (a `COPY .. FROM STDIN` in text
@@ -102,9 +100,11 @@ impl SnapshotCopy {
         Ok(())
     }
 
-    /// Adds one row; rows are sent on in blocks.
-    pub async fn push_row(&mut self, row: &Row) -> Result<(), PgError> {
-        copytext::encode_row(&mut self.rows, row);
+    /// Adds one typed row, written with the target columns' `codecs`; rows are sent on in
+    /// blocks.
+    pub async fn push_row(&mut self, codecs: &[PgType], row: &Row) -> Result<(), PgError> {
+        copy::encode_row(&mut self.rows, &mut self.scratch, codecs, row)
+            .map_err(|e| PgError::Encode(format!("a copied row: {e}")))?;
         if self.rows.len() >= ROW_BLOCK_BYTES {
             let block = self.rows.split().freeze();
             self.send(block).await?;

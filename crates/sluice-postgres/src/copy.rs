@@ -1,0 +1,278 @@
+//! PostgreSQL's `COPY` text format: one row per line, tab-separated fields, `\N` for NULL,
+//! backslash escapes for the characters the format reserves.
+//!
+//! A consistent snapshot reads tables with `COPY .. TO STDOUT` and hands the server's text on in
+//! blocks of whole lines ([`COPY_TEXT`] bulk rows): a PostgreSQL sink writes them with
+//! `COPY .. FROM STDIN` without looking inside, and every other sink gets them decoded into typed
+//! rows by [`CopyTextDecoder`]. The replica sink also encodes typed rows into this format for
+//! its bulk inserts.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use sluice_core::{BulkDecoder, BulkFormat, ConnectorError, ErrorClass, Row, TableSchema, Value};
+
+use crate::codec::{self, PgType};
+
+/// PostgreSQL COPY text rows, in the column order of the schema they travel with, written by a
+/// session with Sluice's fixed output settings (ISO dates, UTC, postgres interval style).
+pub const COPY_TEXT: BulkFormat = BulkFormat("postgres/copy-text");
+
+/// COPY text that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CopyTextError(pub String);
+
+/// Decodes [`COPY_TEXT`] blocks of one table into typed rows.
+pub struct CopyTextDecoder {
+    types: Arc<Vec<PgType>>,
+}
+
+impl CopyTextDecoder {
+    /// A decoder for rows whose columns have `types`.
+    pub fn new(types: Arc<Vec<PgType>>) -> CopyTextDecoder {
+        CopyTextDecoder { types }
+    }
+
+    /// The rows of a block.
+    pub fn rows(&self, data: &Bytes) -> Result<Vec<Row>, CopyTextError> {
+        let mut out = Vec::with_capacity(memchr::memchr_iter(b'\n', data).count());
+        let mut start = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &data[start..]) {
+            out.push(self.line(data.slice(start..start + nl))?);
+            start += nl + 1;
+        }
+        Ok(out)
+    }
+
+    fn line(&self, line: Bytes) -> Result<Row, CopyTextError> {
+        let mut out = Vec::with_capacity(self.types.len());
+        let mut start = 0;
+        loop {
+            let end = memchr::memchr(b'\t', &line[start..]).map_or(line.len(), |i| start + i);
+            let ty = self
+                .types
+                .get(out.len())
+                .ok_or_else(|| CopyTextError(format!("a COPY row has more than {} fields", self.types.len())))?;
+            let field = &line[start..end];
+            let value = if field == b"\\N" {
+                Value::Null
+            } else {
+                let raw = if field.contains(&b'\\') { Bytes::from(unescape(field)?) } else { line.slice(start..end) };
+                codec::decode_text(ty, raw).map_err(|e| CopyTextError(e.to_string()))?
+            };
+            out.push(value);
+            if end == line.len() {
+                break;
+            }
+            start = end + 1;
+        }
+        if out.len() != self.types.len() {
+            return Err(CopyTextError(format!("a COPY row has {} fields, expected {}", out.len(), self.types.len())));
+        }
+        Ok(out)
+    }
+}
+
+impl BulkDecoder for CopyTextDecoder {
+    fn decode(&self, table: &TableSchema, data: &Bytes) -> Result<Vec<Row>, ConnectorError> {
+        self.rows(data)
+            .map_err(|e| ConnectorError::new(ErrorClass::Definite, format!("copied rows of {}: {e}", table.id), e))
+    }
+}
+
+fn unescape(f: &[u8]) -> Result<Vec<u8>, CopyTextError> {
+    let mut out = Vec::with_capacity(f.len());
+    let mut i = 0;
+    while i < f.len() {
+        if f[i] != b'\\' || i + 1 == f.len() {
+            out.push(f[i]);
+            i += 1;
+            continue;
+        }
+        let c = f[i + 1];
+        i += 2;
+        match c {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = (c - b'0') as u32;
+                let mut k = 0;
+                while k < 2 && i < f.len() && (b'0'..=b'7').contains(&f[i]) {
+                    v = v * 8 + (f[i] - b'0') as u32;
+                    i += 1;
+                    k += 1;
+                }
+                out.push(v as u8);
+            }
+            b'x' => {
+                let mut v = 0u32;
+                let mut k = 0;
+                while k < 2 && i < f.len() && f[i].is_ascii_hexdigit() {
+                    v = v * 16 + (f[i] as char).to_digit(16).unwrap_or(0);
+                    i += 1;
+                    k += 1;
+                }
+                if k == 0 {
+                    return Err(CopyTextError("bad \\x escape in COPY data".into()));
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+/// Appends `row` as one line of COPY text; `scratch` is a reusable buffer.
+pub fn encode_row(
+    buf: &mut BytesMut,
+    scratch: &mut BytesMut,
+    types: &[PgType],
+    row: &Row,
+) -> Result<(), codec::CodecError> {
+    for (i, (v, ty)) in row.iter().zip(types).enumerate() {
+        if i > 0 {
+            buf.extend_from_slice(b"\t");
+        }
+        match v {
+            Value::Null | Value::Unchanged => buf.extend_from_slice(b"\\N"),
+            v => {
+                scratch.clear();
+                codec::encode_text(ty, v, scratch)?;
+                escape_into(buf, scratch);
+            }
+        }
+    }
+    buf.extend_from_slice(b"\n");
+    Ok(())
+}
+
+fn escape_into(buf: &mut BytesMut, bytes: &[u8]) {
+    let mut start = 0;
+    for (j, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        buf.extend_from_slice(&bytes[start..j]);
+        buf.extend_from_slice(esc);
+        start = j + 1;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+}
+
+/// Gathers a stream of COPY chunks (which may split rows anywhere) into blocks of whole rows of
+/// at least `target` bytes.
+pub struct BlockBuilder {
+    buf: BytesMut,
+    target: usize,
+}
+
+impl BlockBuilder {
+    /// A builder that closes a block once it holds `target` bytes and ends with a whole row.
+    pub fn new(target: usize) -> BlockBuilder {
+        BlockBuilder { buf: BytesMut::with_capacity(target + target / 4), target }
+    }
+
+    /// Adds a chunk; returns a block when one is full.
+    pub fn push(&mut self, chunk: &[u8]) -> Option<Bytes> {
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() < self.target {
+            return None;
+        }
+        let end = memchr::memrchr(b'\n', &self.buf)? + 1;
+        let block = self.buf.split_to(end).freeze();
+        self.buf.reserve(self.target + self.target / 4);
+        Some(block)
+    }
+
+    /// The rows left over at the end of the stream; an error if it stopped inside a row.
+    pub fn finish(&mut self) -> Result<Option<Bytes>, CopyTextError> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        if self.buf.last() != Some(&b'\n') {
+            return Err(CopyTextError("the COPY stream ended in the middle of a row".into()));
+        }
+        Ok(Some(self.buf.split().freeze()))
+    }
+}
+
+/// Number of rows (lines) in a block of COPY text.
+pub fn count_rows(block: &[u8]) -> usize {
+    memchr::memchr_iter(b'\n', block).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    fn decoder(n: usize) -> CopyTextDecoder {
+        CopyTextDecoder::new(Arc::new(vec![PgType::Text; n]))
+    }
+
+    #[test]
+    fn blocks_hold_whole_rows_whatever_the_chunking() {
+        let data = b"1\ta\\tb\\\\c\\N\t\\N\n2\t\\x41\\101\\n\tz\n3\t\\N\t\n";
+        let d = decoder(3);
+        for size in 1..data.len() {
+            let mut b = BlockBuilder::new(8);
+            let mut rows = Vec::new();
+            for chunk in data.chunks(size) {
+                if let Some(block) = b.push(chunk) {
+                    rows.extend(d.rows(&block).unwrap());
+                }
+            }
+            if let Some(block) = b.finish().unwrap() {
+                rows.extend(d.rows(&block).unwrap());
+            }
+            assert_eq!(
+                rows,
+                vec![
+                    vec![t("1"), t("a\tb\\cN"), Value::Null],
+                    vec![t("2"), t("AA\n"), t("z")],
+                    vec![t("3"), Value::Null, t("")]
+                ],
+                "chunk size {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_truncated_stream_or_a_short_row_is_an_error() {
+        let mut b = BlockBuilder::new(1024);
+        assert!(b.push(b"1\tx\n2\t").is_none());
+        assert!(b.finish().is_err());
+        assert!(decoder(3).rows(&Bytes::from_static(b"1\tx\n")).is_err());
+        assert!(decoder(1).rows(&Bytes::from_static(b"1\tx\n")).is_err());
+    }
+
+    #[test]
+    fn typed_rows_encode_then_decode_to_the_same_values() {
+        let types = vec![PgType::Text, PgType::Int8, PgType::Bytea, PgType::Text];
+        let rows = vec![
+            vec![t("a\\b\tc\nd\re"), Value::Int(-5), Value::Bytes(Bytes::from_static(b"\x00\\\t")), Value::Null],
+            vec![t("\\N"), Value::Int(0), Value::Null, t("")],
+        ];
+        let mut buf = BytesMut::new();
+        let mut scratch = BytesMut::new();
+        for r in &rows {
+            encode_row(&mut buf, &mut scratch, &types, r).unwrap();
+        }
+        let block = buf.freeze();
+        assert_eq!(count_rows(&block), 2);
+        assert_eq!(CopyTextDecoder::new(Arc::new(types)).rows(&block).unwrap(), rows);
+    }
+}

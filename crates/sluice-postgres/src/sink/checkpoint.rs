@@ -1,0 +1,140 @@
+//! The sink's checkpoint table: one row per (pipeline, sink), written in the same transaction as
+//! the data it covers.
+//!
+//! Columns: `position` (the stream position, as JSON, for people and scripts), `snapshot_done`
+//! (no table is being copied), `state` (the whole versioned checkpoint, see
+//! `sluice_core::Checkpoint::to_json`) and `updated_at`. Tables written by the first release have
+//! no `state` column: it is added, and their rows are read with `Checkpoint::from_v1`.
+
+use sluice_core::{Checkpoint, ConnectorError, ErrorClass, TableProgress};
+use tokio_postgres::Client;
+
+use crate::error::{Ctx, PgError};
+use crate::ident::quote_ident;
+
+/// Name of the checkpoint table inside `checkpoint_schema`.
+pub const CHECKPOINT_TABLE: &str = "checkpoints";
+/// Name of the table inside `checkpoint_schema` holding changes the target refused.
+pub const DEAD_LETTER_TABLE: &str = "dead_letters";
+
+/// Where one sink's checkpoint lives.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckpointStore {
+    schema: String,
+    pipeline: String,
+    sink: String,
+}
+
+/// A checkpoint row ready to be written, owning its values (it may run in a background task).
+pub(crate) struct CheckpointWrite {
+    sql: String,
+    pipeline: String,
+    sink: String,
+    position: Option<String>,
+    snapshot_done: bool,
+    state: String,
+}
+
+impl CheckpointWrite {
+    pub async fn execute(&self, client: &Client) -> Result<(), PgError> {
+        client
+            .execute(&self.sql, &[&self.pipeline, &self.sink, &self.position, &self.snapshot_done, &self.state])
+            .await
+            .ctx("store checkpoint")?;
+        Ok(())
+    }
+}
+
+impl CheckpointStore {
+    pub fn new(schema: &str, pipeline: &str, sink: &str) -> CheckpointStore {
+        CheckpointStore { schema: schema.to_string(), pipeline: pipeline.to_string(), sink: sink.to_string() }
+    }
+
+    fn table(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(CHECKPOINT_TABLE))
+    }
+
+    /// The dead-letter table, qualified.
+    pub fn dead_letters(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(DEAD_LETTER_TABLE))
+    }
+
+    /// The pipeline name.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// The sink's id in the checkpoint table.
+    pub fn sink(&self) -> &str {
+        &self.sink
+    }
+
+    /// Creates the checkpoint and dead-letter tables, or brings a first-release checkpoint
+    /// table up to date.
+    pub async fn prepare(&self, client: &Client) -> Result<(), PgError> {
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TABLE IF NOT EXISTS {table} (\
+                 pipeline text NOT NULL, sink text NOT NULL, position jsonb, snapshot_done boolean NOT NULL, \
+                 updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, sink)); \
+                 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS state jsonb; \
+                 CREATE TABLE IF NOT EXISTS {dead} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+                 pipeline text NOT NULL, sink text NOT NULL, source_table text NOT NULL, op text NOT NULL, \
+                 row jsonb, error text NOT NULL, position text, at timestamptz NOT NULL DEFAULT now())",
+                schema = quote_ident(&self.schema),
+                table = self.table(),
+                dead = self.dead_letters(),
+            ))
+            .await
+            .ctx("create checkpoint table")
+    }
+
+    /// The stored checkpoint, if any.
+    pub async fn read(&self, client: &Client) -> Result<Option<Checkpoint>, ConnectorError> {
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT position::text, snapshot_done, state::text FROM {} WHERE pipeline = $1 AND sink = $2",
+                    self.table()
+                ),
+                &[&self.pipeline, &self.sink],
+            )
+            .await
+            .ctx("read checkpoint")?;
+        let Some(r) = row else { return Ok(None) };
+        let (position, snapshot_done, state): (Option<String>, bool, Option<String>) = (r.get(0), r.get(1), r.get(2));
+        let cp = match &state {
+            Some(s) => Checkpoint::from_json(s),
+            None => Checkpoint::from_v1(position.as_deref(), snapshot_done),
+        };
+        cp.map(Some).map_err(|e| {
+            ConnectorError::new(
+                ErrorClass::Fatal,
+                format!(
+                    "the checkpoint of pipeline {} in {} cannot be read; delete that row to start over",
+                    self.pipeline,
+                    self.table()
+                ),
+                e,
+            )
+        })
+    }
+
+    /// The statement that stores `cp`.
+    pub fn write(&self, cp: &Checkpoint) -> CheckpointWrite {
+        CheckpointWrite {
+            sql: format!(
+                "INSERT INTO {} (pipeline, sink, position, snapshot_done, state, updated_at) \
+                 VALUES ($1, $2, $3::text::jsonb, $4, $5::text::jsonb, now()) ON CONFLICT (pipeline, sink) DO UPDATE \
+                 SET position = EXCLUDED.position, snapshot_done = EXCLUDED.snapshot_done, state = EXCLUDED.state, \
+                 updated_at = now()",
+                self.table()
+            ),
+            pipeline: self.pipeline.clone(),
+            sink: self.sink.clone(),
+            position: cp.position.as_ref().and_then(|p| serde_json::to_string(p).ok()),
+            snapshot_done: !cp.tables.values().any(|t| matches!(t, TableProgress::Copying { .. })),
+            state: cp.to_json(),
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! PostgreSQL source: logical replication with the pgoutput plugin.
+//!
+//! ```text
+//!  catalog client ── publication, slot state, table/key/type lookups, table discovery
+//!  replication conn ── CREATE_REPLICATION_SLOT .. EXPORT_SNAPSHOT ──▶ snapshot name
+//!  snapshot client ── BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT; COPY .. TO STDOUT
+//!                      ──▶ Copy{reset} per table, all before the stream    (snapshot.rs)
+//!  replication conn ── START_REPLICATION SLOT .. LOGICAL <resume> ──▶ XLogData / keepalive
+//!                      ──▶ Begin, Change*, Commit, Heartbeat                 (stream.rs)
+//!                      ◀── Standby status update (confirmed position from the runtime)
+//!  copy client ── emit low watermark; SELECT chunk; emit high watermark
+//!                      ──▶ Copy{merge} chunks between transactions          (backfill.rs)
+//! ```
+//!
+//! Progress: the runtime confirms a position only once every sink holds it durably; the source
+//! reports it to the server as the slot's flush position, which lets the server recycle WAL.
+//! Transactions without changes to the selected tables and keepalives outside a transaction
+//! become heartbeats, so an idle publication still advances the slot.
+//!
+//! Copies: when no sink holds anything, the slot is created with an exported snapshot and every
+//! table is copied from it, so the copy holds exactly the transactions before the slot's
+//! consistent point. Otherwise only the tables some sink lacks (a table selected later, a sink
+//! added later, a copy interrupted by a crash) are copied, chunk by chunk, while the stream runs,
+//! with watermarks in the WAL keeping the chunks consistent with it (DBLog's algorithm; see
+//! backfill.rs).
+//!
+//! Errors: connection losses are transient (the runtime reconnects and resumes from the
+//! durable checkpoint); a missing slot with a checkpoint, missing tables or privileges are
+//! fatal with a fix in the message.
+
+mod backfill;
+mod snapshot;
+mod stream;
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sluice_core::{ConnectorError, Event, Lsn, Position, Resume, Source, SourceContext, TableId};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+use tracing::{debug, info, warn};
+
+use crate::catalog::{self, SourceTable};
+use crate::config::{PgSourceConfig, SnapshotMode};
+use crate::error::{Ctx, PgError};
+use crate::ident::{qualified, quote_ident};
+use crate::replication::ReplicationConn;
+use backfill::CopyJob;
+use stream::Streamer;
+
+/// How long to wait for a slot to become free before giving up on this attempt.
+const SLOT_WAIT_LIMIT: Duration = Duration::from_secs(60);
+/// The prefix of the logical decoding messages Sluice writes (copy watermarks).
+pub(crate) const MESSAGE_PREFIX: &str = "sluice";
+
+/// The PostgreSQL source.
+pub struct PgSource {
+    cfg: PgSourceConfig,
+    slot: String,
+    publication: String,
+}
+
+impl PgSource {
+    /// A source for `cfg` in pipeline `pipeline`.
+    pub fn new(cfg: PgSourceConfig, pipeline: &str) -> Self {
+        let slot = cfg.slot_name(pipeline);
+        let publication = cfg.publication_name(pipeline);
+        PgSource { cfg, slot, publication }
+    }
+}
+
+#[async_trait]
+impl Source for PgSource {
+    async fn run(&mut self, resume: Resume, ctx: SourceContext) -> Result<(), ConnectorError> {
+        Ok(self.run_inner(resume, ctx).await?)
+    }
+}
+
+struct SlotInfo {
+    active_pid: Option<i32>,
+    plugin: Option<String>,
+    confirmed: Option<Lsn>,
+}
+
+impl PgSource {
+    async fn run_inner(&mut self, resume: Resume, ctx: SourceContext) -> Result<(), PgError> {
+        let SourceContext { events, confirmed, stop, accepted } = ctx;
+        let url = self.cfg.url.expose().clone();
+        let catalog = catalog::connect(&url, "source").await?;
+        let tables = self.selected_tables(&catalog).await?;
+        self.ensure_publication(&catalog, &tables).await?;
+        send(&events, Event::Tables { selected: tables.iter().map(|t| t.id.clone()).collect() }).await?;
+
+        let pg_cfg: tokio_postgres::Config =
+            url.parse().map_err(|e| PgError::Setup(format!("source.url: invalid connection URL: {e}")))?;
+        let mut repl = ReplicationConn::connect(&pg_cfg).await?;
+        let slot = self.slot_info(&catalog).await?;
+        let copy = self.cfg.snapshot == SnapshotMode::Initial;
+        let live = resume.live();
+
+        // A slot nobody has consumed from (a crash before anything became durable) is redone.
+        let slot = match slot {
+            Some(_) if resume.is_fresh() => {
+                info!(slot = %self.slot, "no sink holds anything yet; dropping the slot and starting over");
+                self.wait_slot_free(&catalog).await?;
+                repl.simple_query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(&self.slot))).await?;
+                None
+            }
+            s => s,
+        };
+        let mut jobs = Vec::new();
+        let start = match slot {
+            None if resume.is_fresh() => {
+                let (consistent, snapshot_name) = self.create_slot(&mut repl, copy).await?;
+                send(&events, Event::StreamStart { position: Position::Pg(consistent) }).await?;
+                if copy {
+                    let done =
+                        snapshot::copy_all(&url, &tables, &snapshot_name, live, &accepted, &events, &stop).await?;
+                    if !done {
+                        info!("stopped during the snapshot; it continues table by table next time");
+                        drop(events);
+                        drain_confirmations(confirmed).await;
+                        return Ok(());
+                    }
+                }
+                consistent
+            }
+            None => {
+                if let Some(i) = resume.sinks.iter().position(Option::is_none) {
+                    return Err(PgError::Retry(format!(
+                        "replication slot {} does not exist and sink[{i}] is down: waiting for it, since creating the \
+                         slot now could skip changes it has not received",
+                        self.slot
+                    )));
+                }
+                if let Some(p) = resume.position() {
+                    return Err(PgError::Setup(format!(
+                        "replication slot {} is missing on the source, but the sinks hold position {p}: changes since \
+                         then are lost. To copy everything again, delete this pipeline's rows from the sinks' \
+                         checkpoint tables and run again",
+                        self.slot
+                    )));
+                }
+                let (consistent, _) = self.create_slot(&mut repl, false).await?;
+                send(&events, Event::StreamStart { position: Position::Pg(consistent) }).await?;
+                if copy {
+                    jobs = self.copy_jobs(&tables, &resume);
+                }
+                consistent
+            }
+            Some(s) => {
+                if s.plugin.as_deref() != Some("pgoutput") {
+                    return Err(PgError::Setup(format!(
+                        "replication slot {} uses plugin {:?}, not pgoutput; drop it or set source.slot to another name",
+                        self.slot, s.plugin
+                    )));
+                }
+                if s.active_pid.is_some() {
+                    self.wait_slot_free(&catalog).await?;
+                }
+                let start = match resume.position() {
+                    Some(Position::Pg(l)) => l,
+                    Some(other) => {
+                        return Err(PgError::Setup(format!(
+                            "the sinks hold position {other}, which is not a PostgreSQL position: this pipeline's \
+                             source changed; give the pipeline a new name to start over"
+                        )))
+                    }
+                    None => s.confirmed.unwrap_or(Lsn(0)),
+                };
+                send(&events, Event::StreamStart { position: Position::Pg(start) }).await?;
+                if copy {
+                    jobs = self.copy_jobs(&tables, &resume);
+                }
+                start
+            }
+        };
+        if !jobs.is_empty() && server_version(&catalog).await? < 140_000 {
+            return Err(PgError::Setup(
+                "copying tables into sinks that lack them while streaming needs PostgreSQL 14 or newer (logical \
+                 decoding messages); upgrade the source, or start the pipeline over with a new name"
+                    .into(),
+            ));
+        }
+        for j in &jobs {
+            info!(table = %j.table, sinks = ?j.to, after = ?j.after, "table will be copied while streaming");
+        }
+
+        let mut streamer = Streamer::new(
+            &self.cfg,
+            &url,
+            &self.slot,
+            &self.publication,
+            catalog,
+            tables,
+            jobs,
+            live,
+            start,
+            events,
+            confirmed,
+            stop,
+        )
+        .await?;
+        let messages = server_version(streamer.catalog()).await? >= 140_000;
+        repl.start_replication(&format!(
+            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}{})",
+            quote_ident(&self.slot),
+            start,
+            crate::ident::quote_literal(&quote_ident(&self.publication)),
+            if messages { ", messages 'true'" } else { "" }
+        ))
+        .await?;
+        info!(slot = %self.slot, from = %start, "streaming changes");
+        streamer.run(&mut repl).await?;
+        repl.terminate().await;
+        Ok(())
+    }
+
+    /// The selected tables; every one needs a key.
+    async fn selected_tables(&self, catalog: &Client) -> Result<Vec<SourceTable>, PgError> {
+        let filter = self.cfg.filter();
+        let tables = catalog::selected_tables(catalog, &filter).await?;
+        if tables.is_empty() {
+            return Err(PgError::Setup(format!(
+                "source.tables: no table matches {:?} (minus exclude {:?}); check the globs with `sluice check`",
+                self.cfg.tables, self.cfg.exclude
+            )));
+        }
+        for t in &tables {
+            if catalog::key_columns(catalog, t.oid).await?.is_empty() {
+                return Err(no_key(&t.id));
+            }
+        }
+        Ok(tables)
+    }
+
+    fn copy_jobs(&self, tables: &[SourceTable], resume: &Resume) -> Vec<CopyJob> {
+        let mut jobs = Vec::new();
+        for t in tables {
+            for (to, after) in resume.copies_needed(&t.id) {
+                jobs.push(CopyJob::new(t, to, after));
+            }
+        }
+        jobs
+    }
+
+    async fn ensure_publication(&self, catalog: &Client, tables: &[SourceTable]) -> Result<(), PgError> {
+        let list = tables.iter().map(|t| qualified(&t.id)).collect::<Vec<_>>().join(", ");
+        let exists = catalog
+            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&self.publication])
+            .await
+            .ctx("look up publication")?
+            .is_some();
+        let verb = if exists { "ALTER" } else { "CREATE" };
+        let sql = if exists {
+            format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(&self.publication))
+        } else {
+            format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(&self.publication))
+        };
+        catalog.batch_execute(&sql).await.ctx(format!("{verb} PUBLICATION {}", self.publication))?;
+        debug!(publication = %self.publication, tables = tables.len(), "publication ready");
+        Ok(())
+    }
+
+    async fn slot_info(&self, catalog: &Client) -> Result<Option<SlotInfo>, PgError> {
+        Ok(catalog
+            .query_opt(
+                "SELECT active_pid, plugin::text, confirmed_flush_lsn::text FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND database = current_database()",
+                &[&self.slot],
+            )
+            .await
+            .ctx("look up replication slot")?
+            .map(|r| SlotInfo {
+                active_pid: r.get(0),
+                plugin: r.get(1),
+                confirmed: r.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()),
+            }))
+    }
+
+    /// Waits until no connection holds the slot. A connection of a crashed earlier run may
+    /// hold it until the server notices; after `slot_takeover_secs` it is terminated.
+    async fn wait_slot_free(&self, catalog: &Client) -> Result<(), PgError> {
+        let started = Instant::now();
+        let takeover = Duration::from_secs(self.cfg.slot_takeover_secs);
+        let mut terminated = false;
+        loop {
+            let pid = match self.slot_info(catalog).await? {
+                Some(SlotInfo { active_pid: Some(pid), .. }) => pid,
+                _ => return Ok(()),
+            };
+            if started.elapsed() >= takeover && !terminated {
+                warn!(slot = %self.slot, pid, "slot still held by another connection; terminating it");
+                catalog.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.ctx("terminate slot holder")?;
+                terminated = true;
+            }
+            if started.elapsed() > SLOT_WAIT_LIMIT {
+                return Err(PgError::Setup(format!(
+                    "replication slot {} stays in use by process {pid}; is another sluice running this pipeline?",
+                    self.slot
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Creates the slot; with `export`, also returns the name of the snapshot it exported,
+    /// which stays importable until this connection runs its next command.
+    async fn create_slot(&self, repl: &mut ReplicationConn, export: bool) -> Result<(Lsn, String), PgError> {
+        let mode = if export { "EXPORT_SNAPSHOT" } else { "NOEXPORT_SNAPSHOT" };
+        let rows = repl
+            .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {mode}", quote_ident(&self.slot)))
+            .await?;
+        let created = slot_created(&rows)?;
+        info!(slot = %self.slot, lsn = %created.0, export, "created replication slot");
+        Ok(created)
+    }
+}
+
+/// The error for a selected table without a key.
+pub(crate) fn no_key(id: &TableId) -> PgError {
+    PgError::Setup(format!(
+        "table {id} has no primary key or replica identity index; add a primary key, or \
+         ALTER TABLE {} REPLICA IDENTITY USING INDEX <unique index>, or exclude it in source.exclude",
+        qualified(id)
+    ))
+}
+
+async fn server_version(catalog: &Client) -> Result<i32, PgError> {
+    let v: String = catalog.query_one("SHOW server_version_num", &[]).await.ctx("read server version")?.get(0);
+    Ok(v.parse().unwrap_or(0))
+}
+
+fn slot_created(rows: &[Vec<Option<String>>]) -> Result<(Lsn, String), PgError> {
+    let row = rows.first().ok_or_else(|| PgError::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
+    let lsn = row
+        .get(1)
+        .and_then(|v| v.as_deref())
+        .and_then(|s| s.parse::<Lsn>().ok())
+        .ok_or_else(|| PgError::Protocol("CREATE_REPLICATION_SLOT returned no consistent point".into()))?;
+    let snapshot = row.get(2).cloned().flatten().unwrap_or_default();
+    Ok((lsn, snapshot))
+}
+
+/// Waits until the runtime closes the confirmation channel.
+async fn drain_confirmations(mut confirmed: tokio::sync::watch::Receiver<Option<Position>>) {
+    while confirmed.changed().await.is_ok() {}
+}
+
+pub(crate) async fn send(events: &mpsc::Sender<Event>, ev: Event) -> Result<(), PgError> {
+    events.send(ev).await.map_err(|_| PgError::Protocol("pipeline stopped while the source was sending".into()))
+}

@@ -1,0 +1,106 @@
+//! The consistent snapshot of a fresh start: every selected table read with `COPY .. TO STDOUT`
+//! in the snapshot the slot exported, before any change is streamed.
+//!
+//! Rows travel on as the server wrote them, in blocks of whole lines ([`COPY_TEXT`] bulk rows)
+//! when a sink takes that format, else decoded into typed rows here. At most
+//! [`SNAPSHOT_BUDGET_BYTES`] of them are in the pipeline at once: each block holds a share of a
+//! budget until the last sink has written it, so memory stays bounded whatever the table size.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use sluice_core::{BulkFormat, BulkRows, Copy, CopyStep, Event, Hold, SinkSet};
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+use super::send;
+use crate::catalog::{self, SourceTable, TypeCache};
+use crate::copy::{count_rows, BlockBuilder, CopyTextDecoder, COPY_TEXT};
+use crate::error::{Ctx, PgError};
+use crate::ident::{qualified, quote_ident, quote_literal};
+
+/// Size of the blocks of rows the snapshot emits.
+const SNAPSHOT_BLOCK_BYTES: usize = 64 * 1024;
+/// Bytes of snapshot rows that may be in the pipeline at once (queued or being written).
+const SNAPSHOT_BUDGET_BYTES: usize = 16 * 1024 * 1024;
+
+/// Copies every table to the sinks `to`. Returns `false` if the pipeline began stopping
+/// before the copy finished.
+pub(super) async fn copy_all(
+    url: &str,
+    tables: &[SourceTable],
+    snapshot_name: &str,
+    to: SinkSet,
+    accepted: &[BulkFormat],
+    events: &mpsc::Sender<Event>,
+    stop: &watch::Receiver<bool>,
+) -> Result<bool, PgError> {
+    let client = catalog::connect(url, "source (snapshot)").await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(snapshot_name)
+        ))
+        .await
+        .ctx("import the slot's snapshot")?;
+    let mut types = TypeCache::default();
+    let budget = Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_BUDGET_BYTES));
+    let bulk = accepted.contains(&COPY_TEXT);
+    for t in tables {
+        let started = Instant::now();
+        let cols = catalog::table_columns(&client, t.oid).await?;
+        let key = catalog::key_columns(&client, t.oid).await?;
+        let table = types.table(&client, t.id.clone(), &cols, &key, 0, &[]).await?;
+        let decoder = Arc::new(CopyTextDecoder::new(table.types.clone()));
+        let copy = |step| Event::Copy(Copy::new(to, table.schema.clone(), step));
+        let estimated_rows = u64::try_from(t.estimated_rows).ok().filter(|n| *n > 0);
+        send(events, copy(CopyStep::Begin { reset: true, estimated_rows })).await?;
+        let list = table.schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+        let stream = client
+            .copy_out(&format!("COPY (SELECT {list} FROM ONLY {}) TO STDOUT", qualified(&t.id)))
+            .await
+            .ctx(format!("snapshot of {}", t.id))?;
+        let mut stream = std::pin::pin!(stream);
+        let mut blocks = BlockBuilder::new(SNAPSHOT_BLOCK_BYTES);
+        let mut rows: u64 = 0;
+        loop {
+            let chunk = stream.next().await.transpose().ctx(format!("snapshot of {}", t.id))?;
+            let block = match &chunk {
+                Some(c) => blocks.push(c),
+                None => blocks.finish().map_err(|e| PgError::Protocol(format!("snapshot of {}: {e}", t.id)))?,
+            };
+            if let Some(block) = block {
+                let permits = block.len().clamp(1, SNAPSHOT_BUDGET_BYTES) as u32;
+                let share = budget
+                    .clone()
+                    .acquire_many_owned(permits)
+                    .await
+                    .map_err(|_| PgError::Protocol("snapshot memory budget closed".into()))?;
+                let n = count_rows(&block);
+                rows += n as u64;
+                let step = if bulk {
+                    CopyStep::Bulk(BulkRows::new(COPY_TEXT, block, n, decoder.clone()))
+                } else {
+                    let decoded =
+                        decoder.rows(&block).map_err(|e| PgError::Protocol(format!("snapshot of {}: {e}", t.id)))?;
+                    CopyStep::Rows(decoded)
+                };
+                // Typed rows take more memory than their text; the share covers the text.
+                let held = Copy { hold: Hold(Some(Arc::new(share))), ..Copy::new(to, table.schema.clone(), step) };
+                send(events, Event::Copy(held)).await?;
+                sluice_core::crash_point("snapshot.mid_table");
+                if *stop.borrow() {
+                    return Ok(false);
+                }
+            }
+            if chunk.is_none() {
+                break;
+            }
+        }
+        send(events, copy(CopyStep::End)).await?;
+        info!(table = %t.id, rows, secs = started.elapsed().as_secs_f64(), "snapshot of table finished");
+    }
+    client.batch_execute("COMMIT").await.ctx("finish snapshot")?;
+    Ok(true)
+}

@@ -1,0 +1,516 @@
+//! The replication stream: pgoutput messages into typed events, keepalives into heartbeats,
+//! confirmations back to the server, table discovery and the copies of live tables.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use sluice_core::{Change, Event, Key, Lsn, Op, Position, Row, SinkSet, TableId, TxnMeta, Value};
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::Client;
+use tracing::{debug, info, warn};
+
+use super::backfill::{Backfill, CopyJob};
+use super::{no_key, send};
+use crate::catalog::{self, PgColumn, PgTable, SourceTable, TypeCache};
+use crate::codec::{self, PgType};
+use crate::config::PgSourceConfig;
+use crate::error::{Ctx, PgError};
+use crate::ident::{qualified, quote_ident};
+use crate::pgoutput::{self, OldTuple, PgOutput, Relation, TupleValue};
+use crate::replication::{ReplicationConn, PG_EPOCH_OFFSET_MICROS};
+
+/// The pipeline is stopping: the current event was not delivered.
+pub(super) struct Stopping;
+
+pub(super) struct Streamer<'a> {
+    cfg: &'a PgSourceConfig,
+    publication: &'a str,
+    catalog: Client,
+    types: TypeCache,
+    /// Relation OID → the Relation message and the table built from it.
+    relations: HashMap<u32, (Relation, PgTable)>,
+    /// Latest known shape of each table, from the stream or the catalog.
+    by_id: HashMap<TableId, PgTable>,
+    versions: HashMap<TableId, u64>,
+    selected: Vec<SourceTable>,
+    /// Tables selected since the last `Tables` event, to announce between transactions.
+    announce: bool,
+    live: SinkSet,
+    backfill: Backfill,
+    /// The transaction being decoded, and whether its `Begin` was emitted (it is emitted with
+    /// the first change, so transactions without changes to the selected tables become
+    /// heartbeats).
+    txn: Option<(TxnMeta, bool)>,
+    /// End of the last transaction or heartbeat emitted.
+    last_position: Lsn,
+    /// Durable in every sink; reported to the server.
+    confirmed: Lsn,
+    /// `None` once stopping: closing it tells the runtime the stream has ended.
+    events: Option<mpsc::Sender<Event>>,
+    confirmed_rx: watch::Receiver<Option<Position>>,
+    stop: watch::Receiver<bool>,
+    last_discovery: Instant,
+}
+
+impl<'a> Streamer<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn new(
+        cfg: &'a PgSourceConfig,
+        url: &str,
+        slot: &str,
+        publication: &'a str,
+        catalog: Client,
+        selected: Vec<SourceTable>,
+        jobs: Vec<CopyJob>,
+        live: SinkSet,
+        start: Lsn,
+        events: mpsc::Sender<Event>,
+        confirmed_rx: watch::Receiver<Option<Position>>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Streamer<'a>, PgError> {
+        let mut s = Streamer {
+            cfg,
+            publication,
+            catalog,
+            types: TypeCache::default(),
+            relations: HashMap::new(),
+            by_id: HashMap::new(),
+            versions: HashMap::new(),
+            selected,
+            announce: false,
+            live,
+            backfill: Backfill::new(url, slot, cfg.backfill_chunk_rows, jobs),
+            txn: None,
+            last_position: start,
+            confirmed: start,
+            events: Some(events),
+            confirmed_rx,
+            stop,
+            last_discovery: Instant::now(),
+        };
+        // Everything before the start point is durable in every sink.
+        s.take_confirmed();
+        Ok(s)
+    }
+
+    pub fn catalog(&self) -> &Client {
+        &self.catalog
+    }
+
+    pub async fn run(&mut self, repl: &mut ReplicationConn) -> Result<(), PgError> {
+        let interval = Duration::from_millis(self.cfg.status_interval_ms);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Phase 1: stream until asked to stop.
+        while !*self.stop.borrow() {
+            if self.between_transactions().await?.is_err() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = self.stop.changed() => {}
+                _ = ticker.tick() => {
+                    self.take_confirmed();
+                    repl.send_status(self.confirmed.0, false).await?;
+                    self.discover().await?;
+                }
+                Some((id, r)) = self.backfill.result() => self.backfill.on_result(id, r)?,
+                msg = repl.recv() => {
+                    let msg = msg?;
+                    if self.handle(repl, msg.tag, msg.body, interval).await?.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Phase 2: end the event stream, keep confirming until the runtime is done.
+        self.events = None;
+        loop {
+            tokio::select! {
+                changed = self.confirmed_rx.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.take_confirmed();
+                }
+                _ = ticker.tick() => repl.send_status(self.confirmed.0, false).await?,
+            }
+        }
+        self.take_confirmed();
+        sluice_core::crash_point("source.before_confirm");
+        repl.send_status(self.confirmed.0, false).await?;
+        sluice_core::crash_point("source.after_confirm");
+        info!(confirmed = %self.confirmed, "source stopped");
+        Ok(())
+    }
+
+    fn take_confirmed(&mut self) {
+        if let Some(Position::Pg(l)) = *self.confirmed_rx.borrow() {
+            self.confirmed = self.confirmed.max(l);
+        }
+    }
+
+    /// Work done only between transactions: announcing tables, copy chunks.
+    async fn between_transactions(&mut self) -> Result<Result<(), Stopping>, PgError> {
+        if self.txn.is_some() {
+            return Ok(Ok(()));
+        }
+        if self.announce {
+            self.announce = false;
+            let selected = self.selected.iter().map(|t| t.id.clone()).collect();
+            if self.emit_plain(Event::Tables { selected }).await?.is_err() {
+                return Ok(Err(Stopping));
+            }
+        }
+        for ev in self.backfill.at_boundary().await? {
+            if self.emit_plain(ev).await?.is_err() {
+                return Ok(Err(Stopping));
+            }
+        }
+        if let Some((id, oid)) = self.backfill.next_table() {
+            let id = id.clone();
+            let table = self.shape(&id, oid).await?;
+            self.backfill.start(table).await?;
+        }
+        Ok(Ok(()))
+    }
+
+    /// The current shape of a table: the one the stream announced last, else the catalog's.
+    async fn shape(&mut self, id: &TableId, oid: u32) -> Result<PgTable, PgError> {
+        if let Some(t) = self.by_id.get(id) {
+            return Ok(t.clone());
+        }
+        let cols = catalog::table_columns(&self.catalog, oid).await?;
+        let key = catalog::key_columns(&self.catalog, oid).await?;
+        let version = *self.versions.get(id).unwrap_or(&0);
+        let missing = catalog::missing_values(&self.catalog, oid).await?;
+        let t = self.types.table(&self.catalog, id.clone(), &cols, &key, version, &missing).await?;
+        self.by_id.insert(id.clone(), t.clone());
+        Ok(t)
+    }
+
+    /// Looks for tables that newly match the selection: adds them to the publication and copies
+    /// them into every sink; forgets tables that went away.
+    async fn discover(&mut self) -> Result<(), PgError> {
+        let every = Duration::from_secs(self.cfg.discover_interval_secs);
+        if every.is_zero() || self.last_discovery.elapsed() < every {
+            return Ok(());
+        }
+        self.last_discovery = Instant::now();
+        let now = catalog::selected_tables(&self.catalog, &self.cfg.filter()).await?;
+        let gone: Vec<TableId> =
+            self.selected.iter().filter(|t| !now.iter().any(|n| n.id == t.id)).map(|t| t.id.clone()).collect();
+        let mut added = Vec::new();
+        for t in now.iter().filter(|n| !self.selected.iter().any(|s| s.id == n.id)) {
+            if catalog::key_columns(&self.catalog, t.oid).await?.is_empty() {
+                warn!(error = %no_key(&t.id), "a new table matches source.tables but cannot be replicated yet");
+                continue;
+            }
+            self.catalog
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {} ADD TABLE {}",
+                    quote_ident(self.publication),
+                    qualified(&t.id)
+                ))
+                .await
+                .ctx(format!("add {} to publication {}", t.id, self.publication))?;
+            info!(table = %t.id, "new table matches source.tables; streaming and copying it");
+            added.push(t.clone());
+        }
+        if gone.is_empty() && added.is_empty() {
+            return Ok(());
+        }
+        for id in &gone {
+            info!(table = %id, "table no longer exists or matches source.tables");
+        }
+        self.selected.retain(|t| !gone.contains(&t.id));
+        for t in added {
+            if self.cfg.snapshot == crate::config::SnapshotMode::Initial {
+                self.backfill.push(CopyJob::new(&t, self.live, None));
+            }
+            self.selected.push(t);
+        }
+        self.selected.sort_by(|a, b| a.id.cmp(&b.id));
+        let ids: Vec<TableId> = self.selected.iter().map(|t| t.id.clone()).collect();
+        self.backfill.retain(&ids);
+        self.announce = true;
+        Ok(())
+    }
+
+    /// Sends an event while keeping the server connection alive if the pipeline is slow.
+    async fn emit(
+        &mut self,
+        repl: &mut ReplicationConn,
+        interval: Duration,
+        ev: Event,
+    ) -> Result<Result<(), Stopping>, PgError> {
+        let Some(events) = self.events.as_ref() else { return Ok(Err(Stopping)) };
+        // Fast path: room in the queue, no timer needed.
+        let ev = match events.try_send(ev) {
+            Ok(()) => return Ok(Ok(())),
+            Err(mpsc::error::TrySendError::Full(ev)) => ev,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(PgError::Protocol("pipeline stopped while the source was sending".into()))
+            }
+        };
+        let events = events.clone();
+        loop {
+            tokio::select! {
+                permit = events.reserve() => {
+                    permit.map_err(|_| PgError::Protocol("pipeline stopped while the source was sending".into()))?.send(ev);
+                    return Ok(Ok(()));
+                }
+                _ = self.stop.changed() => {
+                    if *self.stop.borrow() {
+                        return Ok(Err(Stopping));
+                    }
+                }
+                _ = tokio::time::sleep(interval) => {
+                    self.take_confirmed();
+                    repl.send_status(self.confirmed.0, false).await?;
+                }
+            }
+        }
+    }
+
+    /// Sends an event outside the replication loop (between transactions).
+    async fn emit_plain(&mut self, ev: Event) -> Result<Result<(), Stopping>, PgError> {
+        let Some(events) = self.events.as_ref() else { return Ok(Err(Stopping)) };
+        send(events, ev).await?;
+        Ok(Ok(()))
+    }
+
+    async fn handle(
+        &mut self,
+        repl: &mut ReplicationConn,
+        tag: u8,
+        body: Bytes,
+        interval: Duration,
+    ) -> Result<Result<(), Stopping>, PgError> {
+        match tag {
+            b'd' => {}
+            b'c' => return Err(PgError::Protocol("server ended the replication stream".into())),
+            b'E' => return Err(crate::replication::server_error("replication stream", &body)),
+            _ => return Ok(Ok(())),
+        }
+        let mut b = body;
+        if b.is_empty() {
+            return Ok(Ok(()));
+        }
+        match b.get_u8() {
+            b'w' => {
+                if b.remaining() < 24 {
+                    return Err(PgError::Protocol("short XLogData".into()));
+                }
+                b.advance(24);
+                let msg = pgoutput::decode(b)?;
+                self.apply(repl, msg, interval).await
+            }
+            b'k' => {
+                if b.remaining() < 17 {
+                    return Err(PgError::Protocol("short keepalive".into()));
+                }
+                let wal_end = Lsn(b.get_u64());
+                let _clock = b.get_i64();
+                let reply = b.get_u8() == 1;
+                if reply {
+                    self.take_confirmed();
+                    repl.send_status(self.confirmed.0, false).await?;
+                }
+                if self.txn.is_none() && wal_end > self.last_position {
+                    self.last_position = wal_end;
+                    return self.emit(repl, interval, Event::Heartbeat { position: Position::Pg(wal_end) }).await;
+                }
+                Ok(Ok(()))
+            }
+            _ => Ok(Ok(())),
+        }
+    }
+
+    /// Emits the pending `Begin` of the current transaction, if not done yet.
+    async fn begin(&mut self, repl: &mut ReplicationConn, interval: Duration) -> Result<Result<(), Stopping>, PgError> {
+        match &mut self.txn {
+            Some((meta, begun)) if !*begun => {
+                *begun = true;
+                let ev = Event::Begin(meta.clone());
+                self.emit(repl, interval, ev).await
+            }
+            Some(_) => Ok(Ok(())),
+            None => Err(PgError::Protocol("a change outside a transaction".into())),
+        }
+    }
+
+    async fn change(
+        &mut self,
+        repl: &mut ReplicationConn,
+        interval: Duration,
+        table: PgTable,
+        op: Op,
+    ) -> Result<Result<(), Stopping>, PgError> {
+        if self.begin(repl, interval).await?.is_err() {
+            return Ok(Err(Stopping));
+        }
+        let schema = table.schema.clone();
+        self.backfill.on_change(&schema.id, &op, |r| schema.key_of(r));
+        self.emit(repl, interval, Event::Change(Change { table: schema, op })).await
+    }
+
+    async fn apply(
+        &mut self,
+        repl: &mut ReplicationConn,
+        msg: PgOutput,
+        interval: Duration,
+    ) -> Result<Result<(), Stopping>, PgError> {
+        match msg {
+            PgOutput::Begin { final_lsn, commit_ts, xid } => {
+                let meta = TxnMeta {
+                    xid: xid as u64,
+                    commit_ts_micros: commit_ts + PG_EPOCH_OFFSET_MICROS,
+                    position: Position::Pg(Lsn(final_lsn)),
+                };
+                self.txn = Some((meta, false));
+                Ok(Ok(()))
+            }
+            PgOutput::Commit { end_lsn, .. } => {
+                let (meta, begun) = self.txn.take().ok_or_else(|| PgError::Protocol("Commit without Begin".into()))?;
+                self.last_position = self.last_position.max(Lsn(end_lsn));
+                let position = Position::Pg(Lsn(end_lsn));
+                let ev = if begun { Event::Commit { meta, position } } else { Event::Heartbeat { position } };
+                self.emit(repl, interval, ev).await
+            }
+            PgOutput::Relation(rel) => {
+                self.relation(rel).await?;
+                Ok(Ok(()))
+            }
+            PgOutput::Message { prefix, content, .. } => {
+                self.backfill.on_message(&prefix, &content);
+                Ok(Ok(()))
+            }
+            PgOutput::Insert { rel, new } => {
+                let table = self.table(rel)?;
+                let after = to_row(&table, &new)?;
+                self.change(repl, interval, table, Op::Insert { after }).await
+            }
+            PgOutput::Update { rel, old, new } => {
+                let table = self.table(rel)?;
+                let mut after = to_row(&table, &new)?;
+                let before = match &old {
+                    Some(o) => {
+                        let before = to_row(&table, o.values())?;
+                        if let OldTuple::Full(_) = o {
+                            // Identity FULL sends the whole old row: fill unchanged TOAST values from it.
+                            for (a, b) in after.iter_mut().zip(&before) {
+                                if *a == Value::Unchanged {
+                                    *a = b.clone();
+                                }
+                            }
+                        }
+                        Some(before)
+                    }
+                    None => None,
+                };
+                if after.contains(&Value::Unchanged) && self.backfill.copying(&table.schema.id) {
+                    self.fill_moved_row(&table, before.as_ref(), &mut after).await?;
+                }
+                self.change(repl, interval, table, Op::Update { before, after }).await
+            }
+            PgOutput::Delete { rel, old } => {
+                let table = self.table(rel)?;
+                let before = to_row(&table, old.values())?;
+                self.change(repl, interval, table, Op::Delete { before }).await
+            }
+            PgOutput::Truncate { rels } => {
+                for rel in rels {
+                    if let Ok(table) = self.table(rel) {
+                        if self.change(repl, interval, table, Op::Truncate).await?.is_err() {
+                            return Ok(Err(Stopping));
+                        }
+                    }
+                }
+                Ok(Ok(()))
+            }
+            PgOutput::Type { .. } | PgOutput::Other(_) => Ok(Ok(())),
+        }
+    }
+
+    /// An update that moved a row to a new key without resending some values, in a table being
+    /// copied: the row may not be on the sinks yet, so its old copy cannot supply them. The
+    /// values are read from the row as it is now; later changes to it follow in the stream.
+    async fn fill_moved_row(&mut self, table: &PgTable, before: Option<&Row>, after: &mut Row) -> Result<(), PgError> {
+        let schema = &table.schema;
+        let new_key: Key = schema.key_of(after);
+        let moved = before.map(|b| schema.key_of(b)).is_some_and(|old| old != new_key && !old.contains(&Value::Null));
+        if !moved {
+            return Ok(());
+        }
+        if let Some(current) = self.backfill.fetch(table, &new_key).await? {
+            for (a, c) in after.iter_mut().zip(current) {
+                if *a == Value::Unchanged {
+                    *a = c;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn table(&self, rel: u32) -> Result<PgTable, PgError> {
+        self.relations
+            .get(&rel)
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| PgError::Protocol(format!("change for relation {rel} before its Relation message")))
+    }
+
+    async fn relation(&mut self, rel: Relation) -> Result<(), PgError> {
+        if self.relations.get(&rel.id).is_some_and(|(r, _)| *r == rel) {
+            return Ok(());
+        }
+        let id = TableId::new(rel.namespace.clone(), rel.name.clone());
+        let mut key = catalog::key_columns(&self.catalog, rel.id).await?;
+        if key.is_empty() {
+            key = rel.columns.iter().filter(|c| c.key).map(|c| c.name.clone()).collect();
+        }
+        let not_null = catalog::not_null_columns(&self.catalog, rel.id).await?;
+        let cols: Vec<PgColumn> = rel
+            .columns
+            .iter()
+            .map(|c| PgColumn {
+                name: c.name.clone(),
+                type_oid: c.type_oid,
+                typmod: c.typmod,
+                not_null: not_null.contains(&c.name),
+            })
+            .collect();
+        let version = self.versions.entry(id.clone()).or_insert(0);
+        *version += 1;
+        let version = *version;
+        // A new shape may come with new enum labels.
+        self.types.clear();
+        let missing = catalog::missing_values(&self.catalog, rel.id).await?;
+        let table = self.types.table(&self.catalog, id.clone(), &cols, &key, version, &missing).await?;
+        debug!(table = %id, columns = table.schema.columns.len(), "relation");
+        self.by_id.insert(id, table.clone());
+        self.relations.insert(rel.id, (rel, table));
+        Ok(())
+    }
+}
+
+/// Decodes a pgoutput tuple into a typed row of `table`.
+fn to_row(table: &PgTable, vals: &[TupleValue]) -> Result<Row, PgError> {
+    let mut row = Vec::with_capacity(vals.len());
+    for (i, v) in vals.iter().enumerate() {
+        let ty = table.types.get(i).unwrap_or(&PgType::Other);
+        let value = match v {
+            TupleValue::Null => Ok(Value::Null),
+            TupleValue::Unchanged => Ok(Value::Unchanged),
+            TupleValue::Text(t) => codec::decode_text(ty, t.clone()),
+            TupleValue::Binary(b) => codec::decode_binary(ty, b.clone()),
+        }
+        .map_err(|e| {
+            let col = table.schema.columns.get(i).map_or("?", |c| c.name.as_str());
+            PgError::Decode(format!("column {col} of {}: {e}", table.schema.id))
+        })?;
+        row.push(value);
+    }
+    Ok(row)
+}
