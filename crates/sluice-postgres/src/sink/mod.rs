@@ -30,23 +30,22 @@ mod changelog;
 pub(crate) mod checkpoint;
 mod snapshot_copy;
 mod target;
+mod write;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rustc_hash::FxHashMap;
 use sluice_core::collapse::{Added, KeyedBatch, NetOp};
-use sluice_core::json::row_json;
 use sluice_core::{
     Ack, BatchPolicy, BulkFormat, Change, Checkpoint, ConnectorError, Copy, CopyStep, ErrorClass, Event, Op, Row,
     SchemaRef, Sink, SinkContext, SinkStats, TableId, TableSchema, TxnMeta,
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::catalog::{self, TypeCache};
 use crate::config::{PgSinkConfig, SinkMode};
@@ -57,6 +56,7 @@ use changelog::LogRow;
 use checkpoint::{CheckpointStore, CheckpointWrite};
 use snapshot_copy::SnapshotCopy;
 use target::Target;
+use write::{DeadLetters, Writer};
 
 pub use checkpoint::{CHECKPOINT_TABLE, DEAD_LETTER_TABLE};
 
@@ -98,9 +98,6 @@ pub struct PgSink {
 enum JobDone {
     /// Committed and acknowledged.
     Committed,
-    /// The target refused a change: the transaction was rolled back; the batch is to be applied
-    /// again change by change, then committed with `checkpoint` and acknowledged.
-    Refused { tables: Vec<(SchemaRef, Vec<NetOp>)>, checkpoint: CheckpointWrite, ack: Ack, error: PgError },
     /// Failed; the ack was failed with the error, which this repeats.
     Failed(String),
 }
@@ -139,31 +136,21 @@ impl PgSink {
         format!("{} ({})", self.name, self.cfg.url.redacted())
     }
 
-    /// Waits for the batch committing in the background, if any. A batch the target refused was
-    /// rolled back whole; it is applied again here change by change, with refused changes going
-    /// to the dead-letter table, then committed and acknowledged.
+    /// Waits for the batch committing in the background, if any.
     async fn settle(&mut self) -> Result<(), PgError> {
         let Some(handle) = self.inflight.take() else { return Ok(()) };
-        let done = handle.await.map_err(|e| PgError::Protocol(format!("sink commit task failed: {e}")))?;
-        match done {
+        match handle.await.map_err(|e| PgError::Protocol(format!("sink commit task failed: {e}")))? {
             JobDone::Committed => Ok(()),
             JobDone::Failed(msg) => Err(PgError::Protocol(msg)),
-            JobDone::Refused { tables, checkpoint, ack, error } => {
-                warn!(error = %ConnectorError::from(error), "batch refused by the target; applying it change by change");
-                if !self.in_tx {
-                    self.client()?.batch_execute("BEGIN").await.ctx("begin target transaction")?;
-                    self.in_tx = true;
-                }
-                for (schema, ops) in tables {
-                    self.write_ops(&schema, ops).await?;
-                }
-                let client = self.client()?;
-                checkpoint.execute(&client).await?;
-                client.batch_execute("COMMIT").await.ctx("commit target transaction")?;
-                self.in_tx = false;
-                ack.durable();
-                Ok(())
-            }
+        }
+    }
+
+    fn dead_letters(&self) -> DeadLetters {
+        DeadLetters {
+            table: self.store.dead_letters(),
+            pipeline: self.store.pipeline().to_string(),
+            sink: self.store.sink().to_string(),
+            stats: self.stats.clone(),
         }
     }
 
@@ -308,94 +295,13 @@ impl PgSink {
     /// Applies one table's net operations inside the open target transaction, isolating changes
     /// the target refuses.
     async fn write_ops(&mut self, schema: &TableSchema, ops: Vec<NetOp>) -> Result<(), PgError> {
-        let n = ops.len();
-        let client = self.client()?;
-        client.batch_execute("SAVEPOINT sluice_write").await.ctx("savepoint")?;
-        match self.apply_ops(schema, &ops).await {
-            Ok(()) => {}
-            Err(e) if e.class() == ErrorClass::Definite => {
-                client.batch_execute("ROLLBACK TO SAVEPOINT sluice_write").await.ctx("rollback to savepoint")?;
-                // Plain inserts meet an existing row only if the target was changed behind
-                // Sluice's back; applying them as upserts settles that.
-                let ops: Vec<NetOp> = ops
-                    .into_iter()
-                    .map(|op| match op {
-                        NetOp::Insert(r) => NetOp::Upsert(r),
-                        other => other,
-                    })
-                    .collect();
-                if let Err(e) = self.apply_ops(schema, &ops).await {
-                    if e.class() != ErrorClass::Definite {
-                        return Err(e);
-                    }
-                    self.retry_one_by_one(schema, &ops, e).await?;
-                }
-            }
-            Err(e) => return Err(e),
-        }
-        client.batch_execute("RELEASE SAVEPOINT sluice_write").await.ctx("release savepoint")?;
-        debug!(table = %schema.id, rows = n, "wrote batch");
-        Ok(())
-    }
-
-    /// A record the target refuses (a constraint, a value out of range): find it by applying
-    /// one change at a time, park it in the dead-letter table, keep the rest.
-    async fn retry_one_by_one(&mut self, schema: &TableSchema, ops: &[NetOp], e: PgError) -> Result<(), PgError> {
-        warn!(table = %schema.id, error = %ConnectorError::from(e), "batch refused by the target; retrying row by row");
-        let client = self.client()?;
-        client.batch_execute("ROLLBACK TO SAVEPOINT sluice_write").await.ctx("rollback to savepoint")?;
-        for op in ops {
-            client.batch_execute("SAVEPOINT sluice_row").await.ctx("savepoint")?;
-            match self.apply_ops(schema, std::slice::from_ref(op)).await {
-                Ok(()) => {}
-                Err(e) if e.class() == ErrorClass::Definite => {
-                    client.batch_execute("ROLLBACK TO SAVEPOINT sluice_row").await.ctx("rollback to savepoint")?;
-                    self.dead_letter(schema, op, ConnectorError::from(e).to_string()).await?;
-                }
-                Err(e) => return Err(e),
-            }
-            client.batch_execute("RELEASE SAVEPOINT sluice_row").await.ctx("release savepoint")?;
-        }
-        Ok(())
-    }
-
-    async fn apply_ops(&mut self, schema: &TableSchema, ops: &[NetOp]) -> Result<(), PgError> {
         let target = self.target(&schema.id)?.clone();
         let client = self.client()?;
-        let steps = Planner { client: &client, statements: &mut self.statements }.plan(schema, &target, ops).await?;
-        for step in steps {
-            step.execute(&client).await?;
-        }
-        Ok(())
-    }
-
-    /// Stores a change the target refused, in the same transaction as everything else.
-    async fn dead_letter(&mut self, schema: &TableSchema, op: &NetOp, error: String) -> Result<(), PgError> {
-        let (kind, row) = match op {
-            NetOp::Upsert(r) | NetOp::Insert(r) | NetOp::Update(r) => ("upsert", row_json(schema, r)),
-            NetOp::Delete(k) => {
-                let keys = schema.columns.iter().filter(|c| c.key).map(|c| c.name.clone());
-                let values = k.iter().map(sluice_core::json::value_json);
-                ("delete", serde_json::Value::Object(keys.zip(values).collect()))
-            }
-        };
-        warn!(table = %schema.id, op = kind, error = %error, "change sent to the dead-letter table");
-        let row = row.to_string();
-        let source_table = schema.id.to_string();
+        let dead = self.dead_letters();
         let position = self.txn.as_ref().map(|m| m.position.to_string());
-        self.client()?
-            .execute(
-                &format!(
-                    "INSERT INTO {} (pipeline, sink, source_table, op, row, error, position) \
-                     VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7)",
-                    self.store.dead_letters()
-                ),
-                &[&self.store.pipeline(), &self.store.sink(), &source_table, &kind, &row, &error, &position],
-            )
+        Writer { client: &client, statements: &mut self.statements, dead: &dead, position }
+            .write_ops(schema, &target, ops)
             .await
-            .ctx("write dead letter")?;
-        self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 
     /// One step of copying a table.
@@ -530,52 +436,71 @@ impl PgSink {
             steps.extend(
                 Planner { client: &client, statements: &mut self.statements }.plan(&schema, &target, &ops).await?,
             );
-            tables.push((schema, ops));
+            tables.push((schema, target, ops));
         }
         self.buffered = 0;
-        let write = self.store.write(checkpoint);
-        self.inflight = Some(tokio::spawn(run_job(client, steps, write, tables, ack)));
+        let job = Job { client, steps, checkpoint: self.store.write(checkpoint), tables, dead: self.dead_letters() };
+        self.inflight = Some(tokio::spawn(job.run(ack)));
         Ok(())
     }
 }
 
-/// Applies one batch and its checkpoint in a target transaction of its own, then acknowledges.
-async fn run_job(
+/// One batch and its checkpoint, applied in a target transaction of its own.
+struct Job {
     client: Arc<Client>,
     steps: Vec<Step>,
     checkpoint: CheckpointWrite,
-    tables: Vec<(SchemaRef, Vec<NetOp>)>,
-    ack: Ack,
-) -> JobDone {
-    let failed = |e: PgError, ack: Ack| {
-        let msg = e.describe();
-        ack.fail(ConnectorError::from(e));
-        JobDone::Failed(msg)
-    };
-    if let Err(e) = client.batch_execute("BEGIN").await.ctx("begin target transaction") {
-        return failed(e, ack);
-    }
-    for step in &steps {
-        if let Err(error) = step.execute(&client).await {
-            if error.class() != ErrorClass::Definite {
-                return failed(error, ack);
+    tables: Vec<(SchemaRef, Target, Vec<NetOp>)>,
+    dead: DeadLetters,
+}
+
+impl Job {
+    /// Applies the batch, commits, and acknowledges; reports failures through the ack too.
+    async fn run(self, ack: Ack) -> JobDone {
+        match self.apply().await {
+            Ok(()) => {
+                ack.durable();
+                JobDone::Committed
             }
-            if let Err(e) = client.batch_execute("ROLLBACK").await.ctx("roll back refused batch") {
-                return failed(e, ack);
+            Err(e) => {
+                let msg = e.describe();
+                ack.fail(ConnectorError::from(e));
+                JobDone::Failed(msg)
             }
-            return JobDone::Refused { tables, checkpoint, ack, error };
         }
     }
-    if let Err(e) = checkpoint.execute(&client).await {
-        return failed(e, ack);
+
+    async fn apply(self) -> Result<(), PgError> {
+        let client = &self.client;
+        client.batch_execute("BEGIN").await.ctx("begin target transaction")?;
+        let mut refused = None;
+        for step in &self.steps {
+            if let Err(e) = step.execute(client).await {
+                if e.class() != ErrorClass::Definite {
+                    return Err(e);
+                }
+                refused = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = refused {
+            // The target refused a change: apply the batch again change by change, parking
+            // what it refuses in the dead-letter table.
+            warn!(error = %ConnectorError::from(e), "batch refused by the target; applying it change by change");
+            client.batch_execute("ROLLBACK; BEGIN").await.ctx("roll back refused batch")?;
+            let mut statements = HashMap::new();
+            for (schema, target, ops) in self.tables {
+                Writer { client, statements: &mut statements, dead: &self.dead, position: None }
+                    .write_ops(&schema, &target, ops)
+                    .await?;
+            }
+        }
+        self.checkpoint.execute(client).await?;
+        sluice_core::crash_point("sink.before_commit");
+        client.batch_execute("COMMIT").await.ctx("commit target transaction")?;
+        sluice_core::crash_point("sink.after_commit");
+        Ok(())
     }
-    sluice_core::crash_point("sink.before_commit");
-    if let Err(e) = client.batch_execute("COMMIT").await.ctx("commit target transaction") {
-        return failed(e, ack);
-    }
-    sluice_core::crash_point("sink.after_commit");
-    ack.durable();
-    JobDone::Committed
 }
 
 #[async_trait]

@@ -59,45 +59,15 @@ impl Env {
 
     /// Waits until `table` is identical on both sides; on timeout panics with a row diff.
     pub async fn converge(&self, table: &str, key: &str) {
-        let q = format!("SELECT row_::text FROM {table} row_ ORDER BY {key}");
-        let src = &self.src;
-        let dst = &self.dst;
-        let ok = tokio::time::timeout(
-            CONVERGE,
-            wait_for(&format!("{table} to converge"), CONVERGE, || {
-                let q = q.clone();
-                async move {
-                    let a = rows(src, &q).await;
-                    let b = rows(dst, &q).await;
-                    (a.is_some() && a == b).then_some(())
-                }
-            }),
-        )
-        .await;
-        if ok.is_err() {
-            panic!("{table} did not converge within {CONVERGE:?}:\n{}", self.diff(table, key).await);
-        }
+        converge_with(&self.src, &self.dst, table, key).await
     }
 
     /// Asserts `table` is identical now, with a row diff on failure.
     pub async fn assert_same(&self, table: &str, key: &str) {
         let q = format!("SELECT row_::text FROM {table} row_ ORDER BY {key}");
         if rows(&self.src, &q).await != rows(&self.dst, &q).await {
-            panic!("{table} differs between source and replica:\n{}", self.diff(table, key).await);
+            panic!("{table} differs between source and replica:\n{}", diff(&self.src, &self.dst, table, key).await);
         }
-    }
-
-    pub async fn diff(&self, table: &str, key: &str) -> String {
-        let q = format!("SELECT row_::text FROM {table} row_ ORDER BY {key}");
-        let a = rows(&self.src, &q).await.unwrap_or_default();
-        let b = rows(&self.dst, &q).await.unwrap_or_default();
-        let only_src: Vec<&String> = a.iter().filter(|r| !b.contains(r)).take(10).collect();
-        let only_dst: Vec<&String> = b.iter().filter(|r| !a.contains(r)).take(10).collect();
-        format!(
-            "source rows: {}, replica rows: {}\nonly in source (first 10): {only_src:#?}\nonly in replica (first 10): {only_dst:#?}",
-            a.len(),
-            b.len()
-        )
     }
 
     /// Waits until pipeline `name` has durably copied every table in `tables` into the replica.
@@ -108,6 +78,41 @@ impl Env {
     pub async fn count(&self, client: &Client, table: &str) -> i64 {
         client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0)
     }
+}
+
+/// Waits until `table` holds the same rows in `a` and `b`; on timeout panics with a row diff.
+pub async fn converge_with(a: &Client, b: &Client, table: &str, key: &str) {
+    let q = format!("SELECT row_::text FROM {table} row_ ORDER BY {key}");
+    let ok = tokio::time::timeout(
+        CONVERGE,
+        wait_for(&format!("{table} to converge"), CONVERGE, || {
+            let q = q.clone();
+            async move {
+                let x = rows(a, &q).await;
+                let y = rows(b, &q).await;
+                (x.is_some() && x == y).then_some(())
+            }
+        }),
+    )
+    .await;
+    if ok.is_err() {
+        panic!("{table} did not converge within {CONVERGE:?}:\n{}", diff(a, b, table, key).await);
+    }
+}
+
+/// The rows only one side holds (first 10 of each).
+pub async fn diff(a: &Client, b: &Client, table: &str, key: &str) -> String {
+    let q = format!("SELECT row_::text FROM {table} row_ ORDER BY {key}");
+    let x = rows(a, &q).await.unwrap_or_default();
+    let y = rows(b, &q).await.unwrap_or_default();
+    let short = |r: &String| if r.len() > 160 { format!("{}…", &r[..r.floor_char_boundary(160)]) } else { r.clone() };
+    let only_a: Vec<String> = x.iter().filter(|r| !y.contains(r)).take(10).map(short).collect();
+    let only_b: Vec<String> = y.iter().filter(|r| !x.contains(r)).take(10).map(short).collect();
+    format!(
+        "source rows: {}, replica rows: {}\nonly in source (first 10): {only_a:#?}\nonly in replica (first 10): {only_b:#?}",
+        x.len(),
+        y.len()
+    )
 }
 
 async fn rows(c: &Client, q: &str) -> Option<Vec<String>> {
