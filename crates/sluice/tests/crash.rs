@@ -1,5 +1,6 @@
-//! SIGKILL at random moments (during the snapshot and during streaming) under a mixed
-//! workload; after the last restart the replica must equal the source exactly.
+//! Crashes under a mixed workload: SIGKILL at random moments (during the snapshot and during
+//! streaming), and an abort at every named crash point (`SLUICE_CRASH_AT`); after the last
+//! restart the replica must equal the source exactly.
 
 mod common;
 
@@ -24,15 +25,34 @@ struct Sluice {
 }
 
 fn spawn(config: &str, log: &std::path::Path) -> Sluice {
+    spawn_with(config, log, None)
+}
+
+/// Runs `sluice run`, with the crash point `crash_at` (`name:hit`) armed if given.
+fn spawn_with(config: &str, log: &std::path::Path, crash_at: Option<&str>) -> Sluice {
     let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", config])
-        .env("RUST_LOG", "info,tokio_postgres=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(f))
-        .spawn()
-        .expect("spawn sluice");
-    Sluice { child }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(["run", config]).env("RUST_LOG", "info,tokio_postgres=warn").stdout(Stdio::null()).stderr(Stdio::from(f));
+    match crash_at {
+        Some(point) => cmd.env(sluice_core::failpoint::CRASH_AT_ENV, point),
+        None => cmd.env_remove(sluice_core::failpoint::CRASH_AT_ENV),
+    };
+    Sluice { child: cmd.spawn().expect("spawn sluice") }
+}
+
+impl Sluice {
+    /// Sends SIGTERM and waits for a clean exit.
+    async fn stop(mut self, log: &std::path::Path) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let child = &mut self.child;
+        let status = wait_for("sluice to exit after SIGTERM", Duration::from_secs(60), || {
+            let s = child.try_wait().unwrap();
+            async move { s }
+        })
+        .await;
+        assert!(status.success(), "exit {status}:\n{}", log_tail(log));
+    }
 }
 
 fn log_tail(log: &std::path::Path) -> String {
@@ -200,6 +220,149 @@ async fn a_slot_held_by_a_stale_connection_is_taken_over() {
     })
     .await;
     assert!(!holder_status.success(), "pg_recvlogical should have been terminated by the takeover");
+}
+
+const SMALL_SETUP: &str = "
+CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance numeric(14,2) NOT NULL, note text);
+ALTER TABLE accounts ALTER COLUMN note SET STORAGE EXTERNAL;
+CREATE TABLE tags (account bigint NOT NULL, tag text NOT NULL, PRIMARY KEY (account, tag));
+INSERT INTO accounts SELECT g, 'owner-' || g, g % 1000, CASE WHEN g % 10 = 0 THEN repeat('n', 3000) END FROM generate_series(1, 40000) g;
+INSERT INTO tags SELECT g, 't' || (g % 7) FROM generate_series(1, 2000) g;
+";
+
+/// Updates, inserts, deletes and key changes on `accounts` and `tags` until told to stop.
+fn mixed_workload(
+    client: tokio_postgres::Client,
+    seed: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut rng = Rng::new(seed);
+        let mut txns = 0u64;
+        let mut next = 100_000i64;
+        while !*stop.borrow() {
+            let mut sql = String::from("BEGIN;");
+            for _ in 0..rng.range(1, 8) {
+                let id = rng.range(1, 40_000) as i64;
+                next += 1;
+                sql.push_str(&match rng.range(1, 10) {
+                    1..=4 => {
+                        format!("UPDATE accounts SET balance = balance + 1, owner = owner || '.' WHERE id = {id};")
+                    }
+                    5 => format!("INSERT INTO accounts VALUES ({next}, 'new', 0, repeat('m', 3000));"),
+                    6 => format!("DELETE FROM accounts WHERE id = {id};"),
+                    7 => format!("UPDATE accounts SET id = -{next} WHERE id = {id};"),
+                    8 => format!("DELETE FROM tags WHERE account = {};", id % 2000),
+                    _ => format!(
+                        "INSERT INTO tags VALUES ({}, 't{}') ON CONFLICT DO NOTHING;",
+                        id % 2000,
+                        rng.range(0, 9)
+                    ),
+                });
+            }
+            sql.push_str("COMMIT;");
+            client.batch_execute(&sql).await.expect("workload transaction");
+            txns += 1;
+        }
+        txns
+    })
+}
+
+/// Runs sluice with `point` armed until it aborts there.
+async fn crash_there(config: &str, log: &std::path::Path, point: &str, hit: u32) {
+    let armed = format!("{point}:{hit}");
+    let mut sluice = spawn_with(config, log, Some(&armed));
+    let child = &mut sluice.child;
+    let status = tokio::time::timeout(
+        Duration::from_secs(120),
+        wait_for(&format!("sluice to crash at {point}"), Duration::from_secs(120), || {
+            let s = child.try_wait().unwrap();
+            async move { s }
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("crash point {armed} was never reached:\n{}", log_tail(log)));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "expected an abort at {armed}, got {status}:\n{}", log_tail(log));
+    assert!(
+        std::fs::read_to_string(log).unwrap().contains(&format!("crash point {point} reached")),
+        "{}",
+        log_tail(log)
+    );
+}
+
+/// One crash at `point` (its `hit`-th pass), then a clean run: the replica must be exact. The
+/// backfill points crash while a second sink is being filled.
+async fn crash_at(point: &str, hit: u32) {
+    let env = Env::new(SMALL_SETUP).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sluice.log");
+    let source_extra = "slot_takeover_secs = 1\nbackfill_chunk_rows = 1000";
+    let sink_extra = "batch = { max_rows = 300, max_delay_ms = 20 }";
+    let one = dir.path().join("one.toml");
+    std::fs::write(&one, env.toml("points", source_extra, sink_extra)).unwrap();
+    let one = one.display().to_string();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workload = mixed_workload(common::connect(&env.src_url).await, hit as u64 * 31 + point.len() as u64, stop_rx);
+    let tables = [("accounts", "id"), ("tags", "account, tag")];
+    if point.starts_with("backfill.") {
+        // The first sink copies everything; then a second sink joins and crashes mid-copy.
+        let first = spawn(&one, &log);
+        common::wait_copied(&env.dst, "points", &["accounts", "tags"]).await;
+        first.stop(&log).await;
+        let (second_url, second) = sluice_testkit::database(&env.target, "second").await;
+        let two = dir.path().join("two.toml");
+        std::fs::write(
+            &two,
+            format!(
+                "{}\n[[sink]]\ntype = \"postgres\"\nurl = \"{second_url}\"\n{sink_extra}\n",
+                env.toml("points", source_extra, sink_extra)
+            ),
+        )
+        .unwrap();
+        let two = two.display().to_string();
+        crash_there(&two, &log, point, hit).await;
+        let sluice = spawn(&two, &log);
+        let _ = stop_tx.send(true);
+        assert!(workload.await.unwrap() > 0);
+        for (t, k) in tables {
+            env.converge(t, k).await;
+            common::converge_with(&env.src, &second, t, k).await;
+        }
+        sluice.stop(&log).await;
+        for (t, k) in tables {
+            env.assert_same(t, k).await;
+            common::assert_same_with(&env.src, &second, t, k).await;
+        }
+    } else {
+        crash_there(&one, &log, point, hit).await;
+        let sluice = spawn(&one, &log);
+        let _ = stop_tx.send(true);
+        assert!(workload.await.unwrap() > 0);
+        for (t, k) in tables {
+            env.converge(t, k).await;
+        }
+        sluice.stop(&log).await;
+        for (t, k) in tables {
+            env.assert_same(t, k).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_every_named_point_ends_with_an_exact_replica() {
+    for (point, hit) in [
+        ("snapshot.mid_table", 4),
+        ("sink.before_commit", 6),
+        ("sink.after_commit", 6),
+        ("source.before_confirm", 3),
+        ("source.after_confirm", 3),
+        ("backfill.mid_chunk", 3),
+        ("backfill.after_chunk", 3),
+    ] {
+        eprintln!("crash point {point}, hit {hit}");
+        crash_at(point, hit).await;
+    }
 }
 
 struct KillOnDrop(Child);

@@ -46,6 +46,8 @@ pub(super) struct Streamer<'a> {
     last_position: Lsn,
     /// Durable in every sink; reported to the server.
     confirmed: Lsn,
+    /// The last position reported to the server.
+    reported: Lsn,
     /// `None` once stopping: closing it tells the runtime the stream has ended.
     events: Option<mpsc::Sender<Event>>,
     confirmed_rx: watch::Receiver<Option<Position>>,
@@ -84,6 +86,7 @@ impl<'a> Streamer<'a> {
             txn: None,
             last_position: start,
             confirmed: start,
+            reported: start,
             events: Some(events),
             confirmed_rx,
             stop,
@@ -111,8 +114,7 @@ impl<'a> Streamer<'a> {
                 biased;
                 _ = self.stop.changed() => {}
                 _ = ticker.tick() => {
-                    self.take_confirmed();
-                    repl.send_status(self.confirmed.0, false).await?;
+                    self.report(repl).await?;
                     self.discover().await?;
                 }
                 Some((id, r)) = self.backfill.result() => self.backfill.on_result(id, r)?,
@@ -134,13 +136,10 @@ impl<'a> Streamer<'a> {
                     }
                     self.take_confirmed();
                 }
-                _ = ticker.tick() => repl.send_status(self.confirmed.0, false).await?,
+                _ = ticker.tick() => self.report(repl).await?,
             }
         }
-        self.take_confirmed();
-        sluice_core::crash_point("source.before_confirm");
-        repl.send_status(self.confirmed.0, false).await?;
-        sluice_core::crash_point("source.after_confirm");
+        self.report(repl).await?;
         info!(confirmed = %self.confirmed, "source stopped");
         Ok(())
     }
@@ -149,6 +148,21 @@ impl<'a> Streamer<'a> {
         if let Some(Position::Pg(l)) = *self.confirmed_rx.borrow() {
             self.confirmed = self.confirmed.max(l);
         }
+    }
+
+    /// Reports the position durable in every sink to the server as the slot's flush position.
+    async fn report(&mut self, repl: &mut ReplicationConn) -> Result<(), PgError> {
+        self.take_confirmed();
+        let advanced = self.confirmed > self.reported;
+        if advanced {
+            sluice_core::crash_point("source.before_confirm");
+        }
+        repl.send_status(self.confirmed.0, false).await?;
+        if advanced {
+            sluice_core::crash_point("source.after_confirm");
+            self.reported = self.confirmed;
+        }
+        Ok(())
     }
 
     /// Work done only between transactions: announcing tables, copy chunks.
@@ -266,10 +280,7 @@ impl<'a> Streamer<'a> {
                         return Ok(Err(Stopping));
                     }
                 }
-                _ = tokio::time::sleep(interval) => {
-                    self.take_confirmed();
-                    repl.send_status(self.confirmed.0, false).await?;
-                }
+                _ = tokio::time::sleep(interval) => self.report(repl).await?,
             }
         }
     }
@@ -315,8 +326,7 @@ impl<'a> Streamer<'a> {
                 let _clock = b.get_i64();
                 let reply = b.get_u8() == 1;
                 if reply {
-                    self.take_confirmed();
-                    repl.send_status(self.confirmed.0, false).await?;
+                    self.report(repl).await?;
                 }
                 if self.txn.is_none() && wal_end > self.last_position {
                     self.last_position = wal_end;

@@ -64,10 +64,7 @@ impl Env {
 
     /// Asserts `table` is identical now, with a row diff on failure.
     pub async fn assert_same(&self, table: &str, key: &str) {
-        let q = format!("SELECT row_::text FROM {table} row_ ORDER BY {key}");
-        if rows(&self.src, &q).await != rows(&self.dst, &q).await {
-            panic!("{table} differs between source and replica:\n{}", diff(&self.src, &self.dst, table, key).await);
-        }
+        assert_same_with(&self.src, &self.dst, table, key).await
     }
 
     /// Waits until pipeline `name` has durably copied every table in `tables` into the replica.
@@ -97,6 +94,14 @@ pub async fn converge_with(a: &Client, b: &Client, table: &str, key: &str) {
     .await;
     if ok.is_err() {
         panic!("{table} did not converge within {CONVERGE:?}:\n{}", diff(a, b, table, key).await);
+    }
+}
+
+/// Asserts `table` holds the same rows in `a` and `b` now, with a row diff on failure.
+pub async fn assert_same_with(a: &Client, b: &Client, table: &str, key: &str) {
+    let q = format!("SELECT row_::text FROM {table} row_ ORDER BY {key}");
+    if rows(a, &q).await != rows(b, &q).await {
+        panic!("{table} differs between source and replica:\n{}", diff(a, b, table, key).await);
     }
 }
 
