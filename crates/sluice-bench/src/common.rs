@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 /// Server settings for benchmarks: the same for Sluice and for every baseline.
 pub fn bench_server() -> anyhow::Result<PgServer> {
-    let settings = [
+    let mut settings = vec![
         ("shared_buffers", "512MB"),
         ("max_wal_size", "16GB"),
         ("checkpoint_timeout", "1h"),
@@ -19,6 +19,11 @@ pub fn bench_server() -> anyhow::Result<PgServer> {
         ("max_logical_replication_workers", "8"),
         ("logical_decoding_work_mem", "256MB"),
     ];
+    // BENCH_STATEMENTS=1 loads pg_stat_statements, for `top_statements` (profiling only: it
+    // costs the servers a little).
+    if std::env::var("BENCH_STATEMENTS").is_ok() {
+        settings.push(("shared_preload_libraries", "pg_stat_statements"));
+    }
     PgServer::start_with(PgOptions {
         wal_level: "logical".into(),
         settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -65,8 +70,11 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
     Ok(c)
 }
 
-/// The release `sluice` binary next to this one.
+/// The release `sluice` binary next to this one, or BENCH_SLUICE_BIN (to compare builds).
 pub fn sluice_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("BENCH_SLUICE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
     let me = std::env::current_exe()?;
     let bin = me.with_file_name("sluice");
     if !bin.exists() {
@@ -219,6 +227,39 @@ pub fn proc_cpu_secs(pid: i32) -> f64 {
         (Some(u), Some(s)) if hz > 0.0 => (u + s) / hz,
         _ => 0.0,
     }
+}
+
+/// With BENCH_STATEMENTS set: prints the statements that took the most time in `client`'s
+/// database, then resets the counters.
+pub async fn top_statements(client: &Client, label: &str) {
+    if std::env::var("BENCH_STATEMENTS").is_err() {
+        return;
+    }
+    let _ = client.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await;
+    let rows = client
+        .query(
+            "SELECT round(total_exec_time)::bigint, calls, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 140) \
+             FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             ORDER BY total_exec_time DESC LIMIT 12",
+            &[],
+        )
+        .await;
+    match rows {
+        Ok(rows) => {
+            eprintln!("{label}: top statements (ms, calls, rows, query)");
+            for r in rows {
+                eprintln!(
+                    "  {:>8} {:>8} {:>9}  {}",
+                    r.get::<_, i64>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, i64>(2),
+                    r.get::<_, String>(3)
+                );
+            }
+        }
+        Err(e) => eprintln!("{label}: pg_stat_statements unavailable: {e}"),
+    }
+    let _ = client.batch_execute("SELECT pg_stat_statements_reset()").await;
 }
 
 /// CPU seconds of the server processes `query` names by pid.

@@ -158,7 +158,9 @@ pub struct TableSchema {
     pub id: TableId,
     /// Columns in source order
     pub columns: Vec<ColumnSchema>,
-    /// Increases every time the source reports a new shape for this table
+    /// Tells shapes apart: a new shape reported by the source gets a version not used before in
+    /// this process (also across restarts of the source), so a sink reconciles its table when
+    /// the version changes
     pub version: u64,
     /// Which database's spelling [`ColumnSchema::native_type`] uses, e.g. `postgres`
     pub dialect: String,

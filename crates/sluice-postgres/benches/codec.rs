@@ -50,6 +50,30 @@ fn insert_message(id: u64) -> Bytes {
 
 fn bench(c: &mut Criterion) {
     const N: usize = 10_000;
+    // Each column type of the drain benchmark alone, text form.
+    let samples: Vec<Vec<Bytes>> = (0..N as u64)
+        .map(|id| match insert_message(id).slice(8..) {
+            body => {
+                let mut out = Vec::new();
+                let mut b = body;
+                while b.len() >= 5 {
+                    let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+                    out.push(b.slice(5..5 + len));
+                    b = b.slice(5 + len..);
+                }
+                out
+            }
+        })
+        .collect();
+    let mut g = c.benchmark_group("decode_text");
+    g.throughput(Throughput::Elements(N as u64));
+    for (i, name) in ["int8", "int4", "text", "timestamptz", "numeric"].iter().enumerate() {
+        g.bench_function(*name, |b| {
+            b.iter(|| samples.iter().filter(|s| decode_text(&TYPES[i], s[i].clone()).is_ok()).count())
+        });
+    }
+    g.finish();
+
     let messages: Vec<Bytes> = (0..N as u64).map(insert_message).collect();
     let mut g = c.benchmark_group("pgoutput");
     g.throughput(Throughput::Elements(N as u64));

@@ -52,6 +52,10 @@ pub struct PgSourceConfig {
     /// Rows per chunk when copying a live table (a table added later, or for a sink added later).
     #[serde(default = "default_backfill_chunk_rows")]
     pub backfill_chunk_rows: usize,
+    /// How the server sends streamed values: `binary` (pgoutput's binary format, when every
+    /// selected column has one; PostgreSQL 14+) or `text`.
+    #[serde(default)]
+    pub encoding: Encoding,
 }
 
 /// `source.snapshot`.
@@ -91,6 +95,21 @@ pub struct PgSinkConfig {
     /// Off makes them travel as typed values like every other change (same result, more CPU).
     #[serde(default = "default_true")]
     pub bulk_passthrough: bool,
+    /// How values travel to the target: `binary` (typed parameters and binary COPY wherever the
+    /// column type allows, text elsewhere) or `text`.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+/// `sink[].encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// Binary where the column type and values allow.
+    #[default]
+    Binary,
+    /// Always text.
+    Text,
 }
 
 /// `sink[].mode`.

@@ -169,6 +169,36 @@ fn escape_into(buf: &mut BytesMut, bytes: &[u8]) {
     buf.extend_from_slice(&bytes[start..]);
 }
 
+/// The header of a binary COPY stream: signature, flags, header extension length.
+pub fn binary_header(buf: &mut BytesMut) {
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf.extend_from_slice(&0i32.to_be_bytes());
+}
+
+/// The end of a binary COPY stream.
+pub fn binary_trailer(buf: &mut BytesMut) {
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+}
+
+/// Appends `row` as one binary COPY tuple.
+pub fn encode_binary_row(buf: &mut BytesMut, types: &[PgType], row: &Row) -> Result<(), codec::CodecError> {
+    buf.extend_from_slice(&(row.len() as i16).to_be_bytes());
+    for (v, ty) in row.iter().zip(types) {
+        match v {
+            Value::Null | Value::Unchanged => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+            v => {
+                let at = buf.len();
+                buf.extend_from_slice(&0i32.to_be_bytes());
+                codec::encode_binary(ty, v, buf)?;
+                let len = (buf.len() - at - 4) as i32;
+                buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Gathers a stream of COPY chunks (which may split rows anywhere) into blocks of whole rows of
 /// at least `target` bytes.
 pub struct BlockBuilder {

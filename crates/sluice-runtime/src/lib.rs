@@ -230,6 +230,8 @@ struct Supervisor {
     opened: mpsc::UnboundedReceiver<Opened>,
     next_generation: u64,
     source_backoff: Backoff,
+    /// Events routed since the status last counted them.
+    routed: u64,
 }
 
 fn fail(component: &str, error: ConnectorError) -> PipelineError {
@@ -268,6 +270,7 @@ impl Supervisor {
             opened,
             next_generation: 0,
             source_backoff,
+            routed: 0,
         }
     }
 
@@ -580,9 +583,8 @@ impl Supervisor {
         match msg {
             FromSink::Durable { checkpoint, commit_ts, .. } => {
                 // A commit of an earlier incarnation may still land; it is durable all the same.
-                let position = checkpoint.position.as_ref().map(ToString::to_string);
+                self.board.durable(i, checkpoint.position.as_ref(), commit_ts);
                 self.slots[i].durable = Some(checkpoint);
-                self.board.durable(i, position, commit_ts);
                 if let Some(c) = confirm {
                     self.confirm(c);
                 }
@@ -631,7 +633,8 @@ impl Supervisor {
                 Event::Tables { selected } => self.board.tables(selected),
                 Event::Commit { position, .. } | Event::Heartbeat { position } => {
                     boundary = true;
-                    self.board.event(Some(position.to_string()));
+                    self.board.events(self.routed + 1, position);
+                    self.routed = 0;
                 }
                 Event::Copy(c) => {
                     to = to.intersect(c.to);
@@ -646,6 +649,9 @@ impl Supervisor {
                     }
                 }
                 _ => {}
+            }
+            if !boundary {
+                self.routed += 1;
             }
             let state = if boundary { transform.state().map(Arc::new) } else { None };
             let ev = Arc::new(ev);
@@ -738,9 +744,8 @@ impl Supervisor {
             let Some(msg) = self.from_sinks.recv().await else { break };
             match msg {
                 FromSink::Durable { sink, checkpoint, commit_ts, .. } => {
-                    let position = checkpoint.position.as_ref().map(ToString::to_string);
+                    self.board.durable(sink, checkpoint.position.as_ref(), commit_ts);
                     self.slots[sink].durable = Some(checkpoint);
-                    self.board.durable(sink, position, commit_ts);
                     if let Some(c) = &confirm {
                         self.confirm(c);
                     }

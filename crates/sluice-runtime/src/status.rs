@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use sluice_core::{ErrorClass, SinkStats, TableId};
+use sluice_core::{ErrorClass, Position, SinkStats, TableId};
 use tokio::sync::watch;
 
 /// Errors kept in the status, newest last.
@@ -186,6 +186,8 @@ struct SinkEntry {
 #[derive(Debug)]
 struct Board {
     status: PipelineStatus,
+    /// The newest position the router passed on, formatted only when published.
+    position: Option<Position>,
     sinks: Vec<SinkEntry>,
     tables: BTreeMap<TableId, TableStatus>,
     errors: VecDeque<ErrorEntry>,
@@ -255,6 +257,7 @@ impl StatusBoard {
         let (tx, rx) = watch::channel(Arc::new(status.clone()));
         let board = Board {
             status,
+            position: None,
             sinks: entries,
             tables: BTreeMap::new(),
             errors: VecDeque::new(),
@@ -305,26 +308,26 @@ impl StatusBoard {
         self.with(|b| b.status.source.restarts += 1);
     }
 
-    /// An event passed the router.
-    pub fn event(&self, position: Option<String>) {
+    /// Events passed the router, the last of them reaching `position`.
+    pub fn events(&self, n: u64, position: &Position) {
         self.with(|b| {
-            b.status.source.events += 1;
-            if position.is_some() {
-                b.status.source.position = position;
-                for s in &mut b.sinks {
-                    s.caught_up = false;
-                }
+            b.status.source.events += n;
+            b.position = Some(position.clone());
+            for s in &mut b.sinks {
+                s.caught_up = false;
             }
         });
+        self.publish(false);
     }
 
     pub fn confirmed(&self, position: String) {
         self.with(|b| b.status.source.confirmed = Some(position));
     }
 
-    pub fn durable(&self, sink: usize, position: Option<String>, commit_ts: Option<i64>) {
+    pub fn durable(&self, sink: usize, position: Option<&Position>, commit_ts: Option<i64>) {
         self.with(|b| {
-            let caught_up = position.is_some() && position == b.status.source.position;
+            let caught_up = position.is_some() && position == b.position.as_ref();
+            let position = position.map(ToString::to_string);
             let s = &mut b.sinks[sink];
             s.status.durable_position = position;
             if commit_ts.is_some() {
@@ -390,6 +393,7 @@ impl StatusBoard {
                 return None;
             }
             b.last_publish = Instant::now();
+            b.status.source.position = b.position.as_ref().map(ToString::to_string);
             let now_micros = now_ms() as i64 * 1000;
             for s in &mut b.sinks {
                 let rows = s.counters.rows.load(Ordering::Relaxed);

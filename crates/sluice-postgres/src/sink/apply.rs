@@ -7,8 +7,11 @@
 //! - everything else: `INSERT .. SELECT .. FROM unnest(..) ON CONFLICT DO UPDATE`;
 //! - rows whose update did not resend some values: `UPDATE` of the columns that were sent.
 //!
-//! Every column travels as one `text[]` parameter encoded straight from the typed rows, cast
-//! to the target column's type by the server; nothing is spliced into the SQL.
+//! Every column travels as one array parameter encoded straight from the typed rows: in binary,
+//! as an array of the target column's own type, when the column is a built-in scalar type and
+//! every value of the batch has a binary form (`encoding = "binary"`, the default); otherwise as
+//! a `text[]` cast to the column's type by the server. Inserts are COPY'd in binary under the
+//! same condition, in text otherwise. Nothing is spliced into the SQL.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,19 +27,23 @@ use tracing::debug;
 
 use super::target::Target;
 use crate::codec::{self, PgType};
+use crate::config::Encoding;
 use crate::copy;
 use crate::error::{Ctx, PgError};
 use crate::ident::quote_ident;
 
-/// OID of `text`, the element type of every array parameter.
+/// OID of `text`, the element type of text array parameters.
 const TEXT_OID: u32 = 25;
 
-/// One column of a batch as a `text[]` parameter, encoded from the rows when it is sent.
+/// One column of a batch as an array parameter, encoded from the rows when it is sent: binary
+/// elements of the column's own type (`elem` is its OID), or text.
 #[derive(Debug, Clone)]
 pub struct Column {
     rows: Arc<Vec<Row>>,
     col: usize,
     codec: PgType,
+    /// Binary, with elements of this type OID; `None` for text.
+    elem: Option<u32>,
 }
 
 impl ToSql for Column {
@@ -44,7 +51,7 @@ impl ToSql for Column {
         let has_null = self.rows.iter().any(|r| matches!(r[self.col], Value::Null | Value::Unchanged));
         out.put_i32(1);
         out.put_i32(i32::from(has_null));
-        out.put_u32(TEXT_OID);
+        out.put_u32(self.elem.unwrap_or(TEXT_OID));
         out.put_i32(i32::try_from(self.rows.len())?);
         out.put_i32(1);
         for r in self.rows.iter() {
@@ -53,7 +60,10 @@ impl ToSql for Column {
                 v => {
                     let at = out.len();
                     out.put_i32(0);
-                    codec::encode_text(&self.codec, v, out)?;
+                    match self.elem {
+                        Some(_) => codec::encode_binary(&self.codec, v, out)?,
+                        None => codec::encode_text(&self.codec, v, out)?,
+                    }
                     let len = i32::try_from(out.len() - at - 4)?;
                     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
                 }
@@ -62,11 +72,25 @@ impl ToSql for Column {
         Ok(IsNull::No)
     }
 
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::TEXT_ARRAY
+    fn accepts(_ty: &Type) -> bool {
+        true
     }
 
     tokio_postgres::types::to_sql_checked!();
+}
+
+/// Whether a value has a binary form (an opaque text-only value has none).
+fn binary_safe(v: &Value) -> bool {
+    match v {
+        Value::Other(_) => false,
+        Value::List(items) => items.iter().all(binary_safe),
+        _ => true,
+    }
+}
+
+/// Whether every value of column `col` in `rows` has a binary form for `codec`.
+fn column_binary(rows: &[Row], col: usize, codec: &PgType) -> bool {
+    codec.binary_ok() && rows.iter().all(|r| binary_safe(&r[col]))
 }
 
 /// One statement of a batch.
@@ -110,28 +134,76 @@ impl Step {
 pub(crate) struct Planner<'a> {
     pub client: &'a Client,
     pub statements: &'a mut HashMap<String, Statement>,
+    pub encoding: Encoding,
 }
 
-/// `$1::text[], $2::text[], ..` for `n` parameters.
-fn array_args(n: usize) -> String {
-    (1..=n).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", ")
-}
-
-/// The rows as one parameter per column, each written with its column's codec.
+/// The rows as one text parameter per column, each written with its column's codec.
 pub fn columns(rows: &Arc<Vec<Row>>, codecs: &[PgType]) -> Vec<Column> {
-    codecs.iter().enumerate().map(|(col, codec)| Column { rows: rows.clone(), col, codec: codec.clone() }).collect()
+    codecs
+        .iter()
+        .enumerate()
+        .map(|(col, codec)| Column { rows: rows.clone(), col, codec: codec.clone(), elem: None })
+        .collect()
+}
+
+/// A batch's parameters with the SQL that reads them: `$n` (typed, binary) or `$n::text[]`.
+struct Params {
+    columns: Vec<Column>,
+    types: Vec<Type>,
+}
+
+impl Params {
+    /// `$1, $2::text[], ..`: the arguments of `unnest`.
+    fn args(&self) -> String {
+        self.columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if c.elem.is_some() { format!("${}", i + 1) } else { format!("${}::text[]", i + 1) })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `u.col` for a binary column (already typed), `u.col::type` for a text one.
+    fn value(&self, j: usize, alias: &str, cast: &str) -> String {
+        if self.columns[j].elem.is_some() {
+            format!("u.{}", quote_ident(alias))
+        } else {
+            format!("u.{}::{cast}", quote_ident(alias))
+        }
+    }
 }
 
 impl Planner<'_> {
-    async fn statement(&mut self, sql: String, params: usize) -> Result<Statement, PgError> {
+    async fn statement(&mut self, sql: String, types: &[Type]) -> Result<Statement, PgError> {
         if let Some(s) = self.statements.get(&sql) {
             return Ok(s.clone());
         }
-        let types = vec![Type::TEXT_ARRAY; params];
         let head: String = sql.chars().take(60).collect();
-        let st = self.client.prepare_typed(&sql, &types).await.ctx(format!("prepare {head}"))?;
+        let st = self.client.prepare_typed(&sql, types).await.ctx(format!("prepare {head}"))?;
         self.statements.insert(sql, st.clone());
         Ok(st)
+    }
+
+    /// Parameters for columns `cols` of `rows` (each column's values at its index in the rows,
+    /// or at its position in `cols` when `by_position`).
+    fn params(&self, target: &Target, rows: &Arc<Vec<Row>>, cols: &[(&sluice_core::ColumnSchema, usize)]) -> Params {
+        let mut columns = Vec::with_capacity(cols.len());
+        let mut types = Vec::with_capacity(cols.len());
+        for (c, idx) in cols {
+            let codec = target.codec(c).clone();
+            let array = Type::from_oid(target.array_oid(c)).filter(|_| {
+                self.encoding == Encoding::Binary
+                    && !matches!(codec, PgType::Array { .. } | PgType::Enum)
+                    && column_binary(rows, *idx, &codec)
+            });
+            let elem = array.as_ref().and_then(|t| match t.kind() {
+                tokio_postgres::types::Kind::Array(e) => Some(e.oid()),
+                _ => None,
+            });
+            types.push(array.filter(|_| elem.is_some()).unwrap_or(Type::TEXT_ARRAY));
+            columns.push(Column { rows: rows.clone(), col: *idx, codec, elem });
+        }
+        Params { columns, types }
     }
 
     /// The statements that apply `ops` (each key at most once) to `target`.
@@ -160,9 +232,10 @@ impl Planner<'_> {
             steps.push(self.delete(schema, target, deletes).await?);
         }
         if !upserts.is_empty() {
-            let st = self.upsert_statement(schema, target).await?;
-            let params = columns(&Arc::new(upserts), &target.codecs(schema));
-            steps.push(Step::Exec { st, params, what: format!("upsert into {}", schema.id) });
+            let rows = Arc::new(upserts);
+            let p = self.row_params(schema, target, &rows);
+            let st = self.upsert_statement(schema, target, &p).await?;
+            steps.push(Step::Exec { st, params: p.columns, what: format!("upsert into {}", schema.id) });
         }
         if !inserts.is_empty() {
             steps.push(self.copy(schema, target, &inserts)?);
@@ -177,31 +250,42 @@ impl Planner<'_> {
     }
 
     async fn delete(&mut self, schema: &TableSchema, target: &Target, keys: Vec<Key>) -> Result<Step, PgError> {
-        let key_cols: Vec<_> = schema.columns.iter().filter(|c| c.key).collect();
-        let alias = key_cols.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+        let key_cols: Vec<(&sluice_core::ColumnSchema, usize)> =
+            schema.columns.iter().filter(|c| c.key).enumerate().map(|(j, c)| (c, j)).collect();
+        let keys = Arc::new(keys);
+        let p = self.params(target, &keys, &key_cols);
+        let alias = key_cols.iter().map(|(c, _)| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
         let cond = key_cols
             .iter()
-            .map(|c| format!("t.{q} = u.{q}::{}", target.cast(c), q = quote_ident(&c.name)))
+            .enumerate()
+            .map(|(j, (c, _))| format!("t.{} = {}", quote_ident(&c.name), p.value(j, &c.name, target.cast(c))))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let sql = format!(
-            "DELETE FROM {} AS t USING unnest({}) AS u({alias}) WHERE {cond}",
-            target.name,
-            array_args(key_cols.len())
-        );
-        let st = self.statement(sql, key_cols.len()).await?;
-        let codecs: Vec<PgType> = key_cols.iter().map(|c| target.codec(c).clone()).collect();
-        let params = columns(&Arc::new(keys), &codecs);
-        Ok(Step::Exec { st, params, what: format!("delete from {}", schema.id) })
+        let sql = format!("DELETE FROM {} AS t USING unnest({}) AS u({alias}) WHERE {cond}", target.name, p.args());
+        let st = self.statement(sql, &p.types).await?;
+        Ok(Step::Exec { st, params: p.columns, what: format!("delete from {}", schema.id) })
+    }
+
+    /// Parameters for every column of `rows`.
+    fn row_params(&self, schema: &TableSchema, target: &Target, rows: &Arc<Vec<Row>>) -> Params {
+        let cols: Vec<(&sluice_core::ColumnSchema, usize)> =
+            schema.columns.iter().enumerate().map(|(i, c)| (c, i)).collect();
+        self.params(target, rows, &cols)
     }
 
     /// `INSERT .. SELECT .. FROM unnest(..) ON CONFLICT .. DO UPDATE` over every column.
-    async fn upsert_statement(&mut self, schema: &TableSchema, target: &Target) -> Result<Statement, PgError> {
+    async fn upsert_statement(
+        &mut self,
+        schema: &TableSchema,
+        target: &Target,
+        p: &Params,
+    ) -> Result<Statement, PgError> {
         let list = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
         let select = schema
             .columns
             .iter()
-            .map(|c| format!("u.{}::{}", quote_ident(&c.name), target.cast(c)))
+            .enumerate()
+            .map(|(j, c)| p.value(j, &c.name, target.cast(c)))
             .collect::<Vec<_>>()
             .join(", ");
         let key = schema.columns.iter().filter(|c| c.key).map(|c| quote_ident(&c.name)).collect::<Vec<_>>();
@@ -215,10 +299,10 @@ impl Planner<'_> {
         let sql = format!(
             "INSERT INTO {} ({list}) SELECT {select} FROM unnest({}) AS u({list}) ON CONFLICT ({}) DO {action}",
             target.name,
-            array_args(schema.columns.len()),
+            p.args(),
             key.join(", ")
         );
-        self.statement(sql, schema.columns.len()).await
+        self.statement(sql, &p.types).await
     }
 
     /// `COPY .. FROM STDIN` for rows that are new to the target: the server inserts them in
@@ -227,17 +311,28 @@ impl Planner<'_> {
     fn copy(&self, schema: &TableSchema, target: &Target, rows: &[Row]) -> Result<Step, PgError> {
         let cols = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
         let codecs = target.codecs(schema);
-        let mut data = BytesMut::with_capacity(rows.len() * 128);
+        let what = format!("insert into {}", schema.id);
+        let binary =
+            self.encoding == Encoding::Binary && codecs.iter().enumerate().all(|(i, c)| column_binary(rows, i, c));
+        let mut data = BytesMut::with_capacity(rows.len() * 96);
+        let encode = |e: codec::CodecError| PgError::Encode(format!("a row of {}: {e}", schema.id));
+        if binary {
+            copy::binary_header(&mut data);
+            for r in rows {
+                copy::encode_binary_row(&mut data, &codecs, r).map_err(encode)?;
+            }
+            copy::binary_trailer(&mut data);
+            return Ok(Step::Copy {
+                sql: format!("COPY {} ({cols}) FROM STDIN (FORMAT binary)", target.name),
+                data: data.freeze(),
+                what,
+            });
+        }
         let mut scratch = BytesMut::new();
         for r in rows {
-            copy::encode_row(&mut data, &mut scratch, &codecs, r)
-                .map_err(|e| PgError::Encode(format!("a row of {}: {e}", schema.id)))?;
+            copy::encode_row(&mut data, &mut scratch, &codecs, r).map_err(encode)?;
         }
-        Ok(Step::Copy {
-            sql: format!("COPY {} ({cols}) FROM STDIN", target.name),
-            data: data.freeze(),
-            what: format!("insert into {}", schema.id),
-        })
+        Ok(Step::Copy { sql: format!("COPY {} ({cols}) FROM STDIN", target.name), data: data.freeze(), what })
     }
 
     /// `UPDATE` of whole rows found by their key; if some are not found, the same rows go
@@ -248,36 +343,35 @@ impl Planner<'_> {
         target: &Target,
         rows: Vec<Row>,
     ) -> Result<Step, PgError> {
-        let upsert = self.upsert_statement(schema, target).await?;
         let n = rows.len() as u64;
-        let params = columns(&Arc::new(rows), &target.codecs(schema));
+        let rows = Arc::new(rows);
+        let p = self.row_params(schema, target, &rows);
+        let upsert = self.upsert_statement(schema, target, &p).await?;
         let what = format!("update {}", schema.id);
         if schema.columns.iter().all(|c| c.key) {
-            return Ok(Step::Exec { st: upsert, params, what });
+            return Ok(Step::Exec { st: upsert, params: p.columns, what });
         }
         let list = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
-        let typed = |c: &sluice_core::ColumnSchema| format!("u.{}::{}", quote_ident(&c.name), target.cast(c));
+        let typed = |j: usize, c: &sluice_core::ColumnSchema| p.value(j, &c.name, target.cast(c));
         let set = schema
             .columns
             .iter()
-            .filter(|c| !c.key)
-            .map(|c| format!("{} = {}", quote_ident(&c.name), typed(c)))
+            .enumerate()
+            .filter(|(_, c)| !c.key)
+            .map(|(j, c)| format!("{} = {}", quote_ident(&c.name), typed(j, c)))
             .collect::<Vec<_>>()
             .join(", ");
         let cond = schema
             .columns
             .iter()
-            .filter(|c| c.key)
-            .map(|c| format!("t.{} = {}", quote_ident(&c.name), typed(c)))
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(j, c)| format!("t.{} = {}", quote_ident(&c.name), typed(j, c)))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let sql = format!(
-            "UPDATE {} AS t SET {set} FROM unnest({}) AS u({list}) WHERE {cond}",
-            target.name,
-            array_args(schema.columns.len())
-        );
-        let update = self.statement(sql, schema.columns.len()).await?;
-        Ok(Step::UpdateElseUpsert { update, upsert, params, rows: n, what })
+        let sql = format!("UPDATE {} AS t SET {set} FROM unnest({}) AS u({list}) WHERE {cond}", target.name, p.args());
+        let update = self.statement(sql, &p.types).await?;
+        Ok(Step::UpdateElseUpsert { update, upsert, params: p.columns, rows: n, what })
     }
 
     /// `UPDATE` rows found by their key, setting only the columns that were sent (all rows
@@ -301,43 +395,41 @@ impl Planner<'_> {
         if set_idx.is_empty() {
             return Ok(None);
         }
-        let mut alias: Vec<String> = key_cols.iter().map(|c| quote_ident(&format!("k_{}", c.name))).collect();
-        alias.extend(set_idx.iter().map(|&i| quote_ident(&schema.columns[i].name)));
+        let (keys, full): (Vec<Key>, Vec<Row>) = rows.into_iter().unzip();
+        let keys = Arc::new(keys);
+        let full = Arc::new(full);
+        let key_list: Vec<(&sluice_core::ColumnSchema, usize)> =
+            key_cols.iter().enumerate().map(|(j, c)| (*c, j)).collect();
+        let set_list: Vec<(&sluice_core::ColumnSchema, usize)> =
+            set_idx.iter().map(|&i| (&schema.columns[i], i)).collect();
+        let kp = self.params(target, &keys, &key_list);
+        let sp = self.params(target, &full, &set_list);
+        let p = Params {
+            columns: kp.columns.into_iter().chain(sp.columns).collect(),
+            types: kp.types.into_iter().chain(sp.types).collect(),
+        };
+        let mut alias: Vec<String> = key_cols.iter().map(|c| format!("k_{}", c.name)).collect();
+        alias.extend(set_idx.iter().map(|&i| schema.columns[i].name.clone()));
         let set = set_idx
             .iter()
-            .map(|&i| {
+            .enumerate()
+            .map(|(j, &i)| {
                 let c = &schema.columns[i];
-                format!("{q} = u.{q}::{}", target.cast(c), q = quote_ident(&c.name))
+                format!("{} = {}", quote_ident(&c.name), p.value(key_cols.len() + j, &c.name, target.cast(c)))
             })
             .collect::<Vec<_>>()
             .join(", ");
         let cond = key_cols
             .iter()
-            .map(|c| {
-                format!("t.{} = u.{}::{}", quote_ident(&c.name), quote_ident(&format!("k_{}", c.name)), target.cast(c))
-            })
+            .enumerate()
+            .map(|(j, c)| format!("t.{} = {}", quote_ident(&c.name), p.value(j, &alias[j], target.cast(c))))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let sql = format!(
-            "UPDATE {} AS t SET {set} FROM unnest({}) AS u({}) WHERE {cond}",
-            target.name,
-            array_args(alias.len()),
-            alias.join(", ")
-        );
-        let st = self.statement(sql, alias.len()).await?;
-        let (keys, full): (Vec<Key>, Vec<Row>) = rows.into_iter().unzip();
-        let keys = Arc::new(keys);
-        let full = Arc::new(full);
-        let mut params: Vec<Column> = key_cols
-            .iter()
-            .enumerate()
-            .map(|(j, c)| Column { rows: keys.clone(), col: j, codec: target.codec(c).clone() })
-            .collect();
-        params.extend(set_idx.iter().map(|&i| Column {
-            rows: full.clone(),
-            col: i,
-            codec: target.codec(&schema.columns[i]).clone(),
-        }));
+        let quoted = alias.iter().map(|a| quote_ident(a)).collect::<Vec<_>>().join(", ");
+        let sql =
+            format!("UPDATE {} AS t SET {set} FROM unnest({}) AS u({quoted}) WHERE {cond}", target.name, p.args());
+        let st = self.statement(sql, &p.types).await?;
+        let params = p.columns;
         Ok(Some(Step::Exec { st, params, what: format!("update {}", schema.id) }))
     }
 }

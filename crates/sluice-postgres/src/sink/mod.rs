@@ -239,7 +239,8 @@ impl PgSink {
                 self.begin().await?;
                 let target = self.target(&schema.id)?.clone();
                 let client = self.client()?;
-                let mut planner = Planner { client: &client, statements: &mut self.statements };
+                let mut planner =
+                    Planner { client: &client, statements: &mut self.statements, encoding: self.cfg.encoding };
                 if let Some(step) = planner.update(schema, &target, vec![(old_key, row)], true).await? {
                     step.execute(&client).await?;
                 }
@@ -299,7 +300,8 @@ impl PgSink {
         let client = self.client()?;
         let dead = self.dead_letters();
         let position = self.txn.as_ref().map(|m| m.position.to_string());
-        Writer { client: &client, statements: &mut self.statements, dead: &dead, position }
+        let encoding = self.cfg.encoding;
+        Writer { client: &client, statements: &mut self.statements, dead: &dead, position, encoding }
             .write_ops(schema, &target, ops)
             .await
     }
@@ -434,12 +436,21 @@ impl PgSink {
             let ops = batch.into_ops();
             let target = self.target(&id)?.clone();
             steps.extend(
-                Planner { client: &client, statements: &mut self.statements }.plan(&schema, &target, &ops).await?,
+                Planner { client: &client, statements: &mut self.statements, encoding: self.cfg.encoding }
+                    .plan(&schema, &target, &ops)
+                    .await?,
             );
             tables.push((schema, target, ops));
         }
         self.buffered = 0;
-        let job = Job { client, steps, checkpoint: self.store.write(checkpoint), tables, dead: self.dead_letters() };
+        let job = Job {
+            client,
+            steps,
+            checkpoint: self.store.write(checkpoint),
+            tables,
+            dead: self.dead_letters(),
+            encoding: self.cfg.encoding,
+        };
         self.inflight = Some(tokio::spawn(job.run(ack)));
         Ok(())
     }
@@ -452,6 +463,7 @@ struct Job {
     checkpoint: CheckpointWrite,
     tables: Vec<(SchemaRef, Target, Vec<NetOp>)>,
     dead: DeadLetters,
+    encoding: crate::config::Encoding,
 }
 
 impl Job {
@@ -490,9 +502,15 @@ impl Job {
             client.batch_execute("ROLLBACK; BEGIN").await.ctx("roll back refused batch")?;
             let mut statements = HashMap::new();
             for (schema, target, ops) in self.tables {
-                Writer { client, statements: &mut statements, dead: &self.dead, position: None }
-                    .write_ops(&schema, &target, ops)
-                    .await?;
+                Writer {
+                    client,
+                    statements: &mut statements,
+                    dead: &self.dead,
+                    position: None,
+                    encoding: self.encoding,
+                }
+                .write_ops(&schema, &target, ops)
+                .await?;
             }
         }
         self.checkpoint.execute(client).await?;

@@ -20,6 +20,8 @@ pub(crate) struct TargetColumn {
     pub cast: String,
     /// How values are written into it
     pub codec: PgType,
+    /// OID of the type's array type (0 if none), for binary array parameters
+    pub array_oid: u32,
 }
 
 /// What a target table looks like.
@@ -45,6 +47,11 @@ impl Target {
     /// The codec of column `col`.
     pub fn codec<'a>(&'a self, col: &ColumnSchema) -> &'a PgType {
         self.columns.get(&col.name).map_or(&PgType::Other, |c| &c.codec)
+    }
+
+    /// The OID of column `col`'s array type, 0 if unknown.
+    pub fn array_oid(&self, col: &ColumnSchema) -> u32 {
+        self.columns.get(&col.name).map_or(0, |c| c.array_oid)
     }
 
     /// The codecs of `schema`'s columns, in its order.
@@ -102,18 +109,22 @@ pub(crate) fn key_list(schema: &TableSchema) -> String {
     schema.columns.iter().filter(|c| c.key).map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
 }
 
-/// Columns of a table: name, `format_type`, type OID and modifier.
-async fn target_columns(client: &Client, qualified_name: &str) -> Result<Vec<(String, String, u32, i32)>, PgError> {
+/// Columns of a table: name, `format_type`, type OID, modifier and array type OID.
+async fn target_columns(
+    client: &Client,
+    qualified_name: &str,
+) -> Result<Vec<(String, String, u32, i32, u32)>, PgError> {
     Ok(client
         .query(
-            "SELECT attname::text, format_type(atttypid, atttypmod), atttypid, atttypmod FROM pg_attribute \
-             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod, t.typarray \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&qualified_name],
         )
         .await
         .ctx(format!("read columns of {qualified_name}"))?
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect())
 }
 
@@ -203,9 +214,9 @@ pub(crate) async fn reconcile(
         }
     }
     let mut columns = HashMap::new();
-    for (col, cast, oid, typmod) in target_columns(client, &name).await? {
+    for (col, cast, oid, typmod, array_oid) in target_columns(client, &name).await? {
         let codec = types.resolve(client, oid, typmod).await?.pg;
-        columns.insert(col, TargetColumn { cast, codec });
+        columns.insert(col, TargetColumn { cast, codec, array_oid });
     }
     let has_key = has_primary_key(client, &name).await?;
     Ok(Target { version: schema.version, name, columns, has_key })

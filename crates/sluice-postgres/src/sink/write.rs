@@ -32,6 +32,7 @@ pub(crate) struct Writer<'a> {
     pub dead: &'a DeadLetters,
     /// The source position shown with dead letters
     pub position: Option<String>,
+    pub encoding: crate::config::Encoding,
 }
 
 impl Writer<'_> {
@@ -68,7 +69,9 @@ impl Writer<'_> {
     }
 
     async fn apply(&mut self, schema: &TableSchema, target: &Target, ops: &[NetOp]) -> Result<(), PgError> {
-        let steps = Planner { client: self.client, statements: self.statements }.plan(schema, target, ops).await?;
+        let steps = Planner { client: self.client, statements: self.statements, encoding: self.encoding }
+            .plan(schema, target, ops)
+            .await?;
         for step in steps {
             step.execute(self.client).await?;
         }

@@ -41,7 +41,7 @@ use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
 use crate::catalog::{self, SourceTable};
-use crate::config::{PgSourceConfig, SnapshotMode};
+use crate::config::{Encoding, PgSourceConfig, SnapshotMode};
 use crate::error::{Ctx, PgError};
 use crate::ident::{qualified, quote_ident};
 use crate::replication::ReplicationConn;
@@ -201,16 +201,19 @@ impl PgSource {
             stop,
         )
         .await?;
-        let messages = server_version(streamer.catalog()).await? >= 140_000;
+        let modern = server_version(streamer.catalog()).await? >= 140_000;
+        let binary = modern && self.cfg.encoding == Encoding::Binary && streamer.binary_ok().await?;
+        streamer.set_binary(binary);
         repl.start_replication(&format!(
-            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}{})",
+            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}{}{})",
             quote_ident(&self.slot),
             start,
             crate::ident::quote_literal(&quote_ident(&self.publication)),
-            if messages { ", messages 'true'" } else { "" }
+            if modern { ", messages 'true'" } else { "" },
+            if binary { ", binary 'true'" } else { "" }
         ))
         .await?;
-        info!(slot = %self.slot, from = %start, "streaming changes");
+        info!(slot = %self.slot, from = %start, binary, "streaming changes");
         streamer.run(&mut repl).await?;
         repl.terminate().await;
         Ok(())

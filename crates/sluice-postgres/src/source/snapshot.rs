@@ -51,7 +51,7 @@ pub(super) async fn copy_all(
         let started = Instant::now();
         let cols = catalog::table_columns(&client, t.oid).await?;
         let key = catalog::key_columns(&client, t.oid).await?;
-        let table = types.table(&client, t.id.clone(), &cols, &key, 0, &[]).await?;
+        let table = types.table(&client, t.id.clone(), &cols, &key, catalog::next_version(), &[]).await?;
         let decoder = Arc::new(CopyTextDecoder::new(table.types.clone()));
         let copy = |step| Event::Copy(Copy::new(to, table.schema.clone(), step));
         let estimated_rows = u64::try_from(t.estimated_rows).ok().filter(|n| *n > 0);

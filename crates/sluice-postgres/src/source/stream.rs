@@ -32,7 +32,6 @@ pub(super) struct Streamer<'a> {
     relations: HashMap<u32, (Relation, PgTable)>,
     /// Latest known shape of each table, from the stream or the catalog.
     by_id: HashMap<TableId, PgTable>,
-    versions: HashMap<TableId, u64>,
     selected: Vec<SourceTable>,
     /// Tables selected since the last `Tables` event, to announce between transactions.
     announce: bool,
@@ -53,6 +52,8 @@ pub(super) struct Streamer<'a> {
     confirmed_rx: watch::Receiver<Option<Position>>,
     stop: watch::Receiver<bool>,
     last_discovery: Instant,
+    /// The server sends values in binary (pgoutput's `binary` option).
+    binary: bool,
 }
 
 impl<'a> Streamer<'a> {
@@ -78,7 +79,6 @@ impl<'a> Streamer<'a> {
             types: TypeCache::default(),
             relations: HashMap::new(),
             by_id: HashMap::new(),
-            versions: HashMap::new(),
             selected,
             announce: false,
             live,
@@ -91,6 +91,7 @@ impl<'a> Streamer<'a> {
             confirmed_rx,
             stop,
             last_discovery: Instant::now(),
+            binary: false,
         };
         // Everything before the start point is durable in every sink.
         s.take_confirmed();
@@ -99,6 +100,24 @@ impl<'a> Streamer<'a> {
 
     pub fn catalog(&self) -> &Client {
         &self.catalog
+    }
+
+    /// Whether every column of every selected table has a binary form Sluice reads; only then
+    /// can the server send binary values.
+    pub async fn binary_ok(&mut self) -> Result<bool, PgError> {
+        for t in self.selected.clone() {
+            let table = self.shape(&t.id, t.oid).await?;
+            if !table.types.iter().all(PgType::binary_ok) {
+                debug!(table = %t.id, "a column has no binary form; streaming in text");
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Records whether the stream was started in binary.
+    pub fn set_binary(&mut self, binary: bool) {
+        self.binary = binary;
     }
 
     pub async fn run(&mut self, repl: &mut ReplicationConn) -> Result<(), PgError> {
@@ -197,7 +216,7 @@ impl<'a> Streamer<'a> {
         }
         let cols = catalog::table_columns(&self.catalog, oid).await?;
         let key = catalog::key_columns(&self.catalog, oid).await?;
-        let version = *self.versions.get(id).unwrap_or(&0);
+        let version = catalog::next_version();
         let missing = catalog::missing_values(&self.catalog, oid).await?;
         let t = self.types.table(&self.catalog, id.clone(), &cols, &key, version, &missing).await?;
         self.by_id.insert(id.clone(), t.clone());
@@ -491,13 +510,18 @@ impl<'a> Streamer<'a> {
                 not_null: not_null.contains(&c.name),
             })
             .collect();
-        let version = self.versions.entry(id.clone()).or_insert(0);
-        *version += 1;
-        let version = *version;
+        let version = catalog::next_version();
         // A new shape may come with new enum labels.
         self.types.clear();
         let missing = catalog::missing_values(&self.catalog, rel.id).await?;
         let table = self.types.table(&self.catalog, id.clone(), &cols, &key, version, &missing).await?;
+        if self.binary && !table.types.iter().all(PgType::binary_ok) {
+            // Values of this type would arrive in a binary form Sluice does not read: start over
+            // in text (the next start sees the column and streams in text).
+            return Err(PgError::Retry(format!(
+                "{id} now has a column whose type has no binary form Sluice reads; restarting the stream in text"
+            )));
+        }
         debug!(table = %id, columns = table.schema.columns.len(), "relation");
         self.by_id.insert(id, table.clone());
         self.relations.insert(rel.id, (rel, table));

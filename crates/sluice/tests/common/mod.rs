@@ -157,6 +157,10 @@ pub struct Running {
 }
 
 pub fn start(cfg: PipelineConfig) -> Running {
+    // SLUICE_TEST_LOG=debug (or any filter) shows the pipeline's log on stderr.
+    if let Ok(filter) = std::env::var("SLUICE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
     let (stop, rx) = watch::channel(false);
     let running = sluice::start(&cfg, rx);
     Running { stop, status: running.handle, handle: running.task }
