@@ -73,6 +73,9 @@ pub struct Args {
     /// Extra lines for the sink section of the Sluice pipeline (e.g. batch settings)
     #[arg(long, default_value = "")]
     sink_extra: String,
+    /// Extra lines for the source section of the Sluice pipeline (e.g. encoding = "text")
+    #[arg(long, default_value = "")]
+    source_extra: String,
 }
 
 struct DrainRun {
@@ -142,8 +145,9 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     // Sluice creates its slot and copies the (empty) tables, then stops before the backlog.
     let dir = tempfile::tempdir()?;
     let toml = format!(
-        "name = \"bench\"\n[source]\ntype = \"postgres\"\nurl = \"{src_url}\"\ntables = [\"public.t\", \"public.marker\"]\n\n\
+        "name = \"bench\"\n[source]\ntype = \"postgres\"\nurl = \"{src_url}\"\ntables = [\"public.t\", \"public.marker\"]\n{}\n\n\
          [[sink]]\ntype = \"postgres\"\nurl = \"{replica_url}\"\n{}\n",
+        a.source_extra,
         a.sink_extra
     );
     let mut first = SluiceProc::start(&dir, &toml)?;

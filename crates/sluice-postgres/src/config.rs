@@ -52,9 +52,10 @@ pub struct PgSourceConfig {
     /// Rows per chunk when copying a live table (a table added later, or for a sink added later).
     #[serde(default = "default_backfill_chunk_rows")]
     pub backfill_chunk_rows: usize,
-    /// How the server sends streamed values: `binary` (pgoutput's binary format, when every
-    /// selected column has one; PostgreSQL 14+) or `text`.
-    #[serde(default)]
+    /// How the server sends streamed values: `text` (the default: measured cheaper end to end,
+    /// see BENCHMARKS.md) or `binary` (pgoutput's binary format, when every selected column has
+    /// one; PostgreSQL 14+).
+    #[serde(default = "default_source_encoding")]
     pub encoding: Encoding,
 }
 
@@ -155,6 +156,9 @@ fn default_snapshot_connections() -> usize {
 }
 fn default_changelog_suffix() -> String {
     DEFAULT_CHANGELOG_SUFFIX.to_string()
+}
+fn default_source_encoding() -> Encoding {
+    Encoding::Text
 }
 fn default_true() -> bool {
     true

@@ -208,7 +208,7 @@ async fn every_binary_type_streams_in_binary_and_a_text_only_column_switches_to_
     for r in TYPE_ROWS {
         env.src.batch_execute(&format!("INSERT INTO types VALUES {r}")).await.unwrap();
     }
-    let pipeline = start(env.config("bin", "tables = [\"public.types_b\"]", ""));
+    let pipeline = start(env.config("bin", "tables = [\"public.types_b\"]\nencoding = \"binary\"", ""));
     env.converge("types_b", "id").await;
     let cols = "id, i2, i4, i8, num, num_p, r, d, b, t, vc, c, by, dt, tm, ttz, ts, tstz, iv, u, j, jb, m, a_i4, a_t, \
                 a_num, a_m, a_tstz, a_b, a_f8";
