@@ -6,6 +6,8 @@
 //! key whose only change is an insert can be inserted plainly; a key only updated can be
 //! updated (with an upsert for rows missing on the target); any other mix needs an upsert.
 
+use std::borrow::Cow;
+
 use rustc_hash::FxHashMap;
 
 use crate::event::Op;
@@ -133,35 +135,45 @@ impl KeyedBatch {
         self.put(key, NetOp::Upsert(row))
     }
 
-    /// Adds one change of this table.
-    pub fn add(&mut self, op: &Op) -> Added {
+    /// Adds one change of this table. An owned change gives up its rows; a borrowed one is
+    /// copied.
+    pub fn add(&mut self, op: Cow<'_, Op>) -> Added {
         let schema = self.schema.clone();
         let key_of = |r: &Row| schema.key_of(r);
         let complete = |k: &Key| k.iter().all(|v| !matches!(v, Value::Null | Value::Unchanged));
-        let new_keys = match op {
+        // The row an operation leaves, taken from the change.
+        let after = |op: Cow<'_, Op>| -> Row {
+            match op.into_owned() {
+                Op::Insert { after } | Op::Update { after, .. } => after,
+                _ => Row::new(),
+            }
+        };
+        let new_keys = match &*op {
             Op::Truncate => {
                 self.by_key.clear();
                 self.ops.clear();
                 return Added::Truncate;
             }
-            Op::Insert { after } => usize::from(self.put(key_of(after), NetOp::Insert(after.clone()))),
+            Op::Insert { after: a } => {
+                let key = key_of(a);
+                usize::from(self.put(key, NetOp::Insert(after(op))))
+            }
             Op::Delete { before } => {
                 let key = key_of(before);
                 usize::from(self.put(key.clone(), NetOp::Delete(key)))
             }
-            Op::Update { before, after } => {
-                let new_key = key_of(after);
+            Op::Update { before, after: a } => {
+                let new_key = key_of(a);
                 let old_key = before.as_ref().map(&key_of).filter(|k| complete(k) && *k != new_key);
+                let partial = a.contains(&Value::Unchanged);
                 match old_key {
-                    Some(old) if after.contains(&Value::Unchanged) => {
-                        return Added::MoveRow { old_key: old, row: after.clone() };
-                    }
+                    Some(old) if partial => return Added::MoveRow { old_key: old, row: after(op) },
                     Some(old) => {
-                        let a = self.put(old.clone(), NetOp::Delete(old));
-                        let b = self.put(new_key, NetOp::Upsert(after.clone()));
-                        usize::from(a) + usize::from(b)
+                        let x = self.put(old.clone(), NetOp::Delete(old));
+                        let y = self.put(new_key, NetOp::Upsert(after(op)));
+                        usize::from(x) + usize::from(y)
                     }
-                    None => usize::from(self.put(new_key, NetOp::Update(after.clone()))),
+                    None => usize::from(self.put(new_key, NetOp::Update(after(op)))),
                 }
             }
         };
@@ -219,16 +231,19 @@ mod tests {
         });
         let row = |k: i64, v: &str| vec![Value::Int(k), t(v)];
         let mut b = KeyedBatch::new(schema);
-        assert_eq!(b.add(&Op::Insert { after: row(1, "a") }), Added::Buffered { new_keys: 1 });
-        assert_eq!(b.add(&Op::Insert { after: row(2, "b") }), Added::Buffered { new_keys: 1 });
-        assert_eq!(b.add(&Op::Update { before: None, after: row(1, "a2") }), Added::Buffered { new_keys: 0 });
+        assert_eq!(b.add(Cow::Owned(Op::Insert { after: row(1, "a") })), Added::Buffered { new_keys: 1 });
+        assert_eq!(b.add(Cow::Owned(Op::Insert { after: row(2, "b") })), Added::Buffered { new_keys: 1 });
+        assert_eq!(
+            b.add(Cow::Owned(Op::Update { before: None, after: row(1, "a2") })),
+            Added::Buffered { new_keys: 0 }
+        );
         // A key change becomes a delete of the old key and an upsert of the new one.
         let moved = Op::Update { before: Some(vec![Value::Int(2), Value::Null]), after: row(3, "b") };
-        assert_eq!(b.add(&moved), Added::Buffered { new_keys: 1 });
+        assert_eq!(b.add(Cow::Borrowed(&moved)), Added::Buffered { new_keys: 1 });
         // ...unless values were not resent: then the sink moves the row itself.
         let partial =
             Op::Update { before: Some(vec![Value::Int(3), Value::Null]), after: vec![Value::Int(4), Value::Unchanged] };
-        assert!(matches!(b.add(&partial), Added::MoveRow { .. }));
+        assert!(matches!(b.add(Cow::Borrowed(&partial)), Added::MoveRow { .. }));
         assert_eq!(b.len(), 3);
         assert_eq!(
             b.into_ops(),

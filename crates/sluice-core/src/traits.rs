@@ -234,6 +234,17 @@ pub trait Sink: Send {
     /// rows out early, never by committing part of a source transaction.
     async fn write(&mut self, event: &Event) -> Result<(), ConnectorError>;
 
+    /// Accepts several events in order, exactly as calling [`Sink::write`] on each would. The
+    /// runtime hands over runs of a transaction's events this way; a sink overrides it to avoid
+    /// a call per event, and may take the rows out of an event no other sink shares
+    /// (`Arc::try_unwrap`) instead of copying them.
+    async fn write_batch(&mut self, events: Vec<Arc<Event>>) -> Result<(), ConnectorError> {
+        for ev in events {
+            self.write(&ev).await?;
+        }
+        Ok(())
+    }
+
     /// Makes every event written so far durable together with `checkpoint` (stored where
     /// [`Sink::open`] reads it), then sends `ack`. The commit may complete in the background
     /// after this returns; the sink then keeps later writes from overtaking it. `Err` (or a
@@ -245,9 +256,6 @@ pub trait Sink: Send {
     async fn close(&mut self) -> Result<(), ConnectorError> {
         Ok(())
     }
-
-    /// Rows accepted since the last commit.
-    fn pending_rows(&self) -> usize;
 }
 
 /// A stage between the source and the sinks that rewrites the stream (the SQL transforms plug

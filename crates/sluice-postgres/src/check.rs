@@ -96,6 +96,32 @@ pub async fn check_source(cfg: &PgSourceConfig, slot: &str) -> Vec<CheckResult> 
             format!("all {max_senders} WAL senders are busy; raise max_wal_senders and restart"),
         )
     });
+    let version: i32 = setting("server_version_num").await.parse().unwrap_or(0);
+    let name = "source: may write copy watermarks";
+    if version < 140_000 {
+        out.push(pass(
+            name,
+            format!(
+                "server {version} is older than PostgreSQL 14: a fresh pipeline works, but tables created later and \
+                 sinks added later cannot be copied while streaming"
+            ),
+        ));
+    } else {
+        let may = client
+            .query_one("SELECT has_function_privilege('pg_logical_emit_message(boolean,text,text)', 'EXECUTE')", &[])
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false);
+        out.push(if may {
+            pass(name, "")
+        } else {
+            fail(
+                name,
+                "the user may not execute pg_logical_emit_message, which marks where a copy of a live table starts \
+                 and ends; run GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO <user>",
+            )
+        });
+    }
     match catalog::selected_tables(&client, &cfg.filter()).await {
         Err(e) => out.push(fail("source: selected tables exist", e.describe())),
         Ok(tables) if tables.is_empty() => out.push(fail(

@@ -48,14 +48,19 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use sink_task::{FromSink, SinkSync, SinkTask, ToSink};
+use sink_task::{FromSink, Routed, SinkSync, SinkTask, ToSink};
 use status::StatusBoard;
 pub use status::{
     CopyState, ErrorEntry, PipelineHandle, PipelineStatus, RunState, SinkState, SinkStatus, SourceStatus, TableStatus,
 };
 
-/// Capacity of the source's event queue and of each sink's queue.
+/// Capacity of the source's event queue.
 pub const QUEUE_CAPACITY: usize = 4096;
+/// Most events the router takes from the source's queue at once and hands each sink as one batch.
+pub const ROUTE_BATCH: usize = 256;
+/// Capacity of each sink's queue, in batches (so at most `SINK_QUEUE_BATCHES * ROUTE_BATCH`
+/// events wait for one sink).
+pub const SINK_QUEUE_BATCHES: usize = 16;
 /// How long opening a sink may take before the attempt counts as failed.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopping source may take to exit.
@@ -403,7 +408,7 @@ impl Supervisor {
             else {
                 continue;
             };
-            let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+            let (tx, rx) = mpsc::channel(SINK_QUEUE_BATCHES);
             let slot = &mut self.slots[i];
             slot.formats = sink.accepted_formats();
             slot.accepted = checkpoint.clone();
@@ -488,7 +493,7 @@ impl Supervisor {
         let task = tokio::spawn(async move { source.run(resume, ctx).await });
         let started = Instant::now();
         let mut end: Option<EpochEnd> = None;
-        let mut buf: Vec<Event> = Vec::with_capacity(4);
+        let mut incoming: Vec<Event> = Vec::with_capacity(ROUTE_BATCH);
         loop {
             tokio::select! {
                 biased;
@@ -527,17 +532,17 @@ impl Supervisor {
                         let _ = source_stop_tx.send(true);
                     }
                 }
-                ev = events_rx.recv() => match ev {
-                    Some(ev) => {
-                        if let Err(e) = self.route(ev, transform.as_mut(), &mut buf).await {
-                            if end.is_none() {
-                                end = Some(EpochEnd::Fatal(fail("transform", e)));
-                                let _ = source_stop_tx.send(true);
-                            }
+                n = events_rx.recv_many(&mut incoming, ROUTE_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Err(e) = self.route(&mut incoming, transform.as_mut()).await {
+                        if end.is_none() {
+                            end = Some(EpochEnd::Fatal(fail("transform", e)));
+                            let _ = source_stop_tx.send(true);
                         }
                     }
-                    None => break,
-                },
+                }
             }
         }
         // The source's stream has ended: on request, or because it failed.
@@ -618,16 +623,17 @@ impl Supervisor {
         }
     }
 
-    /// Passes one source event through the transform and on to the sinks it concerns.
-    async fn route(
-        &mut self,
-        ev: Event,
-        transform: &mut dyn Transform,
-        buf: &mut Vec<Event>,
-    ) -> Result<(), ConnectorError> {
-        transform.apply(ev, buf)?;
-        for ev in buf.drain(..) {
-            let mut to = self.live();
+    /// Passes source events through the transform and on to the sinks they concern, as one
+    /// batch per sink (one queue operation per sink for up to [`ROUTE_BATCH`] events).
+    async fn route(&mut self, incoming: &mut Vec<Event>, transform: &mut dyn Transform) -> Result<(), ConnectorError> {
+        let mut out: Vec<Event> = Vec::with_capacity(incoming.len());
+        for ev in incoming.drain(..) {
+            transform.apply(ev, &mut out)?;
+        }
+        let live = self.live();
+        let mut batches: Vec<Vec<Routed>> = self.slots.iter().map(|_| Vec::new()).collect();
+        for ev in out {
+            let mut to = live;
             let mut boundary = false;
             match &ev {
                 Event::Tables { selected } => self.board.tables(selected),
@@ -656,10 +662,16 @@ impl Supervisor {
             let state = if boundary { transform.state().map(Arc::new) } else { None };
             let ev = Arc::new(ev);
             for i in to.iter() {
-                if let Life::Live { tx, .. } = &self.slots[i].life {
-                    if tx.send(ToSink::Event(ev.clone(), state.clone())).await.is_err() {
-                        debug!(sink = %self.slots[i].name, "sink queue closed; its report says why");
-                    }
+                batches[i].push((ev.clone(), state.clone()));
+            }
+        }
+        for (i, batch) in batches.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            if let Life::Live { tx, .. } = &self.slots[i].life {
+                if tx.send(ToSink::Events(batch)).await.is_err() {
+                    debug!(sink = %self.slots[i].name, "sink queue closed; its report says why");
                 }
             }
         }

@@ -34,10 +34,13 @@ use crate::status::SinkCounters;
 /// How long a failed or stopped sink may take to finish its background work.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// An event, with the transform's state after it when the transform keeps state.
+pub(crate) type Routed = (Arc<Event>, Option<Arc<serde_json::Value>>);
+
 /// What the router sends a sink task.
 pub(crate) enum ToSink {
-    /// An event, with the transform's state after it when the transform keeps state.
-    Event(Arc<Event>, Option<Arc<serde_json::Value>>),
+    /// Events, in order.
+    Events(Vec<Routed>),
     /// Report whether the sink is between units of work, and what it has accepted.
     Sync(oneshot::Sender<SinkSync>),
 }
@@ -83,6 +86,8 @@ struct Driver {
     chunk_open: bool,
     /// Something was accepted since the last commit.
     dirty: bool,
+    /// Rows accepted since the last commit.
+    uncommitted: usize,
     /// The position moved since the last commit (heartbeats only).
     moved: bool,
     oldest: Option<Instant>,
@@ -113,6 +118,7 @@ impl SinkTask {
             reset_copy: None,
             chunk_open: false,
             dirty: false,
+            uncommitted: 0,
             moved: false,
             oldest: None,
             acks,
@@ -156,7 +162,7 @@ impl Driver {
                     }
                 }
                 cmd = rx.recv() => match cmd {
-                    Some(ToSink::Event(ev, state)) => self.on_event(&ev, state).await?,
+                    Some(ToSink::Events(batch)) => self.on_batch(batch).await?,
                     Some(ToSink::Sync(reply)) => {
                         let _ = reply.send(SinkSync { at_boundary: self.at_boundary(), accepted: self.accepted.clone() });
                     }
@@ -201,6 +207,73 @@ impl Driver {
         }
     }
 
+    /// Handles a batch: the events of transactions go to the sink in runs, one call per run;
+    /// everything else (and every commit decision) is handled in order in between.
+    async fn on_batch(&mut self, batch: Vec<Routed>) -> Result<(), ConnectorError> {
+        let mut run: Vec<Arc<Event>> = Vec::with_capacity(batch.len());
+        for (ev, state) in batch {
+            match &*ev {
+                Event::Begin(meta) => {
+                    if self.accepted.position.as_ref().is_some_and(|p| p.covers(&meta.position)) {
+                        self.skipping = true;
+                        continue;
+                    }
+                    self.in_txn = true;
+                    run.push(ev);
+                }
+                Event::Change(_) => {
+                    if self.skipping {
+                        continue;
+                    }
+                    self.uncommitted += 1;
+                    self.dirty = true;
+                    if self.oldest.is_none() {
+                        self.oldest = Some(Instant::now());
+                    }
+                    run.push(ev);
+                }
+                Event::Commit { meta, position } => {
+                    if self.skipping {
+                        self.skipping = false;
+                        continue;
+                    }
+                    self.in_txn = false;
+                    self.last_commit_ts = Some(meta.commit_ts_micros);
+                    self.advance(position, state);
+                    self.dirty = true;
+                    run.push(ev);
+                    if self.commit_due() {
+                        self.flush_run(&mut run).await?;
+                        self.commit().await?;
+                    }
+                }
+                _ => {
+                    self.flush_run(&mut run).await?;
+                    self.on_event(&ev, state).await?;
+                }
+            }
+        }
+        self.flush_run(&mut run).await
+    }
+
+    /// Hands the sink the events gathered so far.
+    async fn flush_run(&mut self, run: &mut Vec<Arc<Event>>) -> Result<(), ConnectorError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let rows = run.iter().filter(|e| matches!(***e, Event::Change(_))).count();
+        self.sink.write_batch(std::mem::take(run)).await?;
+        self.counters.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the batch is full or old enough to commit (at a boundary).
+    fn commit_due(&self) -> bool {
+        self.at_boundary()
+            && (self.uncommitted >= self.policy.max_rows
+                || self.oldest.is_some_and(|t| t.elapsed() >= self.policy.max_delay))
+    }
+
     async fn on_event(&mut self, ev: &Event, state: Option<Arc<serde_json::Value>>) -> Result<(), ConnectorError> {
         match ev {
             Event::Tables { selected } => {
@@ -230,7 +303,7 @@ impl Driver {
                 }
                 self.advance(position, state);
                 self.moved = true;
-                if self.sink.pending_rows() == 0 {
+                if self.uncommitted == 0 {
                     // Nothing buffered: make the new position durable, so the source can
                     // release its log while the selected tables are idle.
                     self.commit().await?;
@@ -238,32 +311,8 @@ impl Driver {
                     self.maybe_commit().await?;
                 }
             }
-            Event::Begin(meta) => {
-                if self.accepted.position.as_ref().is_some_and(|p| p.covers(&meta.position)) {
-                    self.skipping = true;
-                    return Ok(());
-                }
-                self.in_txn = true;
-                self.sink.write(ev).await?;
-            }
-            Event::Change(_) => {
-                if self.skipping {
-                    return Ok(());
-                }
-                self.write_counted(ev, 1).await?;
-            }
-            Event::Commit { meta, position } => {
-                if self.skipping {
-                    self.skipping = false;
-                    return Ok(());
-                }
-                self.sink.write(ev).await?;
-                self.in_txn = false;
-                self.last_commit_ts = Some(meta.commit_ts_micros);
-                self.advance(position, state);
-                self.dirty = true;
-                self.maybe_commit().await?;
-            }
+            // A transaction's events go to the sink in runs (`on_batch`).
+            Event::Begin(_) | Event::Change(_) | Event::Commit { .. } => {}
             Event::Copy(c) => self.on_copy(ev, c).await?,
         }
         Ok(())
@@ -328,6 +377,7 @@ impl Driver {
     async fn write_counted(&mut self, ev: &Event, rows: usize) -> Result<(), ConnectorError> {
         self.sink.write(ev).await?;
         self.counters.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        self.uncommitted += rows;
         self.dirty = true;
         if self.oldest.is_none() {
             self.oldest = Some(Instant::now());
@@ -337,12 +387,7 @@ impl Driver {
 
     /// Commits at a boundary when the batch is full or old enough.
     async fn maybe_commit(&mut self) -> Result<(), ConnectorError> {
-        if !self.at_boundary() {
-            return Ok(());
-        }
-        let full = self.sink.pending_rows() >= self.policy.max_rows;
-        let late = self.oldest.is_some_and(|t| t.elapsed() >= self.policy.max_delay);
-        if full || late {
+        if self.commit_due() {
             self.commit().await?;
         }
         Ok(())
@@ -360,6 +405,7 @@ impl Driver {
         self.dirty = false;
         self.moved = false;
         self.oldest = None;
+        self.uncommitted = 0;
         Ok(())
     }
 

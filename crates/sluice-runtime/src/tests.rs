@@ -298,9 +298,6 @@ impl Sink for MemSink {
         }
         Ok(())
     }
-    fn pending_rows(&self) -> usize {
-        self.pending.len()
-    }
 }
 
 fn pipeline(w: &Shared, sinks: usize) -> Pipeline {

@@ -115,6 +115,7 @@ async fn check_passes_on_a_ready_server_and_fails_on_an_unreachable_one() {
     let out = sluice(&["check", &path]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("all checks passed"));
+    assert!(text(&out).contains("ok    source: may write copy watermarks"), "{}", text(&out));
 
     let port = free_port();
     let path = write_config(

@@ -404,6 +404,14 @@ fn parse_timetz(s: &[u8]) -> Result<TimeTz, Problem> {
 /// `YYYY-MM-DD HH:MM:SS[.ffffff][±zone][ BC]`, `infinity`, `-infinity`. A timestamptz without a
 /// zone is in UTC (the session zone); a timestamp ignores a zone, as PostgreSQL does.
 fn parse_timestamp(s: &[u8], with_zone: bool) -> Result<Timestamp, Problem> {
+    match canonical_timestamp(s, with_zone) {
+        Some(t) => Ok(t),
+        None => parse_timestamp_any(s, with_zone),
+    }
+}
+
+/// Every form PostgreSQL prints (and the offsets it accepts).
+fn parse_timestamp_any(s: &[u8], with_zone: bool) -> Result<Timestamp, Problem> {
     let s = s.trim_ascii();
     if let Some(positive) = infinity(s) {
         return Ok(if positive { Timestamp::INFINITY } else { Timestamp::NEG_INFINITY });
@@ -417,6 +425,53 @@ fn parse_timestamp(s: &[u8], with_zone: bool) -> Result<Timestamp, Problem> {
     c.end("unexpected text after the timestamp")?;
     let offset = if with_zone { offset } else { 0 };
     Ok(Timestamp::from_date_time(days_from_civil(y, m, d), micros - i64::from(offset) * MICROS_PER_SEC))
+}
+
+/// The form PostgreSQL prints almost every timestamp in (`YYYY-MM-DD HH:MM:SS[.ffffff]`, with
+/// `+00` for timestamptz under TimeZone=UTC), read at fixed positions; `None` sends anything
+/// else (BC, wide years, infinities, other offsets) to the general parser.
+fn canonical_timestamp(s: &[u8], with_zone: bool) -> Option<Timestamp> {
+    if s.len() < 19 || s[4] != b'-' || s[7] != b'-' || s[10] != b' ' || s[13] != b':' || s[16] != b':' {
+        return None;
+    }
+    let digit = |i: usize| -> Option<i64> {
+        let d = s[i].wrapping_sub(b'0');
+        (d < 10).then_some(i64::from(d))
+    };
+    let two = |i: usize| Some(digit(i)? * 10 + digit(i + 1)?);
+    let year = digit(0)? * 1000 + digit(1)? * 100 + two(2)?;
+    let (month, day, h, m, sec) = (two(5)?, two(8)?, two(11)?, two(14)?, two(17)?);
+    let (month, day) = (u32::try_from(month).ok()?, u32::try_from(day).ok()?);
+    if year == 0
+        || !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+        || h > 23
+        || m > 59
+        || sec > 59
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut frac = 0i64;
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < s.len() && s[i].is_ascii_digit() && i - start < 6 {
+            frac = frac * 10 + i64::from(s[i] - b'0');
+            i += 1;
+        }
+        if i == start || s.get(i).is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+        frac *= 10_i64.pow(6 - (i - start) as u32);
+    }
+    let rest = &s[i..];
+    if !(rest.is_empty() || (with_zone && rest == b"+00")) {
+        return None;
+    }
+    let micros = h * MICROS_PER_HOUR + m * MICROS_PER_MINUTE + sec * MICROS_PER_SEC + frac;
+    Some(Timestamp::from_date_time(days_from_civil(year, month, day), micros))
 }
 
 /// One unit word of an interval.
@@ -1560,6 +1615,34 @@ mod tests {
             for ty in &types {
                 let _ = decode_text(ty, Bytes::from(s.clone()));
             }
+        }
+    }
+
+    #[test]
+    fn the_canonical_timestamp_fast_path_agrees_with_the_general_parser() {
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut checked = 0;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Years 1..9999, any microsecond, sometimes a whole second.
+            let days = (seed % 3_652_059) as i64 - 719_162;
+            let micros =
+                if seed % 5 == 0 { (seed % 86_400) as i64 * 1_000_000 } else { (seed >> 20) as i64 % 86_400_000_000 };
+            let t = Timestamp::from_date_time(days, micros);
+            for (with_zone, v) in [(false, Value::Timestamp(t)), (true, Value::TimestampTz(t))] {
+                let ty = if with_zone { PgType::TimestampTz } else { PgType::Timestamp };
+                let mut out = BytesMut::new();
+                encode_text(&ty, &v, &mut out).unwrap();
+                let fast = canonical_timestamp(&out, with_zone);
+                assert_eq!(fast, parse_timestamp_any(&out, with_zone).ok(), "{}", String::from_utf8_lossy(&out));
+                checked += usize::from(fast.is_some());
+            }
+        }
+        assert!(checked > 39_000, "the fast path should take nearly every canonical value, took {checked}");
+        for odd in [&b"2020-01-01 00:00:00+05:30"[..], b"0001-01-01 00:00:00 BC", b"infinity", b"2020-13-01 00:00:00"] {
+            assert_eq!(canonical_timestamp(odd, true), None, "{}", String::from_utf8_lossy(odd));
         }
     }
 }

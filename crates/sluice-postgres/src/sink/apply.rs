@@ -130,6 +130,29 @@ impl Step {
     }
 }
 
+/// A batch's net operations sorted by the statement that applies them.
+pub(crate) struct Sorted {
+    deletes: Arc<Vec<Key>>,
+    upserts: Arc<Vec<Row>>,
+    inserts: Arc<Vec<Row>>,
+    updates: Arc<Vec<Row>>,
+    partial: Vec<Vec<(Key, Row)>>,
+}
+
+impl Sorted {
+    /// The operations again, to apply them another way; plain inserts become upserts (a batch
+    /// is only applied again after the target refused it, and an insert meeting an existing row
+    /// is the usual reason).
+    pub fn ops(&self) -> Vec<NetOp> {
+        let mut out = Vec::new();
+        out.extend(self.deletes.iter().cloned().map(NetOp::Delete));
+        out.extend(self.upserts.iter().chain(self.inserts.iter()).cloned().map(NetOp::Upsert));
+        out.extend(self.updates.iter().cloned().map(NetOp::Update));
+        out.extend(self.partial.iter().flatten().map(|(_, r)| NetOp::Update(r.clone())));
+        out
+    }
+}
+
 /// Prepares statements on one connection, caching them by text.
 pub(crate) struct Planner<'a> {
     pub client: &'a Client,
@@ -206,15 +229,22 @@ impl Planner<'_> {
         Params { columns, types }
     }
 
-    /// The statements that apply `ops` (each key at most once) to `target`.
-    pub async fn plan(&mut self, schema: &TableSchema, target: &Target, ops: &[NetOp]) -> Result<Vec<Step>, PgError> {
+    /// The statements that apply `ops` (each key at most once) to `target`, and the operations
+    /// sorted by kind (shared with the statements, not copied), to apply them again one by one
+    /// if the target refuses the batch.
+    pub async fn plan(
+        &mut self,
+        schema: &TableSchema,
+        target: &Target,
+        ops: Vec<NetOp>,
+    ) -> Result<(Vec<Step>, Sorted), PgError> {
         let key_idx = schema.key_indexes();
         let mut deletes: Vec<Key> = Vec::new();
         let mut upserts: Vec<Row> = Vec::new();
         let mut inserts: Vec<Row> = Vec::new();
         let mut updates: Vec<Row> = Vec::new();
         let mut partial: FxHashMap<Vec<bool>, Vec<(Key, Row)>> = FxHashMap::default();
-        for op in ops.iter().cloned() {
+        for op in ops {
             match op {
                 NetOp::Delete(k) => deletes.push(k),
                 NetOp::Insert(r) if !r.contains(&Value::Unchanged) => inserts.push(r),
@@ -227,32 +257,37 @@ impl Planner<'_> {
                 NetOp::Update(r) => updates.push(r),
             }
         }
+        let sorted = Sorted {
+            deletes: Arc::new(deletes),
+            upserts: Arc::new(upserts),
+            inserts: Arc::new(inserts),
+            updates: Arc::new(updates),
+            partial: partial.into_values().collect(),
+        };
         let mut steps = Vec::new();
-        if !deletes.is_empty() {
-            steps.push(self.delete(schema, target, deletes).await?);
+        if !sorted.deletes.is_empty() {
+            steps.push(self.delete(schema, target, sorted.deletes.clone()).await?);
         }
-        if !upserts.is_empty() {
-            let rows = Arc::new(upserts);
-            let p = self.row_params(schema, target, &rows);
+        if !sorted.upserts.is_empty() {
+            let p = self.row_params(schema, target, &sorted.upserts);
             let st = self.upsert_statement(schema, target, &p).await?;
             steps.push(Step::Exec { st, params: p.columns, what: format!("upsert into {}", schema.id) });
         }
-        if !inserts.is_empty() {
-            steps.push(self.copy(schema, target, &inserts)?);
+        if !sorted.inserts.is_empty() {
+            steps.push(self.copy(schema, target, &sorted.inserts)?);
         }
-        if !updates.is_empty() {
-            steps.push(self.update_else_upsert(schema, target, updates).await?);
+        if !sorted.updates.is_empty() {
+            steps.push(self.update_else_upsert(schema, target, sorted.updates.clone()).await?);
         }
-        for (_, rows) in partial {
-            steps.extend(self.update(schema, target, rows, false).await?);
+        for rows in &sorted.partial {
+            steps.extend(self.update(schema, target, rows.clone(), false).await?);
         }
-        Ok(steps)
+        Ok((steps, sorted))
     }
 
-    async fn delete(&mut self, schema: &TableSchema, target: &Target, keys: Vec<Key>) -> Result<Step, PgError> {
+    async fn delete(&mut self, schema: &TableSchema, target: &Target, keys: Arc<Vec<Key>>) -> Result<Step, PgError> {
         let key_cols: Vec<(&sluice_core::ColumnSchema, usize)> =
             schema.columns.iter().filter(|c| c.key).enumerate().map(|(j, c)| (c, j)).collect();
-        let keys = Arc::new(keys);
         let p = self.params(target, &keys, &key_cols);
         let alias = key_cols.iter().map(|(c, _)| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
         let cond = key_cols
@@ -341,10 +376,9 @@ impl Planner<'_> {
         &mut self,
         schema: &TableSchema,
         target: &Target,
-        rows: Vec<Row>,
+        rows: Arc<Vec<Row>>,
     ) -> Result<Step, PgError> {
         let n = rows.len() as u64;
-        let rows = Arc::new(rows);
         let p = self.row_params(schema, target, &rows);
         let upsert = self.upsert_statement(schema, target, &p).await?;
         let what = format!("update {}", schema.id);

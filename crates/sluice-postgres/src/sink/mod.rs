@@ -32,6 +32,7 @@ mod snapshot_copy;
 mod target;
 mod write;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +41,8 @@ use async_trait::async_trait;
 use rustc_hash::FxHashMap;
 use sluice_core::collapse::{Added, KeyedBatch, NetOp};
 use sluice_core::{
-    Ack, BatchPolicy, BulkFormat, Change, Checkpoint, ConnectorError, Copy, CopyStep, ErrorClass, Event, Op, Row,
-    SchemaRef, Sink, SinkContext, SinkStats, TableId, TableSchema, TxnMeta,
+    Ack, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyStep, ErrorClass, Event, Op, Row, SchemaRef,
+    Sink, SinkContext, SinkStats, TableId, TableSchema, TxnMeta,
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
@@ -51,7 +52,7 @@ use crate::catalog::{self, TypeCache};
 use crate::config::{PgSinkConfig, SinkMode};
 use crate::copy::COPY_TEXT;
 use crate::error::{Ctx, PgError};
-use apply::{Planner, Step};
+use apply::{Planner, Sorted, Step};
 use changelog::LogRow;
 use checkpoint::{CheckpointStore, CheckpointWrite};
 use snapshot_copy::SnapshotCopy;
@@ -79,8 +80,6 @@ pub struct PgSink {
     logs: FxHashMap<TableId, (SchemaRef, Vec<LogRow>)>,
     /// Keys (replica) or rows (changelog) buffered in memory.
     buffered: usize,
-    /// Rows accepted since the last commit.
-    pending_rows: usize,
     /// Something was written since the last commit.
     dirty: bool,
     /// The last checkpoint stored.
@@ -92,6 +91,8 @@ pub struct PgSink {
     /// Replica mode, during a consistent copy: the connections loading the table, and the table.
     snapshot: Option<SnapshotCopy>,
     loading: Option<SchemaRef>,
+    /// The last schema whose target table was checked (exists, current shape, has its key).
+    ready: Option<SchemaRef>,
 }
 
 /// How a background commit ended.
@@ -117,7 +118,6 @@ impl PgSink {
             batches: FxHashMap::default(),
             logs: FxHashMap::default(),
             buffered: 0,
-            pending_rows: 0,
             dirty: false,
             stored: None,
             inflight: None,
@@ -125,6 +125,7 @@ impl PgSink {
             statements: HashMap::new(),
             snapshot: None,
             loading: None,
+            ready: None,
         }
     }
 
@@ -177,6 +178,7 @@ impl PgSink {
         if self.targets.get(&schema.id).is_some_and(|t| t.version == schema.version) {
             return Ok(());
         }
+        self.ready = None;
         self.begin().await?;
         let client = self.client()?;
         let tid = self.target_name(&schema.id);
@@ -203,24 +205,28 @@ impl PgSink {
         self.targets.get(id).ok_or_else(|| PgError::Protocol(format!("no target for {id}")))
     }
 
-    async fn accept_change(&mut self, change: &Change) -> Result<(), PgError> {
-        let schema = &change.table;
-        let stale = self.batches.get(&schema.id).is_some_and(|b| b.schema().version != schema.version)
-            || self.logs.get(&schema.id).is_some_and(|(s, _)| s.version != schema.version);
-        if stale {
-            self.write_table(&schema.id).await?;
+    async fn accept_change(&mut self, schema: &SchemaRef, op: Cow<'_, Op>) -> Result<(), PgError> {
+        // Consecutive changes usually share one schema: check the target once for it.
+        if !self.ready.as_ref().is_some_and(|r| Arc::ptr_eq(r, schema)) {
+            let stale = self.batches.get(&schema.id).is_some_and(|b| b.schema().version != schema.version)
+                || self.logs.get(&schema.id).is_some_and(|(s, _)| s.version != schema.version);
+            if stale {
+                self.write_table(&schema.id).await?;
+            }
+            self.ensure_target(schema, false).await?;
+            if self.cfg.mode == SinkMode::Replica {
+                self.ensure_key(schema).await?;
+            }
+            self.ready = Some(schema.clone());
         }
-        self.ensure_target(schema, false).await?;
-        self.pending_rows += 1;
         self.dirty = true;
         if self.cfg.mode == SinkMode::Changelog {
-            let row = LogRow::change(schema, &change.op, self.txn.as_ref());
+            let row = LogRow::change(schema, &op, self.txn.as_ref());
             self.logs.entry(schema.id.clone()).or_insert_with(|| (schema.clone(), Vec::new())).1.push(row);
             self.buffered += 1;
             return self.maybe_write_out().await;
         }
-        self.ensure_key(schema).await?;
-        if matches!(change.op, Op::Truncate) {
+        if matches!(*op, Op::Truncate) {
             if let Some(b) = self.batches.remove(&schema.id) {
                 self.buffered = self.buffered.saturating_sub(b.len());
             }
@@ -230,7 +236,7 @@ impl PgSink {
             return Ok(());
         }
         let batch = self.batch_for(schema);
-        match batch.add(&change.op) {
+        match batch.add(op) {
             Added::Buffered { new_keys } => self.buffered += new_keys,
             Added::Truncate => {}
             Added::MoveRow { old_key, row } => {
@@ -323,7 +329,6 @@ impl PgSink {
             }
             CopyStep::Rows(rows) => self.copied_rows(schema, rows).await?,
             CopyStep::Bulk(bulk) if bulk.format() == COPY_TEXT && self.loading_into(schema) => {
-                self.pending_rows += bulk.len();
                 self.dirty = true;
                 self.snapshot_writers()?.send(bulk.data().clone()).await?;
             }
@@ -350,7 +355,6 @@ impl PgSink {
     }
 
     async fn copied_rows(&mut self, schema: &SchemaRef, rows: &[Row]) -> Result<(), PgError> {
-        self.pending_rows += rows.len();
         self.dirty = true;
         if self.loading_into(schema) {
             let codecs = self.target(&schema.id)?.codecs(schema);
@@ -382,6 +386,7 @@ impl PgSink {
     async fn begin_load(&mut self, schema: &SchemaRef) -> Result<(), PgError> {
         // A table created for the load gets its primary key once filled: one sorted index build
         // costs a fraction of maintaining the index row by row.
+        self.ready = None;
         self.ensure_target(schema, true).await?;
         self.begin().await?;
         let name = self.target(&schema.id)?.name.clone();
@@ -411,6 +416,17 @@ impl PgSink {
         self.ensure_key(schema).await
     }
 
+    async fn write_one(&mut self, event: &Event) -> Result<(), PgError> {
+        match event {
+            Event::Begin(meta) => self.txn = Some(meta.clone()),
+            Event::Change(c) => self.accept_change(&c.table, Cow::Borrowed(&c.op)).await?,
+            Event::Commit { .. } => self.txn = None,
+            Event::Copy(c) => self.copy(c).await?,
+            Event::Tables { .. } | Event::StreamStart { .. } | Event::Heartbeat { .. } => {}
+        }
+        Ok(())
+    }
+
     /// Commits synchronously: what this target transaction already holds, the buffers, the
     /// checkpoint.
     async fn commit_now(&mut self, checkpoint: &Checkpoint) -> Result<(), PgError> {
@@ -433,14 +449,13 @@ impl PgSink {
         let mut tables = Vec::new();
         for (id, batch) in std::mem::take(&mut self.batches) {
             let schema = batch.schema().clone();
-            let ops = batch.into_ops();
             let target = self.target(&id)?.clone();
-            steps.extend(
+            let (planned, sorted) =
                 Planner { client: &client, statements: &mut self.statements, encoding: self.cfg.encoding }
-                    .plan(&schema, &target, &ops)
-                    .await?,
-            );
-            tables.push((schema, target, ops));
+                    .plan(&schema, &target, batch.into_ops())
+                    .await?;
+            steps.extend(planned);
+            tables.push((schema, target, sorted));
         }
         self.buffered = 0;
         let job = Job {
@@ -461,7 +476,7 @@ struct Job {
     client: Arc<Client>,
     steps: Vec<Step>,
     checkpoint: CheckpointWrite,
-    tables: Vec<(SchemaRef, Target, Vec<NetOp>)>,
+    tables: Vec<(SchemaRef, Target, Sorted)>,
     dead: DeadLetters,
     encoding: crate::config::Encoding,
 }
@@ -501,16 +516,17 @@ impl Job {
             warn!(error = %ConnectorError::from(e), "batch refused by the target; applying it change by change");
             client.batch_execute("ROLLBACK; BEGIN").await.ctx("roll back refused batch")?;
             let mut statements = HashMap::new();
-            for (schema, target, ops) in self.tables {
-                Writer {
+            for (schema, target, sorted) in self.tables {
+                let mut w = Writer {
                     client,
                     statements: &mut statements,
                     dead: &self.dead,
                     position: None,
                     encoding: self.encoding,
-                }
-                .write_ops(&schema, &target, ops)
-                .await?;
+                };
+                client.batch_execute("SAVEPOINT sluice_write").await.ctx("savepoint")?;
+                w.refused(&schema, &target, &sorted).await?;
+                client.batch_execute("RELEASE SAVEPOINT sluice_write").await.ctx("release savepoint")?;
             }
         }
         self.checkpoint.execute(client).await?;
@@ -559,12 +575,17 @@ impl Sink for PgSink {
     }
 
     async fn write(&mut self, event: &Event) -> Result<(), ConnectorError> {
-        match event {
-            Event::Begin(meta) => self.txn = Some(meta.clone()),
-            Event::Change(c) => self.accept_change(c).await?,
-            Event::Commit { .. } => self.txn = None,
-            Event::Copy(c) => self.copy(c).await?,
-            Event::Tables { .. } | Event::StreamStart { .. } | Event::Heartbeat { .. } => {}
+        Ok(self.write_one(event).await?)
+    }
+
+    async fn write_batch(&mut self, events: Vec<Arc<Event>>) -> Result<(), ConnectorError> {
+        for ev in events {
+            // An event no other sink shares gives up its rows instead of being copied.
+            match Arc::try_unwrap(ev) {
+                Ok(Event::Change(c)) => self.accept_change(&c.table, Cow::Owned(c.op)).await?,
+                Ok(other) => self.write_one(&other).await?,
+                Err(shared) => self.write_one(&shared).await?,
+            }
         }
         Ok(())
     }
@@ -595,7 +616,6 @@ impl Sink for PgSink {
         }
         self.stored = Some(checkpoint);
         self.dirty = false;
-        self.pending_rows = 0;
         Ok(())
     }
 
@@ -610,9 +630,5 @@ impl Sink for PgSink {
             self.in_tx = false;
         }
         Ok(settled?)
-    }
-
-    fn pending_rows(&self) -> usize {
-        self.pending_rows
     }
 }

@@ -11,7 +11,7 @@ use sluice_core::{ConnectorError, ErrorClass, SinkStats, TableSchema};
 use tokio_postgres::{Client, Statement};
 use tracing::{debug, warn};
 
-use super::apply::Planner;
+use super::apply::{Planner, Sorted};
 use super::target::Target;
 use crate::error::{Ctx, PgError};
 
@@ -40,42 +40,50 @@ impl Writer<'_> {
     pub async fn write_ops(&mut self, schema: &TableSchema, target: &Target, ops: Vec<NetOp>) -> Result<(), PgError> {
         let n = ops.len();
         self.client.batch_execute("SAVEPOINT sluice_write").await.ctx("savepoint")?;
-        match self.apply(schema, target, &ops).await {
-            Ok(()) => {}
-            Err(e) if e.class() == ErrorClass::Definite => {
-                self.client.batch_execute("ROLLBACK TO SAVEPOINT sluice_write").await.ctx("rollback to savepoint")?;
-                // Plain inserts meet an existing row only if the target was changed behind
-                // Sluice's back, or a transaction is replayed; applying them as upserts settles
-                // that.
-                let ops: Vec<NetOp> = ops
-                    .into_iter()
-                    .map(|op| match op {
-                        NetOp::Insert(r) => NetOp::Upsert(r),
-                        other => other,
-                    })
-                    .collect();
-                if let Err(e) = self.apply(schema, target, &ops).await {
-                    if e.class() != ErrorClass::Definite {
-                        return Err(e);
-                    }
-                    self.one_by_one(schema, target, &ops, e).await?;
-                }
-            }
+        let planned = Planner { client: self.client, statements: self.statements, encoding: self.encoding }
+            .plan(schema, target, ops)
+            .await;
+        let (steps, sorted) = match planned {
+            Ok(p) => p,
             Err(e) => return Err(e),
+        };
+        if let Err(e) = self.execute(&steps).await {
+            if e.class() != ErrorClass::Definite {
+                return Err(e);
+            }
+            self.refused(schema, target, &sorted).await?;
         }
         self.client.batch_execute("RELEASE SAVEPOINT sluice_write").await.ctx("release savepoint")?;
         debug!(table = %schema.id, rows = n, "wrote batch");
         Ok(())
     }
 
-    async fn apply(&mut self, schema: &TableSchema, target: &Target, ops: &[NetOp]) -> Result<(), PgError> {
-        let steps = Planner { client: self.client, statements: self.statements, encoding: self.encoding }
-            .plan(schema, target, ops)
-            .await?;
+    async fn execute(&self, steps: &[super::apply::Step]) -> Result<(), PgError> {
         for step in steps {
             step.execute(self.client).await?;
         }
         Ok(())
+    }
+
+    /// After the target refused a batch (inside savepoint `sluice_write`): applies it again with
+    /// upserts for the plain inserts, then, if still refused, one change at a time.
+    pub async fn refused(&mut self, schema: &TableSchema, target: &Target, sorted: &Sorted) -> Result<(), PgError> {
+        self.client.batch_execute("ROLLBACK TO SAVEPOINT sluice_write").await.ctx("rollback to savepoint")?;
+        let ops = sorted.ops();
+        if let Err(e) = self.apply(schema, target, &ops).await {
+            if e.class() != ErrorClass::Definite {
+                return Err(e);
+            }
+            self.one_by_one(schema, target, &ops, e).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, schema: &TableSchema, target: &Target, ops: &[NetOp]) -> Result<(), PgError> {
+        let (steps, _) = Planner { client: self.client, statements: self.statements, encoding: self.encoding }
+            .plan(schema, target, ops.to_vec())
+            .await?;
+        self.execute(&steps).await
     }
 
     /// A record the target refuses (a constraint, a value out of range): find it by applying
