@@ -167,6 +167,18 @@ impl Drop for SluiceProc {
     }
 }
 
+/// True once every table in `tables` (schema public) is durably copied into the replica: its
+/// primary key is added in the transaction that records the copy, in every release, so builds
+/// can be compared.
+pub fn copied(tables: &[&str]) -> String {
+    let list = tables.iter().map(|t| format!("to_regclass('public.{t}')")).collect::<Vec<_>>().join(", ");
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints) AND (SELECT count(*) FROM pg_index \
+         WHERE indrelid IN ({list}) AND indisprimary) = {}",
+        tables.len()
+    )
+}
+
 /// Polls `q` (one row, one bool column) every 20 ms until true; returns the elapsed time.
 pub async fn until_true(
     client: &Client,

@@ -13,13 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::common::{
-    backend_cpu_secs, bench_server, connect, digest, exec, median, top_statements, until_true, Pair, SluiceProc,
+    backend_cpu_secs, bench_server, connect, copied, digest, exec, median, top_statements, until_true, Pair, SluiceProc,
 };
-
-/// The copy of both (empty) tables is durable: their primary keys are added in the transaction
-/// that records it (true of every release, so builds can be compared).
-const COPIED: &str = "SELECT EXISTS (SELECT 1 FROM sluice.checkpoints) AND (SELECT count(*) FROM pg_index \
-    WHERE indrelid IN (to_regclass('public.t'), to_regclass('public.marker')) AND indisprimary) = 2";
 
 const TABLES: &str = "
 CREATE TABLE t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, c timestamptz NOT NULL, d numeric(12,2) NOT NULL);
@@ -151,7 +146,7 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
         a.sink_extra
     );
     let mut first = SluiceProc::start(&dir, &toml)?;
-    until_true(&replica, COPIED, Duration::from_secs(120), || first.check_alive()).await?;
+    until_true(&replica, &copied(&["t", "marker"]), Duration::from_secs(120), || first.check_alive()).await?;
     first.stop()?;
 
     let t = Instant::now();
@@ -246,7 +241,7 @@ pub async fn big_txn(a: BigTxnArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let toml = pair.pipeline("bench", "\"public.t\", \"public.marker\"", "");
     let mut first = SluiceProc::start(&dir, &toml)?;
-    until_true(replica, COPIED, Duration::from_secs(1800), || first.check_alive()).await?;
+    until_true(replica, &copied(&["t", "marker"]), Duration::from_secs(1800), || first.check_alive()).await?;
     first.stop()?;
     exec(src, "UPDATE t SET a = a + 1, c = now()").await?;
     exec(src, "INSERT INTO marker VALUES (1, now())").await?;

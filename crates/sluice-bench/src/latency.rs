@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use crate::common::{exec, until_true, Pair, SluiceProc};
+use crate::common::{copied, exec, until_true, Pair, SluiceProc};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,14 +37,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let toml = pair.pipeline("lat", "\"public.lat\"", "");
     let mut proc = SluiceProc::start(&dir, &toml)?;
-    until_true(
-        replica,
-        "SELECT (SELECT count(*) FROM sluice.checkpoints c, jsonb_array_elements(c.state->'tables') t \
-         WHERE t->>'state' = 'copied') >= 1",
-        Duration::from_secs(60),
-        || proc.check_alive(),
-    )
-    .await?;
+    until_true(replica, &copied(&["lat"]), Duration::from_secs(60), || proc.check_alive()).await?;
 
     let txns_per_s = (a.rate / a.rows_per_txn.max(1)).max(1);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / txns_per_s as f64));

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::common::{bench_server, connect, digest, exec, median, until_true, SluiceProc};
+use crate::common::{bench_server, connect, copied, digest, exec, median, until_true, SluiceProc};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -73,14 +73,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         );
         let t = Instant::now();
         let mut proc = SluiceProc::start(&dir, &toml)?;
-        until_true(
-            &replica,
-            "SELECT (SELECT count(*) FROM sluice.checkpoints c, jsonb_array_elements(c.state->'tables') t \
-         WHERE t->>'state' = 'copied') >= 1",
-            Duration::from_secs(3600),
-            || proc.check_alive(),
-        )
-        .await?;
+        until_true(&replica, &copied(&["t"]), Duration::from_secs(3600), || proc.check_alive()).await?;
         let sluice_secs = t.elapsed().as_secs_f64();
         rss.push(proc.peak_rss_mb());
         let cpu = proc.cpu_secs();
