@@ -38,6 +38,10 @@ pub struct Checkpoint {
     pub position: Option<Position>,
     /// Copy state per table. A selected table that is absent has not been copied at all.
     pub tables: BTreeMap<TableId, TableProgress>,
+    /// The source's identity of each table in `tables` when its copy began (PostgreSQL: the
+    /// table's OID), where the source gives one. A table found under the same name with
+    /// another identity was dropped and created again: it is copied again.
+    pub table_ids: BTreeMap<TableId, String>,
     /// Read from a first-release checkpoint whose snapshot had finished: every table selected
     /// at that time counts as copied (that release did not record which tables it copied).
     pub all_tables_copied: bool,
@@ -77,6 +81,8 @@ struct Stored {
 struct StoredTable {
     schema: String,
     name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source_id: Option<String>,
     #[serde(flatten)]
     progress: TableProgress,
 }
@@ -85,6 +91,15 @@ impl Checkpoint {
     /// Whether `table` is fully copied in this sink.
     pub fn is_copied(&self, table: &TableId) -> bool {
         self.all_tables_copied || matches!(self.tables.get(table), Some(TableProgress::Copied))
+    }
+
+    /// Whether the copy state of `table` belongs to another table of the same name (its source
+    /// identity is known and differs from `current`).
+    pub fn is_other_table(&self, table: &TableId, current: Option<&str>) -> bool {
+        match (self.table_ids.get(table), current) {
+            (Some(held), Some(now)) => held != now,
+            _ => false,
+        }
     }
 
     /// Whether the sink holds anything at all: a position or a copied table.
@@ -100,7 +115,12 @@ impl Checkpoint {
             tables: self
                 .tables
                 .iter()
-                .map(|(id, p)| StoredTable { schema: id.schema.clone(), name: id.name.clone(), progress: p.clone() })
+                .map(|(id, p)| StoredTable {
+                    schema: id.schema.clone(),
+                    name: id.name.clone(),
+                    source_id: self.table_ids.get(id).cloned(),
+                    progress: p.clone(),
+                })
                 .collect(),
             all_tables_copied: self.all_tables_copied,
             transform: self.transform.clone(),
@@ -120,12 +140,20 @@ impl Checkpoint {
             return Err(CheckpointError::TooNew { found: v.version });
         }
         let stored: Stored = serde_json::from_str(s)?;
-        Ok(Checkpoint {
+        let mut cp = Checkpoint {
             position: stored.position,
-            tables: stored.tables.into_iter().map(|t| (TableId::new(t.schema, t.name), t.progress)).collect(),
             all_tables_copied: stored.all_tables_copied,
             transform: stored.transform,
-        })
+            ..Checkpoint::default()
+        };
+        for t in stored.tables {
+            let id = TableId::new(t.schema, t.name);
+            if let Some(s) = t.source_id {
+                cp.table_ids.insert(id.clone(), s);
+            }
+            cp.tables.insert(id, t.progress);
+        }
+        Ok(cp)
     }
 
     /// Reads a first-release checkpoint: a position in its JSON form and whether the initial
@@ -155,12 +183,17 @@ mod tests {
             TableProgress::Copying { after: Some(vec![Value::Int(7), Value::Text("x".into())]) },
         );
         cp.transform = Some(serde_json::json!({"window": [1, 2]}));
+        cp.table_ids.insert(TableId::new("s", "t"), "16384".into());
         let j = cp.to_json();
         assert!(j.starts_with(r#"{"version":2,"#), "{j}");
         assert_eq!(Checkpoint::from_json(&j).unwrap(), cp);
         assert!(cp.is_copied(&TableId::new("public", "a.b")));
         assert!(!cp.is_copied(&TableId::new("s", "t")));
         assert!(!cp.is_empty() && Checkpoint::default().is_empty());
+        assert!(j.contains(r#""source_id":"16384""#), "{j}");
+        assert!(cp.is_other_table(&TableId::new("s", "t"), Some("16999")));
+        assert!(!cp.is_other_table(&TableId::new("s", "t"), Some("16384")));
+        assert!(!cp.is_other_table(&TableId::new("public", "a.b"), Some("1")), "no identity recorded");
     }
 
     #[test]

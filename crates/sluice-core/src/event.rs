@@ -194,15 +194,38 @@ impl PartialEq for BulkRows {
     }
 }
 
+/// How a copy treats what the sink already holds of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMode {
+    /// The rows come from one snapshot consistent with the stream's start, before any
+    /// transaction: the sink empties the table first and commits nothing of it until
+    /// [`CopyStep::End`] (a copy cut short starts over).
+    Snapshot,
+    /// A live table is copied from its first row in chunks, between transactions: the sink
+    /// empties the table first (rows it holds from before, say of a table dropped and created
+    /// again, are void), then merges the rows in. Chunks commit as they come.
+    Replace,
+    /// A live table's copy resumes after a key: rows are merged in (inserted, or replacing the
+    /// row with the same key); nothing is emptied.
+    Resume,
+}
+
+impl CopyMode {
+    /// Whether the sink empties the table when the copy begins.
+    pub fn empties(self) -> bool {
+        matches!(self, CopyMode::Snapshot | CopyMode::Replace)
+    }
+}
+
 /// One step of copying a table's existing rows into some sinks.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CopyStep {
-    /// The copy starts. With `reset`, the rows come from a snapshot consistent with the
-    /// stream's start and the sink empties the table first; without, the table is live and
-    /// rows are merged in (inserted, or replacing the row with the same key).
+    /// The copy starts.
     Begin {
-        /// Empty the table first
-        reset: bool,
+        /// What happens to the rows the sink holds
+        mode: CopyMode,
+        /// The source's identity of the table (see [`crate::Checkpoint::table_ids`])
+        source_id: Option<String>,
         /// The source's estimate of the row count, for progress display
         estimated_rows: Option<u64>,
     },
@@ -210,7 +233,7 @@ pub enum CopyStep {
     Rows(Vec<Row>),
     /// Rows in a bulk format the receiving sinks accept.
     Bulk(BulkRows),
-    /// A merge copy reached `after`: every row with a key up to it has been sent. A sink that
+    /// A copy of a live table reached `after`: every row with a key up to it has been sent. A sink that
     /// makes this durable resumes after it.
     Progress {
         /// Last key sent
@@ -273,7 +296,7 @@ pub enum Event {
         /// Selected tables
         selected: Vec<TableId>,
     },
-    /// The stream starts at `position`; copies that follow with `reset` hold exactly what lies
+    /// The stream starts at `position`; snapshot copies that follow hold exactly what lies
     /// before it. A sink with no position takes this one.
     StreamStart {
         /// Where the stream continues

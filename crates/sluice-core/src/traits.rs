@@ -48,16 +48,19 @@ impl Resume {
     }
 
     /// The copies `table` still needs: groups of running sinks that continue from the same key
-    /// (`None`: from the first row). Sinks that hold the whole table are in no group.
-    pub fn copies_needed(&self, table: &TableId) -> Vec<(SinkSet, Option<Key>)> {
+    /// (`None`: from the first row). Sinks that hold the whole table are in no group. `identity`
+    /// is the source's identity of the table now (see [`Checkpoint::table_ids`]); a sink that
+    /// copied another table of that name needs a copy from the first row.
+    pub fn copies_needed(&self, table: &TableId, identity: Option<&str>) -> Vec<(SinkSet, Option<Key>)> {
         let mut groups: Vec<(SinkSet, Option<Key>)> = Vec::new();
         for (i, cp) in self.sinks.iter().enumerate() {
             let Some(cp) = cp else { continue };
-            if cp.is_copied(table) {
+            let other = cp.is_other_table(table, identity);
+            if cp.is_copied(table) && !other {
                 continue;
             }
             let after = match cp.tables.get(table) {
-                Some(TableProgress::Copying { after }) => after.clone(),
+                Some(TableProgress::Copying { after }) if !other => after.clone(),
                 _ => None,
             };
             match groups.iter_mut().find(|(_, a)| *a == after) {
@@ -336,10 +339,19 @@ mod tests {
         assert_eq!(r.position(), lsn("0/200"), "sinks without a position, or down, do not hold the stream back");
         assert!(!r.is_fresh());
         assert_eq!(r.live().iter().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
-        let needs = r.copies_needed(&t);
+        let needs = r.copies_needed(&t, None);
         assert_eq!(needs.len(), 2);
         assert_eq!((needs[0].0.iter().collect::<Vec<_>>(), needs[0].1.clone()), (vec![1], Some(vec![Value::Int(5)])));
         assert_eq!((needs[1].0.iter().collect::<Vec<_>>(), needs[1].1.clone()), (vec![2, 3], None));
+        // The table was dropped and created again: sinks that copied the old one start over.
+        let mut r = r;
+        for cp in r.sinks.iter_mut().flatten().take(2) {
+            cp.table_ids.insert(t.clone(), "16384".into());
+        }
+        assert_eq!(r.copies_needed(&t, Some("16384")).len(), 2, "same table: as before");
+        let needs = r.copies_needed(&t, Some("17000"));
+        assert_eq!(needs.len(), 1);
+        assert_eq!((needs[0].0.iter().collect::<Vec<_>>(), needs[0].1.clone()), (vec![0, 1, 2, 3], None));
         assert!(Resume { sinks: vec![Some(Checkpoint::default())] }.is_fresh());
         assert!(!Resume { sinks: vec![Some(Checkpoint::default()), None] }.is_fresh(), "a down sink may hold anything");
     }

@@ -44,7 +44,7 @@ use sluice_core::{
     SinkSet, SinkStats, SourceConnector, SourceContext, Transform,
 };
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -65,6 +65,9 @@ pub const SINK_QUEUE_BATCHES: usize = 16;
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopping source may take to exit.
 pub const SOURCE_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a sink task may take to answer between epochs, or to finish once its queue is
+/// closed, before it is taken for hung and aborted (its uncommitted work is replayed).
+pub const SINK_RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Builds the transform of each epoch.
 pub type TransformFactory = Arc<dyn Fn() -> Box<dyn Transform> + Send + Sync>;
@@ -183,7 +186,7 @@ enum Life {
     /// Opened, waiting for the next epoch to start its task.
     Ready { sink: Box<dyn Sink>, checkpoint: Checkpoint, generation: u64 },
     /// Receiving the stream.
-    Live { tx: mpsc::Sender<ToSink>, generation: u64, since: Instant },
+    Live { tx: mpsc::Sender<ToSink>, generation: u64, since: Instant, task: AbortHandle },
     /// Closed for good (shutdown).
     Closed,
 }
@@ -355,15 +358,18 @@ impl Supervisor {
         let tx = self.opened_tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let mut sink = connector.build(&name, i);
-            let result = match tokio::time::timeout(OPEN_TIMEOUT, sink.open(ctx)).await {
-                Ok(Ok(cp)) => Ok((sink, cp)),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(ConnectorError::msg(
-                    ErrorClass::Transient,
-                    format!("opening took longer than {OPEN_TIMEOUT:?}"),
-                )),
-            };
+            let attempt = tokio::spawn(async move {
+                let mut sink = connector.build(&name, i);
+                match tokio::time::timeout(OPEN_TIMEOUT, sink.open(ctx)).await {
+                    Ok(Ok(cp)) => Ok((sink, cp)),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(ConnectorError::msg(
+                        ErrorClass::Transient,
+                        format!("opening took longer than {OPEN_TIMEOUT:?}"),
+                    )),
+                }
+            });
+            let result = attempt.await.unwrap_or_else(|e| Err(panicked("opening", e)));
             let _ = tx.send(Opened { sink: i, generation, result });
         });
     }
@@ -420,8 +426,21 @@ impl Supervisor {
                 out: self.from_sinks_tx.clone(),
                 counters: self.board.counters(i),
             };
-            tokio::spawn(task.run(rx));
-            slot.life = Life::Live { tx, generation, since: Instant::now() };
+            let handle = tokio::spawn(task.run(rx));
+            let abort = handle.abort_handle();
+            // A task that panics or is aborted reports like one that failed.
+            let out = self.from_sinks_tx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle.await {
+                    let error = if e.is_panic() {
+                        panicked("the sink task", e)
+                    } else {
+                        ConnectorError::msg(ErrorClass::Transient, "the sink did not respond and was aborted")
+                    };
+                    let _ = out.send(FromSink::Failed { sink: i, generation, error });
+                }
+            });
+            slot.life = Life::Live { tx, generation, since: Instant::now(), task: abort };
             self.board.sink_state(i, SinkState::Running);
         }
     }
@@ -553,7 +572,8 @@ impl Supervisor {
         let Winding { task, confirm } = winding;
         let result = match tokio::time::timeout(SOURCE_STOP_TIMEOUT, task).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(ConnectorError::new(ErrorClass::Transient, "the source task panicked", e)),
+            Ok(Err(e)) if e.is_panic() => Err(panicked("the source", e)),
+            Ok(Err(e)) => Err(ConnectorError::new(ErrorClass::Transient, "the source task was cancelled", e)),
             Err(_) => Err(ConnectorError::msg(ErrorClass::Transient, "the source stopped emitting but did not exit")),
         };
         let error = match result {
@@ -693,9 +713,17 @@ impl Supervisor {
             let Life::Live { tx, generation, .. } = &self.slots[i].life else { continue };
             let generation = *generation;
             let (reply_tx, reply_rx) = oneshot::channel();
-            let reply = match tx.send(ToSink::Sync(reply_tx)).await {
-                Ok(()) => reply_rx.await.ok(),
-                Err(_) => None,
+            let tx = tx.clone();
+            let asked = async move {
+                tx.send(ToSink::Sync(reply_tx)).await.ok()?;
+                reply_rx.await.ok()
+            };
+            let reply = match tokio::time::timeout(SINK_RESPONSE_TIMEOUT, asked).await {
+                Ok(r) => r,
+                Err(_) => {
+                    warn!(sink = %self.slots[i].name, "sink did not answer within {SINK_RESPONSE_TIMEOUT:?}; reopening it");
+                    Some(SinkSync { at_boundary: false, accepted: Checkpoint::default() })
+                }
             };
             match reply {
                 Some(SinkSync { at_boundary: true, accepted }) => self.slots[i].accepted = accepted,
@@ -717,11 +745,28 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Closes sink `i`'s queue and waits until its task has ended.
+    /// Closes sink `i`'s queue and waits until its task has ended (aborting it if it does not
+    /// end in time).
     async fn retire(&mut self, i: usize, generation: u64) -> Result<(), PipelineError> {
-        self.slots[i].life = Life::Closed;
+        let abort = match std::mem::replace(&mut self.slots[i].life, Life::Closed) {
+            Life::Live { task, .. } => Some(task),
+            _ => None,
+        };
+        let deadline = Instant::now() + SINK_RESPONSE_TIMEOUT;
         let mut others = Vec::new();
-        while let Some(msg) = self.from_sinks.recv().await {
+        loop {
+            let msg = tokio::select! {
+                msg = self.from_sinks.recv() => msg,
+                _ = tokio::time::sleep_until(deadline), if abort.is_some() => {
+                    warn!(sink = %self.slots[i].name, "sink did not finish within {SINK_RESPONSE_TIMEOUT:?}; aborting it");
+                    if let Some(a) = &abort {
+                        a.abort();
+                    }
+                    // Its watcher reports the abort.
+                    self.from_sinks.recv().await
+                }
+            };
+            let Some(msg) = msg else { break };
             let ended = matches!(&msg, FromSink::Finished { sink, generation: g } | FromSink::Failed { sink, generation: g, .. } if *sink == i && *g == generation);
             if ended {
                 break;
@@ -742,18 +787,32 @@ impl Supervisor {
         self.board.set_state(RunState::Stopping);
         let mut error = error;
         let mut waiting: Vec<(usize, u64)> = Vec::new();
+        let mut tasks: Vec<AbortHandle> = Vec::new();
         for (i, s) in self.slots.iter_mut().enumerate() {
-            if let Life::Live { generation, .. } = s.life {
+            if let Life::Live { generation, task, .. } = std::mem::replace(&mut s.life, Life::Closed) {
                 waiting.push((i, generation));
+                tasks.push(task);
             }
-            s.life = Life::Closed;
         }
         let (confirm, task) = match winding {
             Some(w) => (Some(w.confirm), Some(w.task)),
             None => (None, None),
         };
+        let deadline = Instant::now() + SINK_RESPONSE_TIMEOUT;
+        let mut aborted = false;
         while !waiting.is_empty() {
-            let Some(msg) = self.from_sinks.recv().await else { break };
+            let msg = tokio::select! {
+                msg = self.from_sinks.recv() => msg,
+                _ = tokio::time::sleep_until(deadline), if !aborted => {
+                    for (i, _) in &waiting {
+                        warn!(sink = %self.slots[*i].name, "sink did not finish within {SINK_RESPONSE_TIMEOUT:?}; aborting it (what it did not commit is replayed next time)");
+                    }
+                    tasks.iter().for_each(AbortHandle::abort);
+                    aborted = true;
+                    continue;
+                }
+            };
+            let Some(msg) = msg else { break };
             match msg {
                 FromSink::Durable { sink, checkpoint, commit_ts, .. } => {
                     self.board.durable(sink, checkpoint.position.as_ref(), commit_ts);
@@ -801,6 +860,19 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The error for a task that panicked (a bug in the component: retrying would repeat it).
+fn panicked(what: &str, e: tokio::task::JoinError) -> ConnectorError {
+    let msg = match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into()),
+        Err(e) => e.to_string(),
+    };
+    ConnectorError::msg(ErrorClass::Fatal, format!("{what} panicked (a bug; please report it): {msg}"))
 }
 
 /// An error with its whole cause chain on one line.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{
-    Ack, AckIssuer, AckReport, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyStep, ErrorClass, Event,
+    Ack, AckIssuer, AckReport, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyMode, CopyStep, ErrorClass, Event,
     Sink, TableId, TableProgress,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -31,8 +31,11 @@ use tracing::{debug, info, warn};
 
 use crate::status::SinkCounters;
 
-/// How long a failed or stopped sink may take to finish its background work.
+/// How long a failed sink may take to finish its background work.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a sink whose queue closed may take to commit and close (less than the runtime's
+/// `SINK_RESPONSE_TIMEOUT`, after which it aborts the task).
+const FINISH_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// An event, with the transform's state after it when the transform keeps state.
 pub(crate) type Routed = (Arc<Event>, Option<Arc<serde_json::Value>>);
@@ -80,7 +83,7 @@ struct Driver {
     /// Dropping the events of a transaction the sink already holds.
     skipping: bool,
     in_txn: bool,
-    /// A consistent (reset) copy is in progress: no commit until it ends.
+    /// A snapshot copy is in progress: no commit until it ends.
     reset_copy: Option<TableId>,
     /// Rows of a merge copy were written since its last progress mark.
     chunk_open: bool,
@@ -135,8 +138,9 @@ impl SinkTask {
                 let _ = d.out.send(FromSink::Finished { sink, generation });
             }
             Err(error) => {
-                // Let commits already running finish (or fail) before a new sink opens, so
-                // two incarnations never write at once.
+                // Let commits already running finish (or fail) before a new sink opens. A sink
+                // that cannot stop in time must fence itself (the PostgreSQL sink holds a lock
+                // on the target that its next incarnation waits for).
                 if tokio::time::timeout(CLOSE_TIMEOUT, d.sink.close()).await.is_err() {
                     warn!(sink = %d.sink.name(), "sink did not close within {CLOSE_TIMEOUT:?} after failing");
                 }
@@ -164,6 +168,8 @@ impl Driver {
                 cmd = rx.recv() => match cmd {
                     Some(ToSink::Events(batch)) => self.on_batch(batch).await?,
                     Some(ToSink::Sync(reply)) => {
+                        // The epoch is ending: a transaction being skipped will not continue.
+                        self.skipping = false;
                         let _ = reply.send(SinkSync { at_boundary: self.at_boundary(), accepted: self.accepted.clone() });
                     }
                     None => return self.finish().await,
@@ -214,8 +220,10 @@ impl Driver {
         for (ev, state) in batch {
             match &*ev {
                 Event::Begin(meta) => {
-                    if self.accepted.position.as_ref().is_some_and(|p| p.covers(&meta.position)) {
-                        self.skipping = true;
+                    // Decided afresh at every Begin: a skipped transaction cut short by a
+                    // source restart must not make the sink skip the next one.
+                    self.skipping = self.accepted.position.as_ref().is_some_and(|p| p.covers(&meta.position));
+                    if self.skipping {
                         continue;
                     }
                     self.in_txn = true;
@@ -279,6 +287,7 @@ impl Driver {
             Event::Tables { selected } => {
                 let before = self.accepted.tables.len();
                 self.accepted.tables.retain(|t, _| selected.contains(t));
+                self.accepted.table_ids.retain(|t, _| selected.contains(t));
                 if self.accepted.all_tables_copied {
                     // A first-release checkpoint: it had copied every table selected then.
                     for t in selected {
@@ -331,9 +340,18 @@ impl Driver {
     async fn on_copy(&mut self, ev: &Event, c: &Copy) -> Result<(), ConnectorError> {
         let table = &c.table.id;
         match &c.step {
-            CopyStep::Begin { reset, .. } => {
-                self.accepted.tables.insert(table.clone(), TableProgress::Copying { after: None });
-                if *reset {
+            CopyStep::Begin { mode, source_id, .. } => {
+                // A resumed copy keeps the point it resumes from until its next progress mark.
+                let resumed = *mode == CopyMode::Resume
+                    && matches!(self.accepted.tables.get(table), Some(TableProgress::Copying { .. }));
+                if !resumed {
+                    self.accepted.tables.insert(table.clone(), TableProgress::Copying { after: None });
+                }
+                match source_id {
+                    Some(id) => self.accepted.table_ids.insert(table.clone(), id.clone()),
+                    None => self.accepted.table_ids.remove(table),
+                };
+                if *mode == CopyMode::Snapshot {
                     self.reset_copy = Some(table.clone());
                 }
                 self.dirty = true;
@@ -416,7 +434,15 @@ impl Driver {
         } else {
             info!(sink = %self.sink.name(), "rolling back an unfinished transaction or copy; it will be replayed");
         }
-        self.sink.close().await?;
+        match tokio::time::timeout(FINISH_TIMEOUT, self.sink.close()).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ConnectorError::msg(
+                    ErrorClass::Transient,
+                    format!("{} did not close within {FINISH_TIMEOUT:?}", self.sink.name()),
+                ))
+            }
+        }
         while !self.pending.is_empty() {
             match self.ack_rx.try_recv() {
                 Ok(r) => self.on_ack(r)?,

@@ -144,10 +144,10 @@ impl Source for MemSource {
         send(Event::StreamStart { position: lsn(start) }).await?;
         // Copies first (a real source interleaves them with the stream; order does not matter
         // to the bookkeeping under test).
-        for (to, after) in resume.copies_needed(&table_id()) {
+        for (to, after) in resume.copies_needed(&table_id(), None) {
             let t = schema();
             let copy = |step| Event::Copy(Copy::new(to, t.clone(), step));
-            send(copy(CopyStep::Begin { reset: false, estimated_rows: Some(table.len() as u64) })).await?;
+            send(copy(CopyStep::Begin { mode: sluice_core::CopyMode::Replace, source_id: None, estimated_rows: Some(table.len() as u64) })).await?;
             let from = match after.as_deref() {
                 Some([Value::Int(k)]) => *k,
                 _ => i64::MIN,

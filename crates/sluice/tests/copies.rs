@@ -195,3 +195,91 @@ async fn checkpoints_of_the_first_release_still_load() {
     assert_eq!(state["tables"][0]["name"], "t", "{state}");
     assert_eq!(state["tables"][0]["state"], "copied", "{state}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_and_created_again_replaces_its_rows() {
+    let env = Env::new(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'old ' || g FROM generate_series(1, 300) g;",
+    )
+    .await;
+    let pipeline = start(env.config("again", "discover_interval_secs = 1\nbackfill_chunk_rows = 50", ""));
+    env.converge("t", "id").await;
+    // Same name, new table: the rows the replica holds of the old one must go, including keys the
+    // new table does not have.
+    env.src
+        .batch_execute(
+            "DROP TABLE t; CREATE TABLE t (id int PRIMARY KEY, v text, extra int);
+             INSERT INTO t SELECT g, 'new ' || g, g FROM generate_series(200, 500) g;",
+        )
+        .await
+        .unwrap();
+    env.converge("t", "id").await;
+    env.src.batch_execute("UPDATE t SET v = 'after' WHERE id = 200; DELETE FROM t WHERE id = 500").await.unwrap();
+    env.converge("t", "id").await;
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_not_yet_visible_when_chunks_are_read_is_not_lost() {
+    // Commits wait for a synchronous standby that never connects, unless the session says
+    // otherwise: a transaction can be committed in the WAL (and in the commit log) while no
+    // snapshot sees it yet.
+    let source = sluice_testkit::PgServer::start_with(sluice_testkit::PgOptions {
+        settings: vec![("synchronous_standby_names".into(), "nobody".into())],
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("cannot start PostgreSQL for this test: {e}"));
+    let admin = source.connect("postgres").await.unwrap();
+    admin.batch_execute("ALTER SYSTEM SET synchronous_commit = local").await.unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let env = Env::with_source(source, "CREATE TABLE first (id int PRIMARY KEY, v text); INSERT INTO first VALUES (1, 'a');").await;
+    let pipeline = start(env.config("hidden", "backfill_chunk_rows = 100", ""));
+    env.converge("first", "id").await;
+    pipeline.stop().await;
+
+    // While the pipeline is stopped: a new table with rows, and a transaction that updates one
+    // of them and commits, but stays invisible (waiting for the standby).
+    env.src
+        .batch_execute("CREATE TABLE later (id int PRIMARY KEY, v text); INSERT INTO later SELECT g, 'v' || g FROM generate_series(1, 1000) g;")
+        .await
+        .unwrap();
+    let hidden = common::connect(&env.src_url).await;
+    let pid: i32 = hidden.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let waiting = tokio::spawn(async move {
+        hidden.batch_execute("SET synchronous_commit = on; UPDATE later SET v = 'hidden' WHERE id = 500").await
+    });
+    sluice_testkit::wait_for("the update to wait for the standby", common::CONVERGE, || async {
+        admin
+            .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'", &[&pid])
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+
+    // The pipeline starts and copies `later` while the update is committed but invisible; the
+    // table was not in the publication when it committed, so only the copy can bring it.
+    let before = commits(&admin).await;
+    let pipeline = start(env.config("hidden", "backfill_chunk_rows = 100", ""));
+    // Enough source transactions for every chunk of the table to have been read at least once.
+    sluice_testkit::wait_for("chunks to be read", common::CONVERGE, || async {
+        admin.batch_execute("SELECT pg_stat_clear_snapshot()").await.ok()?;
+        (commits(&admin).await > before + 60).then_some(())
+    })
+    .await;
+    // The standby wait is cancelled: the update becomes visible.
+    admin.query_one("SELECT pg_cancel_backend($1)", &[&pid]).await.unwrap();
+    waiting.await.unwrap().unwrap();
+    assert_eq!(
+        env.src.query_one("SELECT v FROM later WHERE id = 500", &[]).await.unwrap().get::<_, String>(0),
+        "hidden"
+    );
+    wait_copied(&env.dst, "hidden", &["first", "later"]).await;
+    env.converge("later", "id").await;
+    pipeline.stop().await;
+}
+
+/// Transactions committed in the source database `app`.
+async fn commits(admin: &tokio_postgres::Client) -> i64 {
+    admin.query_one("SELECT xact_commit FROM pg_stat_database WHERE datname = 'app'", &[]).await.unwrap().get(0)
+}

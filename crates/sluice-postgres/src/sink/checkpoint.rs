@@ -69,6 +69,33 @@ impl CheckpointStore {
         &self.sink
     }
 
+    /// Takes a session lock that only one incarnation of this sink can hold, so a sink being
+    /// rebuilt never writes while the connection of the one it replaces is still working (the
+    /// server releases the lock when that connection ends). Waits up to `wait`.
+    pub async fn fence(&self, client: &Client, wait: std::time::Duration) -> Result<(), PgError> {
+        let key = format!("sluice:{}:{}:{}", self.schema, self.pipeline, self.sink);
+        let started = std::time::Instant::now();
+        loop {
+            let got: bool = client
+                .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key])
+                .await
+                .ctx("take the sink's advisory lock")?
+                .get(0);
+            if got {
+                return Ok(());
+            }
+            if started.elapsed() >= wait {
+                return Err(PgError::Retry(format!(
+                    "another connection holds this sink's lock (pipeline {:?}, {}): an earlier incarnation still \
+                     finishing, or another sluice running the same pipeline against this target; waiting for it \
+                     to end (see pg_locks where locktype = 'advisory')",
+                    self.pipeline, self.sink
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     /// Creates the checkpoint and dead-letter tables, or brings a first-release checkpoint
     /// table up to date.
     pub async fn prepare(&self, client: &Client) -> Result<(), PgError> {

@@ -41,7 +41,7 @@ use async_trait::async_trait;
 use rustc_hash::FxHashMap;
 use sluice_core::collapse::{Added, KeyedBatch, NetOp};
 use sluice_core::{
-    Ack, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyStep, ErrorClass, Event, Op, Row, SchemaRef,
+    Ack, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyMode, CopyStep, ErrorClass, Event, Op, Row, SchemaRef,
     Sink, SinkContext, SinkStats, TableId, TableSchema, TxnMeta,
 };
 use tokio::task::JoinHandle;
@@ -64,6 +64,9 @@ pub use checkpoint::{CHECKPOINT_TABLE, DEAD_LETTER_TABLE};
 /// Buffered keys, as a multiple of `batch.max_rows`, at which a transaction still open is
 /// written out early.
 const EARLY_WRITE_FACTOR: usize = 2;
+
+/// How long opening waits for an earlier incarnation of the sink to let go of the target.
+const FENCE_WAIT: Duration = Duration::from_secs(30);
 
 /// The PostgreSQL sink.
 pub struct PgSink {
@@ -208,11 +211,7 @@ impl PgSink {
     async fn accept_change(&mut self, schema: &SchemaRef, op: Cow<'_, Op>) -> Result<(), PgError> {
         // Consecutive changes usually share one schema: check the target once for it.
         if !self.ready.as_ref().is_some_and(|r| Arc::ptr_eq(r, schema)) {
-            let stale = self.batches.get(&schema.id).is_some_and(|b| b.schema().version != schema.version)
-                || self.logs.get(&schema.id).is_some_and(|(s, _)| s.version != schema.version);
-            if stale {
-                self.write_table(&schema.id).await?;
-            }
+            self.write_stale(schema).await?;
             self.ensure_target(schema, false).await?;
             if self.cfg.mode == SinkMode::Replica {
                 self.ensure_key(schema).await?;
@@ -253,6 +252,17 @@ impl PgSink {
             }
         }
         self.maybe_write_out().await
+    }
+
+    /// Writes out what is buffered for `schema`'s table in an older shape, so rows of two
+    /// shapes never share a buffer.
+    async fn write_stale(&mut self, schema: &TableSchema) -> Result<(), PgError> {
+        let stale = self.batches.get(&schema.id).is_some_and(|b| b.schema().version != schema.version)
+            || self.logs.get(&schema.id).is_some_and(|(s, _)| s.version != schema.version);
+        if stale {
+            self.write_table(&schema.id).await?;
+        }
+        Ok(())
     }
 
     fn batch_for(&mut self, schema: &SchemaRef) -> &mut KeyedBatch {
@@ -317,14 +327,17 @@ impl PgSink {
         let schema = &c.table;
         let replica = self.cfg.mode == SinkMode::Replica;
         match &c.step {
-            CopyStep::Begin { reset, .. } => {
-                if replica && *reset {
-                    self.begin_load(schema).await?;
-                } else {
-                    self.ensure_target(schema, false).await?;
-                    if replica {
-                        self.ensure_key(schema).await?;
-                    }
+            CopyStep::Begin { mode: CopyMode::Snapshot, .. } if replica => self.begin_load(schema).await?,
+            CopyStep::Begin { mode, .. } => {
+                self.write_stale(schema).await?;
+                self.ensure_target(schema, false).await?;
+                if replica {
+                    self.ensure_key(schema).await?;
+                }
+                if *mode == CopyMode::Replace {
+                    // Rows held from before the copy are void: a live table copied from its
+                    // first row replaces them (in the transaction the copy's rows join).
+                    self.accept_change(schema, Cow::Owned(Op::Truncate)).await?;
                 }
             }
             CopyStep::Rows(rows) => self.copied_rows(schema, rows).await?,
@@ -364,6 +377,7 @@ impl PgSink {
             }
             return Ok(());
         }
+        self.write_stale(schema).await?;
         self.ensure_target(schema, false).await?;
         if self.cfg.mode == SinkMode::Changelog {
             let entry = self.logs.entry(schema.id.clone()).or_insert_with(|| (schema.clone(), Vec::new()));
@@ -566,6 +580,7 @@ impl Sink for PgSink {
             .await
             .ctx("configure sink session")
             .map_err(ConnectorError::from)?;
+        self.store.fence(&client, FENCE_WAIT).await?;
         self.store.prepare(&client).await?;
         let cp = self.store.read(&client).await?;
         self.client = Some(Arc::new(client));
@@ -596,6 +611,7 @@ impl Sink for PgSink {
             && !self.in_tx
             && self.stored.as_ref().is_some_and(|s| {
                 s.tables == checkpoint.tables
+                    && s.table_ids == checkpoint.table_ids
                     && s.transform == checkpoint.transform
                     && s.all_tables_copied == checkpoint.all_tables_copied
             });
@@ -623,12 +639,14 @@ impl Sink for PgSink {
         let settled = self.settle().await;
         self.snapshot = None;
         self.loading = None;
-        if self.in_tx {
-            if let Some(c) = &self.client {
+        if let Some(c) = self.client.take() {
+            if self.in_tx {
                 let _ = c.batch_execute("ROLLBACK").await;
             }
-            self.in_tx = false;
+            // Let the next incarnation in at once (ending the session would too, a moment later).
+            let _ = c.batch_execute("SELECT pg_advisory_unlock_all()").await;
         }
+        self.in_tx = false;
         Ok(settled?)
     }
 }

@@ -9,9 +9,10 @@
 //! Parsing rows is the target's slowest part of a bulk load and is single-threaded per
 //! statement, so one `COPY` per connection lets the target use several cores. Blocks are
 //! passed on as the source wrote them: nothing is parsed or re-encoded here. Each writer's
-//! `COPY` commits on its own when its table is finished; the sink marks the snapshot complete
-//! only after all of them did, and a snapshot that fails or is interrupted starts over (the
-//! tables are emptied again), so partial contents are never taken for a finished snapshot.
+//! `COPY` commits on its own when its table is finished; the sink marks the table copied only
+//! after all of them did. A table whose load fails or is interrupted is copied again from its
+//! first row (the target table is emptied again), so partial contents are never taken for a
+//! finished copy.
 
 use std::sync::Arc;
 

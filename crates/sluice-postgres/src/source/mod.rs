@@ -4,12 +4,12 @@
 //!  catalog client ── publication, slot state, table/key/type lookups, table discovery
 //!  replication conn ── CREATE_REPLICATION_SLOT .. EXPORT_SNAPSHOT ──▶ snapshot name
 //!  snapshot client ── BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT; COPY .. TO STDOUT
-//!                      ──▶ Copy{reset} per table, all before the stream    (snapshot.rs)
+//!                      ──▶ Copy{snapshot} per table, all before the stream    (snapshot.rs)
 //!  replication conn ── START_REPLICATION SLOT .. LOGICAL <resume> ──▶ XLogData / keepalive
 //!                      ──▶ Begin, Change*, Commit, Heartbeat                 (stream.rs)
 //!                      ◀── Standby status update (confirmed position from the runtime)
 //!  copy client ── emit low watermark; SELECT chunk; emit high watermark
-//!                      ──▶ Copy{merge} chunks between transactions          (backfill.rs)
+//!                      ──▶ Copy{replace|resume} chunks between transactions          (backfill.rs)
 //! ```
 //!
 //! Progress: the runtime confirms a position only once every sink holds it durably; the source
@@ -109,7 +109,10 @@ impl PgSource {
             s => s,
         };
         let mut jobs = Vec::new();
-        let start = match slot {
+        // `start` is where streaming resumes; `slot_confirmed` is what the slot already holds as
+        // confirmed. Only the latter may be reported until the runtime confirms more: `start`
+        // is the meet of the sinks that are up, and a sink that is down may hold less.
+        let (start, slot_confirmed) = match slot {
             None if resume.is_fresh() => {
                 let (consistent, snapshot_name) = self.create_slot(&mut repl, copy).await?;
                 send(&events, Event::StreamStart { position: Position::Pg(consistent) }).await?;
@@ -123,7 +126,7 @@ impl PgSource {
                         return Ok(());
                     }
                 }
-                consistent
+                (consistent, consistent)
             }
             None => {
                 if let Some(i) = resume.sinks.iter().position(Option::is_none) {
@@ -146,7 +149,7 @@ impl PgSource {
                 if copy {
                     jobs = self.copy_jobs(&tables, &resume);
                 }
-                consistent
+                (consistent, consistent)
             }
             Some(s) => {
                 if s.plugin.as_deref() != Some("pgoutput") {
@@ -172,7 +175,7 @@ impl PgSource {
                 if copy {
                     jobs = self.copy_jobs(&tables, &resume);
                 }
-                start
+                (start, s.confirmed.unwrap_or(Lsn(0)))
             }
         };
         if !jobs.is_empty() && server_version(&catalog).await? < 140_000 {
@@ -196,6 +199,7 @@ impl PgSource {
             jobs,
             live,
             start,
+            slot_confirmed,
             events,
             confirmed,
             stop,
@@ -203,7 +207,7 @@ impl PgSource {
         .await?;
         let modern = server_version(streamer.catalog()).await? >= 140_000;
         let binary = modern && self.cfg.encoding == Encoding::Binary && streamer.binary_ok().await?;
-        streamer.set_binary(binary);
+        streamer.set_mode(binary, modern);
         repl.start_replication(&format!(
             "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}{}{})",
             quote_ident(&self.slot),
@@ -240,7 +244,7 @@ impl PgSource {
     fn copy_jobs(&self, tables: &[SourceTable], resume: &Resume) -> Vec<CopyJob> {
         let mut jobs = Vec::new();
         for t in tables {
-            for (to, after) in resume.copies_needed(&t.id) {
+            for (to, after) in resume.copies_needed(&t.id, Some(&t.oid.to_string())) {
                 jobs.push(CopyJob::new(t, to, after));
             }
         }

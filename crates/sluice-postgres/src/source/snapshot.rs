@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use sluice_core::{BulkFormat, BulkRows, Copy, CopyStep, Event, Hold, SinkSet};
+use sluice_core::{BulkFormat, BulkRows, Copy, CopyMode, CopyStep, Event, Hold, SinkSet};
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
@@ -55,7 +55,8 @@ pub(super) async fn copy_all(
         let decoder = Arc::new(CopyTextDecoder::new(table.types.clone()));
         let copy = |step| Event::Copy(Copy::new(to, table.schema.clone(), step));
         let estimated_rows = u64::try_from(t.estimated_rows).ok().filter(|n| *n > 0);
-        send(events, copy(CopyStep::Begin { reset: true, estimated_rows })).await?;
+        let source_id = Some(t.oid.to_string());
+        send(events, copy(CopyStep::Begin { mode: CopyMode::Snapshot, source_id, estimated_rows })).await?;
         let list = table.schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
         let stream = client
             .copy_out(&format!("COPY (SELECT {list} FROM ONLY {}) TO STDOUT", qualified(&t.id)))

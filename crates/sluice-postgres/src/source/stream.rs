@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
 use super::backfill::{Backfill, CopyJob};
-use super::{no_key, send};
+use super::no_key;
 use crate::catalog::{self, PgColumn, PgTable, SourceTable, TypeCache};
 use crate::codec::{self, PgType};
 use crate::config::PgSourceConfig;
@@ -22,6 +22,10 @@ use crate::replication::{ReplicationConn, PG_EPOCH_OFFSET_MICROS};
 
 /// The pipeline is stopping: the current event was not delivered.
 pub(super) struct Stopping;
+
+/// How long a stop request waits for the transaction being streamed to end, so the sinks can
+/// commit it instead of replaying it next time.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub(super) struct Streamer<'a> {
     cfg: &'a PgSourceConfig,
@@ -51,9 +55,14 @@ pub(super) struct Streamer<'a> {
     events: Option<mpsc::Sender<Event>>,
     confirmed_rx: watch::Receiver<Option<Position>>,
     stop: watch::Receiver<bool>,
+    /// When a stop was requested, the moment it no longer waits for the current transaction.
+    stop_deadline: Option<tokio::time::Instant>,
     last_discovery: Instant,
     /// The server sends values in binary (pgoutput's `binary` option).
     binary: bool,
+    /// The server can write logical decoding messages (PostgreSQL 14+), which copies of live
+    /// tables need.
+    messages: bool,
 }
 
 impl<'a> Streamer<'a> {
@@ -68,6 +77,7 @@ impl<'a> Streamer<'a> {
         jobs: Vec<CopyJob>,
         live: SinkSet,
         start: Lsn,
+        slot_confirmed: Lsn,
         events: mpsc::Sender<Event>,
         confirmed_rx: watch::Receiver<Option<Position>>,
         stop: watch::Receiver<bool>,
@@ -85,15 +95,18 @@ impl<'a> Streamer<'a> {
             backfill: Backfill::new(url, slot, cfg.backfill_chunk_rows, jobs),
             txn: None,
             last_position: start,
-            confirmed: start,
-            reported: start,
+            confirmed: slot_confirmed,
+            reported: slot_confirmed,
             events: Some(events),
             confirmed_rx,
             stop,
+            stop_deadline: None,
             last_discovery: Instant::now(),
             binary: false,
+            messages: true,
         };
-        // Everything before the start point is durable in every sink.
+        // Only what the slot already holds, or what the runtime confirms, is reported: the
+        // start point is what the sinks that are up hold, and one that is down may hold less.
         s.take_confirmed();
         Ok(s)
     }
@@ -115,23 +128,35 @@ impl<'a> Streamer<'a> {
         Ok(true)
     }
 
-    /// Records whether the stream was started in binary.
-    pub fn set_binary(&mut self, binary: bool) {
+    /// Records how the stream was started: values in binary, logical decoding messages on.
+    pub fn set_mode(&mut self, binary: bool, messages: bool) {
         self.binary = binary;
+        self.messages = messages;
+    }
+
+    /// Whether to stop now: a stop was requested, and no transaction is being streamed or the
+    /// grace period for finishing it has passed.
+    fn must_stop(&mut self) -> bool {
+        if !*self.stop.borrow() {
+            return false;
+        }
+        let deadline = *self.stop_deadline.get_or_insert_with(|| tokio::time::Instant::now() + STOP_GRACE);
+        self.txn.is_none() || tokio::time::Instant::now() >= deadline
     }
 
     pub async fn run(&mut self, repl: &mut ReplicationConn) -> Result<(), PgError> {
         let interval = Duration::from_millis(self.cfg.status_interval_ms);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Phase 1: stream until asked to stop.
-        while !*self.stop.borrow() {
-            if self.between_transactions().await?.is_err() {
+        // Phase 1: stream until asked to stop (at the end of the transaction being streamed).
+        while !self.must_stop() {
+            if self.between_transactions(repl, interval).await?.is_err() {
                 break;
             }
             tokio::select! {
                 biased;
-                _ = self.stop.changed() => {}
+                _ = self.stop.changed(), if self.stop_deadline.is_none() => {}
+                _ = sleep_until_opt(self.stop_deadline) => {}
                 _ = ticker.tick() => {
                     self.report(repl).await?;
                     self.discover().await?;
@@ -185,26 +210,34 @@ impl<'a> Streamer<'a> {
     }
 
     /// Work done only between transactions: announcing tables, copy chunks.
-    async fn between_transactions(&mut self) -> Result<Result<(), Stopping>, PgError> {
+    async fn between_transactions(
+        &mut self,
+        repl: &mut ReplicationConn,
+        interval: Duration,
+    ) -> Result<Result<(), Stopping>, PgError> {
         if self.txn.is_some() {
             return Ok(Ok(()));
         }
         if self.announce {
             self.announce = false;
             let selected = self.selected.iter().map(|t| t.id.clone()).collect();
-            if self.emit_plain(Event::Tables { selected }).await?.is_err() {
+            if self.emit(repl, interval, Event::Tables { selected }).await?.is_err() {
                 return Ok(Err(Stopping));
             }
         }
-        for ev in self.backfill.at_boundary().await? {
-            if self.emit_plain(ev).await?.is_err() {
+        for ev in self.backfill.at_boundary(&self.by_id).await? {
+            if self.emit(repl, interval, ev).await?.is_err() {
                 return Ok(Err(Stopping));
             }
         }
         if let Some((id, oid)) = self.backfill.next_table() {
             let id = id.clone();
             let table = self.shape(&id, oid).await?;
-            self.backfill.start(table).await?;
+            if let Some(begin) = self.backfill.start(table).await? {
+                if self.emit(repl, interval, begin).await?.is_err() {
+                    return Ok(Err(Stopping));
+                }
+            }
         }
         Ok(Ok(()))
     }
@@ -232,12 +265,26 @@ impl<'a> Streamer<'a> {
         }
         self.last_discovery = Instant::now();
         let now = catalog::selected_tables(&self.catalog, &self.cfg.filter()).await?;
-        let gone: Vec<TableId> =
-            self.selected.iter().filter(|t| !now.iter().any(|n| n.id == t.id)).map(|t| t.id.clone()).collect();
+        // A table dropped and created again under the same name is a new table (a new OID).
+        let gone: Vec<TableId> = self
+            .selected
+            .iter()
+            .filter(|t| !now.iter().any(|n| n.id == t.id && n.oid == t.oid))
+            .map(|t| t.id.clone())
+            .collect();
         let mut added = Vec::new();
-        for t in now.iter().filter(|n| !self.selected.iter().any(|s| s.id == n.id)) {
+        let copy = self.cfg.snapshot == crate::config::SnapshotMode::Initial;
+        for t in now.iter().filter(|n| !self.selected.iter().any(|s| s.id == n.id && s.oid == n.oid)) {
             if catalog::key_columns(&self.catalog, t.oid).await?.is_empty() {
                 warn!(error = %no_key(&t.id), "a new table matches source.tables but cannot be replicated yet");
+                continue;
+            }
+            if copy && !self.messages {
+                warn!(
+                    table = %t.id,
+                    "a new table matches source.tables, but copying it while streaming needs PostgreSQL 14 or newer; \
+                     it is not replicated (set source.snapshot = \"never\" to stream only its new changes)"
+                );
                 continue;
             }
             self.catalog
@@ -255,18 +302,23 @@ impl<'a> Streamer<'a> {
             return Ok(());
         }
         for id in &gone {
-            info!(table = %id, "table no longer exists or matches source.tables");
+            if added.iter().any(|a: &SourceTable| a.id == *id) {
+                info!(table = %id, "table was dropped and created again; its rows on the sinks are replaced");
+            } else {
+                info!(table = %id, "table no longer exists or matches source.tables");
+            }
+            // Its shape is read again from whatever now has its name.
+            self.by_id.remove(id);
         }
         self.selected.retain(|t| !gone.contains(&t.id));
+        self.backfill.retain(&self.selected);
         for t in added {
-            if self.cfg.snapshot == crate::config::SnapshotMode::Initial {
+            if copy {
                 self.backfill.push(CopyJob::new(&t, self.live, None));
             }
             self.selected.push(t);
         }
         self.selected.sort_by(|a, b| a.id.cmp(&b.id));
-        let ids: Vec<TableId> = self.selected.iter().map(|t| t.id.clone()).collect();
-        self.backfill.retain(&ids);
         self.announce = true;
         Ok(())
     }
@@ -294,21 +346,19 @@ impl<'a> Streamer<'a> {
                     permit.map_err(|_| PgError::Protocol("pipeline stopped while the source was sending".into()))?.send(ev);
                     return Ok(Ok(()));
                 }
-                _ = self.stop.changed() => {
-                    if *self.stop.borrow() {
+                _ = self.stop.changed(), if self.stop_deadline.is_none() => {
+                    if self.must_stop() {
+                        return Ok(Err(Stopping));
+                    }
+                }
+                _ = sleep_until_opt(self.stop_deadline) => {
+                    if self.must_stop() {
                         return Ok(Err(Stopping));
                     }
                 }
                 _ = tokio::time::sleep(interval) => self.report(repl).await?,
             }
         }
-    }
-
-    /// Sends an event outside the replication loop (between transactions).
-    async fn emit_plain(&mut self, ev: Event) -> Result<Result<(), Stopping>, PgError> {
-        let Some(events) = self.events.as_ref() else { return Ok(Err(Stopping)) };
-        send(events, ev).await?;
-        Ok(Ok(()))
     }
 
     async fn handle(
@@ -381,7 +431,8 @@ impl<'a> Streamer<'a> {
             return Ok(Err(Stopping));
         }
         let schema = table.schema.clone();
-        self.backfill.on_change(&schema.id, &op, |r| schema.key_of(r));
+        let xid = self.txn.as_ref().map_or(0, |(m, _)| m.xid as u32);
+        self.backfill.on_change(xid, &schema.id, &op, |r| schema.key_of(r));
         self.emit(repl, interval, Event::Change(Change { table: schema, op })).await
     }
 
@@ -403,6 +454,7 @@ impl<'a> Streamer<'a> {
             }
             PgOutput::Commit { end_lsn, .. } => {
                 let (meta, begun) = self.txn.take().ok_or_else(|| PgError::Protocol("Commit without Begin".into()))?;
+                self.backfill.on_commit(meta.xid as u32);
                 self.last_position = self.last_position.max(Lsn(end_lsn));
                 let position = Position::Pg(Lsn(end_lsn));
                 let ev = if begun { Event::Commit { meta, position } } else { Event::Heartbeat { position } };
@@ -473,7 +525,7 @@ impl<'a> Streamer<'a> {
         if !moved {
             return Ok(());
         }
-        if let Some(current) = self.backfill.fetch(table, &new_key).await? {
+        if let Some(current) = super::backfill::fetch(&self.catalog, table, &new_key).await? {
             for (a, c) in after.iter_mut().zip(current) {
                 if *a == Value::Unchanged {
                     *a = c;
@@ -547,4 +599,11 @@ fn to_row(table: &PgTable, vals: &[TupleValue]) -> Result<Row, PgError> {
         row.push(value);
     }
     Ok(row)
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }

@@ -33,7 +33,11 @@ impl Env {
     /// Two servers, database `app` on the source and `replica` on the target, and `setup` SQL
     /// run on the source.
     pub async fn new(setup: &str) -> Env {
-        let source = pg_server();
+        Self::with_source(pg_server(), setup).await
+    }
+
+    /// Like [`Env::new`], with a source server started by the caller.
+    pub async fn with_source(source: PgServer, setup: &str) -> Env {
         let target = pg_server();
         let src_url = source.create_database("app").await.unwrap_or_else(|e| panic!("{e}"));
         let dst_url = target.create_database("replica").await.unwrap_or_else(|e| panic!("{e}"));
@@ -198,4 +202,58 @@ pub async fn confirmed_flush(src: &Client, slot: &str) -> Option<i64> {
     .ok()
     .flatten()
     .and_then(|r| r.get(0))
+}
+
+/// A TCP forwarder in front of a server that can be closed (every connection cut, new ones
+/// refused) and opened again: a sink target that goes away and comes back.
+pub struct Gate {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: JoinHandle<()>,
+}
+
+impl Gate {
+    pub async fn new(to_port: u16) -> Gate {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gate");
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
+        let (o, c) = (open.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let h = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to_port)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().unwrap().push(h.abort_handle());
+            }
+        });
+        Gate { port, open, conns, task }
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn close(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.close();
+        self.task.abort();
+    }
 }
