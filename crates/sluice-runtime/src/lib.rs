@@ -555,11 +555,16 @@ impl Supervisor {
                     if n == 0 {
                         break;
                     }
-                    if let Err(e) = self.route(&mut incoming, transform.as_mut()).await {
+                    if let Err(e) = self.route(&mut incoming, transform.as_mut(), &source_stop_tx).await {
                         if end.is_none() {
                             end = Some(EpochEnd::Fatal(fail("transform", e)));
                             let _ = source_stop_tx.send(true);
                         }
+                    }
+                    // A stop requested while a sink's queue was full (route saw it).
+                    if end.is_none() && self.stopping() {
+                        info!("stopping: draining sinks");
+                        end = Some(EpochEnd::Stop);
                     }
                 }
             }
@@ -645,7 +650,12 @@ impl Supervisor {
 
     /// Passes source events through the transform and on to the sinks they concern, as one
     /// batch per sink (one queue operation per sink for up to [`ROUTE_BATCH`] events).
-    async fn route(&mut self, incoming: &mut Vec<Event>, transform: &mut dyn Transform) -> Result<(), ConnectorError> {
+    async fn route(
+        &mut self,
+        incoming: &mut Vec<Event>,
+        transform: &mut dyn Transform,
+        source_stop: &watch::Sender<bool>,
+    ) -> Result<(), ConnectorError> {
         let mut out: Vec<Event> = Vec::with_capacity(incoming.len());
         for ev in incoming.drain(..) {
             transform.apply(ev, &mut out)?;
@@ -689,9 +699,48 @@ impl Supervisor {
             if batch.is_empty() {
                 continue;
             }
-            if let Life::Live { tx, .. } = &self.slots[i].life {
-                if tx.send(ToSink::Events(batch)).await.is_err() {
+            let Life::Live { tx, task, .. } = &self.slots[i].life else { continue };
+            let batch = match tx.try_send(ToSink::Events(batch)) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
                     debug!(sink = %self.slots[i].name, "sink queue closed; its report says why");
+                    continue;
+                }
+                Err(mpsc::error::TrySendError::Full(batch)) => batch,
+            };
+            // The sink is behind: wait for room.
+            let (tx, task) = (tx.clone(), task.clone());
+            let send = tx.send(batch);
+            tokio::pin!(send);
+            let deadline = tokio::time::sleep(SINK_RESPONSE_TIMEOUT);
+            tokio::pin!(deadline);
+            let mut watching = !self.stopping();
+            loop {
+                tokio::select! {
+                    r = &mut send => {
+                        if r.is_err() {
+                            debug!(sink = %self.slots[i].name, "sink queue closed; its report says why");
+                        }
+                        break;
+                    }
+                    // A stop while the sink is slow: tell the source now (it finishes the
+                    // transaction it is in), keep delivering in order.
+                    changed = self.stop.changed(), if watching => {
+                        if changed.is_err() || self.stopping() {
+                            watching = false;
+                        }
+                        if self.stopping() {
+                            self.board.set_state(RunState::Stopping);
+                            let _ = source_stop.send(true);
+                        }
+                    }
+                    _ = &mut deadline => {
+                        // Its queue stayed full: it is stuck (a lock wait on the target, a hung
+                        // connection). Abort it; it is reopened like a sink that failed.
+                        warn!(sink = %self.slots[i].name, "sink took no events for {SINK_RESPONSE_TIMEOUT:?}; aborting it");
+                        task.abort();
+                        break;
+                    }
                 }
             }
         }

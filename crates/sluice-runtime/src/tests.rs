@@ -73,6 +73,10 @@ struct World {
     fatal: Option<usize>,
     /// Acks of this sink are held back while true.
     hold: Option<usize>,
+    /// This sink panics when it commits.
+    panic: Option<usize>,
+    /// This sink's writes never return.
+    hang: Option<usize>,
     held: Vec<Ack>,
 }
 
@@ -249,6 +253,10 @@ impl Sink for MemSink {
         Ok(t.checkpoint.clone())
     }
     async fn write(&mut self, event: &Event) -> Result<(), ConnectorError> {
+        let hang = self.w.lock().unwrap().hang == Some(self.i);
+        if hang {
+            std::future::pending::<()>().await;
+        }
         match event {
             Event::Begin(m) => {
                 if let Position::Pg(l) = m.position {
@@ -280,6 +288,10 @@ impl Sink for MemSink {
         }
         if w.fatal == Some(self.i) {
             return Err(ConnectorError::msg(ErrorClass::Fatal, "injected fatal failure"));
+        }
+        if w.panic == Some(self.i) {
+            drop(w);
+            panic!("injected panic");
         }
         let t = &mut w.targets[self.i];
         for (k, v, copied) in self.pending.drain(..) {
@@ -530,6 +542,78 @@ async fn a_fatal_sink_error_stops_the_pipeline_naming_the_sink() {
     assert_eq!(err.component, "sink[1] mem");
     assert!(err.to_string().contains("injected fatal failure"), "{err}");
     assert_eq!(running.handle.status().state, RunState::Failed);
+}
+
+#[tokio::test]
+async fn a_panicking_sink_stops_the_pipeline_naming_it_and_the_panic() {
+    let w = world(5, 2);
+    w.lock().unwrap().panic = Some(1);
+    let (_tx, rx) = watch::channel(false);
+    let running = spawn(pipeline(&w, 2), rx);
+    let err = tokio::time::timeout(Duration::from_secs(10), running.task).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(err.component, "sink[1] mem");
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    assert!(err.to_string().contains("panicked") && err.to_string().contains("injected panic"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sink_that_stops_responding_is_aborted_and_the_others_finish() {
+    let w = world(20, 2);
+    seed(&w, 0, 0, true);
+    seed(&w, 1, 0, true);
+    w.lock().unwrap().hang = Some(1);
+    let (tx, rx) = watch::channel(false);
+    let running = spawn(pipeline(&w, 2), rx);
+    wait(&w, "sink 0 to catch up", |w| holds_everything(w, 0)).await;
+    // Stopping waits for the hung sink only so long (virtual time: this takes no real time).
+    let _ = tx.send(true);
+    let err = tokio::time::timeout(SINK_RESPONSE_TIMEOUT * 2, running.task)
+        .await
+        .expect("the pipeline stops despite the hung sink")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.component, "sink[1] mem");
+    assert!(err.to_string().contains("did not respond"), "{err}");
+    let w = w.lock().unwrap();
+    assert!(holds_everything(&w, 0), "sink 0 committed everything");
+    assert!(w.targets[1].committed.is_empty());
+}
+
+#[tokio::test]
+async fn a_replayed_transaction_cut_short_does_not_make_the_sink_skip_the_next() {
+    let w = world(0, 1);
+    let (out, mut from) = mpsc::unbounded_channel();
+    let sink = MemSinkConn(0, w.clone()).build("test", 0);
+    let accepted = Checkpoint { position: Some(lsn(510)), ..Default::default() };
+    let task = SinkTask { index: 0, generation: 1, sink, accepted, out, counters: Arc::default() };
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(task.run(rx));
+    let ev = |e: Event| (Arc::new(e), None);
+    let meta = |n: u64| TxnMeta { xid: n, commit_ts_micros: 0, position: lsn(100 * n) };
+    let change = |k: i64| Event::Change(Change { table: schema(), op: Op::Insert { after: row(k, "x") } });
+    // Transaction 5 is already held: skipped. The source restarts before its commit, and the
+    // next epoch starts with transaction 6, which is new.
+    tx.send(ToSink::Events(vec![ev(Event::Begin(meta(5))), ev(change(5))])).await.unwrap();
+    tx.send(ToSink::Events(vec![
+        ev(Event::Begin(meta(6))),
+        ev(change(6)),
+        ev(Event::Commit { meta: meta(6), position: lsn(610) }),
+        ev(Event::Heartbeat { position: lsn(650) }),
+    ]))
+    .await
+    .unwrap();
+    drop(tx);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), from.recv()).await.expect("sink task reports") {
+            Some(sink_task::FromSink::Finished { .. }) | None => break,
+            Some(sink_task::FromSink::Failed { error, .. }) => panic!("sink failed: {error}"),
+            Some(_) => {}
+        }
+    }
+    let w = w.lock().unwrap();
+    assert_eq!(w.targets[0].committed.get(&6).map(String::as_str), Some("x"), "transaction 6 was written");
+    assert!(!w.targets[0].committed.contains_key(&5), "transaction 5 was skipped");
+    assert_eq!(w.targets[0].applied, vec![600]);
 }
 
 #[test]

@@ -93,3 +93,36 @@ async fn a_sink_that_is_down_keeps_its_changes_on_the_source_and_catches_up() {
     .await;
     again.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_in_the_middle_of_a_transaction_lets_it_finish_and_commit() {
+    let env = Env::new("CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big VALUES (0, 'first');").await;
+    let pipeline = start(env.config("grace", "", "batch = { max_rows = 1000 }"));
+    env.converge("big", "id").await;
+    // The replica table is locked, so the sink stalls in the middle of the next transaction and
+    // the source, held back by the full queues, is in the middle of it too.
+    let mut locker = common::connect(&env.dst_url).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE big IN SHARE MODE").await.unwrap();
+    env.src
+        .batch_execute("INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 60000) g")
+        .await
+        .unwrap();
+    wait_for("the sink to wait for the lock", Duration::from_secs(30), || async {
+        env.dst
+            .query_opt("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = 'replica'", &[])
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    pipeline.request_stop();
+    wait_for("the pipeline to be stopping", Duration::from_secs(30), || async {
+        (pipeline.status.status().state == sluice_runtime::RunState::Stopping).then_some(())
+    })
+    .await;
+    // Once the lock goes, the source streams the rest of the transaction and the sink commits it.
+    lock.rollback().await.unwrap();
+    pipeline.stop().await;
+    assert_eq!(env.count(&env.dst, "big").await, 60001, "the transaction was committed whole before stopping");
+}

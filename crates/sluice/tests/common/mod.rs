@@ -182,6 +182,11 @@ impl Running {
         }
     }
 
+    /// Asks the pipeline to stop without waiting for it.
+    pub fn request_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
     pub fn is_finished(&self) -> bool {
         self.handle.is_finished()
     }
