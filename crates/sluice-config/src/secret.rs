@@ -19,7 +19,7 @@ impl<T> Secret<T> {
 }
 
 impl Secret<String> {
-    /// For URLs: the URL with its password replaced by `***`, safe to print.
+    /// For URLs: user, host, port and database, safe to print (see [`redact_url`]).
     pub fn redacted(&self) -> String {
         redact_url(&self.0)
     }
@@ -49,24 +49,68 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Secret<T> {
     }
 }
 
-/// `scheme://user:password@host/...` becomes `scheme://user:***@host/...`; a `password=`
-/// query parameter is masked too.
+/// A connection URL as it may be printed: `scheme://user@host:port/database`. The user-info's
+/// password and the whole query (which may hold `password=`) are never shown.
+///
+/// Works whatever the password holds, percent-encoded or not: when the authority has no `@`,
+/// everything before the URL's last `@` is user-info, and only its user name (up to the first
+/// `:`, `/`, `?`, `#` or `@`) is kept. A string that is not a URL is not shown at all.
 pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..].find(['/', '?']).map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
+    let Some(scheme_end) = url.find("://") else {
+        return "(not a URL; not shown)".to_string();
+    };
+    let scheme = &url[..scheme_end];
+    let mut rest = &url[scheme_end + 3..];
+    let mut user = "";
+    // The standard reading first: user-info is what precedes an `@` inside the authority (up to
+    // the first `/`, `?` or `#`). When the authority holds no `@`, a raw password may contain
+    // those delimiters: then everything before the last `@` is taken as user-info.
+    let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
+    let at = match authority.rfind('@') {
+        Some(at) => Some(at),
+        None => rest.rfind('@'),
+    };
+    if let Some(at) = at {
+        let info = &rest[..at];
+        user = info.find([':', '/', '?', '#', '@']).map_or(info, |end| &info[..end]);
+        rest = &rest[at + 1..];
+    }
+    let location = rest.find(['?', '#']).map_or(rest, |end| &rest[..end]);
+    if user.is_empty() {
+        format!("{scheme}://{location}")
+    } else {
+        format!("{scheme}://{user}@{location}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_password_is_ever_shown() {
+        let secret = "pa/ss?w@rd#x:y%2F";
+        for url in [
+            format!("postgres://app:{secret}@db.example:5433/orders?sslmode=require"),
+            format!("postgres://app:{secret}@db.example/orders"),
+            format!("postgresql://app:{secret}@db.example"),
+            format!("postgres://app@db.example/orders?password={secret}&sslmode=require"),
+            format!("postgres://db.example/orders?user=app&password={secret}"),
+            format!("postgres://app:{}@db.example:5433/orders", "p%40ss%2Fw%3Frd"),
+        ] {
+            let shown = redact_url(&url);
+            for piece in ["pa/ss", "ss?w", "rd#x", "p%40ss", "w%3F", "password"] {
+                assert!(!shown.contains(piece), "{url} -> {shown}");
+            }
+            if !url.contains("?user=") {
+                assert!(shown.contains("@db.example"), "{url} -> {shown}");
             }
         }
+        assert_eq!(
+            redact_url(&format!("postgres://app:{secret}@db.example:5433/orders?sslmode=require")),
+            "postgres://app@db.example:5433/orders"
+        );
+        assert_eq!(redact_url("postgres://db.example/orders"), "postgres://db.example/orders");
+        assert_eq!(redact_url("host=x password=y"), "(not a URL; not shown)");
     }
-    if let Some(p) = out.find("password=") {
-        let start = p + "password=".len();
-        let end = out[start..].find('&').map_or(out.len(), |i| start + i);
-        out.replace_range(start..end, "***");
-    }
-    out
 }

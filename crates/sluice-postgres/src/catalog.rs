@@ -21,8 +21,35 @@ pub struct SourceTable {
     pub id: TableId,
     /// `d`, `n`, `f` or `i`
     pub replica_identity: char,
-    /// Planner's row estimate, for progress bars
+    /// Planner's row estimate, for progress bars (a partitioned table: its partitions' sum)
     pub estimated_rows: i64,
+    /// A partitioned table's partitions, at every level (sorted OIDs); empty for other tables
+    pub partitions: Vec<u32>,
+    /// Whether the table is partitioned (replicated as one table, under its own name)
+    pub partitioned: bool,
+}
+
+impl SourceTable {
+    /// What the sinks' checkpoints record about the table's copy: its OID, and a partitioned
+    /// table's partitions. When it differs from what a sink holds (the table was dropped and
+    /// created again, or partitions were attached or detached), the table is copied again.
+    pub fn identity(&self) -> String {
+        if self.partitions.is_empty() {
+            return self.oid.to_string();
+        }
+        let parts = self.partitions.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        format!("{}:{parts}", self.oid)
+    }
+}
+
+/// `FROM` target reading a table's own rows: `ONLY` for plain tables (inheritance children are
+/// selected on their own), the whole tree for a partitioned table (its parent holds no rows).
+pub fn from_rows(id: &TableId, partitioned: bool) -> String {
+    if partitioned {
+        crate::ident::qualified(id)
+    } else {
+        format!("ONLY {}", crate::ident::qualified(id))
+    }
 }
 
 /// Tables matching the source's `tables`/`exclude` globs, sorted by name.
@@ -30,8 +57,16 @@ pub async fn selected_tables(client: &Client, filter: &TableFilter) -> Result<Ve
     let rows = client
         .query(
             "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, \
-                    GREATEST(c.reltuples, 0)::bigint \
+                    CASE WHEN c.relkind = 'p' \
+                         THEN (SELECT COALESCE(sum(GREATEST(pc.reltuples, 0)), 0) FROM pg_class pc WHERE pc.oid = ANY(parts.oids)) \
+                         ELSE GREATEST(c.reltuples, 0) END::bigint, \
+                    parts.oids, c.relkind = 'p' \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             CROSS JOIN LATERAL (SELECT CASE WHEN c.relkind <> 'p' THEN '{}'::oid[] ELSE ARRAY( \
+                 WITH RECURSIVE tree(relid) AS ( \
+                     SELECT inhrelid FROM pg_inherits WHERE inhparent = c.oid \
+                     UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid) \
+                 SELECT relid FROM tree ORDER BY 1) END AS oids) parts \
              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
                AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
@@ -48,6 +83,8 @@ pub async fn selected_tables(client: &Client, filter: &TableFilter) -> Result<Ve
             id: TableId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
             replica_identity: r.get::<_, String>(3).chars().next().unwrap_or('d'),
             estimated_rows: r.get(4),
+            partitions: r.get(5),
+            partitioned: r.get(6),
         })
         .collect())
 }
@@ -116,6 +153,8 @@ pub struct PgTable {
     pub schema: SchemaRef,
     /// How to decode each column, in column order
     pub types: Arc<Vec<PgType>>,
+    /// A partitioned table: its rows are read from all its partitions
+    pub partitioned: bool,
 }
 
 /// Resolves type OIDs to Sluice data types and to the spelling a PostgreSQL sink should use.
@@ -295,7 +334,7 @@ impl TypeCache {
             types.push(t.pg);
         }
         let schema = Arc::new(TableSchema { id, columns: cols, version, dialect: DIALECT.to_string() });
-        Ok(PgTable { schema, types: Arc::new(types) })
+        Ok(PgTable { schema, types: Arc::new(types), partitioned: false })
     }
 }
 

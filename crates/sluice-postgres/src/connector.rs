@@ -32,25 +32,17 @@ pub fn parse_sink(body: toml::Value, ctx: &ParseContext<'_>) -> Result<Arc<dyn S
     Ok(Arc::new(PgSinkConnector(PgSinkConfig::parse(body, ctx)?)))
 }
 
-/// `postgres://user@host:port/database`, without the password.
+/// `postgres://user@host:port/database`, never the password or the query.
 pub fn describe_url(url: &str) -> String {
-    match url.parse::<tokio_postgres::Config>() {
-        Ok(c) => {
-            let host = c
-                .get_hosts()
-                .first()
-                .map(|h| match h {
-                    tokio_postgres::config::Host::Tcp(s) => s.clone(),
-                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-                })
-                .unwrap_or_else(|| "localhost".into());
-            let port = c.get_ports().first().copied().unwrap_or(5432);
-            let user = c.get_user().unwrap_or("");
-            let db = c.get_dbname().unwrap_or(user);
-            format!("postgres://{user}@{host}:{port}/{db}")
-        }
-        Err(_) => sluice_config::redact_url(url),
-    }
+    sluice_config::redact_url(url)
+}
+
+/// The config as JSON for status output and the API: the URL as [`describe_url`] prints it.
+fn redacted_json<T: serde::Serialize>(cfg: &T, url: &str) -> serde_json::Value {
+    let mut j = serde_json::to_value(cfg).unwrap_or_default();
+    j["type"] = TYPE.into();
+    j["url"] = describe_url(url).into();
+    j
 }
 
 #[async_trait]
@@ -72,9 +64,7 @@ impl SourceConnector for PgSourceConnector {
     }
 
     fn to_json(&self) -> serde_json::Value {
-        let mut j = serde_json::to_value(&self.0).unwrap_or_default();
-        j["type"] = TYPE.into();
-        j
+        redacted_json(&self.0, self.0.url.expose())
     }
 }
 
@@ -97,9 +87,7 @@ impl SinkConnector for PgSinkConnector {
     }
 
     fn to_json(&self) -> serde_json::Value {
-        let mut j = serde_json::to_value(&self.0).unwrap_or_default();
-        j["type"] = TYPE.into();
-        j
+        redacted_json(&self.0, self.0.url.expose())
     }
 }
 
@@ -109,7 +97,7 @@ mod tests {
 
     #[test]
     fn descriptions_never_hold_the_password() {
-        let d = describe_url("postgres://app:s3cr%2Ft@db.example:6432/orders");
+        let d = describe_url("postgres://app:s3cr/t?x@db.example:6432/orders?sslmode=require");
         assert_eq!(d, "postgres://app@db.example:6432/orders");
         let c = PgSourceConnector(
             PgSourceConfig::parse(
@@ -120,5 +108,6 @@ mod tests {
         );
         let j = c.to_json().to_string();
         assert!(!j.contains("hunter2") && j.contains("\"type\":\"postgres\""), "{j}");
+        assert!(j.contains("\"url\":\"postgres://app@h/d\""), "{j}");
     }
 }

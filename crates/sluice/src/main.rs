@@ -9,8 +9,18 @@ use tokio::sync::watch;
 #[derive(Parser)]
 #[command(name = "sluice", version, about, long_about = None)]
 struct Cli {
+    /// Log lines on stderr: `text` (coloured only when stderr is a terminal and NO_COLOR is
+    /// unset) or `json` (one object per line, for log collectors). RUST_LOG sets the levels.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -32,13 +42,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -48,7 +52,7 @@ fn main() -> ExitCode {
     };
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Run { pipeline } => run(pipeline).await,
+            Cmd::Run { pipeline } => run(pipeline, cli.log_format).await,
             Cmd::Check { pipeline } => check(pipeline).await,
             Cmd::Playground(args) => match sluice::playground::run(args, stop_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -59,6 +63,20 @@ fn main() -> ExitCode {
             },
         }
     })
+}
+
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            logs.with_ansi(colour).init()
+        }
+    }
 }
 
 /// A watch that turns true on SIGINT or SIGTERM.
@@ -86,7 +104,15 @@ fn load(path: &Path) -> Result<PipelineConfig, ExitCode> {
     })
 }
 
-async fn run(path: PathBuf) -> ExitCode {
+async fn run(path: PathBuf, logs: LogFormat) -> ExitCode {
+    // With JSON logs, the final error is a log line too, so collectors see it.
+    let fail = |message: String| {
+        match logs {
+            LogFormat::Json => tracing::error!(error = %message, "pipeline failed"),
+            LogFormat::Text => eprintln!("error: {message}"),
+        }
+        ExitCode::FAILURE
+    };
     let cfg = match load(&path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -95,14 +121,8 @@ async fn run(path: PathBuf) -> ExitCode {
     tokio::spawn(sluice::progress::render(running.handle.clone()));
     match running.task.await {
         Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("error: {}", sluice::chain(&e));
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("error: the pipeline task failed: {e}");
-            ExitCode::FAILURE
-        }
+        Ok(Err(e)) => fail(sluice::chain(&e)),
+        Err(e) => fail(format!("the pipeline task failed: {e}")),
     }
 }
 

@@ -120,13 +120,34 @@ async fn check_passes_on_a_ready_server_and_fails_on_an_unreachable_one() {
     let port = free_port();
     let path = write_config(
         &dir,
-        &env.toml("ready", "", "").replace(&env.dst_url, &format!("postgres://u:hunter2secret@127.0.0.1:{port}/x")),
+        &env.toml("ready", "", "").replace(&env.dst_url, &format!("postgres://u:{RAW_PASSWORD}@127.0.0.1:{port}/x")),
     );
     let out = sluice(&["check", &path]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("FAIL  sink[0]: reachable") && t.contains("u:***@127.0.0.1"), "{t}");
-    assert!(!t.contains("hunter2secret"), "password leaked: {t}");
+    assert!(t.contains("FAIL  sink[0]: reachable") && t.contains(&format!("u@127.0.0.1:{port}/x")), "{t}");
+    assert_no_password(&t);
+
+    // Reachable, with passwords holding URL delimiters, raw and percent-encoded (trust
+    // authentication ignores them, so the URLs work).
+    for password in [RAW_PASSWORD, ENCODED_PASSWORD] {
+        let toml = env.toml("ready", "", "").replace("postgres://postgres@", &format!("postgres://postgres:{password}@"));
+        let out = sluice(&["check", &write_config(&dir, &toml)]);
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        assert!(t.contains("ok    source: reachable") && t.contains("postgres://postgres@127.0.0.1:"), "{t}");
+        assert_no_password(&t);
+    }
+}
+
+/// A password holding every URL delimiter, written raw (as users do) and percent-encoded.
+const RAW_PASSWORD: &str = "hunter2/x?y#z";
+const ENCODED_PASSWORD: &str = "hunter2%2Fx%3Fy%40z%23";
+
+fn assert_no_password(output: &str) {
+    for piece in ["hunter2", "x?y#z", "%2Fx", "%40z"] {
+        assert!(!output.contains(piece), "password ({piece}) leaked: {output}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,17 +155,65 @@ async fn run_never_logs_the_password_and_exits_cleanly_on_sigterm() {
     let env = Env::new("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);").await;
     let dir = tempfile::tempdir().unwrap();
     // Trust authentication ignores the password, so the URL works and still carries a secret.
-    let toml = env.toml("secret", "", "").replace("postgres://postgres@", "postgres://postgres:hunter2secret@");
-    let path = write_config(&dir, &toml);
-    let log = dir.path().join("run.log");
+    let toml = env.toml("secret", "", "").replace("postgres://postgres@", &format!("postgres://postgres:{RAW_PASSWORD}@"));
+    let (status, all) = run_until_converged(&env, &dir, &toml, &[], "trace").await;
+    assert!(status.success(), "exit {status}: {all}");
+    assert!(all.contains("source stopped"), "{all}");
+    assert_no_password(&all);
+    // Again with a second sink that cannot be reached: connection errors and their chains.
+    env.src.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
+    let down = free_port();
+    let toml = toml + &format!("\n[[sink]]\ntype = \"postgres\"\nurl = \"postgres://u:{ENCODED_PASSWORD}@127.0.0.1:{down}/x\"\n");
+    let (status, all) = run_until_converged(&env, &dir, &toml, &[], "trace").await;
+    assert!(status.success(), "exit {status}: {all}");
+    assert!(all.contains(&format!("u@127.0.0.1:{down}/x")), "the failing sink is not named: {all}");
+    assert_no_password(&all);
+    assert!(!all.contains('\x1b'), "colour codes in logs written to a file: {all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let env = Env::new("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (status, all) = run_until_converged(&env, &dir, &env.toml("jsonlogs", "", ""), &["--log-format", "json"], "debug").await;
+    assert!(status.success(), "exit {status}: {all}");
+    let mut messages = Vec::new();
+    for line in all.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{line}");
+        messages.push(v["fields"]["message"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(messages.iter().any(|m| m == "source stopped"), "{messages:?}");
+}
+
+/// Runs `sluice [args] run` on `toml` until the replica of `t` converges, then stops it with
+/// SIGTERM. Returns its exit status and everything it wrote (stdout, then stderr).
+async fn run_until_converged(
+    env: &Env,
+    dir: &tempfile::TempDir,
+    toml: &str,
+    args: &[&str],
+    rust_log: &str,
+) -> (std::process::ExitStatus, String) {
+    let path = write_config(dir, toml);
+    let (out, err) = (dir.path().join("run.out"), dir.path().join("run.err"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
         .args(["run", &path])
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(dir.path().join("run.err")).unwrap()))
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
         .spawn()
         .unwrap();
-    env.converge("t", "id").await;
+    let converged = tokio::spawn({
+        let (src, dst) = (env.src_url.clone(), env.dst_url.clone());
+        async move { common::converge_with(&common::connect(&src).await, &common::connect(&dst).await, "t", "id").await }
+    });
+    if let Err(e) = converged.await {
+        let _ = child.kill();
+        let log = format!("{}{}", std::fs::read_to_string(&out).unwrap(), std::fs::read_to_string(&err).unwrap());
+        panic!("{e}\nsluice's output:\n{log}");
+    }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = wait_for("sluice to exit after SIGTERM", Duration::from_secs(60), || {
@@ -152,12 +221,6 @@ async fn run_never_logs_the_password_and_exits_cleanly_on_sigterm() {
         async move { s }
     })
     .await;
-    let all = format!(
-        "{}{}",
-        std::fs::read_to_string(&log).unwrap(),
-        std::fs::read_to_string(dir.path().join("run.err")).unwrap()
-    );
-    assert!(status.success(), "exit {status}: {all}");
-    assert!(all.contains("source stopped"), "{all}");
-    assert!(!all.contains("hunter2secret"), "password leaked into logs");
+    let all = format!("{}{}", std::fs::read_to_string(&out).unwrap(), std::fs::read_to_string(&err).unwrap());
+    (status, all)
 }

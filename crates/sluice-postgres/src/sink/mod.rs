@@ -185,7 +185,9 @@ impl PgSink {
         self.begin().await?;
         let client = self.client()?;
         let tid = self.target_name(&schema.id);
-        let t = target::reconcile(&client, &mut self.types, &tid, schema, self.cfg.mode, defer_key).await?;
+        let t =
+            target::reconcile(&client, self.cfg.url.expose(), &mut self.types, &tid, schema, self.cfg.mode, defer_key)
+                .await?;
         self.targets.insert(schema.id.clone(), t);
         Ok(())
     }

@@ -7,7 +7,7 @@ use sluice_core::{ColumnSchema, DataType, TableId, TableSchema};
 use tokio_postgres::Client;
 use tracing::info;
 
-use crate::catalog::{TypeCache, DIALECT};
+use crate::catalog::{self, TypeCache, DIALECT};
 use crate::codec::{self, PgType};
 use crate::config::SinkMode;
 use crate::error::{Ctx, PgError};
@@ -144,6 +144,7 @@ async fn has_primary_key(client: &Client, qualified_name: &str) -> Result<bool, 
 /// load, see [`add_key`]).
 pub(crate) async fn reconcile(
     client: &Client,
+    url: &str,
     types: &mut TypeCache,
     tid: &TableId,
     schema: &TableSchema,
@@ -174,7 +175,7 @@ pub(crate) async fn reconcile(
     }
     for c in &schema.columns {
         if schema.dialect == DIALECT {
-            ensure_enum(client, &c.data_type, &c.native_type).await?;
+            ensure_enum(client, url, &c.data_type, &c.native_type).await?;
         }
     }
     if existing.is_empty() {
@@ -241,7 +242,7 @@ pub(crate) async fn add_key(client: &Client, target: &mut Target, schema: &Table
 
 /// Creates an enum type on the target when a column needs one that is missing, and adds labels
 /// the source has gained.
-async fn ensure_enum(client: &Client, dt: &DataType, native: &str) -> Result<(), PgError> {
+async fn ensure_enum(client: &Client, url: &str, dt: &DataType, native: &str) -> Result<(), PgError> {
     let (labels, name) = match dt {
         DataType::Enum { labels } => (labels, native),
         DataType::List(inner) => match inner.as_ref() {
@@ -268,18 +269,39 @@ async fn ensure_enum(client: &Client, dt: &DataType, native: &str) -> Result<(),
                 .ctx(format!("create enum {name}"))?;
         }
         Some(oid) => {
-            let have: Vec<String> = client
+            let mut have: Vec<String> = client
                 .query("SELECT enumlabel::text FROM pg_enum WHERE enumtypid = $1", &[&oid])
                 .await
                 .ctx("read enum labels")?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            for l in labels.iter().filter(|l| !have.contains(l)) {
-                client
-                    .batch_execute(&format!("ALTER TYPE {name} ADD VALUE IF NOT EXISTS {}", quote_literal(l)))
+            if labels.iter().all(|l| have.contains(l)) {
+                return Ok(());
+            }
+            // A label added inside a transaction cannot be used before it commits: add it on a
+            // connection of its own, unless the type itself is not committed yet (created by
+            // this transaction), where it can be used at once.
+            let side = catalog::connect(url, "sink (enum labels)").await?;
+            let committed: Option<u32> =
+                side.query_one("SELECT to_regtype($1)::oid", &[&name]).await.ctx("look up enum type")?.get(0);
+            let on = if committed.is_some() { &side } else { client };
+            for (i, l) in labels.iter().enumerate() {
+                if have.contains(l) {
+                    continue;
+                }
+                // Keep the source's order, so values sort alike on both sides.
+                let place = match labels[i + 1..].iter().find(|n| have.contains(n)) {
+                    Some(next) => format!(" BEFORE {}", quote_literal(next)),
+                    None => match labels[..i].iter().rev().find(|p| have.contains(p)) {
+                        Some(prev) => format!(" AFTER {}", quote_literal(prev)),
+                        None => String::new(),
+                    },
+                };
+                on.batch_execute(&format!("ALTER TYPE {name} ADD VALUE IF NOT EXISTS {}{place}", quote_literal(l)))
                     .await
                     .ctx(format!("add label {l} to enum {name}"))?;
+                have.push(l.clone());
             }
         }
     }

@@ -73,6 +73,8 @@ const UNSEEN_COMMIT_PAUSE: std::time::Duration = std::time::Duration::from_milli
 pub(crate) struct CopyJob {
     pub table: TableId,
     pub oid: u32,
+    /// [`SourceTable::identity`] when the job was made
+    pub identity: String,
     pub to: SinkSet,
     /// Last key copied (`None`: from the first row)
     pub after: Option<Key>,
@@ -87,6 +89,7 @@ impl CopyJob {
         CopyJob {
             table: t.id.clone(),
             oid: t.oid,
+            identity: t.identity(),
             to,
             after,
             estimated_rows: u64::try_from(t.estimated_rows).ok().filter(|n| *n > 0),
@@ -118,7 +121,7 @@ struct Noted {
 struct Window {
     id: u64,
     table: TableId,
-    oid: u32,
+    identity: String,
     /// The low watermark has been seen in the stream.
     open: bool,
     high_seen: bool,
@@ -223,9 +226,9 @@ impl Backfill {
 
     /// Forgets copies of tables no longer selected (or dropped and created again).
     pub fn retain(&mut self, selected: &[SourceTable]) {
-        let kept = |id: &TableId, oid: u32| selected.iter().any(|t| t.id == *id && t.oid == oid);
-        self.jobs.retain(|j| kept(&j.table, j.oid));
-        if self.window.as_ref().is_some_and(|w| !kept(&w.table, w.oid)) {
+        let kept = |id: &TableId, identity: &str| selected.iter().any(|t| t.id == *id && t.identity() == identity);
+        self.jobs.retain(|j| kept(&j.table, &j.identity));
+        if self.window.as_ref().is_some_and(|w| !kept(&w.table, &w.identity)) {
             self.window = None;
         }
     }
@@ -263,7 +266,7 @@ impl Backfill {
         let begin = (!job.started).then(|| {
             job.started = true;
             let mode = if job.after.is_none() { CopyMode::Replace } else { CopyMode::Resume };
-            let step = CopyStep::Begin { mode, source_id: Some(job.oid.to_string()), estimated_rows: job.estimated_rows };
+            let step = CopyStep::Begin { mode, source_id: Some(job.identity.clone()), estimated_rows: job.estimated_rows };
             Event::Copy(Copy::new(job.to, table.schema.clone(), step))
         });
         let job = job.clone();
@@ -274,7 +277,7 @@ impl Backfill {
         self.window = Some(Window {
             id,
             table: job.table.clone(),
-            oid: job.oid,
+            identity: job.identity.clone(),
             open: false,
             high_seen: false,
             void: false,
@@ -528,7 +531,7 @@ impl ChunkQuery {
             .join(", ");
         let keys: Vec<&str> = schema.columns.iter().filter(|c| c.key).map(|c| c.name.as_str()).collect();
         let key_list = keys.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
-        let mut sql = format!("SELECT {select} FROM ONLY {}", qualified(id));
+        let mut sql = format!("SELECT {select} FROM {}", catalog::from_rows(id, table.partitioned));
         let mut params = Vec::new();
         if let Some(key) = key {
             // Bound as text and cast to each key column's own type, so the comparison is the
@@ -671,12 +674,19 @@ mod tests {
     use sluice_core::Value;
 
     fn job(t: &TableId) -> CopyJob {
-        let st = SourceTable { oid: 1, id: t.clone(), replica_identity: 'd', estimated_rows: 0 };
+        let st = SourceTable {
+            oid: 1,
+            id: t.clone(),
+            replica_identity: 'd',
+            estimated_rows: 0,
+            partitions: Vec::new(),
+            partitioned: false,
+        };
         CopyJob::new(&st, SinkSet::empty(), None)
     }
 
     fn window(id: u64, t: &TableId, open: bool) -> Window {
-        Window { id, table: t.clone(), oid: 1, open, high_seen: false, void: false, chunk: None }
+        Window { id, table: t.clone(), identity: "1".into(), open, high_seen: false, void: false, chunk: None }
     }
 
     fn insert(k: i64) -> Op {

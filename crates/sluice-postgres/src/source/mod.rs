@@ -244,7 +244,7 @@ impl PgSource {
     fn copy_jobs(&self, tables: &[SourceTable], resume: &Resume) -> Vec<CopyJob> {
         let mut jobs = Vec::new();
         for t in tables {
-            for (to, after) in resume.copies_needed(&t.id, Some(&t.oid.to_string())) {
+            for (to, after) in resume.copies_needed(&t.id, Some(&t.identity())) {
                 jobs.push(CopyJob::new(t, to, after));
             }
         }
@@ -259,10 +259,20 @@ impl PgSource {
             .ctx("look up publication")?
             .is_some();
         let verb = if exists { "ALTER" } else { "CREATE" };
-        let sql = if exists {
-            format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(&self.publication))
-        } else {
-            format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(&self.publication))
+        // A partitioned table's changes are published as its own (PostgreSQL 13+), so it
+        // replicates as one table under its name, whichever partition holds a row.
+        let via_root = server_version(catalog).await? >= 130_000;
+        let publication = quote_ident(&self.publication);
+        let sql = match (exists, via_root) {
+            (true, true) => format!(
+                "ALTER PUBLICATION {publication} SET TABLE {list}; \
+                 ALTER PUBLICATION {publication} SET (publish_via_partition_root = true)"
+            ),
+            (true, false) => format!("ALTER PUBLICATION {publication} SET TABLE {list}"),
+            (false, true) => {
+                format!("CREATE PUBLICATION {publication} FOR TABLE {list} WITH (publish_via_partition_root = true)")
+            }
+            (false, false) => format!("CREATE PUBLICATION {publication} FOR TABLE {list}"),
         };
         catalog.batch_execute(&sql).await.ctx(format!("{verb} PUBLICATION {}", self.publication))?;
         debug!(publication = %self.publication, tables = tables.len(), "publication ready");

@@ -18,7 +18,7 @@ use super::send;
 use crate::catalog::{self, SourceTable, TypeCache};
 use crate::copy::{count_rows, BlockBuilder, CopyTextDecoder, COPY_TEXT};
 use crate::error::{Ctx, PgError};
-use crate::ident::{qualified, quote_ident, quote_literal};
+use crate::ident::{quote_ident, quote_literal};
 
 /// Size of the blocks of rows the snapshot emits.
 const SNAPSHOT_BLOCK_BYTES: usize = 64 * 1024;
@@ -51,15 +51,16 @@ pub(super) async fn copy_all(
         let started = Instant::now();
         let cols = catalog::table_columns(&client, t.oid).await?;
         let key = catalog::key_columns(&client, t.oid).await?;
-        let table = types.table(&client, t.id.clone(), &cols, &key, catalog::next_version(), &[]).await?;
+        let mut table = types.table(&client, t.id.clone(), &cols, &key, catalog::next_version(), &[]).await?;
+        table.partitioned = t.partitioned;
         let decoder = Arc::new(CopyTextDecoder::new(table.types.clone()));
         let copy = |step| Event::Copy(Copy::new(to, table.schema.clone(), step));
         let estimated_rows = u64::try_from(t.estimated_rows).ok().filter(|n| *n > 0);
-        let source_id = Some(t.oid.to_string());
+        let source_id = Some(t.identity());
         send(events, copy(CopyStep::Begin { mode: CopyMode::Snapshot, source_id, estimated_rows })).await?;
         let list = table.schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
         let stream = client
-            .copy_out(&format!("COPY (SELECT {list} FROM ONLY {}) TO STDOUT", qualified(&t.id)))
+            .copy_out(&format!("COPY (SELECT {list} FROM {}) TO STDOUT", catalog::from_rows(&t.id, t.partitioned)))
             .await
             .ctx(format!("snapshot of {}", t.id))?;
         let mut stream = std::pin::pin!(stream);

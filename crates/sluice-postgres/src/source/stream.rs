@@ -32,8 +32,9 @@ pub(super) struct Streamer<'a> {
     publication: &'a str,
     catalog: Client,
     types: TypeCache,
-    /// Relation OID → the Relation message and the table built from it.
-    relations: HashMap<u32, (Relation, PgTable)>,
+    /// Relation OID → the Relation message, the table built from it, and whether it has enum
+    /// columns (whose labels may grow without a new Relation message).
+    relations: HashMap<u32, (Relation, PgTable, bool)>,
     /// Latest known shape of each table, from the stream or the catalog.
     by_id: HashMap<TableId, PgTable>,
     selected: Vec<SourceTable>,
@@ -251,9 +252,15 @@ impl<'a> Streamer<'a> {
         let key = catalog::key_columns(&self.catalog, oid).await?;
         let version = catalog::next_version();
         let missing = catalog::missing_values(&self.catalog, oid).await?;
-        let t = self.types.table(&self.catalog, id.clone(), &cols, &key, version, &missing).await?;
+        let mut t = self.types.table(&self.catalog, id.clone(), &cols, &key, version, &missing).await?;
+        t.partitioned = self.partitioned(oid);
         self.by_id.insert(id.clone(), t.clone());
         Ok(t)
+    }
+
+    /// Whether the selected table with this OID is partitioned.
+    fn partitioned(&self, oid: u32) -> bool {
+        self.selected.iter().any(|t| t.oid == oid && t.partitioned)
     }
 
     /// Looks for tables that newly match the selection: adds them to the publication and copies
@@ -265,16 +272,31 @@ impl<'a> Streamer<'a> {
         }
         self.last_discovery = Instant::now();
         let now = catalog::selected_tables(&self.catalog, &self.cfg.filter()).await?;
-        // A table dropped and created again under the same name is a new table (a new OID).
+        // A table dropped and created again under the same name is a new table (a new OID); a
+        // partitioned table whose partitions changed is copied again too.
         let gone: Vec<TableId> = self
             .selected
             .iter()
-            .filter(|t| !now.iter().any(|n| n.id == t.id && n.oid == t.oid))
+            .filter(|t| !now.iter().any(|n| n.id == t.id && n.identity() == t.identity()))
             .map(|t| t.id.clone())
             .collect();
         let mut added = Vec::new();
         let copy = self.cfg.snapshot == crate::config::SnapshotMode::Initial;
-        for t in now.iter().filter(|n| !self.selected.iter().any(|s| s.id == n.id && s.oid == n.oid)) {
+        for t in now.iter().filter(|n| !self.selected.iter().any(|s| s.id == n.id && s.identity() == n.identity())) {
+            if self.selected.iter().any(|s| s.id == t.id && s.oid == t.oid) {
+                // Same table, other partitions: rows came or went without changes in the WAL.
+                if copy && self.messages {
+                    info!(table = %t.id, "partitions were attached or detached; copying the table again");
+                } else {
+                    warn!(
+                        table = %t.id,
+                        "partitions were attached or detached; rows they brought or took are not copied \
+                         (that needs source.snapshot = \"initial\" and PostgreSQL 14 or newer)"
+                    );
+                }
+                added.push(t.clone());
+                continue;
+            }
             if catalog::key_columns(&self.catalog, t.oid).await?.is_empty() {
                 warn!(error = %no_key(&t.id), "a new table matches source.tables but cannot be replicated yet");
                 continue;
@@ -302,7 +324,9 @@ impl<'a> Streamer<'a> {
             return Ok(());
         }
         for id in &gone {
-            if added.iter().any(|a: &SourceTable| a.id == *id) {
+            if added.iter().any(|a: &SourceTable| a.id == *id && self.selected.iter().any(|s| s.id == *id && s.oid == a.oid)) {
+                // partitions changed (logged above)
+            } else if added.iter().any(|a: &SourceTable| a.id == *id) {
                 info!(table = %id, "table was dropped and created again; its rows on the sinks are replaced");
             } else {
                 info!(table = %id, "table no longer exists or matches source.tables");
@@ -313,7 +337,7 @@ impl<'a> Streamer<'a> {
         self.selected.retain(|t| !gone.contains(&t.id));
         self.backfill.retain(&self.selected);
         for t in added {
-            if copy {
+            if copy && self.messages {
                 self.backfill.push(CopyJob::new(&t, self.live, None));
             }
             self.selected.push(t);
@@ -471,6 +495,7 @@ impl<'a> Streamer<'a> {
             PgOutput::Insert { rel, new } => {
                 let table = self.table(rel)?;
                 let after = to_row(&table, &new)?;
+                let table = self.known_labels(rel, table, [Some(&after), None]).await?;
                 self.change(repl, interval, table, Op::Insert { after }).await
             }
             PgOutput::Update { rel, old, new } => {
@@ -491,6 +516,7 @@ impl<'a> Streamer<'a> {
                     }
                     None => None,
                 };
+                let table = self.known_labels(rel, table, [Some(&after), before.as_ref()]).await?;
                 if after.contains(&Value::Unchanged) && self.backfill.copying(&table.schema.id) {
                     self.fill_moved_row(&table, before.as_ref(), &mut after).await?;
                 }
@@ -535,15 +561,29 @@ impl<'a> Streamer<'a> {
         Ok(())
     }
 
+    /// `table` if its enum columns know every label in `rows`, else the table built again from
+    /// the catalog's labels (`ALTER TYPE .. ADD VALUE` sends no Relation message), as a new
+    /// schema version so the sinks learn the label too.
+    async fn known_labels(&mut self, rel: u32, table: PgTable, rows: [Option<&Row>; 2]) -> Result<PgTable, PgError> {
+        let has_enums = self.relations.get(&rel).is_some_and(|(_, _, e)| *e);
+        if !has_enums || !rows.iter().flatten().any(|r| unknown_label(&table.schema, r)) {
+            return Ok(table);
+        }
+        let Some((relation, _, _)) = self.relations.remove(&rel) else { return Ok(table) };
+        debug!(table = %table.schema.id, "an enum label is new; reading the type again");
+        self.relation(relation).await?;
+        self.table(rel)
+    }
+
     fn table(&self, rel: u32) -> Result<PgTable, PgError> {
         self.relations
             .get(&rel)
-            .map(|(_, t)| t.clone())
+            .map(|(_, t, _)| t.clone())
             .ok_or_else(|| PgError::Protocol(format!("change for relation {rel} before its Relation message")))
     }
 
     async fn relation(&mut self, rel: Relation) -> Result<(), PgError> {
-        if self.relations.get(&rel.id).is_some_and(|(r, _)| *r == rel) {
+        if self.relations.get(&rel.id).is_some_and(|(r, _, _)| *r == rel) {
             return Ok(());
         }
         let id = TableId::new(rel.namespace.clone(), rel.name.clone());
@@ -566,7 +606,8 @@ impl<'a> Streamer<'a> {
         // A new shape may come with new enum labels.
         self.types.clear();
         let missing = catalog::missing_values(&self.catalog, rel.id).await?;
-        let table = self.types.table(&self.catalog, id.clone(), &cols, &key, version, &missing).await?;
+        let mut table = self.types.table(&self.catalog, id.clone(), &cols, &key, version, &missing).await?;
+        table.partitioned = self.partitioned(rel.id);
         if self.binary && !table.types.iter().all(PgType::binary_ok) {
             // Values of this type would arrive in a binary form Sluice does not read: start over
             // in text (the next start sees the column and streams in text).
@@ -576,9 +617,35 @@ impl<'a> Streamer<'a> {
         }
         debug!(table = %id, columns = table.schema.columns.len(), "relation");
         self.by_id.insert(id, table.clone());
-        self.relations.insert(rel.id, (rel, table));
+        let has_enums = table.schema.columns.iter().any(|c| enum_labels(&c.data_type).is_some());
+        self.relations.insert(rel.id, (rel, table, has_enums));
         Ok(())
     }
+}
+
+/// The labels of an enum column, or of an array of enums.
+fn enum_labels(dt: &sluice_core::DataType) -> Option<&[String]> {
+    match dt {
+        sluice_core::DataType::Enum { labels } => Some(labels),
+        sluice_core::DataType::List(inner) => enum_labels(inner),
+        _ => None,
+    }
+}
+
+/// Whether `row` holds an enum label its schema does not list.
+fn unknown_label(schema: &sluice_core::TableSchema, row: &Row) -> bool {
+    fn unknown(v: &Value, labels: &[String]) -> bool {
+        match v {
+            Value::Enum(l) | Value::Text(l) => !labels.iter().any(|k| k.as_str() == l.as_str()),
+            Value::List(items) => items.iter().any(|i| unknown(i, labels)),
+            _ => false,
+        }
+    }
+    schema
+        .columns
+        .iter()
+        .zip(row)
+        .any(|(c, v)| enum_labels(&c.data_type).is_some_and(|labels| unknown(v, labels)))
 }
 
 /// Decodes a pgoutput tuple into a typed row of `table`.
