@@ -6,7 +6,51 @@ use std::fmt;
 
 use async_trait::async_trait;
 
+use crate::error::{ConnectorError, ErrorClass};
+use crate::schema::TableId;
 use crate::traits::{Sink, Source};
+
+/// Where a sink stands with one table (`sluice tables`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkTable {
+    /// The source table
+    pub table: TableId,
+    /// Its state
+    pub state: SinkTableState,
+}
+
+/// The state of one table in one sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkTableState {
+    /// Copied; streamed changes are applied.
+    Copied,
+    /// Being copied (rows up to some key are in the sink).
+    Copying,
+    /// In quarantine: its changes are skipped until it is released.
+    Quarantined {
+        /// Why
+        reason: String,
+        /// Since when (RFC 3339)
+        since: String,
+        /// The source position of the change that put it there, if known
+        position: Option<String>,
+    },
+}
+
+impl fmt::Display for SinkTableState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SinkTableState::Copied => f.write_str("copied"),
+            SinkTableState::Copying => f.write_str("copying"),
+            SinkTableState::Quarantined { reason, since, position: Some(p) } => {
+                write!(f, "quarantined since {since} (source position {p}): {reason}")
+            }
+            SinkTableState::Quarantined { reason, since, position: None } => {
+                write!(f, "quarantined since {since}: {reason}")
+            }
+        }
+    }
+}
 
 /// The outcome of one preflight check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,4 +112,17 @@ pub trait SinkConnector: Send + Sync + fmt::Debug {
 
     /// The config as JSON with every secret redacted.
     fn to_json(&self) -> serde_json::Value;
+
+    /// Every table the `index`-th sink of `pipeline` holds, with its state, read from the
+    /// target. A sink that keeps no per-table state lists none.
+    async fn tables(&self, _pipeline: &str, _index: usize) -> Result<Vec<SinkTable>, ConnectorError> {
+        Ok(Vec::new())
+    }
+
+    /// Takes `table` out of quarantine in the `index`-th sink of `pipeline`, so the next start
+    /// copies it again from scratch. Refuses while the pipeline runs against the sink. Returns
+    /// whether the table was in quarantine.
+    async fn release(&self, _pipeline: &str, _index: usize, _table: &TableId) -> Result<bool, ConnectorError> {
+        Err(ConnectorError::msg(ErrorClass::Fatal, format!("{} sinks have no quarantine", self.kind())))
+    }
 }

@@ -28,7 +28,7 @@ mod traits;
 mod value;
 
 pub use checkpoint::{Checkpoint, CheckpointError, TableProgress, CHECKPOINT_VERSION};
-pub use connector::{CheckResult, SinkConnector, SourceConnector};
+pub use connector::{CheckResult, SinkConnector, SinkTable, SinkTableState, SourceConnector};
 pub use error::{ConnectorError, ErrorClass};
 pub use event::{BulkDecoder, BulkFormat, BulkRows, Change, Copy, CopyMode, CopyStep, Event, Hold, Op, SinkSet, TxnMeta};
 pub use failpoint::crash_point;

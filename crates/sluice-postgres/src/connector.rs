@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sluice_config::{ConfigError, ParseContext};
-use sluice_core::{CheckResult, Sink, SinkConnector, Source, SourceConnector};
+use sluice_core::{CheckResult, ConnectorError, Sink, SinkConnector, SinkTable, Source, SourceConnector, TableId};
 
 use crate::check;
 use crate::config::{PgSinkConfig, PgSourceConfig};
@@ -88,6 +88,14 @@ impl SinkConnector for PgSinkConnector {
 
     fn to_json(&self) -> serde_json::Value {
         redacted_json(&self.0, self.0.url.expose())
+    }
+
+    async fn tables(&self, pipeline: &str, index: usize) -> Result<Vec<SinkTable>, ConnectorError> {
+        crate::sink::tables(&self.0, pipeline, index).await
+    }
+
+    async fn release(&self, pipeline: &str, index: usize, table: &TableId) -> Result<bool, ConnectorError> {
+        crate::sink::release(&self.0, pipeline, index, table).await
     }
 }
 

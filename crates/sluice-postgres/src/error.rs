@@ -50,6 +50,9 @@ pub enum PgError {
     /// A value that cannot be written into its target column.
     #[error("cannot write a value: {0}")]
     Encode(String),
+    /// A source table changed in a way its target cannot follow; the table goes to quarantine.
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 /// Attaches context to a tokio-postgres result.
@@ -88,7 +91,7 @@ impl PgError {
                 None if is_encoding_error(source) => ErrorClass::Definite,
                 None => ErrorClass::Transient,
             },
-            PgError::Encode(_) => ErrorClass::Definite,
+            PgError::Encode(_) | PgError::Incompatible(_) => ErrorClass::Definite,
             PgError::Setup(_) | PgError::Decode(_) => ErrorClass::Fatal,
             PgError::Retry(_) => ErrorClass::Transient,
         }

@@ -35,6 +35,19 @@ enum Cmd {
         /// Pipeline file (TOML)
         pipeline: PathBuf,
     },
+    /// List each sink's tables and their state (copied, copying, quarantined and why); with
+    /// --release, take a quarantined table out of quarantine (the pipeline must be stopped; the
+    /// table is copied again when it starts).
+    Tables {
+        /// Pipeline file (TOML)
+        pipeline: PathBuf,
+        /// A quarantined table to release, as schema.table
+        #[arg(long, value_name = "SCHEMA.TABLE")]
+        release: Option<String>,
+        /// Only this sink (its index in the file), for --release
+        #[arg(long)]
+        sink: Option<usize>,
+    },
     /// Start a local source and replica with sample data and a workload, and watch the replica
     /// follow. Needs only the PostgreSQL server packages (scripts/setup.sh installs them).
     Playground(sluice::playground::Args),
@@ -54,6 +67,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Run { pipeline } => run(pipeline, cli.log_format).await,
             Cmd::Check { pipeline } => check(pipeline).await,
+            Cmd::Tables { pipeline, release, sink } => tables(pipeline, release, sink).await,
             Cmd::Playground(args) => match sluice::playground::run(args, stop_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -124,6 +138,53 @@ async fn run(path: PathBuf, logs: LogFormat) -> ExitCode {
         Ok(Err(e)) => fail(sluice::chain(&e)),
         Err(e) => fail(format!("the pipeline task failed: {e}")),
     }
+}
+
+async fn tables(path: PathBuf, release: Option<String>, only: Option<usize>) -> ExitCode {
+    let cfg = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let sinks = cfg.sinks.iter().enumerate().filter(|(i, _)| only.is_none_or(|o| o == *i));
+    if let Some(name) = release {
+        let Some((schema, table)) = name.split_once('.') else {
+            eprintln!("error: --release {name:?}: name the table as schema.table");
+            return ExitCode::from(2);
+        };
+        let table = sluice_core::TableId::new(schema, table);
+        let mut released = 0;
+        for (i, s) in sinks {
+            match s.release(&cfg.name, i, &table).await {
+                Ok(true) => {
+                    println!("sink[{i}]: {table} released; it is copied again when the pipeline starts");
+                    released += 1;
+                }
+                Ok(false) => println!("sink[{i}]: {table} is not in quarantine"),
+                Err(e) => {
+                    eprintln!("error: sink[{i}]: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        return if released > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
+    for (i, s) in sinks {
+        println!("sink[{i}] {}", s.describe());
+        match s.tables(&cfg.name, i).await {
+            Ok(list) if list.is_empty() => println!("  (no tables yet)"),
+            Ok(list) => {
+                let width = list.iter().map(|t| t.table.to_string().len()).max().unwrap_or(0);
+                for t in list {
+                    println!("  {:width$}  {}", t.table.to_string(), t.state);
+                }
+            }
+            Err(e) => {
+                eprintln!("error: sink[{i}]: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 async fn check(path: PathBuf) -> ExitCode {

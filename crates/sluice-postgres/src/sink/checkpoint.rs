@@ -6,7 +6,7 @@
 //! `sluice_core::Checkpoint::to_json`) and `updated_at`. Tables written by the first release have
 //! no `state` column: it is added, and their rows are read with `Checkpoint::from_v1`.
 
-use sluice_core::{Checkpoint, ConnectorError, ErrorClass, TableProgress};
+use sluice_core::{Checkpoint, ConnectorError, ErrorClass, TableId, TableProgress};
 use tokio_postgres::Client;
 
 use crate::error::{Ctx, PgError};
@@ -16,6 +16,19 @@ use crate::ident::quote_ident;
 pub const CHECKPOINT_TABLE: &str = "checkpoints";
 /// Name of the table inside `checkpoint_schema` holding changes the target refused.
 pub const DEAD_LETTER_TABLE: &str = "dead_letters";
+/// Name of the table inside `checkpoint_schema` listing tables in quarantine.
+pub const QUARANTINE_TABLE: &str = "quarantine";
+
+/// A table in quarantine.
+#[derive(Debug, Clone)]
+pub(crate) struct Quarantined {
+    pub table: TableId,
+    pub reason: String,
+    /// Source position of the change that put it there
+    pub position: Option<String>,
+    /// When (RFC 3339)
+    pub since: String,
+}
 
 /// Where one sink's checkpoint lives.
 #[derive(Debug, Clone)]
@@ -52,6 +65,92 @@ impl CheckpointStore {
 
     fn table(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(CHECKPOINT_TABLE))
+    }
+
+    /// Whether this sink's tables exist on the target (it ran at least once).
+    pub async fn exists(&self, client: &Client) -> Result<bool, PgError> {
+        let names = [self.table(), self.quarantine_table()];
+        Ok(client
+            .query_one("SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL", &[&names[0], &names[1]])
+            .await
+            .ctx("look up the checkpoint table")?
+            .get(0))
+    }
+
+    fn quarantine_table(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(QUARANTINE_TABLE))
+    }
+
+    /// Records `table` as quarantined (inside the caller's transaction).
+    pub async fn quarantine(
+        &self,
+        client: &Client,
+        table: &TableId,
+        reason: &str,
+        position: Option<&str>,
+    ) -> Result<(), PgError> {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (pipeline, sink, source_schema, source_table, reason, position) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (pipeline, sink, source_schema, source_table) DO UPDATE SET reason = EXCLUDED.reason, \
+                     position = EXCLUDED.position, since = now()",
+                    self.quarantine_table()
+                ),
+                &[&self.pipeline, &self.sink, &table.schema, &table.name, &reason, &position],
+            )
+            .await
+            .ctx(format!("record {table} as quarantined"))?;
+        Ok(())
+    }
+
+    /// This sink's tables in quarantine.
+    pub async fn quarantined(&self, client: &Client) -> Result<Vec<Quarantined>, PgError> {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT source_schema, source_table, reason, position, to_char(since AT TIME ZONE 'UTC', \
+                     'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM {} WHERE pipeline = $1 AND sink = $2 ORDER BY 1, 2",
+                    self.quarantine_table()
+                ),
+                &[&self.pipeline, &self.sink],
+            )
+            .await
+            .ctx("read quarantined tables")?;
+        Ok(rows
+            .iter()
+            .map(|r| Quarantined {
+                table: TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                reason: r.get(2),
+                position: r.get(3),
+                since: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Takes `table` out of quarantine and forgets that it was copied, so the next start copies
+    /// it again from scratch. Runs in its own transaction; the caller holds the sink's lock.
+    /// Returns whether the table was in quarantine.
+    pub async fn release(&self, client: &Client, table: &TableId) -> Result<bool, ConnectorError> {
+        client.batch_execute("BEGIN").await.ctx("begin")?;
+        let deleted = client
+            .execute(
+                &format!(
+                    "DELETE FROM {} WHERE pipeline = $1 AND sink = $2 AND source_schema = $3 AND source_table = $4",
+                    self.quarantine_table()
+                ),
+                &[&self.pipeline, &self.sink, &table.schema, &table.name],
+            )
+            .await
+            .ctx(format!("release {table}"))?;
+        if let Some(mut cp) = self.read(client).await? {
+            cp.tables.remove(table);
+            cp.table_ids.remove(table);
+            self.write(&cp).execute(client).await?;
+        }
+        client.batch_execute("COMMIT").await.ctx("commit the release")?;
+        Ok(deleted > 0)
     }
 
     /// The dead-letter table, qualified.
@@ -107,10 +206,15 @@ impl CheckpointStore {
                  ALTER TABLE {table} ADD COLUMN IF NOT EXISTS state jsonb; \
                  CREATE TABLE IF NOT EXISTS {dead} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
                  pipeline text NOT NULL, sink text NOT NULL, source_table text NOT NULL, op text NOT NULL, \
-                 row jsonb, error text NOT NULL, position text, at timestamptz NOT NULL DEFAULT now())",
+                 row jsonb, error text NOT NULL, position text, at timestamptz NOT NULL DEFAULT now()); \
+                 CREATE TABLE IF NOT EXISTS {quarantine} (pipeline text NOT NULL, sink text NOT NULL, \
+                 source_schema text NOT NULL, source_table text NOT NULL, reason text NOT NULL, position text, \
+                 since timestamptz NOT NULL DEFAULT now(), \
+                 PRIMARY KEY (pipeline, sink, source_schema, source_table))",
                 schema = quote_ident(&self.schema),
                 table = self.table(),
                 dead = self.dead_letters(),
+                quarantine = self.quarantine_table(),
             ))
             .await
             .ctx("create checkpoint table")

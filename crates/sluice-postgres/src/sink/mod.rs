@@ -42,7 +42,7 @@ use rustc_hash::FxHashMap;
 use sluice_core::collapse::{Added, KeyedBatch, NetOp};
 use sluice_core::{
     Ack, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyMode, CopyStep, ErrorClass, Event, Op, Row, SchemaRef,
-    Sink, SinkContext, SinkStats, TableId, TableSchema, TxnMeta,
+    Sink, SinkContext, SinkStats, SinkTable, SinkTableState, TableId, TableSchema, TxnMeta,
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
@@ -96,6 +96,8 @@ pub struct PgSink {
     loading: Option<SchemaRef>,
     /// The last schema whose target table was checked (exists, current shape, has its key).
     ready: Option<SchemaRef>,
+    /// Tables in quarantine (and why): their changes and copies are skipped.
+    quarantine: FxHashMap<TableId, String>,
 }
 
 /// How a background commit ended.
@@ -106,12 +108,61 @@ enum JobDone {
     Failed(String),
 }
 
+fn store_of(cfg: &PgSinkConfig, pipeline: &str, index: usize) -> CheckpointStore {
+    CheckpointStore::new(&cfg.checkpoint_schema, pipeline, &format!("sink{index}"))
+}
+
+/// Every table the `index`-th sink of `pipeline` holds, with its state (`sluice tables`).
+pub async fn tables(cfg: &PgSinkConfig, pipeline: &str, index: usize) -> Result<Vec<SinkTable>, ConnectorError> {
+    let store = store_of(cfg, pipeline, index);
+    let client = catalog::connect(cfg.url.expose(), &format!("sink[{index}]")).await?;
+    if !store.exists(&client).await? {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<SinkTable> = Vec::new();
+    if let Some(cp) = store.read(&client).await? {
+        for (table, progress) in &cp.tables {
+            let state = match progress {
+                sluice_core::TableProgress::Copied => SinkTableState::Copied,
+                sluice_core::TableProgress::Copying { .. } => SinkTableState::Copying,
+            };
+            out.push(SinkTable { table: table.clone(), state });
+        }
+    }
+    for q in store.quarantined(&client).await? {
+        let state = SinkTableState::Quarantined { reason: q.reason, since: q.since, position: q.position };
+        match out.iter_mut().find(|t| t.table == q.table) {
+            Some(t) => t.state = state,
+            None => out.push(SinkTable { table: q.table, state }),
+        }
+    }
+    out.sort_by(|a, b| a.table.cmp(&b.table));
+    Ok(out)
+}
+
+/// Releases `table` from quarantine in the `index`-th sink of `pipeline`; refuses while the
+/// pipeline runs against the sink (it holds the sink's lock).
+pub async fn release(cfg: &PgSinkConfig, pipeline: &str, index: usize, table: &TableId) -> Result<bool, ConnectorError> {
+    let store = store_of(cfg, pipeline, index);
+    let client = catalog::connect(cfg.url.expose(), &format!("sink[{index}]")).await?;
+    if !store.exists(&client).await? {
+        return Ok(false);
+    }
+    if store.fence(&client, Duration::ZERO).await.is_err() {
+        return Err(ConnectorError::msg(
+            ErrorClass::Fatal,
+            format!("pipeline {pipeline:?} is running against sink[{index}]; stop it, release the table, start it again"),
+        ));
+    }
+    store.release(&client, table).await
+}
+
 impl PgSink {
     /// The `index`-th sink of pipeline `pipeline`.
     pub fn new(cfg: PgSinkConfig, pipeline: &str, index: usize) -> Self {
         PgSink {
             name: format!("sink[{index}] postgres {}", cfg.mode),
-            store: CheckpointStore::new(&cfg.checkpoint_schema, pipeline, &format!("sink{index}")),
+            store: store_of(&cfg, pipeline, index),
             cfg,
             client: None,
             stats: Arc::default(),
@@ -129,6 +180,7 @@ impl PgSink {
             snapshot: None,
             loading: None,
             ready: None,
+            quarantine: FxHashMap::default(),
         }
     }
 
@@ -186,7 +238,7 @@ impl PgSink {
         let client = self.client()?;
         let tid = self.target_name(&schema.id);
         let t =
-            target::reconcile(&client, self.cfg.url.expose(), &mut self.types, &tid, schema, self.cfg.mode, defer_key)
+            target::reconcile(&client, self.cfg.url.expose(), &mut self.types, &tid, schema, self.cfg.mode, self.cfg.schema_changes, defer_key)
                 .await?;
         self.targets.insert(schema.id.clone(), t);
         Ok(())
@@ -210,7 +262,42 @@ impl PgSink {
         self.targets.get(id).ok_or_else(|| PgError::Protocol(format!("no target for {id}")))
     }
 
+    /// Whether changes to `table` are skipped because it is in quarantine.
+    fn quarantined(&self, table: &TableId) -> bool {
+        !self.quarantine.is_empty() && self.quarantine.contains_key(table)
+    }
+
+    /// Puts `table` in quarantine for `reason`: recorded in the open target transaction (so it
+    /// is durable with the checkpoint that skips its changes), its buffered changes dropped.
+    async fn quarantine(&mut self, table: &TableId, reason: String) -> Result<(), PgError> {
+        if let Some(b) = self.batches.remove(table) {
+            self.buffered = self.buffered.saturating_sub(b.len());
+        }
+        if let Some((_, rows)) = self.logs.remove(table) {
+            self.buffered = self.buffered.saturating_sub(rows.len());
+        }
+        self.ready = None;
+        self.begin().await?;
+        let position = self.txn.as_ref().map(|m| m.position.to_string());
+        let client = self.client()?;
+        self.store.quarantine(&client, table, &reason, position.as_deref()).await?;
+        self.dirty = true;
+        warn!(sink = %self.name, table = %table, reason = %reason, "table quarantined; the other tables keep running");
+        self.quarantine.insert(table.clone(), reason);
+        Ok(())
+    }
+
     async fn accept_change(&mut self, schema: &SchemaRef, op: Cow<'_, Op>) -> Result<(), PgError> {
+        if self.quarantined(&schema.id) {
+            return Ok(());
+        }
+        match self.apply_change(schema, op).await {
+            Err(PgError::Incompatible(reason)) => self.quarantine(&schema.id, reason).await,
+            r => r,
+        }
+    }
+
+    async fn apply_change(&mut self, schema: &SchemaRef, op: Cow<'_, Op>) -> Result<(), PgError> {
         // Consecutive changes usually share one schema: check the target once for it.
         if !self.ready.as_ref().is_some_and(|r| Arc::ptr_eq(r, schema)) {
             self.write_stale(schema).await?;
@@ -324,8 +411,24 @@ impl PgSink {
             .await
     }
 
-    /// One step of copying a table.
+    /// One step of copying a table (skipped for a table in quarantine).
     async fn copy(&mut self, c: &Copy) -> Result<(), PgError> {
+        if self.quarantined(&c.table.id) {
+            return Ok(());
+        }
+        match self.copy_step(c).await {
+            Err(PgError::Incompatible(reason)) => {
+                if self.loading_into(&c.table) {
+                    self.snapshot_writers()?.finish_table().await?;
+                    self.loading = None;
+                }
+                self.quarantine(&c.table.id, reason).await
+            }
+            r => r,
+        }
+    }
+
+    async fn copy_step(&mut self, c: &Copy) -> Result<(), PgError> {
         let schema = &c.table;
         let replica = self.cfg.mode == SinkMode::Replica;
         match &c.step {
@@ -585,6 +688,10 @@ impl Sink for PgSink {
         self.store.fence(&client, FENCE_WAIT).await?;
         self.store.prepare(&client).await?;
         let cp = self.store.read(&client).await?;
+        self.quarantine = self.store.quarantined(&client).await?.into_iter().map(|q| (q.table, q.reason)).collect();
+        for (table, reason) in &self.quarantine {
+            warn!(sink = %self.name, table = %table, reason = %reason, "table is in quarantine; its changes are skipped");
+        }
         self.client = Some(Arc::new(client));
         self.stored = cp.clone();
         info!(sink = %self.name, position = ?cp.as_ref().and_then(|c| c.position.as_ref()), "sink opened");

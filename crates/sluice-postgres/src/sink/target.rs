@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::catalog::{self, TypeCache, DIALECT};
 use crate::codec::{self, PgType};
-use crate::config::SinkMode;
+use crate::config::{SchemaChanges, SinkMode};
 use crate::error::{Ctx, PgError};
 use crate::ident::{qualified, quote_ident, quote_literal};
 
@@ -113,7 +113,7 @@ pub(crate) fn key_list(schema: &TableSchema) -> String {
 async fn target_columns(
     client: &Client,
     qualified_name: &str,
-) -> Result<Vec<(String, String, u32, i32, u32)>, PgError> {
+) -> Result<Vec<Existing>, PgError> {
     Ok(client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod, t.typarray \
@@ -142,6 +142,7 @@ async fn has_primary_key(client: &Client, qualified_name: &str) -> Result<bool, 
 /// Creates or widens the table `tid` for rows of `schema`, inside the caller's transaction.
 /// A replica table created here gets no primary key when `defer_key` (it is added after a bulk
 /// load, see [`add_key`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn reconcile(
     client: &Client,
     url: &str,
@@ -149,6 +150,7 @@ pub(crate) async fn reconcile(
     tid: &TableId,
     schema: &TableSchema,
     mode: SinkMode,
+    policy: SchemaChanges,
     defer_key: bool,
 ) -> Result<Target, PgError> {
     let name = qualified(tid);
@@ -173,10 +175,30 @@ pub(crate) async fn reconcile(
         }
         return Ok(Target { version: schema.version, name, columns: HashMap::new(), has_key: true });
     }
+    // Everything is decided before anything changes: a change the target cannot follow leaves
+    // the transaction untouched and only this table goes to quarantine.
+    let plan = if existing.is_empty() { Vec::new() } else { plan_changes(client, tid, schema, &existing, policy).await? };
     for c in &schema.columns {
         if schema.dialect == DIALECT {
             ensure_enum(client, url, &c.data_type, &c.native_type).await?;
         }
+    }
+    for step in &plan {
+        let sql = match step {
+            Change::Rename { from, to } => {
+                format!("ALTER TABLE {name} RENAME COLUMN {} TO {}", quote_ident(from), quote_ident(to))
+            }
+            Change::Widen { column, to } => format!(
+                "ALTER TABLE {name} ALTER COLUMN {col} TYPE {to} USING {col}::{to}",
+                col = quote_ident(column)
+            ),
+            Change::Drop { column } => format!("ALTER TABLE {name} DROP COLUMN {}", quote_ident(column)),
+            Change::KeepNullable { column } => {
+                format!("ALTER TABLE {name} ALTER COLUMN {} DROP NOT NULL", quote_ident(column))
+            }
+        };
+        client.batch_execute(&sql).await.ctx(format!("change the shape of {tid}: {sql}"))?;
+        info!(table = %tid, change = %step, "replica follows a schema change");
     }
     if existing.is_empty() {
         let cols = schema
@@ -195,7 +217,8 @@ pub(crate) async fn reconcile(
             .ctx(format!("create replica table {tid}"))?;
         info!(table = %tid, "created replica table");
     } else {
-        for c in schema.columns.iter().filter(|c| !existing.iter().any(|e| e.0 == c.name)) {
+        let renamed_to = |n: &str| plan.iter().any(|s| matches!(s, Change::Rename { to, .. } if to == n));
+        for c in schema.columns.iter().filter(|c| !existing.iter().any(|e| e.0 == c.name) && !renamed_to(&c.name)) {
             let col = quote_ident(&c.name);
             let t = column_type(c, &schema.dialect);
             // Rows that predate the column read as its default on the source without any
@@ -221,6 +244,149 @@ pub(crate) async fn reconcile(
     }
     let has_key = has_primary_key(client, &name).await?;
     Ok(Target { version: schema.version, name, columns, has_key })
+}
+
+/// One change to a target table's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    Rename { from: String, to: String },
+    Widen { column: String, to: String },
+    Drop { column: String },
+    /// A column the source dropped, kept on the target: NULL in rows written from now on.
+    KeepNullable { column: String },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Rename { from, to } => write!(f, "column {from} renamed to {to}"),
+            Change::Widen { column, to } => write!(f, "column {column} widened to {to}"),
+            Change::Drop { column } => write!(f, "column {column} dropped"),
+            Change::KeepNullable { column } => write!(f, "column {column} dropped on the source, kept (NULL from now on)"),
+        }
+    }
+}
+
+/// A column of an existing target table: name, `format_type`, type OID, modifier, array OID.
+type Existing = (String, String, u32, i32, u32);
+
+/// What must change on an existing target table for rows of `schema`, besides added columns
+/// (added by the caller), or why it cannot be done under `policy`.
+async fn plan_changes(
+    client: &Client,
+    tid: &TableId,
+    schema: &TableSchema,
+    existing: &[Existing],
+    policy: SchemaChanges,
+) -> Result<Vec<Change>, PgError> {
+    let fix = |what: String| {
+        PgError::Incompatible(format!(
+            "{tid}: {what}; the replica table was not changed and the table is quarantined (its other changes are \
+             skipped). Fix the target table by hand or drop it, then release the table with `sluice tables \
+             PIPELINE.toml --release {tid}`: it is copied again at the next start"
+        ))
+    };
+    // The type each source column needs, as the target itself resolves the spelling.
+    let desired: Vec<String> = schema.columns.iter().map(|c| column_type(c, &schema.dialect)).collect();
+    let probe = format!("SELECT {}", desired.iter().map(|t| format!("NULL::{t}")).collect::<Vec<_>>().join(", "));
+    let resolved = client.prepare(&probe).await.ctx(format!("resolve the column types of {tid}"))?;
+    let have = |n: &str| existing.iter().position(|e| e.0 == n);
+    let mut plan = Vec::new();
+    // Renames: a target column the source no longer has, and a source column the target lacks,
+    // at the same position with the same type.
+    for (i, e) in existing.iter().enumerate() {
+        if schema.columns.iter().any(|c| c.name == e.0) {
+            continue;
+        }
+        let candidate = schema.columns.get(i).filter(|c| have(&c.name).is_none());
+        let same_type = candidate.is_some_and(|_| {
+            let col = &resolved.columns()[i];
+            col.type_().oid() == e.2 && col.type_modifier() == e.3
+        });
+        match (candidate, same_type, policy) {
+            (Some(c), true, SchemaChanges::Follow) => {
+                plan.push(Change::Rename { from: e.0.clone(), to: c.name.clone() });
+            }
+            (_, _, SchemaChanges::Freeze) => return Err(fix(format!("column {} is gone from the source (schema_changes = \"freeze\")", e.0))),
+            (_, _, SchemaChanges::Follow) => plan.push(Change::Drop { column: e.0.clone() }),
+            (_, _, SchemaChanges::AddOnly) => plan.push(Change::KeepNullable { column: e.0.clone() }),
+        }
+    }
+    for (i, c) in schema.columns.iter().enumerate() {
+        let Some(at) = have(&c.name) else {
+            if policy == SchemaChanges::Freeze {
+                return Err(fix(format!("column {} was added on the source (schema_changes = \"freeze\")", c.name)));
+            }
+            continue;
+        };
+        let e = &existing[at];
+        let col = &resolved.columns()[i];
+        let (to_oid, to_mod) = (col.type_().oid(), col.type_modifier());
+        if (to_oid, to_mod) == (e.2, e.3) {
+            continue;
+        }
+        let target_type = desired[i].clone();
+        if policy == SchemaChanges::Freeze {
+            return Err(fix(format!("column {} changed type from {} to {target_type} (schema_changes = \"freeze\")", c.name, e.1)));
+        }
+        if !widens((e.2, e.3), (to_oid, to_mod)) {
+            return Err(fix(format!(
+                "column {} changed type from {} to {target_type}, which may not hold every value the replica has",
+                c.name, e.1
+            )));
+        }
+        plan.push(Change::Widen { column: c.name.clone(), to: target_type });
+    }
+    Ok(plan)
+}
+
+/// Whether every value of type `from` (OID, modifier) converts to type `to` without loss.
+fn widens(from: (u32, i32), to: (u32, i32)) -> bool {
+    const INT2: u32 = 21;
+    const INT4: u32 = 23;
+    const INT8: u32 = 20;
+    const NUMERIC: u32 = 1700;
+    const FLOAT4: u32 = 700;
+    const FLOAT8: u32 = 701;
+    const TEXT: u32 = 25;
+    const VARCHAR: u32 = 1043;
+    const BPCHAR: u32 = 1042;
+    const TIMES: [u32; 5] = [1083, 1266, 1114, 1184, 1186];
+    // numeric's modifier: ((precision << 16) | scale) + 4; -1 for unconstrained.
+    let numeric = |m: i32| (m >= 4).then(|| (((m - 4) >> 16) & 0xffff, (m - 4) & 0xffff));
+    let integer_digits = |oid: u32| match oid {
+        INT2 => Some(5),
+        INT4 => Some(10),
+        INT8 => Some(19),
+        _ => None,
+    };
+    let (f, fm) = from;
+    let (t, tm) = to;
+    if f == t {
+        return match f {
+            // Length + 4, or -1 for unlimited.
+            VARCHAR | BPCHAR => tm == -1 || (fm != -1 && tm >= fm),
+            NUMERIC => match (numeric(fm), numeric(tm)) {
+                (_, None) => true,
+                (None, Some(_)) => false,
+                (Some((fp, fs)), Some((tp, ts))) => ts >= fs && tp - ts >= fp - fs,
+            },
+            // Fractional-second digits, -1 for the maximum.
+            _ if TIMES.contains(&f) => tm == -1 || (fm != -1 && tm >= fm),
+            _ => false,
+        };
+    }
+    match (f, t) {
+        (INT2, INT4) | (INT2, INT8) | (INT4, INT8) | (FLOAT4, FLOAT8) => true,
+        (INT2 | INT4 | INT8, NUMERIC) => match numeric(tm) {
+            None => true,
+            Some((p, s)) => p - s >= integer_digits(f).unwrap_or(i32::MAX),
+        },
+        (INT2 | INT4, FLOAT8) => true,
+        (VARCHAR | BPCHAR, TEXT) => true,
+        (TEXT, VARCHAR) => tm == -1,
+        _ => false,
+    }
 }
 
 /// Gives a table created without a key (for a bulk load) the source's primary key.
