@@ -30,7 +30,9 @@ mod value;
 pub use checkpoint::{Checkpoint, CheckpointError, TableProgress, CHECKPOINT_VERSION};
 pub use connector::{CheckResult, SinkConnector, SinkTable, SinkTableState, SourceConnector};
 pub use error::{ConnectorError, ErrorClass};
-pub use event::{BulkDecoder, BulkFormat, BulkRows, Change, Copy, CopyMode, CopyStep, Event, Hold, Op, SinkSet, TxnMeta};
+pub use event::{
+    BulkDecoder, BulkFormat, BulkRows, Change, Copy, CopyMode, CopyStep, Event, Hold, Op, SinkSet, TxnMeta,
+};
 pub use failpoint::crash_point;
 pub use position::{BinlogPosition, Gtid, GtidSet, InvalidPosition, KafkaOffsets, Lsn, Position};
 pub use schema::{ColumnSchema, DataType, Key, Row, SchemaRef, TableId, TableSchema};

@@ -338,7 +338,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("sink[0].url: ") && !e.contains("hunter2") && e.contains("http://user@127.0.0.1:5433"), "{e}");
+        assert!(
+            e.starts_with("sink[0].url: ") && !e.contains("hunter2") && e.contains("http://user@127.0.0.1:5433"),
+            "{e}"
+        );
     }
 
     #[test]

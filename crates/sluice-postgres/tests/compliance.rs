@@ -95,15 +95,19 @@ async fn a_second_incarnation_of_a_sink_waits_until_the_first_lets_go() {
     let mut second = h.sink();
     let opening = tokio::spawn(async move { second.open(SinkContext::default()).await.map(|_| second) });
     // The second has asked for the target's lock at least once...
-    sluice_testkit::wait_for("the second incarnation to ask for the lock", std::time::Duration::from_secs(30), || async {
-        let n: i64 = h
-            .client
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_try_advisory_lock%'", &[])
-            .await
-            .ok()?
-            .get(0);
-        (n >= 2).then_some(())
-    })
+    sluice_testkit::wait_for(
+        "the second incarnation to ask for the lock",
+        std::time::Duration::from_secs(30),
+        || async {
+            let n: i64 = h
+                .client
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_try_advisory_lock%'", &[])
+                .await
+                .ok()?
+                .get(0);
+            (n >= 2).then_some(())
+        },
+    )
     .await;
     // ...and is still waiting, since the first holds it.
     assert!(!opening.is_finished(), "a second incarnation opened while the first held the target");

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{
-    Ack, AckIssuer, AckReport, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyMode, CopyStep, ErrorClass, Event,
-    Sink, TableId, TableProgress,
+    Ack, AckIssuer, AckReport, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyMode, CopyStep,
+    ErrorClass, Event, Sink, TableId, TableProgress,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;

@@ -151,7 +151,12 @@ impl Source for MemSource {
         for (to, after) in resume.copies_needed(&table_id(), None) {
             let t = schema();
             let copy = |step| Event::Copy(Copy::new(to, t.clone(), step));
-            send(copy(CopyStep::Begin { mode: sluice_core::CopyMode::Replace, source_id: None, estimated_rows: Some(table.len() as u64) })).await?;
+            send(copy(CopyStep::Begin {
+                mode: sluice_core::CopyMode::Replace,
+                source_id: None,
+                estimated_rows: Some(table.len() as u64),
+            }))
+            .await?;
             let from = match after.as_deref() {
                 Some([Value::Int(k)]) => *k,
                 _ => i64::MIN,

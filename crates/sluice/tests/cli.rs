@@ -131,7 +131,8 @@ async fn check_passes_on_a_ready_server_and_fails_on_an_unreachable_one() {
     // Reachable, with passwords holding URL delimiters, raw and percent-encoded (trust
     // authentication ignores them, so the URLs work).
     for password in [RAW_PASSWORD, ENCODED_PASSWORD] {
-        let toml = env.toml("ready", "", "").replace("postgres://postgres@", &format!("postgres://postgres:{password}@"));
+        let toml =
+            env.toml("ready", "", "").replace("postgres://postgres@", &format!("postgres://postgres:{password}@"));
         let out = sluice(&["check", &write_config(&dir, &toml)]);
         let t = text(&out);
         assert!(out.status.success(), "{t}");
@@ -155,7 +156,8 @@ async fn run_never_logs_the_password_and_exits_cleanly_on_sigterm() {
     let env = Env::new("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);").await;
     let dir = tempfile::tempdir().unwrap();
     // Trust authentication ignores the password, so the URL works and still carries a secret.
-    let toml = env.toml("secret", "", "").replace("postgres://postgres@", &format!("postgres://postgres:{RAW_PASSWORD}@"));
+    let toml =
+        env.toml("secret", "", "").replace("postgres://postgres@", &format!("postgres://postgres:{RAW_PASSWORD}@"));
     let (status, all) = run_until_converged(&env, &dir, &toml, &[], "trace").await;
     assert!(status.success(), "exit {status}: {all}");
     assert!(all.contains("source stopped"), "{all}");
@@ -163,7 +165,8 @@ async fn run_never_logs_the_password_and_exits_cleanly_on_sigterm() {
     // Again with a second sink that cannot be reached: connection errors and their chains.
     env.src.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
     let down = free_port();
-    let toml = toml + &format!("\n[[sink]]\ntype = \"postgres\"\nurl = \"postgres://u:{ENCODED_PASSWORD}@127.0.0.1:{down}/x\"\n");
+    let toml = toml
+        + &format!("\n[[sink]]\ntype = \"postgres\"\nurl = \"postgres://u:{ENCODED_PASSWORD}@127.0.0.1:{down}/x\"\n");
     let (status, all) = run_until_converged(&env, &dir, &toml, &[], "trace").await;
     assert!(status.success(), "exit {status}: {all}");
     assert!(all.contains(&format!("u@127.0.0.1:{down}/x")), "the failing sink is not named: {all}");
@@ -175,7 +178,8 @@ async fn run_never_logs_the_password_and_exits_cleanly_on_sigterm() {
 async fn json_logs_are_one_object_per_line() {
     let env = Env::new("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);").await;
     let dir = tempfile::tempdir().unwrap();
-    let (status, all) = run_until_converged(&env, &dir, &env.toml("jsonlogs", "", ""), &["--log-format", "json"], "debug").await;
+    let (status, all) =
+        run_until_converged(&env, &dir, &env.toml("jsonlogs", "", ""), &["--log-format", "json"], "debug").await;
     assert!(status.success(), "exit {status}: {all}");
     let mut messages = Vec::new();
     for line in all.lines().filter(|l| !l.trim().is_empty()) {

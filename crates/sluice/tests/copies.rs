@@ -232,7 +232,9 @@ async fn a_commit_not_yet_visible_when_chunks_are_read_is_not_lost() {
     let admin = source.connect("postgres").await.unwrap();
     admin.batch_execute("ALTER SYSTEM SET synchronous_commit = local").await.unwrap();
     admin.batch_execute("SELECT pg_reload_conf()").await.unwrap();
-    let env = Env::with_source(source, "CREATE TABLE first (id int PRIMARY KEY, v text); INSERT INTO first VALUES (1, 'a');").await;
+    let env =
+        Env::with_source(source, "CREATE TABLE first (id int PRIMARY KEY, v text); INSERT INTO first VALUES (1, 'a');")
+            .await;
     let pipeline = start(env.config("hidden", "backfill_chunk_rows = 100", ""));
     env.converge("first", "id").await;
     pipeline.stop().await;

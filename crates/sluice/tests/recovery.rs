@@ -39,8 +39,10 @@ async fn next_status_update(src: &Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_that_is_down_keeps_its_changes_on_the_source_and_catches_up() {
-    let env = Env::new("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;")
-        .await;
+    let env = Env::new(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+    )
+    .await;
     let (_, second) = sluice_testkit::database(&env.target, "second").await;
     let gate = Gate::new(env.target.port()).await;
     let toml = format!(
@@ -104,10 +106,7 @@ async fn a_stop_in_the_middle_of_a_transaction_lets_it_finish_and_commit() {
     let mut locker = common::connect(&env.dst_url).await;
     let lock = locker.transaction().await.unwrap();
     lock.batch_execute("LOCK TABLE big IN SHARE MODE").await.unwrap();
-    env.src
-        .batch_execute("INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 60000) g")
-        .await
-        .unwrap();
+    env.src.batch_execute("INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 60000) g").await.unwrap();
     wait_for("the sink to wait for the lock", Duration::from_secs(30), || async {
         env.dst
             .query_opt("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = 'replica'", &[])

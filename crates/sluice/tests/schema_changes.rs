@@ -20,7 +20,9 @@ async fn rows_with_an_enum_label_added_later_reach_the_replica() {
     env.src.batch_execute("INSERT INTO feelings VALUES (2, 'happy', '{ok}')").await.unwrap();
     env.src.batch_execute("ALTER TYPE mood ADD VALUE 'elated' BEFORE 'sad'").await.unwrap();
     env.src
-        .batch_execute("INSERT INTO feelings VALUES (3, 'ok', '{elated,happy}'); UPDATE feelings SET m = 'elated' WHERE id = 1")
+        .batch_execute(
+            "INSERT INTO feelings VALUES (3, 'ok', '{elated,happy}'); UPDATE feelings SET m = 'elated' WHERE id = 1",
+        )
         .await
         .unwrap();
     env.converge("feelings", "id").await;
@@ -111,18 +113,19 @@ async fn add_only_keeps_dropped_columns_and_freeze_quarantines_any_change() {
     let reasons = sluice_testkit::wait_for("the frozen sink to quarantine both tables", common::CONVERGE, || {
         let frozen = &frozen;
         async move {
-            let rows = frozen
-                .query("SELECT source_table, reason FROM sluice.quarantine ORDER BY 1", &[])
-                .await
-                .ok()?;
-            (rows.len() == 2).then(|| rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>())
+            let rows = frozen.query("SELECT source_table, reason FROM sluice.quarantine ORDER BY 1", &[]).await.ok()?;
+            (rows.len() == 2)
+                .then(|| rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>())
         }
     })
     .await;
     assert_eq!(reasons[0].0, "f");
     assert!(reasons[0].1.contains("extra") && reasons[0].1.contains("freeze"), "{reasons:?}");
     assert_eq!(reasons[1].0, "t");
-    let cols = frozen.query("SELECT column_name::text FROM information_schema.columns WHERE table_name = 'f'", &[]).await.unwrap();
+    let cols = frozen
+        .query("SELECT column_name::text FROM information_schema.columns WHERE table_name = 'f'", &[])
+        .await
+        .unwrap();
     assert_eq!(cols.len(), 2, "a frozen replica keeps its shape");
     assert!(!pipeline.is_finished(), "quarantine stops only the table");
     pipeline.stop().await;
@@ -180,7 +183,10 @@ async fn a_narrowing_change_quarantines_only_its_table_until_released() {
     pipeline.stop().await;
     let (ok, out) = sluice_cli(&["tables", &path]);
     assert!(ok, "{out}");
-    assert!(out.contains("public.a") && out.contains("quarantined since") && out.contains("bigint to integer"), "{out}");
+    assert!(
+        out.contains("public.a") && out.contains("quarantined since") && out.contains("bigint to integer"),
+        "{out}"
+    );
     assert!(out.lines().any(|l| l.contains("public.b") && l.trim_end().ends_with("copied")), "{out}");
 
     // The user fixes the target, releases the table, and the next start copies it again.

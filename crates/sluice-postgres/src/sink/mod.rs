@@ -41,8 +41,8 @@ use async_trait::async_trait;
 use rustc_hash::FxHashMap;
 use sluice_core::collapse::{Added, KeyedBatch, NetOp};
 use sluice_core::{
-    Ack, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyMode, CopyStep, ErrorClass, Event, Op, Row, SchemaRef,
-    Sink, SinkContext, SinkStats, SinkTable, SinkTableState, TableId, TableSchema, TxnMeta,
+    Ack, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyMode, CopyStep, ErrorClass, Event, Op, Row,
+    SchemaRef, Sink, SinkContext, SinkStats, SinkTable, SinkTableState, TableId, TableSchema, TxnMeta,
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
@@ -142,7 +142,12 @@ pub async fn tables(cfg: &PgSinkConfig, pipeline: &str, index: usize) -> Result<
 
 /// Releases `table` from quarantine in the `index`-th sink of `pipeline`; refuses while the
 /// pipeline runs against the sink (it holds the sink's lock).
-pub async fn release(cfg: &PgSinkConfig, pipeline: &str, index: usize, table: &TableId) -> Result<bool, ConnectorError> {
+pub async fn release(
+    cfg: &PgSinkConfig,
+    pipeline: &str,
+    index: usize,
+    table: &TableId,
+) -> Result<bool, ConnectorError> {
     let store = store_of(cfg, pipeline, index);
     let client = catalog::connect(cfg.url.expose(), &format!("sink[{index}]")).await?;
     if !store.exists(&client).await? {
@@ -151,7 +156,9 @@ pub async fn release(cfg: &PgSinkConfig, pipeline: &str, index: usize, table: &T
     if store.fence(&client, Duration::ZERO).await.is_err() {
         return Err(ConnectorError::msg(
             ErrorClass::Fatal,
-            format!("pipeline {pipeline:?} is running against sink[{index}]; stop it, release the table, start it again"),
+            format!(
+                "pipeline {pipeline:?} is running against sink[{index}]; stop it, release the table, start it again"
+            ),
         ));
     }
     store.release(&client, table).await
@@ -237,9 +244,17 @@ impl PgSink {
         self.begin().await?;
         let client = self.client()?;
         let tid = self.target_name(&schema.id);
-        let t =
-            target::reconcile(&client, self.cfg.url.expose(), &mut self.types, &tid, schema, self.cfg.mode, self.cfg.schema_changes, defer_key)
-                .await?;
+        let t = target::reconcile(
+            &client,
+            self.cfg.url.expose(),
+            &mut self.types,
+            &tid,
+            schema,
+            self.cfg.mode,
+            self.cfg.schema_changes,
+            defer_key,
+        )
+        .await?;
         self.targets.insert(schema.id.clone(), t);
         Ok(())
     }

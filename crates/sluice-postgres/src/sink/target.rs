@@ -110,10 +110,7 @@ pub(crate) fn key_list(schema: &TableSchema) -> String {
 }
 
 /// Columns of a table: name, `format_type`, type OID, modifier and array type OID.
-async fn target_columns(
-    client: &Client,
-    qualified_name: &str,
-) -> Result<Vec<Existing>, PgError> {
+async fn target_columns(client: &Client, qualified_name: &str) -> Result<Vec<Existing>, PgError> {
     Ok(client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod, t.typarray \
@@ -177,7 +174,8 @@ pub(crate) async fn reconcile(
     }
     // Everything is decided before anything changes: a change the target cannot follow leaves
     // the transaction untouched and only this table goes to quarantine.
-    let plan = if existing.is_empty() { Vec::new() } else { plan_changes(client, tid, schema, &existing, policy).await? };
+    let plan =
+        if existing.is_empty() { Vec::new() } else { plan_changes(client, tid, schema, &existing, policy).await? };
     for c in &schema.columns {
         if schema.dialect == DIALECT {
             ensure_enum(client, url, &c.data_type, &c.native_type).await?;
@@ -188,10 +186,9 @@ pub(crate) async fn reconcile(
             Change::Rename { from, to } => {
                 format!("ALTER TABLE {name} RENAME COLUMN {} TO {}", quote_ident(from), quote_ident(to))
             }
-            Change::Widen { column, to } => format!(
-                "ALTER TABLE {name} ALTER COLUMN {col} TYPE {to} USING {col}::{to}",
-                col = quote_ident(column)
-            ),
+            Change::Widen { column, to } => {
+                format!("ALTER TABLE {name} ALTER COLUMN {col} TYPE {to} USING {col}::{to}", col = quote_ident(column))
+            }
             Change::Drop { column } => format!("ALTER TABLE {name} DROP COLUMN {}", quote_ident(column)),
             Change::KeepNullable { column } => {
                 format!("ALTER TABLE {name} ALTER COLUMN {} DROP NOT NULL", quote_ident(column))
@@ -249,11 +246,21 @@ pub(crate) async fn reconcile(
 /// One change to a target table's shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Change {
-    Rename { from: String, to: String },
-    Widen { column: String, to: String },
-    Drop { column: String },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Widen {
+        column: String,
+        to: String,
+    },
+    Drop {
+        column: String,
+    },
     /// A column the source dropped, kept on the target: NULL in rows written from now on.
-    KeepNullable { column: String },
+    KeepNullable {
+        column: String,
+    },
 }
 
 impl std::fmt::Display for Change {
@@ -262,7 +269,9 @@ impl std::fmt::Display for Change {
             Change::Rename { from, to } => write!(f, "column {from} renamed to {to}"),
             Change::Widen { column, to } => write!(f, "column {column} widened to {to}"),
             Change::Drop { column } => write!(f, "column {column} dropped"),
-            Change::KeepNullable { column } => write!(f, "column {column} dropped on the source, kept (NULL from now on)"),
+            Change::KeepNullable { column } => {
+                write!(f, "column {column} dropped on the source, kept (NULL from now on)")
+            }
         }
     }
 }
@@ -307,7 +316,9 @@ async fn plan_changes(
             (Some(c), true, SchemaChanges::Follow) => {
                 plan.push(Change::Rename { from: e.0.clone(), to: c.name.clone() });
             }
-            (_, _, SchemaChanges::Freeze) => return Err(fix(format!("column {} is gone from the source (schema_changes = \"freeze\")", e.0))),
+            (_, _, SchemaChanges::Freeze) => {
+                return Err(fix(format!("column {} is gone from the source (schema_changes = \"freeze\")", e.0)))
+            }
             (_, _, SchemaChanges::Follow) => plan.push(Change::Drop { column: e.0.clone() }),
             (_, _, SchemaChanges::AddOnly) => plan.push(Change::KeepNullable { column: e.0.clone() }),
         }
@@ -327,7 +338,10 @@ async fn plan_changes(
         }
         let target_type = desired[i].clone();
         if policy == SchemaChanges::Freeze {
-            return Err(fix(format!("column {} changed type from {} to {target_type} (schema_changes = \"freeze\")", c.name, e.1)));
+            return Err(fix(format!(
+                "column {} changed type from {} to {target_type} (schema_changes = \"freeze\")",
+                c.name, e.1
+            )));
         }
         if !widens((e.2, e.3), (to_oid, to_mod)) {
             return Err(fix(format!(

@@ -266,7 +266,8 @@ impl Backfill {
         let begin = (!job.started).then(|| {
             job.started = true;
             let mode = if job.after.is_none() { CopyMode::Replace } else { CopyMode::Resume };
-            let step = CopyStep::Begin { mode, source_id: Some(job.identity.clone()), estimated_rows: job.estimated_rows };
+            let step =
+                CopyStep::Begin { mode, source_id: Some(job.identity.clone()), estimated_rows: job.estimated_rows };
             Event::Copy(Copy::new(job.to, table.schema.clone(), step))
         });
         let job = job.clone();
@@ -350,7 +351,8 @@ impl Backfill {
     /// A streamed change of `table`, by transaction `xid`, with key columns `key_of`.
     pub fn on_change(&mut self, xid: u32, table: &TableId, op: &Op, key_of: impl Fn(&Row) -> Key) {
         if self.jobs.iter().any(|j| j.table == *table) {
-            let after_low_of = self.window.as_ref().filter(|w| w.open && !w.high_seen && w.table == *table).map_or(0, |w| w.id);
+            let after_low_of =
+                self.window.as_ref().filter(|w| w.open && !w.high_seen && w.table == *table).map_or(0, |w| w.id);
             let mut note =
                 |key: Key, touch: Touch| self.log.push(Noted { xid, table: table.clone(), after_low_of, key, touch });
             match op {
@@ -422,7 +424,9 @@ impl Backfill {
         }
         // The rows go out in the table's current shape, which must be the one they were read in.
         let schema = match shapes.get(&table) {
-            Some(t) if t.schema.columns == chunk.table.schema.columns && t.types == chunk.table.types => t.schema.clone(),
+            Some(t) if t.schema.columns == chunk.table.schema.columns && t.types == chunk.table.types => {
+                t.schema.clone()
+            }
             _ => {
                 debug!(%table, "the table changed shape during a copy chunk; reading it again");
                 return Ok(Vec::new());
@@ -744,10 +748,8 @@ mod tests {
         let mut b = Backfill::new("postgres://x", "slot", 100, vec![job(&t)]);
         let key_of = |r: &Row| vec![r[0].clone()];
         b.window = Some(window(1, &t, true));
-        let update = |v: &str| Op::Update {
-            before: None,
-            after: vec![Value::Int(1), Value::Text(v.into()), Value::Unchanged],
-        };
+        let update =
+            |v: &str| Op::Update { before: None, after: vec![Value::Int(1), Value::Text(v.into()), Value::Unchanged] };
         b.on_change(20, &t, &update("a"), key_of);
         b.on_change(21, &t, &update("b"), key_of);
         let touched = b.touched(1, &t, &Snapshot::parse("30:30:").unwrap());

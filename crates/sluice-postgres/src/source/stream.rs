@@ -324,7 +324,10 @@ impl<'a> Streamer<'a> {
             return Ok(());
         }
         for id in &gone {
-            if added.iter().any(|a: &SourceTable| a.id == *id && self.selected.iter().any(|s| s.id == *id && s.oid == a.oid)) {
+            if added
+                .iter()
+                .any(|a: &SourceTable| a.id == *id && self.selected.iter().any(|s| s.id == *id && s.oid == a.oid))
+            {
                 // partitions changed (logged above)
             } else if added.iter().any(|a: &SourceTable| a.id == *id) {
                 info!(table = %id, "table was dropped and created again; its rows on the sinks are replaced");
@@ -641,11 +644,7 @@ fn unknown_label(schema: &sluice_core::TableSchema, row: &Row) -> bool {
             _ => false,
         }
     }
-    schema
-        .columns
-        .iter()
-        .zip(row)
-        .any(|(c, v)| enum_labels(&c.data_type).is_some_and(|labels| unknown(v, labels)))
+    schema.columns.iter().zip(row).any(|(c, v)| enum_labels(&c.data_type).is_some_and(|labels| unknown(v, labels)))
 }
 
 /// Decodes a pgoutput tuple into a typed row of `table`.
