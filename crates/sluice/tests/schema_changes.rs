@@ -47,11 +47,16 @@ async fn target_type(env: &Env, table: &str, column: &str) -> Option<String> {
 async fn widened_dropped_and_renamed_columns_are_followed() {
     let env = Env::new(
         "CREATE TABLE t (id int PRIMARY KEY, n int, s varchar(10), d numeric(10,2), gone text, old_name text NOT NULL);
-         INSERT INTO t VALUES (1, 1, 'short', 12345678.12, 'x', 'a');",
+         INSERT INTO t VALUES (1, 1, 'short', 12345678.12, 'x', 'a');
+         CREATE TABLE u (id int PRIMARY KEY, a text, b text); INSERT INTO u VALUES (1, 'a', 'b');",
     )
     .await;
     let pipeline = start(env.config("follow", "", ""));
     env.converge("t", "id").await;
+    env.converge("u", "id").await;
+    // A column of the replica's own is never dropped, only columns the source had.
+    env.dst.batch_execute("ALTER TABLE u ADD COLUMN audit text").await.unwrap();
+    env.src.batch_execute("ALTER TABLE u DROP COLUMN b; INSERT INTO u VALUES (2, 'two')").await.unwrap();
     env.src
         .batch_execute(
             "ALTER TABLE t ALTER COLUMN n TYPE bigint, ALTER COLUMN s TYPE text, ALTER COLUMN d TYPE numeric(20,4);
@@ -71,6 +76,13 @@ async fn widened_dropped_and_renamed_columns_are_followed() {
     assert_eq!(target_type(&env, "t", "d").await.as_deref(), Some("numeric(20,4)"));
     assert_eq!(target_type(&env, "t", "gone").await, None, "a dropped column is dropped under follow");
     assert_eq!(target_type(&env, "t", "old_name").await, None, "a renamed column is renamed");
+    sluice_testkit::wait_for("row 2 of u", common::CONVERGE, || {
+        let dst = &env.dst;
+        async move { dst.query_opt("SELECT 1 FROM u WHERE id = 2", &[]).await.ok().flatten().map(|_| ()) }
+    })
+    .await;
+    assert_eq!(target_type(&env, "u", "b").await, None, "b was dropped on the source");
+    assert_eq!(target_type(&env, "u", "audit").await.as_deref(), Some("text"), "the replica's own column stays");
     assert!(!pipeline.is_finished(), "pipeline must keep running across the schema changes");
     pipeline.stop().await;
 }

@@ -244,6 +244,7 @@ impl PgSink {
         self.begin().await?;
         let client = self.client()?;
         let tid = self.target_name(&schema.id);
+        let previous = self.targets.get(&schema.id).map(|t| t.source_columns.clone()).unwrap_or_default();
         let t = target::reconcile(
             &client,
             self.cfg.url.expose(),
@@ -252,6 +253,7 @@ impl PgSink {
             schema,
             self.cfg.mode,
             self.cfg.schema_changes,
+            &previous,
             defer_key,
         )
         .await?;

@@ -36,6 +36,9 @@ pub(crate) struct Target {
     /// Whether the table has its primary key (tables created for a consistent snapshot get it
     /// after the load).
     pub has_key: bool,
+    /// The source columns it was last reconciled with: only these can be dropped or renamed
+    /// when the source drops or renames them.
+    pub source_columns: Vec<String>,
 }
 
 impl Target {
@@ -148,6 +151,7 @@ pub(crate) async fn reconcile(
     schema: &TableSchema,
     mode: SinkMode,
     policy: SchemaChanges,
+    previous: &[String],
     defer_key: bool,
 ) -> Result<Target, PgError> {
     let name = qualified(tid);
@@ -170,12 +174,21 @@ pub(crate) async fn reconcile(
                 .ctx(format!("create changelog table {tid}"))?;
             info!(table = %tid, "created changelog table");
         }
-        return Ok(Target { version: schema.version, name, columns: HashMap::new(), has_key: true });
+        return Ok(Target {
+            version: schema.version,
+            name,
+            columns: HashMap::new(),
+            has_key: true,
+            source_columns: Vec::new(),
+        });
     }
     // Everything is decided before anything changes: a change the target cannot follow leaves
     // the transaction untouched and only this table goes to quarantine.
-    let plan =
-        if existing.is_empty() { Vec::new() } else { plan_changes(client, tid, schema, &existing, policy).await? };
+    let plan = if existing.is_empty() {
+        Vec::new()
+    } else {
+        plan_changes(client, tid, schema, &existing, previous, policy).await?
+    };
     for c in &schema.columns {
         if schema.dialect == DIALECT {
             ensure_enum(client, url, &c.data_type, &c.native_type).await?;
@@ -240,7 +253,8 @@ pub(crate) async fn reconcile(
         columns.insert(col, TargetColumn { cast, codec, array_oid });
     }
     let has_key = has_primary_key(client, &name).await?;
-    Ok(Target { version: schema.version, name, columns, has_key })
+    let source_columns = schema.columns.iter().map(|c| c.name.clone()).collect();
+    Ok(Target { version: schema.version, name, columns, has_key, source_columns })
 }
 
 /// One change to a target table's shape.
@@ -286,6 +300,7 @@ async fn plan_changes(
     tid: &TableId,
     schema: &TableSchema,
     existing: &[Existing],
+    previous: &[String],
     policy: SchemaChanges,
 ) -> Result<Vec<Change>, PgError> {
     let fix = |what: String| {
@@ -304,7 +319,9 @@ async fn plan_changes(
     // Renames: a target column the source no longer has, and a source column the target lacks,
     // at the same position with the same type.
     for (i, e) in existing.iter().enumerate() {
-        if schema.columns.iter().any(|c| c.name == e.0) {
+        // A target column the source did not have in the shape last seen here is left alone:
+        // the replica's own column, or one dropped while Sluice was stopped.
+        if schema.columns.iter().any(|c| c.name == e.0) || !previous.contains(&e.0) {
             continue;
         }
         let candidate = schema.columns.get(i).filter(|c| have(&c.name).is_none());

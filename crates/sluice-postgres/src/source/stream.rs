@@ -281,6 +281,7 @@ impl<'a> Streamer<'a> {
             .map(|t| t.id.clone())
             .collect();
         let mut added = Vec::new();
+        let mut repartitioned = Vec::new();
         let copy = self.cfg.snapshot == crate::config::SnapshotMode::Initial;
         for t in now.iter().filter(|n| !self.selected.iter().any(|s| s.id == n.id && s.identity() == n.identity())) {
             if self.selected.iter().any(|s| s.id == t.id && s.oid == t.oid) {
@@ -294,6 +295,7 @@ impl<'a> Streamer<'a> {
                          (that needs source.snapshot = \"initial\" and PostgreSQL 14 or newer)"
                     );
                 }
+                repartitioned.push(t.id.clone());
                 added.push(t.clone());
                 continue;
             }
@@ -324,10 +326,7 @@ impl<'a> Streamer<'a> {
             return Ok(());
         }
         for id in &gone {
-            if added
-                .iter()
-                .any(|a: &SourceTable| a.id == *id && self.selected.iter().any(|s| s.id == *id && s.oid == a.oid))
-            {
+            if repartitioned.contains(id) {
                 // partitions changed (logged above)
             } else if added.iter().any(|a: &SourceTable| a.id == *id) {
                 info!(table = %id, "table was dropped and created again; its rows on the sinks are replaced");
