@@ -21,6 +21,8 @@ pub struct PgServer {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// pg_hba.conf was replaced, so the test's own connections go over the Unix socket.
+    over_socket: bool,
 }
 
 /// Server settings that differ between tests.
@@ -30,11 +32,17 @@ pub struct PgOptions {
     pub wal_level: String,
     /// Extra `-c name=value` settings.
     pub settings: Vec<(String, String)>,
+    /// Files written into the data directory before start (name, contents), readable only by
+    /// the server: certificates and keys for `ssl_cert_file` and friends.
+    pub data_files: Vec<(String, Vec<u8>)>,
+    /// A replacement pg_hba.conf. The server then also trusts its Unix socket, which
+    /// [`PgServer::connect`] uses.
+    pub hba: Option<String>,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { wal_level: "logical".into(), settings: Vec::new() }
+        PgOptions { wal_level: "logical".into(), settings: Vec::new(), data_files: Vec::new(), hba: None }
     }
 }
 
@@ -132,11 +140,25 @@ impl PgServer {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
+        let mut files = opts.data_files.clone();
+        if let Some(hba) = &opts.hba {
+            files.push(("pg_hba.conf".into(), format!("local all all trust\n{hba}\n").into_bytes()));
+        }
+        for (name, contents) in files {
+            let path = data.join(&name);
+            fs::write(&path, contents).map_err(|e| format!("write {}: {e}", path.display()))?;
+            let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
+            if let Some((uid, gid)) = user {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| format!("chown {}: {e}", path.display()))?;
+            }
+        }
+        let over_socket = opts.hba.is_some();
         let mut last_err = String::new();
         for _attempt in 0..3 {
             let port = free_port();
             match Self::launch(&bindir, dir.path(), &data, port, user, &opts) {
-                Ok(child) => return Ok(PgServer { dir, port, child: Some(child) }),
+                Ok(child) => return Ok(PgServer { dir, port, child: Some(child), over_socket }),
                 Err(e) => last_err = e,
             }
         }
@@ -210,9 +232,16 @@ impl PgServer {
         tail(&fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default(), lines)
     }
 
-    /// Connects to `db`, driving the connection on the current tokio runtime.
+    /// A connection string for database `db` as `postgres` over the server's Unix socket.
+    pub fn socket_url(&self, db: &str) -> String {
+        format!("host={} port={} user=postgres dbname={db}", self.dir.path().display(), self.port)
+    }
+
+    /// Connects to `db` (over TCP, or over the Unix socket when pg_hba.conf was replaced),
+    /// driving the connection on the current tokio runtime.
     pub async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, String> {
-        let (client, conn) = tokio_postgres::connect(&self.url(db), tokio_postgres::NoTls)
+        let url = if self.over_socket { self.socket_url(db) } else { self.url(db) };
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .map_err(|e| format!("connect to {}: {e}\nserver log:\n{}", self.url(db), self.log_tail(20)))?;
         tokio::spawn(conn);

@@ -416,19 +416,36 @@ pub async fn not_null_columns(client: &Client, oid: u32) -> Result<Vec<String>, 
 /// Connects a normal (non-replication) client with fixed output formats, driving the
 /// connection on a background task.
 pub async fn connect(url: &str, what: &str) -> Result<Client, PgError> {
-    let mut cfg: tokio_postgres::Config =
-        url.parse().map_err(|e| PgError::Setup(format!("{what}: invalid connection URL: {e}")))?;
-    cfg.options("-c datestyle=ISO -c intervalstyle=postgres -c timezone=UTC -c extra_float_digits=1");
-    if cfg.get_application_name().is_none() {
-        cfg.application_name("sluice");
+    let crate::tls::Target { mut config, tls } = crate::tls::target(url, what.split(' ').next().unwrap_or(what))?;
+    config.options("-c datestyle=ISO -c intervalstyle=postgres -c timezone=UTC -c extra_float_digits=1");
+    if config.get_application_name().is_none() {
+        config.application_name("sluice");
     }
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.ctx(format!("connect to {what}"))?;
+    let (client, conn) = config.connect(tls).await.map_err(|e| connect_failed(&config, what, e))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "connection closed");
         }
     });
     Ok(client)
+}
+
+/// The error of a failed connection attempt: a TLS failure or a server that wants TLS is a
+/// set-up problem with its fix spelled out; anything else keeps the driver's error.
+fn connect_failed(config: &tokio_postgres::Config, what: &str, source: tokio_postgres::Error) -> PgError {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => String::new(),
+    };
+    if let Some(why) = crate::tls::explain(&source, &host) {
+        return PgError::Setup(format!("connect to {what}: {why}"));
+    }
+    if let Some(db) = source.as_db_error() {
+        if let Some(hint) = crate::tls::server_wants_tls(db.code().code(), db.message()) {
+            return PgError::Setup(format!("connect to {what}: {}; {hint}", db.message()));
+        }
+    }
+    PgError::Client { what: format!("connect to {what}"), source }
 }
 
 #[cfg(test)]

@@ -201,7 +201,7 @@ fn validate_url(url: &str, key: &str) -> Result<(), ConfigError> {
             format!("{:?} is not a PostgreSQL URL; expected postgres://user@host:port/database", redact_url(url)),
         ));
     }
-    url.parse::<tokio_postgres::Config>()
+    crate::tls::validate(url)
         .map_err(|e| invalid(key, format!("{:?} is not a valid connection URL: {e}", redact_url(url))))?;
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod pgoutput;
 mod replication;
 mod sink;
 mod source;
+pub mod tls;
 
 pub use connector::{describe_url, parse_sink, parse_source, PgSinkConnector, PgSourceConnector, TYPE};
 pub use error::PgError;

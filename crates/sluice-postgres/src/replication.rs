@@ -21,6 +21,7 @@ pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
 enum Stream {
     Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     Unix(UnixStream),
 }
 
@@ -62,14 +63,15 @@ fn io(source: std::io::Error) -> PgError {
 
 impl ReplicationConn {
     /// Connects and authenticates with `replication=database`.
-    pub async fn connect(cfg: &tokio_postgres::Config) -> Result<Self, PgError> {
+    pub async fn connect(target: &crate::tls::Target) -> Result<Self, PgError> {
+        let cfg = &target.config;
         let port = cfg.get_ports().first().copied().unwrap_or(5432);
         let host = cfg.get_hosts().first().cloned().unwrap_or(Host::Tcp("localhost".into()));
         let stream = match &host {
             Host::Tcp(h) => {
                 let s = connect_tcp(h, port).await?;
                 let _ = s.set_nodelay(true);
-                Stream::Tcp(s)
+                negotiate_tls(s, h, &target.tls).await?
             }
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
@@ -175,7 +177,15 @@ impl ReplicationConn {
                         }
                     }
                 }
-                b'E' => return Err(server_error("authentication", &m.body)),
+                b'E' => {
+                    let err = server_error("replication connection authentication", &m.body);
+                    if let PgError::Server { code, message, .. } = &err {
+                        if let Some(hint) = crate::tls::server_wants_tls(code, message) {
+                            return Err(PgError::Setup(format!("connect to source (replication): {message}; {hint}")));
+                        }
+                    }
+                    return Err(err);
+                }
                 _ => {}
             }
         }
@@ -185,6 +195,7 @@ impl ReplicationConn {
         let buf = self.wbuf.split();
         match &mut self.stream {
             Stream::Tcp(s) => s.write_all(&buf).await,
+            Stream::Tls(s) => s.write_all(&buf).await,
             Stream::Unix(s) => s.write_all(&buf).await,
         }
         .map_err(io)
@@ -220,6 +231,7 @@ impl ReplicationConn {
             }
             let n = match &mut self.stream {
                 Stream::Tcp(s) => s.read_buf(&mut self.rbuf).await,
+                Stream::Tls(s) => s.read_buf(&mut self.rbuf).await,
                 Stream::Unix(s) => s.read_buf(&mut self.rbuf).await,
             }
             .map_err(io)?;
@@ -256,8 +268,10 @@ impl ReplicationConn {
             match m.tag {
                 b'W' => {
                     self.streaming = true;
-                    if let Stream::Tcp(s) = &self.stream {
-                        size_local_receive_buffer(s);
+                    match &self.stream {
+                        Stream::Tcp(s) => size_local_receive_buffer(s),
+                        Stream::Tls(s) => size_local_receive_buffer(s.get_ref().0),
+                        Stream::Unix(_) => {}
                     }
                     return Ok(());
                 }
@@ -320,6 +334,34 @@ fn size_local_receive_buffer(stream: &TcpStream) {
     if local.ip() == peer.ip() && !peer.ip().is_loopback() {
         let ok = socket2::SockRef::from(stream).set_recv_buffer_size(LOCAL_RECV_BUFFER_BYTES as usize).is_ok();
         tracing::debug!(ok, "sized the receive buffer of a same-host replication connection");
+    }
+}
+
+/// Asks the server for TLS (SSLRequest) unless `sslmode=disable`, and runs the handshake when
+/// it agrees. A server that declines is fine for `prefer`, an error for `require` and up.
+async fn negotiate_tls(mut s: TcpStream, host: &str, tls: &crate::tls::Tls) -> Result<Stream, PgError> {
+    use crate::tls::SslMode;
+    if tls.mode == SslMode::Disable {
+        return Ok(Stream::Tcp(s));
+    }
+    let mut req = BytesMut::new();
+    frontend::ssl_request(&mut req);
+    s.write_all(&req).await.map_err(io)?;
+    let answer = s.read_u8().await.map_err(io)?;
+    match answer {
+        b'S' => match tls.handshake(host, s).await {
+            Ok(t) => Ok(Stream::Tls(Box::new(t))),
+            Err(e) => Err(match crate::tls::explain(&e, host) {
+                Some(why) => PgError::Setup(format!("connect to source (replication): {why}")),
+                None => io(e),
+            }),
+        },
+        b'N' if !tls.mode.requires_tls() => Ok(Stream::Tcp(s)),
+        b'N' => Err(PgError::Setup(format!(
+            "connect to source (replication): {}",
+            crate::tls::explain(&std::io::Error::other("server does not support TLS"), host).unwrap_or_default()
+        ))),
+        other => Err(PgError::Protocol(format!("unexpected answer {other:#x} to SSLRequest"))),
     }
 }
 

@@ -91,9 +91,7 @@ impl PgSource {
         self.ensure_publication(&catalog, &tables).await?;
         send(&events, Event::Tables { selected: tables.iter().map(|t| t.id.clone()).collect() }).await?;
 
-        let pg_cfg: tokio_postgres::Config =
-            url.parse().map_err(|e| PgError::Setup(format!("source.url: invalid connection URL: {e}")))?;
-        let mut repl = ReplicationConn::connect(&pg_cfg).await?;
+        let mut repl = ReplicationConn::connect(&crate::tls::target(&url, "source")?).await?;
         let slot = self.slot_info(&catalog).await?;
         let copy = self.cfg.snapshot == SnapshotMode::Initial;
         let live = resume.live();
