@@ -50,6 +50,9 @@ pub enum PgError {
     /// A value that cannot be written into its target column.
     #[error("cannot write a value: {0}")]
     Encode(String),
+    /// Another process has been writing this sink: stop, never move it backwards.
+    #[error("{0}")]
+    Fenced(String),
     /// A source table changed in a way its target cannot follow; the table goes to quarantine.
     #[error("{0}")]
     Incompatible(String),
@@ -92,7 +95,7 @@ impl PgError {
                 None => ErrorClass::Transient,
             },
             PgError::Encode(_) | PgError::Incompatible(_) => ErrorClass::Definite,
-            PgError::Setup(_) | PgError::Decode(_) => ErrorClass::Fatal,
+            PgError::Setup(_) | PgError::Decode(_) | PgError::Fenced(_) => ErrorClass::Fatal,
             PgError::Retry(_) => ErrorClass::Transient,
         }
     }

@@ -6,7 +6,7 @@
 //! `sluice_core::Checkpoint::to_json`) and `updated_at`. Tables written by the first release have
 //! no `state` column: it is added, and their rows are read with `Checkpoint::from_v1`.
 
-use sluice_core::{Checkpoint, ConnectorError, ErrorClass, TableId, TableProgress};
+use sluice_core::{Checkpoint, ConnectorError, ErrorClass, Position, TableId, TableProgress};
 use tokio_postgres::Client;
 
 use crate::error::{Ctx, PgError};
@@ -41,6 +41,10 @@ pub(crate) struct CheckpointStore {
 /// A checkpoint row ready to be written, owning its values (it may run in a background task).
 pub(crate) struct CheckpointWrite {
     sql: String,
+    /// Reads the stored position and locks the row until the transaction ends.
+    lock_sql: String,
+    /// The table, for messages
+    table: String,
     pipeline: String,
     sink: String,
     position: Option<String>,
@@ -49,7 +53,29 @@ pub(crate) struct CheckpointWrite {
 }
 
 impl CheckpointWrite {
+    /// Stores the checkpoint, inside the caller's transaction. Refuses to move the stored
+    /// position backwards: a stored position past this one means another sluice process wrote
+    /// this sink after this one (fencing's second line, behind the sink's advisory lock).
     pub async fn execute(&self, client: &Client) -> Result<(), PgError> {
+        if let Some(new) = &self.position {
+            let stored: Option<String> = client
+                .query_opt(&self.lock_sql, &[&self.pipeline, &self.sink])
+                .await
+                .ctx("read the stored checkpoint")?
+                .and_then(|r| r.get(0));
+            let parse = |s: &str| serde_json::from_str::<Position>(s).ok();
+            if let (Some(old), Some(new)) = (stored.as_deref().and_then(parse), parse(new)) {
+                if old != new && old.includes(&new) {
+                    return Err(PgError::Fenced(format!(
+                        "the checkpoint of pipeline {:?} ({}) in {} is at {old}, past this process's {new}: another \
+                         sluice process has been writing this target for the same pipeline. This one stops so the \
+                         replica never moves backwards; run one process per pipeline (a standby waits for the \
+                         slot by itself)",
+                        self.pipeline, self.sink, self.table
+                    )));
+                }
+            }
+        }
         client
             .execute(&self.sql, &[&self.pipeline, &self.sink, &self.position, &self.snapshot_done, &self.state])
             .await
@@ -174,6 +200,7 @@ impl CheckpointStore {
     pub async fn fence(&self, client: &Client, wait: std::time::Duration) -> Result<(), PgError> {
         let key = format!("sluice:{}:{}:{}", self.schema, self.pipeline, self.sink);
         let started = std::time::Instant::now();
+        let mut waited = false;
         loop {
             let got: bool = client
                 .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key])
@@ -181,13 +208,25 @@ impl CheckpointStore {
                 .ctx("take the sink's advisory lock")?
                 .get(0);
             if got {
+                if waited {
+                    tracing::info!(pipeline = %self.pipeline, sink = %self.sink, "the other holder released the sink; taking over");
+                }
                 return Ok(());
+            }
+            if !waited && !wait.is_zero() {
+                tracing::info!(
+                    pipeline = %self.pipeline,
+                    sink = %self.sink,
+                    "another connection holds this sink (an earlier incarnation finishing, or another sluice running \
+                     this pipeline); waiting as a standby until it ends"
+                );
+                waited = true;
             }
             if started.elapsed() >= wait {
                 return Err(PgError::Retry(format!(
                     "another connection holds this sink's lock (pipeline {:?}, {}): an earlier incarnation still \
-                     finishing, or another sluice running the same pipeline against this target; waiting for it \
-                     to end (see pg_locks where locktype = 'advisory')",
+                     finishing, or another sluice running the same pipeline against this target; waiting as a \
+                     standby until it ends (see pg_locks where locktype = 'advisory')",
                     self.pipeline, self.sink
                 )));
             }
@@ -261,6 +300,11 @@ impl CheckpointStore {
                  updated_at = now()",
                 self.table()
             ),
+            lock_sql: format!(
+                "SELECT position::text FROM {} WHERE pipeline = $1 AND sink = $2 FOR UPDATE",
+                self.table()
+            ),
+            table: self.table(),
             pipeline: self.pipeline.clone(),
             sink: self.sink.clone(),
             position: cp.position.as_ref().and_then(|p| serde_json::to_string(p).ok()),

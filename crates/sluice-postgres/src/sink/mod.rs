@@ -65,8 +65,9 @@ pub use checkpoint::{CHECKPOINT_TABLE, DEAD_LETTER_TABLE};
 /// written out early.
 const EARLY_WRITE_FACTOR: usize = 2;
 
-/// How long opening waits for an earlier incarnation of the sink to let go of the target.
-const FENCE_WAIT: Duration = Duration::from_secs(30);
+/// How long one opening attempt waits for an earlier incarnation of the sink, or another
+/// process running this pipeline, to let go of the target (below the runtime's open timeout).
+const FENCE_WAIT: Duration = Duration::from_secs(50);
 
 /// The PostgreSQL sink.
 pub struct PgSink {

@@ -50,6 +50,8 @@ use stream::Streamer;
 
 /// How long to wait for a slot to become free before giving up on this attempt.
 const SLOT_WAIT_LIMIT: Duration = Duration::from_secs(60);
+/// How often a standby says again that it is waiting for the slot.
+const STANDBY_NOTE_EVERY: Duration = Duration::from_secs(60);
 /// The prefix of the logical decoding messages Sluice writes (copy watermarks).
 pub(crate) const MESSAGE_PREFIX: &str = "sluice";
 
@@ -73,6 +75,19 @@ impl PgSource {
 impl Source for PgSource {
     async fn run(&mut self, resume: Resume, ctx: SourceContext) -> Result<(), ConnectorError> {
         Ok(self.run_inner(resume, ctx).await?)
+    }
+}
+
+struct SlotHolder {
+    pid: i32,
+    silent: Duration,
+    application: String,
+    client: String,
+}
+
+impl SlotHolder {
+    fn describe(&self) -> String {
+        format!("{} from {}", if self.application.is_empty() { "?" } else { &self.application }, self.client)
     }
 }
 
@@ -293,30 +308,84 @@ impl PgSource {
             }))
     }
 
-    /// Waits until no connection holds the slot. A connection of a crashed earlier run may
-    /// hold it until the server notices; after `slot_takeover_secs` it is terminated.
+    /// Waits until no connection holds the slot.
+    ///
+    /// A holder that keeps sending status updates to the server is alive: another sluice
+    /// running this pipeline (a rolling deploy, or a second start by mistake). This instance
+    /// then waits as a standby, however long, and takes the slot when the other releases it;
+    /// it never terminates a live holder, so two instances cannot take the slot from each other
+    /// in a loop. A holder silent for `slot_takeover_secs` (at least three status intervals) is
+    /// the connection of a crashed run the server has not noticed yet: it is terminated.
     async fn wait_slot_free(&self, catalog: &Client) -> Result<(), PgError> {
+        let silent_limit = Duration::from_secs(self.cfg.slot_takeover_secs)
+            .max(Duration::from_millis(self.cfg.status_interval_ms.saturating_mul(3)));
         let started = Instant::now();
-        let takeover = Duration::from_secs(self.cfg.slot_takeover_secs);
-        let mut terminated = false;
+        let mut standby_since: Option<Instant> = None;
+        let mut last_note = Instant::now();
         loop {
-            let pid = match self.slot_info(catalog).await? {
-                Some(SlotInfo { active_pid: Some(pid), .. }) => pid,
-                _ => return Ok(()),
+            let Some(holder) = self.slot_holder(catalog).await? else {
+                if standby_since.is_some() {
+                    info!(slot = %self.slot, "the other holder released the slot; taking over");
+                }
+                return Ok(());
             };
-            if started.elapsed() >= takeover && !terminated {
-                warn!(slot = %self.slot, pid, "slot still held by another connection; terminating it");
-                catalog.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.ctx("terminate slot holder")?;
-                terminated = true;
-            }
-            if started.elapsed() > SLOT_WAIT_LIMIT {
-                return Err(PgError::Setup(format!(
-                    "replication slot {} stays in use by process {pid}; is another sluice running this pipeline?",
-                    self.slot
-                )));
+            if holder.silent < silent_limit {
+                if standby_since.is_none() || last_note.elapsed() >= STANDBY_NOTE_EVERY {
+                    info!(
+                        slot = %self.slot,
+                        pid = holder.pid,
+                        holder = %holder.describe(),
+                        "the replication slot is held by a live connection (another sluice running this pipeline?); \
+                         waiting as a standby until it is released"
+                    );
+                    last_note = Instant::now();
+                }
+                standby_since.get_or_insert_with(Instant::now);
+            } else {
+                warn!(
+                    slot = %self.slot,
+                    pid = holder.pid,
+                    silent_secs = holder.silent.as_secs(),
+                    "the slot's holder has sent nothing for a while (a crashed run the server has not noticed); \
+                     terminating it"
+                );
+                catalog
+                    .execute("SELECT pg_terminate_backend($1)", &[&holder.pid])
+                    .await
+                    .ctx("terminate slot holder")?;
+                if standby_since.is_none() && started.elapsed() > SLOT_WAIT_LIMIT {
+                    return Err(PgError::Retry(format!(
+                        "replication slot {} stays in use by process {} although it was terminated",
+                        self.slot, holder.pid
+                    )));
+                }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The connection holding the slot, and how long it has been silent (since its last status
+    /// update, or since it connected if it sent none).
+    async fn slot_holder(&self, catalog: &Client) -> Result<Option<SlotHolder>, PgError> {
+        // to_jsonb: reply_time exists from PostgreSQL 12 on.
+        let row = catalog
+            .query_opt(
+                "SELECT s.active_pid, \
+                        extract(epoch FROM now() - coalesce((to_jsonb(r) ->> 'reply_time')::timestamptz, \
+                                                            r.backend_start, now()))::float8, \
+                        coalesce(r.application_name, ''), coalesce(host(r.client_addr), 'local') \
+                 FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                 WHERE s.slot_name = $1 AND s.database = current_database() AND s.active_pid IS NOT NULL",
+                &[&self.slot],
+            )
+            .await
+            .ctx("look up the replication slot's holder")?;
+        Ok(row.map(|r| SlotHolder {
+            pid: r.get(0),
+            silent: Duration::from_secs_f64(r.get::<_, f64>(1).max(0.0)),
+            application: r.get(2),
+            client: r.get(3),
+        }))
     }
 
     /// Creates the slot; with `export`, also returns the name of the snapshot it exported,
