@@ -89,30 +89,24 @@ pub async fn selected_tables(client: &Client, filter: &TableFilter) -> Result<Ve
         .collect())
 }
 
-/// Key columns of a table: the primary key, else the replica identity index. Empty when the
-/// table has neither.
+/// Key columns of a table: the columns its UPDATE and DELETE messages identify rows by. That is
+/// the replica identity index when the table has one (`REPLICA IDENTITY USING INDEX`, which may
+/// differ from the primary key), else the primary key. Empty when the table has neither (its
+/// rows are then matched whole, which needs `REPLICA IDENTITY FULL`).
 pub async fn key_columns(client: &Client, oid: u32) -> Result<Vec<String>, PgError> {
     let rows = client
         .query(
             "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indrelid \
              JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-             WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident) \
-             ORDER BY i.indisprimary DESC, i.indexrelid, k.ord",
+             WHERE i.indrelid = $1 AND CASE WHEN c.relreplident = 'i' THEN i.indisreplident ELSE i.indisprimary END \
+             ORDER BY k.ord",
             &[&oid],
         )
         .await
         .ctx("read key columns")?;
-    // Rows of the primary key come first; keep only the first index's columns.
-    let mut out: Vec<String> = Vec::new();
-    for r in rows {
-        let name: String = r.get(0);
-        if out.contains(&name) {
-            break;
-        }
-        out.push(name);
-    }
-    Ok(out)
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// What Sluice knows about one PostgreSQL column type.
