@@ -30,6 +30,7 @@
 
 mod backfill;
 mod snapshot;
+mod spill;
 mod stream;
 
 use std::time::{Duration, Instant};
@@ -222,11 +223,14 @@ impl PgSource {
         let binary = modern && self.cfg.encoding == Encoding::Binary && streamer.binary_ok().await?;
         streamer.set_mode(binary, modern);
         repl.start_replication(&format!(
-            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}{}{})",
+            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '{}', publication_names {}{}{})",
             quote_ident(&self.slot),
             start,
+            // Protocol 2 streams a large transaction while it runs (held in a temporary file
+            // until it commits, see spill.rs) instead of the source spilling it to its own disk.
+            if modern { 2 } else { 1 },
             crate::ident::quote_literal(&quote_ident(&self.publication)),
-            if modern { ", messages 'true'" } else { "" },
+            if modern { ", messages 'true', streaming 'on'" } else { "" },
             if binary { ", binary 'true'" } else { "" }
         ))
         .await?;

@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::backfill::{Backfill, CopyJob};
 use super::no_key;
+use super::spill::Spills;
 use crate::catalog::{self, PgColumn, PgTable, SourceTable, TypeCache};
 use crate::codec::{self, PgType};
 use crate::config::PgSourceConfig;
@@ -64,6 +65,10 @@ pub(super) struct Streamer<'a> {
     /// The server can write logical decoding messages (PostgreSQL 14+), which copies of live
     /// tables need.
     messages: bool,
+    /// Transactions streamed while in progress (protocol 2), waiting for their commit.
+    spills: Spills,
+    /// Inside a stream block: the transaction it belongs to.
+    stream_block: Option<u32>,
 }
 
 impl<'a> Streamer<'a> {
@@ -105,6 +110,8 @@ impl<'a> Streamer<'a> {
             last_discovery: Instant::now(),
             binary: false,
             messages: true,
+            spills: Spills::default(),
+            stream_block: None,
         };
         // Only what the slot already holds, or what the runtime confirms, is reported: the
         // start point is what the sinks that are up hold, and one that is down may hold less.
@@ -410,8 +417,29 @@ impl<'a> Streamer<'a> {
                     return Err(PgError::Protocol("short XLogData".into()));
                 }
                 b.advance(24);
-                let msg = pgoutput::decode(b)?;
-                self.apply(repl, msg, interval).await
+                if let Some(top) = self.stream_block {
+                    if b.first() == Some(&b'E') {
+                        self.stream_block = None;
+                    } else {
+                        self.spills.append(top, &b).await?;
+                    }
+                    return Ok(Ok(()));
+                }
+                match pgoutput::decode(b)? {
+                    PgOutput::StreamStart { xid, first } => {
+                        self.spills.start(xid, first).await?;
+                        self.stream_block = Some(xid);
+                        Ok(Ok(()))
+                    }
+                    PgOutput::StreamAbort { xid, subxid } => {
+                        self.spills.abort(xid, subxid);
+                        Ok(Ok(()))
+                    }
+                    PgOutput::StreamCommit { xid, commit_lsn, end_lsn, commit_ts } => {
+                        self.replay(repl, interval, xid, commit_lsn, end_lsn, commit_ts).await
+                    }
+                    msg => self.apply(repl, msg, interval).await,
+                }
             }
             b'k' => {
                 if b.remaining() < 17 {
@@ -431,6 +459,31 @@ impl<'a> Streamer<'a> {
             }
             _ => Ok(Ok(())),
         }
+    }
+
+    /// Applies a committed streamed transaction from its file, as one ordinary transaction.
+    async fn replay(
+        &mut self,
+        repl: &mut ReplicationConn,
+        interval: Duration,
+        xid: u32,
+        commit_lsn: u64,
+        end_lsn: u64,
+        commit_ts: i64,
+    ) -> Result<Result<(), Stopping>, PgError> {
+        let mut replay = self.spills.take(xid).await?;
+        let begin = PgOutput::Begin { final_lsn: commit_lsn, commit_ts, xid };
+        if self.apply(repl, begin, interval).await?.is_err() {
+            return Ok(Err(Stopping));
+        }
+        if let Some(r) = replay.as_mut() {
+            while let Some(raw) = r.next().await? {
+                if self.apply(repl, pgoutput::decode_streamed(raw)?, interval).await?.is_err() {
+                    return Ok(Err(Stopping));
+                }
+            }
+        }
+        self.apply(repl, PgOutput::Commit { commit_lsn, end_lsn, commit_ts }, interval).await
     }
 
     /// Emits the pending `Begin` of the current transaction, if not done yet.
@@ -538,6 +591,12 @@ impl<'a> Streamer<'a> {
                     }
                 }
                 Ok(Ok(()))
+            }
+            PgOutput::StreamStart { .. }
+            | PgOutput::StreamStop
+            | PgOutput::StreamCommit { .. }
+            | PgOutput::StreamAbort { .. } => {
+                Err(PgError::Protocol("stream control message inside a transaction".into()))
             }
             PgOutput::Type { .. } | PgOutput::Other(_) => Ok(Ok(())),
         }
