@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use crate::codec::{self, PgType};
 use crate::error::{Ctx, PgError};
-use crate::ident::quote_ident;
+use crate::ident::{qualified, quote_ident};
 
 /// A selected source table.
 #[derive(Debug, Clone)]
@@ -27,6 +27,10 @@ pub struct SourceTable {
     pub partitions: Vec<u32>,
     /// Whether the table is partitioned (replicated as one table, under its own name)
     pub partitioned: bool,
+    /// The publication's row filter for the table (PostgreSQL 15+), which copies apply too
+    pub row_filter: Option<String>,
+    /// The publication's column list for the table (PostgreSQL 15+); `None`: every column
+    pub columns: Option<Vec<String>>,
 }
 
 impl SourceTable {
@@ -85,8 +89,58 @@ pub async fn selected_tables(client: &Client, filter: &TableFilter) -> Result<Ve
             estimated_rows: r.get(4),
             partitions: r.get(5),
             partitioned: r.get(6),
+            row_filter: None,
+            columns: None,
         })
         .collect())
+}
+
+/// Fills in the row filters and column lists publication `name` has for `tables`
+/// (PostgreSQL 15+; older servers have neither).
+pub async fn publication_filters(client: &Client, name: &str, tables: &mut [SourceTable]) -> Result<(), PgError> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .ctx("read server version")?
+        .get(0);
+    if version < 150_000 {
+        return Ok(());
+    }
+    let rows = client
+        .query(
+            "SELECT pr.prrelid, pg_get_expr(pr.prqual, pr.prrelid), \
+                    CASE WHEN pr.prattrs IS NULL THEN NULL ELSE ARRAY( \
+                        SELECT a.attname::text FROM pg_attribute a \
+                        WHERE a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs) ORDER BY a.attnum) END \
+             FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1",
+            &[&name],
+        )
+        .await
+        .ctx(format!("read the row filters and column lists of publication {name}"))?;
+    for t in tables.iter_mut() {
+        let found = rows.iter().find(|r| r.get::<_, u32>(0) == t.oid);
+        t.row_filter = found.and_then(|r| r.get(1));
+        t.columns = found.and_then(|r| r.get(2));
+    }
+    Ok(())
+}
+
+/// How a table appears in `CREATE/ALTER PUBLICATION .. TABLE`: with its column list and row
+/// filter, if it has them.
+pub fn publication_entry(t: &SourceTable) -> String {
+    let mut s = qualified(&t.id);
+    if let Some(cols) = &t.columns {
+        s.push_str(&format!(" ({})", cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")));
+    }
+    if let Some(f) = &t.row_filter {
+        s.push_str(&format!(" WHERE ({f})"));
+    }
+    s
+}
+
+/// The `WHERE` clause a copy of `t` reads with: the publication's row filter.
+pub fn row_filter_clause(filter: Option<&str>) -> String {
+    filter.map(|f| format!(" WHERE ({f})")).unwrap_or_default()
 }
 
 /// Key columns of a table: the columns its UPDATE and DELETE messages identify rows by. That is
@@ -149,6 +203,8 @@ pub struct PgTable {
     pub types: Arc<Vec<PgType>>,
     /// A partitioned table: its rows are read from all its partitions
     pub partitioned: bool,
+    /// The publication's row filter, applied by copies too
+    pub row_filter: Option<String>,
 }
 
 /// Resolves type OIDs to Sluice data types and to the spelling a PostgreSQL sink should use.
@@ -328,7 +384,7 @@ impl TypeCache {
             types.push(t.pg);
         }
         let schema = Arc::new(TableSchema { id, columns: cols, version, dialect: DIALECT.to_string() });
-        Ok(PgTable { schema, types: Arc::new(types), partitioned: false })
+        Ok(PgTable { schema, types: Arc::new(types), partitioned: false, row_filter: None })
     }
 }
 
@@ -379,17 +435,22 @@ fn single_element(literal: &str) -> Option<String> {
 }
 
 /// Current columns of a table.
-pub async fn table_columns(client: &Client, oid: u32) -> Result<Vec<PgColumn>, PgError> {
+///
+/// Generated columns are left out, as pgoutput leaves them out of the stream (before
+/// PostgreSQL 18), and so is every column not in `only` (a publication's column list).
+pub async fn table_columns(client: &Client, oid: u32, only: Option<&[String]>) -> Result<Vec<PgColumn>, PgError> {
     Ok(client
         .query(
+            // attgenerated: PostgreSQL 12+, the oldest release still in use.
             "SELECT attname::text, atttypid, atttypmod, attnotnull FROM pg_attribute \
-             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
             &[&oid],
         )
         .await
         .ctx("read table columns")?
         .iter()
         .map(|r| PgColumn { name: r.get(0), type_oid: r.get(1), typmod: r.get(2), not_null: r.get(3) })
+        .filter(|c| only.is_none_or(|list| list.contains(&c.name)))
         .collect())
 }
 

@@ -536,6 +536,7 @@ impl ChunkQuery {
         let keys: Vec<&str> = schema.columns.iter().filter(|c| c.key).map(|c| c.name.as_str()).collect();
         let key_list = keys.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
         let mut sql = format!("SELECT {select} FROM {}", catalog::from_rows(id, table.partitioned));
+        let mut conds: Vec<String> = table.row_filter.iter().map(|f| format!("({f})")).collect();
         let mut params = Vec::new();
         if let Some(key) = key {
             // Bound as text and cast to each key column's own type, so the comparison is the
@@ -562,7 +563,10 @@ impl ChunkQuery {
                     }
                 });
             }
-            sql.push_str(&format!(" WHERE ({key_list}) {cmp} ({})", casts.join(", ")));
+            conds.push(format!("({key_list}) {cmp} ({})", casts.join(", ")));
+        }
+        if !conds.is_empty() {
+            sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
         }
         sql.push_str(&format!(" ORDER BY {key_list}"));
         if let Some(n) = limit {
@@ -685,6 +689,8 @@ mod tests {
             estimated_rows: 0,
             partitions: Vec::new(),
             partitioned: false,
+            row_filter: None,
+            columns: None,
         };
         CopyJob::new(&st, SinkSet::empty(), None)
     }

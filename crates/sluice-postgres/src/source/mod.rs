@@ -103,8 +103,8 @@ impl PgSource {
         let SourceContext { events, confirmed, stop, accepted } = ctx;
         let url = self.cfg.url.expose().clone();
         let catalog = catalog::connect(&url, "source").await?;
-        let tables = self.selected_tables(&catalog).await?;
-        self.ensure_publication(&catalog, &tables).await?;
+        let mut tables = self.selected_tables(&catalog).await?;
+        self.ensure_publication(&catalog, &mut tables).await?;
         send(&events, Event::Tables { selected: tables.iter().map(|t| t.id.clone()).collect() }).await?;
 
         let mut repl = ReplicationConn::connect(&crate::tls::target(&url, "source")?).await?;
@@ -268,13 +268,19 @@ impl PgSource {
         jobs
     }
 
-    async fn ensure_publication(&self, catalog: &Client, tables: &[SourceTable]) -> Result<(), PgError> {
-        let list = tables.iter().map(|t| qualified(&t.id)).collect::<Vec<_>>().join(", ");
+    /// Creates the publication, or sets its tables to the selection. Row filters and column
+    /// lists a table already has in it (set by the user) are kept, and recorded in `tables` so
+    /// copies read the same rows and columns the stream carries.
+    async fn ensure_publication(&self, catalog: &Client, tables: &mut [SourceTable]) -> Result<(), PgError> {
         let exists = catalog
             .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&self.publication])
             .await
             .ctx("look up publication")?
             .is_some();
+        if exists {
+            catalog::publication_filters(catalog, &self.publication, tables).await?;
+        }
+        let list = tables.iter().map(catalog::publication_entry).collect::<Vec<_>>().join(", ");
         let verb = if exists { "ALTER" } else { "CREATE" };
         // A partitioned table's changes are published as its own (PostgreSQL 13+), so it
         // replicates as one table under its name, whichever partition holds a row.

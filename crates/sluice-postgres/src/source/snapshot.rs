@@ -49,10 +49,11 @@ pub(super) async fn copy_all(
     let bulk = accepted.contains(&COPY_TEXT);
     for t in tables {
         let started = Instant::now();
-        let cols = catalog::table_columns(&client, t.oid).await?;
+        let cols = catalog::table_columns(&client, t.oid, t.columns.as_deref()).await?;
         let key = catalog::key_columns(&client, t.oid).await?;
         let mut table = types.table(&client, t.id.clone(), &cols, &key, catalog::next_version(), &[]).await?;
         table.partitioned = t.partitioned;
+        table.row_filter = t.row_filter.clone();
         let decoder = Arc::new(CopyTextDecoder::new(table.types.clone()));
         let copy = |step| Event::Copy(Copy::new(to, table.schema.clone(), step));
         let estimated_rows = u64::try_from(t.estimated_rows).ok().filter(|n| *n > 0);
@@ -60,7 +61,11 @@ pub(super) async fn copy_all(
         send(events, copy(CopyStep::Begin { mode: CopyMode::Snapshot, source_id, estimated_rows })).await?;
         let list = table.schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
         let stream = client
-            .copy_out(&format!("COPY (SELECT {list} FROM {}) TO STDOUT", catalog::from_rows(&t.id, t.partitioned)))
+            .copy_out(&format!(
+                "COPY (SELECT {list} FROM {}{}) TO STDOUT",
+                catalog::from_rows(&t.id, t.partitioned),
+                catalog::row_filter_clause(t.row_filter.as_deref())
+            ))
             .await
             .ctx(format!("snapshot of {}", t.id))?;
         let mut stream = std::pin::pin!(stream);

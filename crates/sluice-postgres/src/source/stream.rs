@@ -255,14 +255,21 @@ impl<'a> Streamer<'a> {
         if let Some(t) = self.by_id.get(id) {
             return Ok(t.clone());
         }
-        let cols = catalog::table_columns(&self.catalog, oid).await?;
+        let published = self.selected.iter().find(|t| t.oid == oid).and_then(|t| t.columns.clone());
+        let cols = catalog::table_columns(&self.catalog, oid, published.as_deref()).await?;
         let key = catalog::key_columns(&self.catalog, oid).await?;
         let version = catalog::next_version();
         let missing = catalog::missing_values(&self.catalog, oid).await?;
         let mut t = self.types.table(&self.catalog, id.clone(), &cols, &key, version, &missing).await?;
         t.partitioned = self.partitioned(oid);
+        t.row_filter = self.row_filter(oid);
         self.by_id.insert(id.clone(), t.clone());
         Ok(t)
+    }
+
+    /// The publication's row filter of the selected table with this OID.
+    fn row_filter(&self, oid: u32) -> Option<String> {
+        self.selected.iter().find(|t| t.oid == oid).and_then(|t| t.row_filter.clone())
     }
 
     /// Whether the selected table with this OID is partitioned.
@@ -278,7 +285,8 @@ impl<'a> Streamer<'a> {
             return Ok(());
         }
         self.last_discovery = Instant::now();
-        let now = catalog::selected_tables(&self.catalog, &self.cfg.filter()).await?;
+        let mut now = catalog::selected_tables(&self.catalog, &self.cfg.filter()).await?;
+        catalog::publication_filters(&self.catalog, self.publication, &mut now).await?;
         // A table dropped and created again under the same name is a new table (a new OID); a
         // partitioned table whose partitions changed is copied again too.
         let gone: Vec<TableId> = self
@@ -669,6 +677,7 @@ impl<'a> Streamer<'a> {
         let missing = catalog::missing_values(&self.catalog, rel.id).await?;
         let mut table = self.types.table(&self.catalog, id.clone(), &cols, &key, version, &missing).await?;
         table.partitioned = self.partitioned(rel.id);
+        table.row_filter = self.row_filter(rel.id);
         if self.binary && !table.types.iter().all(PgType::binary_ok) {
             // Values of this type would arrive in a binary form Sluice does not read: start over
             // in text (the next start sees the column and streams in text).
