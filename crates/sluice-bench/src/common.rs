@@ -27,6 +27,7 @@ pub fn bench_server() -> anyhow::Result<PgServer> {
     PgServer::start_with(PgOptions {
         wal_level: "logical".into(),
         settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
     })
     .map_err(anyhow::Error::msg)
 }

@@ -140,12 +140,18 @@ pub async fn check_source(cfg: &PgSourceConfig, slot: &str) -> Vec<CheckResult> 
                         name,
                         format!("({}), replica identity {}", k.join(", "), identity_name(t.replica_identity)),
                     )),
+                    Ok(_) if t.replica_identity == 'f' => out.push(pass(
+                        name,
+                        "none; replica identity full: rows are matched whole (updates and deletes scan the replica \
+                         table)",
+                    )),
                     Ok(_) => out.push(fail(
                         name,
                         format!(
-                            "no primary key or replica identity index; add a primary key, or run ALTER TABLE {} \
-                             REPLICA IDENTITY USING INDEX <unique index>, or list it in source.exclude",
-                            qualified(&t.id)
+                            "no primary key or replica identity index; add a primary key, or run ALTER TABLE {t} \
+                             REPLICA IDENTITY USING INDEX <unique index>, or ALTER TABLE {t} REPLICA IDENTITY FULL, or \
+                             list it in source.exclude",
+                            t = qualified(&t.id)
                         ),
                     )),
                     Err(e) => out.push(fail(name, e.describe())),

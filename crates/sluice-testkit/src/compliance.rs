@@ -90,6 +90,13 @@ fn txn(seq: u64, table: &SchemaRef, ops: Vec<Op>) -> Vec<Event> {
     out
 }
 
+/// A base for the positions of one suite test: later tests of a harness get higher ones, as a
+/// real source's would be, since a sink refuses to move its checkpoint backwards.
+fn next_base() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1000, std::sync::atomic::Ordering::SeqCst)
+}
+
 fn checkpoint(seq: u64, table: &SchemaRef) -> Checkpoint {
     let mut cp = Checkpoint { position: Some(Position::Pg(Lsn(100 * seq + 10))), ..Default::default() };
     cp.tables.insert(table.id.clone(), TableProgress::Copied);
@@ -146,9 +153,10 @@ fn expect_log(entries: &[(&str, i64)]) -> Vec<Vec<Option<String>>> {
 
 /// An empty batch commits; the checkpoint it carried reads back from a new instance.
 pub async fn empty_batch_commits_and_its_checkpoint_reads_back(h: &dyn SinkHarness) {
+    let base = next_base();
     let t = schema("empty_batch", false, 1);
     let mut d = open(h).await;
-    let cp = checkpoint(1, &t);
+    let cp = checkpoint(base + 1, &t);
     let seq = d.commit(cp.clone()).await;
     d.durable(seq).await;
     d.sink.close().await.expect("close");
@@ -168,11 +176,12 @@ pub async fn empty_batch_commits_and_its_checkpoint_reads_back(h: &dyn SinkHarne
 
 /// The ack of a commit arrives only when another reader sees the data.
 pub async fn acknowledgement_comes_only_after_the_data_is_durable(h: &dyn SinkHarness) {
+    let base = next_base();
     let t = schema("ack_durable", false, 1);
     let mut d = open(h).await;
     d.write_all(&txn(1, &t, vec![Op::Insert { after: row(1, "a", 1) }, Op::Insert { after: row(2, "b", 2) }])).await;
     assert!(d.reports.try_recv().is_err(), "an acknowledgement arrived before any commit");
-    let seq = d.commit(checkpoint(1, &t)).await;
+    let seq = d.commit(checkpoint(base + 1, &t)).await;
     d.durable(seq).await;
     let seen = h.rows(&t.id).await;
     let expected = match h.kind() {
@@ -186,6 +195,7 @@ pub async fn acknowledgement_comes_only_after_the_data_is_durable(h: &dyn SinkHa
 /// A crash between write and commit loses the uncommitted batch (and only it); replaying from
 /// the stored checkpoint gives the exact result; for a state sink, replaying twice changes nothing.
 pub async fn crash_between_write_and_commit_then_replay(h: &dyn SinkHarness) {
+    let base = next_base();
     let t = schema("crash_replay", false, 1);
     let txn1 = txn(1, &t, vec![Op::Insert { after: row(1, "a", 1) }, Op::Insert { after: row(2, "b", 2) }]);
     let txn2 = txn(
@@ -199,7 +209,7 @@ pub async fn crash_between_write_and_commit_then_replay(h: &dyn SinkHarness) {
     );
     let mut d = open(h).await;
     d.write_all(&txn1).await;
-    let seq = d.commit(checkpoint(1, &t)).await;
+    let seq = d.commit(checkpoint(base + 1, &t)).await;
     d.durable(seq).await;
     d.write_all(&txn2).await;
     // The crash: the sink is dropped with txn2 written but not committed.
@@ -208,7 +218,7 @@ pub async fn crash_between_write_and_commit_then_replay(h: &dyn SinkHarness) {
     let stored = d.stored.clone().expect("checkpoint after crash");
     assert_eq!(
         stored.position,
-        checkpoint(1, &t).position,
+        checkpoint(base + 1, &t).position,
         "after a crash the stored checkpoint is the last acknowledged one"
     );
     let after_crash = h.rows(&t.id).await;
@@ -221,12 +231,12 @@ pub async fn crash_between_write_and_commit_then_replay(h: &dyn SinkHarness) {
     assert_eq!(after_crash, after1, "nothing of the uncommitted transaction may be visible after a crash");
     // The runtime replays from the checkpoint: txn2 again.
     d.write_all(&txn2).await;
-    let seq = d.commit(checkpoint(2, &t)).await;
+    let seq = d.commit(checkpoint(base + 2, &t)).await;
     d.durable(seq).await;
     assert_eq!(h.rows(&t.id).await, after2, "replay after a crash");
     if h.kind() == Kind::State {
         d.write_all(&txn2).await;
-        let seq = d.commit(checkpoint(2, &t)).await;
+        let seq = d.commit(checkpoint(base + 2, &t)).await;
         d.durable(seq).await;
         assert_eq!(h.rows(&t.id).await, after2, "replaying a transaction twice must not change the state");
     }
@@ -236,12 +246,13 @@ pub async fn crash_between_write_and_commit_then_replay(h: &dyn SinkHarness) {
 /// `close` waits for background commits: every commit handed over is acknowledged and its data
 /// visible when it returns.
 pub async fn close_drains_background_commits(h: &dyn SinkHarness) {
+    let base = next_base();
     let t = schema("drain", false, 1);
     let mut d = open(h).await;
     let mut seqs = Vec::new();
     for i in 1..=3u64 {
         d.write_all(&txn(i, &t, vec![Op::Insert { after: row(i as i64, "x", i as i32) }])).await;
-        seqs.push(d.commit(checkpoint(i, &t)).await);
+        seqs.push(d.commit(checkpoint(base + i, &t)).await);
     }
     d.sink.close().await.expect("close");
     for s in seqs {
@@ -259,6 +270,7 @@ pub async fn close_drains_background_commits(h: &dyn SinkHarness) {
 
 /// A column added between two transactions of one batch.
 pub async fn schema_change_in_the_middle_of_a_batch(h: &dyn SinkHarness) {
+    let base = next_base();
     let v1 = schema("schema_change", false, 1);
     let v2 = schema("schema_change", true, 2);
     let mut d = open(h).await;
@@ -268,7 +280,7 @@ pub async fn schema_change_in_the_middle_of_a_batch(h: &dyn SinkHarness) {
     let mut r1 = row(1, "a", 1);
     r1.push(Value::Text("e1".into()));
     d.write_all(&txn(2, &v2, vec![Op::Insert { after: r2 }, Op::Update { before: None, after: r1 }])).await;
-    let seq = d.commit(checkpoint(2, &v2)).await;
+    let seq = d.commit(checkpoint(base + 2, &v2)).await;
     d.durable(seq).await;
     let seen = h.rows(&v1.id).await;
     match h.kind() {

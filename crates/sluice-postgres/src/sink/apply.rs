@@ -343,7 +343,7 @@ impl Planner<'_> {
     /// `COPY .. FROM STDIN` for rows that are new to the target: the server inserts them in
     /// bulk (measured: a third less server time per row than `INSERT .. SELECT .. unnest`).
     /// A row that exists after all fails the batch, which is then retried with upserts.
-    fn copy(&self, schema: &TableSchema, target: &Target, rows: &[Row]) -> Result<Step, PgError> {
+    pub(crate) fn copy(&self, schema: &TableSchema, target: &Target, rows: &[Row]) -> Result<Step, PgError> {
         let cols = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
         let codecs = target.codecs(schema);
         let what = format!("insert into {}", schema.id);
@@ -465,5 +465,114 @@ impl Planner<'_> {
         let st = self.statement(sql, &p.types).await?;
         let params = p.columns;
         Ok(Some(Step::Exec { st, params, what: format!("update {}", schema.id) }))
+    }
+
+    /// The statement applying one change to a table without a key (`REPLICA IDENTITY FULL`):
+    /// an insert as is, an update or delete on one row equal to the old row in every column
+    /// (`ctid` of the first match, so of two identical rows only one changes). Columns are
+    /// compared by their text form (the target's own output function on both sides), so types
+    /// without an equality operator (json, point) match too. Slow: every such update or delete
+    /// scans the table.
+    pub async fn unkeyed(
+        &mut self,
+        schema: &TableSchema,
+        target: &Target,
+        op: &sluice_core::Op,
+    ) -> Result<Option<Step>, PgError> {
+        use sluice_core::Op;
+        let all: Vec<(&sluice_core::ColumnSchema, usize)> =
+            schema.columns.iter().enumerate().map(|(i, c)| (c, i)).collect();
+        let list = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+        let no_old_row = || {
+            PgError::Setup(format!(
+                "{} has no key and its change carries no old row to find it by; run ALTER TABLE {} REPLICA IDENTITY FULL \
+                 on the source (or give it a primary key)",
+                schema.id,
+                crate::ident::qualified(&schema.id)
+            ))
+        };
+        // `x.col::text IS NOT DISTINCT FROM <value>::text` for every column of `old` that was sent.
+        let matches = |old: &Row, p: &Params, offset: usize, prefix: &str| {
+            let conds: Vec<String> = schema
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| old[*i] != Value::Unchanged)
+                .map(|(i, c)| {
+                    let v = p.value(offset + i, &format!("{prefix}{}", c.name), target.cast(c));
+                    format!("x.{}::text IS NOT DISTINCT FROM ({v})::text", quote_ident(&c.name))
+                })
+                .collect();
+            if conds.is_empty() {
+                "true".to_string()
+            } else {
+                conds.join(" AND ")
+            }
+        };
+        let (sql, p, what) = match op {
+            Op::Insert { after } => {
+                let p = self.params(target, &Arc::new(vec![after.clone()]), &all);
+                let values = schema
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| p.value(j, &c.name, target.cast(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "INSERT INTO {} ({list}) SELECT {values} FROM unnest({}) AS u({list})",
+                    target.name,
+                    p.args()
+                );
+                (sql, p, format!("insert into {}", schema.id))
+            }
+            Op::Delete { before } => {
+                let p = self.params(target, &Arc::new(vec![before.clone()]), &all);
+                let sql = format!(
+                    "DELETE FROM {t} WHERE ctid = (SELECT x.ctid FROM {t} AS x, unnest({}) AS u({list}) WHERE {} LIMIT 1)",
+                    p.args(),
+                    matches(before, &p, 0, ""),
+                    t = target.name
+                );
+                (sql, p, format!("delete from {}", schema.id))
+            }
+            Op::Update { before, after } => {
+                let before = before.as_ref().ok_or_else(no_old_row)?;
+                let set: Vec<(&sluice_core::ColumnSchema, usize)> =
+                    all.iter().copied().filter(|(_, i)| after[*i] != Value::Unchanged).collect();
+                if set.is_empty() {
+                    return Ok(None);
+                }
+                let old = self.params(target, &Arc::new(vec![before.clone()]), &all);
+                let new = self.params(target, &Arc::new(vec![after.clone()]), &set);
+                let p = Params {
+                    columns: old.columns.into_iter().chain(new.columns).collect(),
+                    types: old.types.into_iter().chain(new.types).collect(),
+                };
+                let mut alias: Vec<String> =
+                    schema.columns.iter().map(|c| quote_ident(&format!("old_{}", c.name))).collect();
+                alias.extend(set.iter().map(|(c, _)| quote_ident(&c.name)));
+                let assign = set
+                    .iter()
+                    .enumerate()
+                    .map(|(j, (c, _))| {
+                        format!("{} = {}", quote_ident(&c.name), p.value(all.len() + j, &c.name, target.cast(c)))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "UPDATE {t} SET {assign} FROM unnest({}) AS u({}) \
+                     WHERE {t}.ctid = (SELECT x.ctid FROM {t} AS x WHERE {} LIMIT 1)",
+                    p.args(),
+                    alias.join(", "),
+                    matches(before, &p, 0, "old_"),
+                    t = target.name
+                );
+                (sql, p, format!("update {}", schema.id))
+            }
+            Op::Truncate => return Ok(None),
+        };
+        let st = self.statement(sql, &p.types).await?;
+        Ok(Some(Step::Exec { st, params: p.columns, what }))
     }
 }

@@ -341,6 +341,19 @@ impl PgSink {
             self.client()?.batch_execute(&format!("TRUNCATE {name}")).await.ctx(format!("truncate {name}"))?;
             return Ok(());
         }
+        if schema.key_indexes().is_empty() {
+            // No key (REPLICA IDENTITY FULL): applied one by one, in order with what came before.
+            self.write_all().await?;
+            self.begin().await?;
+            let target = self.target(&schema.id)?.clone();
+            let client = self.client()?;
+            let mut planner =
+                Planner { client: &client, statements: &mut self.statements, encoding: self.cfg.encoding };
+            if let Some(step) = planner.unkeyed(schema, &target, &op).await? {
+                step.execute(&client).await?;
+            }
+            return Ok(());
+        }
         let batch = self.batch_for(schema);
         match batch.add(op) {
             Added::Buffered { new_keys } => self.buffered += new_keys,
@@ -509,6 +522,16 @@ impl PgSink {
             return self.maybe_write_out().await;
         }
         self.ensure_key(schema).await?;
+        if schema.key_indexes().is_empty() {
+            // No key (REPLICA IDENTITY FULL): the copy replaced the table, so its rows are new.
+            self.write_all().await?;
+            self.begin().await?;
+            let target = self.target(&schema.id)?.clone();
+            let client = self.client()?;
+            let planner = Planner { client: &client, statements: &mut self.statements, encoding: self.cfg.encoding };
+            planner.copy(schema, &target, rows)?.execute(&client).await?;
+            return Ok(());
+        }
         let batch = self.batch_for(schema);
         let mut new_keys = 0;
         for r in rows {

@@ -220,7 +220,8 @@ pub(crate) async fn reconcile(
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let key = if defer_key { String::new() } else { format!(", PRIMARY KEY ({})", key_list(schema)) };
+        let keyless = schema.key_indexes().is_empty();
+        let key = if defer_key || keyless { String::new() } else { format!(", PRIMARY KEY ({})", key_list(schema)) };
         client
             .batch_execute(&format!("CREATE TABLE {name} ({cols}{key})"))
             .await
@@ -425,7 +426,8 @@ pub(crate) async fn add_key(client: &Client, target: &mut Target, schema: &Table
     if target.has_key {
         return Ok(());
     }
-    if !has_primary_key(client, &target.name).await? {
+    // A table without a key on the source (REPLICA IDENTITY FULL) gets none on the target.
+    if !schema.key_indexes().is_empty() && !has_primary_key(client, &target.name).await? {
         let started = std::time::Instant::now();
         client
             .batch_execute(&format!("ALTER TABLE {} ADD PRIMARY KEY ({})", target.name, key_list(schema)))

@@ -417,6 +417,14 @@ impl Backfill {
             return Ok(Vec::new());
         }
         let mut touched = self.touched(w.id, &table, &chunk.snapshot);
+        let keyless = chunk.table.schema.key_indexes().is_empty();
+        if keyless && !touched.is_empty() {
+            // Rows without a key cannot be told apart from what the stream changed: the whole
+            // table is read again, until a window passes without a change to it.
+            debug!(%table, "a table without a key changed while it was read; reading it again");
+            self.paused_until = Some(std::time::Instant::now() + UNSEEN_COMMIT_PAUSE);
+            return Ok(Vec::new());
+        }
         if let Some(x) = chunk.committed_unseen.iter().find(|x| !self.delivered.contains(x)) {
             debug!(%table, xid = x, "a committed transaction the chunk did not see is not in the stream yet; reading the chunk again");
             self.paused_until = Some(std::time::Instant::now() + UNSEEN_COMMIT_PAUSE);
@@ -435,7 +443,7 @@ impl Backfill {
         let Some(job) = self.jobs.front_mut() else { return Ok(Vec::new()) };
         let copy = |step| Event::Copy(Copy::new(job.to, schema.clone(), step));
         let mut out = Vec::new();
-        let last = chunk.rows.last().map(|r| schema.key_of(r));
+        let last = chunk.rows.last().map(|r| schema.key_of(r)).filter(|_| !keyless);
         let mut rows = Vec::with_capacity(chunk.rows.len());
         for mut row in chunk.rows {
             match touched.remove(&schema.key_of(&row)) {
@@ -567,6 +575,10 @@ impl ChunkQuery {
         }
         if !conds.is_empty() {
             sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
+        }
+        if keys.is_empty() {
+            // No key to page by (REPLICA IDENTITY FULL): the whole table is one chunk.
+            return Ok(ChunkQuery { sql, params, limit: usize::MAX });
         }
         sql.push_str(&format!(" ORDER BY {key_list}"));
         if let Some(n) = limit {

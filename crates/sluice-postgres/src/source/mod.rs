@@ -251,7 +251,7 @@ impl PgSource {
             )));
         }
         for t in &tables {
-            if catalog::key_columns(catalog, t.oid).await?.is_empty() {
+            if t.replica_identity != 'f' && catalog::key_columns(catalog, t.oid).await?.is_empty() {
                 return Err(no_key(&t.id));
             }
         }
@@ -415,8 +415,9 @@ impl PgSource {
 pub(crate) fn no_key(id: &TableId) -> PgError {
     PgError::Setup(format!(
         "table {id} has no primary key or replica identity index; add a primary key, or \
-         ALTER TABLE {} REPLICA IDENTITY USING INDEX <unique index>, or exclude it in source.exclude",
-        qualified(id)
+         ALTER TABLE {t} REPLICA IDENTITY USING INDEX <unique index>, or ALTER TABLE {t} REPLICA IDENTITY FULL \
+         (rows are then matched whole: slow for updates and deletes on a replica), or exclude it in source.exclude",
+        t = qualified(id)
     ))
 }
 

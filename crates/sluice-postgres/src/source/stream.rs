@@ -314,7 +314,7 @@ impl<'a> Streamer<'a> {
                 added.push(t.clone());
                 continue;
             }
-            if catalog::key_columns(&self.catalog, t.oid).await?.is_empty() {
+            if t.replica_identity != 'f' && catalog::key_columns(&self.catalog, t.oid).await?.is_empty() {
                 warn!(error = %no_key(&t.id), "a new table matches source.tables but cannot be replicated yet");
                 continue;
             }
@@ -657,7 +657,9 @@ impl<'a> Streamer<'a> {
         }
         let id = TableId::new(rel.namespace.clone(), rel.name.clone());
         let mut key = catalog::key_columns(&self.catalog, rel.id).await?;
-        if key.is_empty() {
+        // The catalog no longer knows the table's key (it changed since): the stream's flags
+        // say it. With REPLICA IDENTITY FULL every column is flagged, and there is no key.
+        if key.is_empty() && rel.replica_identity != b'f' {
             key = rel.columns.iter().filter(|c| c.key).map(|c| c.name.clone()).collect();
         }
         let not_null = catalog::not_null_columns(&self.catalog, rel.id).await?;
