@@ -226,6 +226,10 @@ pub struct BigTxnArgs {
     /// Rows changed by the single transaction
     #[arg(long, default_value_t = 2_000_000)]
     rows: i64,
+    /// The source's logical_decoding_work_mem: past it the server streams the transaction to
+    /// Sluice while decoding (protocol 2) or spills it to its own disk (protocol 1)
+    #[arg(long, default_value = "256MB")]
+    decoding_mem: String,
 }
 
 /// Peak RSS while Sluice applies one transaction that updates `rows` rows.
@@ -245,6 +249,13 @@ pub async fn big_txn(a: BigTxnArgs) -> anyhow::Result<()> {
     first.stop()?;
     exec(src, "UPDATE t SET a = a + 1, c = now()").await?;
     exec(src, "INSERT INTO marker VALUES (1, now())").await?;
+    let unit = a.decoding_mem.trim_start_matches(|c: char| c.is_ascii_digit());
+    if unit.len() == a.decoding_mem.len() || !["kB", "MB", "GB"].contains(&unit) {
+        bail!("--decoding-mem {:?}: expected a size like 64MB", a.decoding_mem);
+    }
+    // ALTER SYSTEM takes no parameters; the value was checked to be digits and a unit.
+    exec(src, &format!("ALTER SYSTEM SET logical_decoding_work_mem = '{}'", a.decoding_mem)).await?;
+    exec(src, "SELECT pg_reload_conf(); SELECT pg_stat_reset_replication_slot(NULL)").await?;
     let t = Instant::now();
     let mut proc = SluiceProc::start(&dir, &toml)?;
     until_true(replica, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || {
@@ -257,10 +268,22 @@ pub async fn big_txn(a: BigTxnArgs) -> anyhow::Result<()> {
     if digest(src, "t").await? != digest(replica, "t").await? {
         bail!("the replica differs from the source");
     }
+    // What the source did with the transaction: streamed it to Sluice, or spilled it to disk.
+    let stats = src
+        .query_one(
+            "SELECT coalesce(sum(stream_txns), 0)::bigint, coalesce(sum(spill_txns), 0)::bigint, \
+                    coalesce(sum(spill_bytes), 0)::bigint FROM pg_stat_replication_slots",
+            &[],
+        )
+        .await?;
+    let (streamed, spilled, spill_bytes): (i64, i64, i64) = (stats.get(0), stats.get(1), stats.get(2));
     println!(
-        "bench=big_txn rows={} sluice_secs={secs:.2} sluice_rows_per_s={:.0} sluice_peak_rss_mb={rss:.1}",
+        "bench=big_txn rows={} decoding_mem={} sluice_secs={secs:.2} sluice_rows_per_s={:.0} sluice_peak_rss_mb={rss:.1} \
+         source_stream_txns={streamed} source_spill_txns={spilled} source_spill_mb={:.0}",
         a.rows,
-        a.rows as f64 / secs
+        a.decoding_mem,
+        a.rows as f64 / secs,
+        spill_bytes as f64 / 1048576.0
     );
     Ok(())
 }
