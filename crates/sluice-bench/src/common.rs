@@ -10,6 +10,11 @@ use tokio_postgres::Client;
 
 /// Server settings for benchmarks: the same for Sluice and for every baseline.
 pub fn bench_server() -> anyhow::Result<PgServer> {
+    bench_server_with("256MB")
+}
+
+/// [`bench_server`] with another `logical_decoding_work_mem`.
+pub fn bench_server_with(decoding_mem: &str) -> anyhow::Result<PgServer> {
     let mut settings = vec![
         ("shared_buffers", "512MB"),
         ("max_wal_size", "16GB"),
@@ -17,7 +22,7 @@ pub fn bench_server() -> anyhow::Result<PgServer> {
         ("wal_buffers", "64MB"),
         ("max_worker_processes", "16"),
         ("max_logical_replication_workers", "8"),
-        ("logical_decoding_work_mem", "256MB"),
+        ("logical_decoding_work_mem", decoding_mem),
     ];
     // BENCH_STATEMENTS=1 loads pg_stat_statements, for `top_statements` (profiling only: it
     // costs the servers a little).
@@ -45,7 +50,12 @@ pub struct Pair {
 
 impl Pair {
     pub async fn start() -> anyhow::Result<Pair> {
-        let source = bench_server()?;
+        Self::start_with("256MB").await
+    }
+
+    /// [`Pair::start`] with the source's `logical_decoding_work_mem`.
+    pub async fn start_with(decoding_mem: &str) -> anyhow::Result<Pair> {
+        let source = bench_server_with(decoding_mem)?;
         let target = bench_server()?;
         let src_url = source.create_database("bench").await.map_err(anyhow::Error::msg)?;
         let replica_url = target.create_database("replica").await.map_err(anyhow::Error::msg)?;

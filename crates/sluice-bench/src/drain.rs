@@ -234,7 +234,7 @@ pub struct BigTxnArgs {
 
 /// Peak RSS while Sluice applies one transaction that updates `rows` rows.
 pub async fn big_txn(a: BigTxnArgs) -> anyhow::Result<()> {
-    let pair = Pair::start().await?;
+    let pair = Pair::start_with(&a.decoding_mem).await?;
     let (src, replica) = (&pair.src, &pair.replica);
     exec(src, TABLES).await?;
     exec(src, &format!(
@@ -249,13 +249,7 @@ pub async fn big_txn(a: BigTxnArgs) -> anyhow::Result<()> {
     first.stop()?;
     exec(src, "UPDATE t SET a = a + 1, c = now()").await?;
     exec(src, "INSERT INTO marker VALUES (1, now())").await?;
-    let unit = a.decoding_mem.trim_start_matches(|c: char| c.is_ascii_digit());
-    if unit.len() == a.decoding_mem.len() || !["kB", "MB", "GB"].contains(&unit) {
-        bail!("--decoding-mem {:?}: expected a size like 64MB", a.decoding_mem);
-    }
-    // ALTER SYSTEM takes no parameters; the value was checked to be digits and a unit.
-    exec(src, &format!("ALTER SYSTEM SET logical_decoding_work_mem = '{}'", a.decoding_mem)).await?;
-    exec(src, "SELECT pg_reload_conf(); SELECT pg_stat_reset_replication_slot(NULL)").await?;
+    exec(src, "SELECT pg_stat_reset_replication_slot(NULL)").await?;
     let t = Instant::now();
     let mut proc = SluiceProc::start(&dir, &toml)?;
     until_true(replica, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || {
@@ -264,19 +258,29 @@ pub async fn big_txn(a: BigTxnArgs) -> anyhow::Result<()> {
     .await?;
     let secs = t.elapsed().as_secs_f64();
     let rss = proc.peak_rss_mb();
+    // What the source did with the transaction: streamed it to Sluice, or spilled it to disk.
+    // Read while the walsender is still there (it reports them as it decodes).
+    let mut stats = (0i64, 0i64, 0i64);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let r = src
+            .query_one(
+                "SELECT coalesce(sum(stream_txns), 0)::bigint, coalesce(sum(spill_txns), 0)::bigint, \
+                        coalesce(sum(spill_bytes), 0)::bigint FROM pg_stat_replication_slots",
+                &[],
+            )
+            .await?;
+        stats = (r.get(0), r.get(1), r.get(2));
+        if stats.0 + stats.1 > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (streamed, spilled, spill_bytes) = stats;
     proc.stop()?;
     if digest(src, "t").await? != digest(replica, "t").await? {
         bail!("the replica differs from the source");
     }
-    // What the source did with the transaction: streamed it to Sluice, or spilled it to disk.
-    let stats = src
-        .query_one(
-            "SELECT coalesce(sum(stream_txns), 0)::bigint, coalesce(sum(spill_txns), 0)::bigint, \
-                    coalesce(sum(spill_bytes), 0)::bigint FROM pg_stat_replication_slots",
-            &[],
-        )
-        .await?;
-    let (streamed, spilled, spill_bytes): (i64, i64, i64) = (stats.get(0), stats.get(1), stats.get(2));
     println!(
         "bench=big_txn rows={} decoding_mem={} sluice_secs={secs:.2} sluice_rows_per_s={:.0} sluice_peak_rss_mb={rss:.1} \
          source_stream_txns={streamed} source_spill_txns={spilled} source_spill_mb={:.0}",

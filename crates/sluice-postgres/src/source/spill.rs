@@ -39,7 +39,14 @@ pub(super) struct Spills {
 impl Spills {
     /// A Stream Start for `xid`: a new file for its first block.
     pub async fn start(&mut self, xid: u32, first: bool) -> Result<(), PgError> {
-        if first || !self.open.contains_key(&xid) {
+        if !first && !self.open.contains_key(&xid) {
+            // Its earlier blocks went to another connection: restart, and the server streams
+            // the transaction again from its start.
+            return Err(PgError::Protocol(format!(
+                "a later block of streamed transaction {xid} arrived without its first block"
+            )));
+        }
+        if first {
             let file = tempfile::tempfile().map_err(io("temporary file for a streamed transaction"))?;
             let spill = Spill {
                 file: BufWriter::with_capacity(BUFFER_BYTES, tokio::fs::File::from_std(file)),
