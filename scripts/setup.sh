@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what Sluice's playground and tests need when it is missing: the PostgreSQL server
-# binaries (Debian packages). Safe to run any number of times.
+# Installs what Sluice's playground and tests need when it is missing: the PostgreSQL and
+# MariaDB server binaries (Debian packages). Safe to run any number of times.
 set -euo pipefail
 
 have_pg_server() {
@@ -16,6 +16,22 @@ if ! have_pg_server; then
   $SUDO apt-get install -y -qq postgresql postgresql-contrib >/dev/null
 fi
 have_pg_server || { echo "setup: PostgreSQL server binaries still missing after install" >&2; exit 1; }
+
+have_mariadb_server() {
+  command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]
+}
+
+if ! have_mariadb_server; then
+  echo "setup: installing MariaDB server packages" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  # Only the binaries: the test kit starts its own servers; the packaged service stays off.
+  $SUDO apt-get install -y -qq --no-install-recommends mariadb-server mariadb-client >/dev/null
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now mariadb >/dev/null 2>&1 || true; fi
+fi
+have_mariadb_server || { echo "setup: MariaDB server binaries still missing after install" >&2; exit 1; }
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo (the Rust toolchain) is required; install it with rustup" >&2

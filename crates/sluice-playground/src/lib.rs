@@ -6,9 +6,12 @@
 //! [`PgServer::start`] runs `initdb` and `postgres` in a fresh temporary directory, listening
 //! with `wal_level=logical`. PostgreSQL refuses to run as root, so when we are root the server
 //! runs as the unprivileged `postgres` system user (or `nobody`). Errors say what is missing and
-//! how to install it.
+//! how to install it. [`MariaDbServer::start`] does the same for MariaDB (`mariadb-install-db`,
+//! then `mariadbd` with a row binlog).
 
+mod mariadb;
 pub mod scenario;
 mod server;
 
+pub use mariadb::{MariaDbOptions, MariaDbServer};
 pub use server::{free_port, pg_bindir, PgOptions, PgServer};
