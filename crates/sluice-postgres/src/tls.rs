@@ -77,12 +77,50 @@ struct SslParams {
     key: Option<String>,
 }
 
+/// Connection parameters a URL's query may hold (libpq's and tokio-postgres's names).
+const QUERY_KEYS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslnegotiation",
+    "application_name",
+    "connect_timeout",
+    "options",
+    "target_session_attrs",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "channel_binding",
+    "load_balance_hosts",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "tcp_user_timeout",
+    "replication",
+];
+
+/// Where a URL's query starts. Users write passwords raw, with `?` and `@` in them, and file
+/// paths in the query may hold `@` too: the query is the first `?` followed by a known parameter
+/// name and `=`; failing that, the first `?` after the last `@`.
+fn query_start(url: &str) -> Option<usize> {
+    let known = url.match_indices('?').map(|(i, _)| i).find(|&i| {
+        let rest = &url[i + 1..];
+        QUERY_KEYS.iter().any(|k| rest.strip_prefix(k).is_some_and(|r| r.starts_with('=')))
+    });
+    known.or_else(|| {
+        let after_userinfo = url.rfind('@').map(|i| i + 1).or_else(|| url.find("://").map(|i| i + 3)).unwrap_or(0);
+        url[after_userinfo..].find('?').map(|i| i + after_userinfo)
+    })
+}
+
 /// Splits the `sslmode`, `sslrootcert`, `sslcert` and `sslkey` parameters off a URL's query.
-/// The query starts at the first `?` after the last `@`, so a raw `?` in a password is not
-/// mistaken for it.
 fn split_params(url: &str) -> (String, SslParams) {
-    let after_userinfo = url.rfind('@').map(|i| i + 1).or_else(|| url.find("://").map(|i| i + 3)).unwrap_or(0);
-    let Some(q) = url[after_userinfo..].find('?').map(|i| i + after_userinfo) else {
+    let Some(q) = query_start(url) else {
         return (url.to_string(), SslParams::default());
     };
     let mut params = SslParams::default();
@@ -528,6 +566,10 @@ mod tests {
         assert_eq!((rest.as_str(), p), ("postgres://u:a?b@h/db", SslParams::default()));
         let (rest, _) = split_params("postgres://h/db?sslmode=disable");
         assert_eq!(rest, "postgres://h/db");
+        // `@` in a certificate path, `?` and `@` in a raw password
+        let (rest, p) = split_params("postgres://u:p?w@x@h/db?sslmode=verify-ca&sslrootcert=/certs/ca@prod.crt");
+        assert_eq!(rest, "postgres://u:p?w@x@h/db");
+        assert_eq!(p.rootcert.as_deref(), Some("/certs/ca@prod.crt"));
     }
 
     #[test]
