@@ -23,6 +23,8 @@ pub fn registry() -> Registry {
     let r = r
         .source(sluice_postgres::TYPE, sluice_postgres::parse_source)
         .sink(sluice_postgres::TYPE, sluice_postgres::parse_sink);
+    #[cfg(feature = "mysql")]
+    let r = r.source(sluice_mysql::TYPE, sluice_mysql::parse_source);
     r
 }
 

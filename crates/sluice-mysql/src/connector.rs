@@ -1,0 +1,72 @@
+//! The registry entry of the MySQL source: `type = "mysql"` for `[source]`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sluice_config::{ConfigError, ParseContext};
+use sluice_core::{CheckResult, Source, SourceConnector};
+
+use crate::config::MySqlSourceConfig;
+use crate::MySqlSource;
+
+/// The `type` tag.
+pub const TYPE: &str = "mysql";
+
+/// A configured MySQL/MariaDB source.
+#[derive(Debug, Clone)]
+pub struct MySqlSourceConnector(pub MySqlSourceConfig);
+
+/// Parses `[source]` with `type = "mysql"`.
+pub fn parse_source(body: toml::Value, ctx: &ParseContext<'_>) -> Result<Arc<dyn SourceConnector>, ConfigError> {
+    Ok(Arc::new(MySqlSourceConnector(MySqlSourceConfig::parse(body, ctx)?)))
+}
+
+/// `mysql://user@host:port/database`, never the password or the query.
+pub fn describe_url(url: &str) -> String {
+    sluice_config::redact_url(url)
+}
+
+#[async_trait]
+impl SourceConnector for MySqlSourceConnector {
+    fn kind(&self) -> &'static str {
+        TYPE
+    }
+
+    fn build(&self, pipeline: &str) -> Box<dyn Source> {
+        Box::new(MySqlSource::new(self.0.clone(), pipeline))
+    }
+
+    async fn check(&self, pipeline: &str) -> Vec<CheckResult> {
+        crate::check::check_source(&self.0, pipeline).await
+    }
+
+    fn describe(&self) -> String {
+        describe_url(self.0.url.expose())
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut j = serde_json::to_value(&self.0).unwrap_or_default();
+        j["type"] = TYPE.into();
+        j["url"] = describe_url(self.0.url.expose()).into();
+        j
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_never_hold_the_password() {
+        let c = MySqlSourceConnector(
+            MySqlSourceConfig::parse(
+                toml::from_str("url = \"mysql://repl:hunter2@db.example:3306/app\"").unwrap(),
+                &ParseContext { at: "source", pipeline: "p" },
+            )
+            .unwrap(),
+        );
+        assert_eq!(c.describe(), "mysql://repl@db.example:3306/app");
+        let j = c.to_json().to_string();
+        assert!(!j.contains("hunter2") && j.contains("\"type\":\"mysql\""), "{j}");
+    }
+}
