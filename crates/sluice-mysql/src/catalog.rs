@@ -353,6 +353,20 @@ fn native_type(plan: &ColumnPlan, info: Option<&InfoColumn>) -> String {
     }
 }
 
+/// The type spelling of a column known only from a table map.
+fn native_type_from_map(plan: &ColumnPlan, length: Option<u32>) -> String {
+    let binary = plan.charset == Charset::Binary;
+    match (plan.ty, length) {
+        (ty::VARCHAR | ty::VAR_STRING, Some(n)) => format!("{}({n})", if binary { "varbinary" } else { "varchar" }),
+        (ty::STRING, Some(n)) => format!("{}({n})", if binary { "binary" } else { "char" }),
+        (ty::BLOB, _) => {
+            let size = ["tiny", "", "medium", "long"][(plan.meta.clamp(1, 4) - 1) as usize];
+            format!("{size}{}", if binary { "blob" } else { "text" })
+        }
+        _ => native_type(plan, None),
+    }
+}
+
 /// The schema of a table read from `information_schema` (snapshot), with the read plans.
 pub fn schema_from_info(id: &TableId, cols: &[InfoColumn], dates_nullable: bool) -> (TableSchema, Vec<ColumnPlan>) {
     let plans: Vec<ColumnPlan> = cols.iter().map(plan_from_info).collect();
@@ -391,17 +405,28 @@ pub fn schema_from_map(
             ))
         })?;
     let info_plans: Vec<ColumnPlan> = info.iter().map(plan_from_info).collect();
-    let matches = info.len() == map.columns.len()
+    let same = |j: usize, c: &crate::binlog::MapColumn| info_plans[j].ty == c.ty || same_family(info_plans[j].ty, c.ty);
+    // With names in the map, each column finds its catalog row by name (a column added or
+    // dropped since leaves the others matched); without (MySQL 5.7), only a catalog of the
+    // very same shape is used.
+    let with_names = map.columns.iter().all(|c| c.name.is_some());
+    let positional = info.len() == map.columns.len()
         && info.iter().zip(&names).all(|(i, n)| i.name == *n)
-        && info_plans.iter().zip(&map.columns).all(|(p, c)| p.ty == c.ty || same_family(p.ty, c.ty));
+        && map.columns.iter().enumerate().all(|(j, c)| same(j, c));
     let mut plans = Vec::with_capacity(map.columns.len());
     let mut columns = Vec::with_capacity(map.columns.len());
     for (i, c) in map.columns.iter().enumerate() {
-        let info_col = matches.then(|| &info[i]);
+        let j = if with_names {
+            info.iter().position(|x| x.name == names[i]).filter(|&j| same(j, c))
+        } else {
+            positional.then_some(i)
+        };
+        let info_col = j.map(|j| &info[j]);
+        let charset_name = c.collation.and_then(|id| collations.get(&id)).map(String::as_str);
         let charset = match c.collation {
-            Some(id) => Charset::from_name(collations.get(&id).map(String::as_str).unwrap_or("binary")),
-            None => match info_col {
-                Some(_) => info_plans[i].charset.clone(),
+            Some(_) => Charset::from_name(charset_name.unwrap_or("binary")),
+            None => match j {
+                Some(j) => info_plans[j].charset.clone(),
                 None if matches!(c.ty, ty::STRING | ty::VARCHAR | ty::VAR_STRING | ty::BLOB) => {
                     return Err(MyError::Setup(format!(
                         "the binlog's table map of {id} carries no character sets; set binlog_row_metadata = FULL \
@@ -412,22 +437,36 @@ pub fn schema_from_map(
             },
         };
         let mut plan = ColumnPlan::from_map(c, charset);
-        if let Some(ic) = info_col {
+        if let (Some(ic), Some(j)) = (info_col, j) {
             plan.json_text = ic.json_text;
             if c.name.is_none() {
                 // MySQL 5.7: no signedness either; take it from the catalog.
-                plan.unsigned = info_plans[i].unsigned;
+                plan.unsigned = info_plans[j].unsigned;
             }
             if plan.labels.is_none() {
-                plan.labels = info_plans[i].labels.clone();
+                plan.labels = info_plans[j].labels.clone();
             }
         }
         let key = match &map.primary_key {
             Some(pk) => pk.contains(&i),
             None => info_col.is_some_and(|ic| ic.key_pos.is_some()),
         };
-        let nullable = info_col.map_or(c.nullable, |ic| ic.nullable) || (dates_nullable && plan.is_date_like() && !key);
-        columns.push(column_schema(&names[i], &plan, info_col, nullable, key));
+        let nullable = c.nullable || (dates_nullable && plan.is_date_like() && !key);
+        let mut col = column_schema(&names[i], &plan, info_col, nullable, key);
+        if info_col.is_none() {
+            // Characters from the map's byte length.
+            let per_char = match charset_name {
+                Some("utf8mb4" | "utf16" | "utf32") => 4,
+                Some("utf8mb3" | "utf8") => 3,
+                Some("ucs2") => 2,
+                _ => 1,
+            };
+            if matches!(plan.ty, ty::STRING | ty::VARCHAR | ty::VAR_STRING) && plan.charset != Charset::Binary {
+                col.length = Some((plan.meta / per_char) as u32);
+            }
+            col.native_type = native_type_from_map(&plan, col.length);
+        }
+        columns.push(col);
         plans.push(plan);
     }
     // A key in the table map's order is the primary key's order; the schema lists key columns

@@ -123,7 +123,7 @@ impl MariaDbServer {
     pub fn cli(&self, db: &str, sql: &str) -> Result<String, String> {
         let client = find("mariadb", &["/usr/bin"]).ok_or_else(|| missing("the mariadb client"))?;
         let mut cmd = Command::new(client);
-        cmd.args(["--no-defaults", "--batch", "--skip-column-names", "--user=root"])
+        cmd.args(["--no-defaults", "--batch", "--skip-column-names", "--user=root", "--default-character-set=utf8mb4"])
             .arg(format!("--socket={}", self.socket().display()));
         if !db.is_empty() {
             cmd.arg(format!("--database={db}"));

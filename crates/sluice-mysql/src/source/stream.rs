@@ -68,6 +68,10 @@ pub(super) struct Streamer {
     txn_start: Option<(u64, Option<Gtid>, u32)>,
     txn: Option<Txn>,
     standalone: bool,
+    /// Whether the server checksums events (`binlog_checksum`), and whether a format
+    /// description has told the client library so: events before it keep their checksum
+    checksums: bool,
+    seen_format: bool,
     last_heartbeat: Instant,
     events: mpsc::Sender<Event>,
     confirmed: watch::Receiver<Option<Position>>,
@@ -107,6 +111,8 @@ impl Streamer {
             txn_start: None,
             txn: None,
             standalone: false,
+            checksums: true,
+            seen_format: false,
             last_heartbeat: Instant::now(),
             events,
             confirmed,
@@ -121,6 +127,9 @@ impl Streamer {
     /// Opens the binlog connection at the current position.
     async fn open(&mut self) -> Result<BinlogStream, MyError> {
         let mut conn = catalog::connect(&self.url, "source (binlog)").await?;
+        let checksum: Option<String> = conn.query_first("SELECT @@GLOBAL.binlog_checksum").await.unwrap_or(None);
+        self.checksums = checksum.is_none_or(|c| !c.eq_ignore_ascii_case("NONE"));
+        self.seen_format = false;
         let period_ns = self.cfg.heartbeat_ms.saturating_mul(1_000_000);
         conn.query_drop(format!("SET @master_heartbeat_period = {period_ns}")).await.ctx("set the heartbeat period")?;
         let mut req = BinlogStreamRequest::new(self.server_id);
@@ -185,8 +194,12 @@ impl Streamer {
             };
             self.on_event(&ev).await?;
         }
-        // The binlog needs no confirmation: wait for the runtime to finish.
-        let mut confirmed = self.confirmed.clone();
+        // The binlog needs no confirmation. Closing the event channel tells the runtime the
+        // source sent its last event; it then drains the sinks and closes the confirmations.
+        // Closing the connection (rather than dropping it) ends the server's dump thread now.
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.close()).await;
+        let Streamer { events, mut confirmed, .. } = self;
+        drop(events);
         while confirmed.changed().await.is_ok() {}
         Ok(())
     }
@@ -199,6 +212,12 @@ impl Streamer {
         let proto = |e: crate::binlog::BinlogError| MyError::Protocol(format!("{}: {e}", describe(&self.position())));
         match t {
             kind::ROTATE => {
+                // The first (fake) rotate comes before the format description, so its checksum
+                // is still on it.
+                let data = match self.checksums && !self.seen_format {
+                    true => &data[..data.len().saturating_sub(4).max(8.min(data.len()))],
+                    false => data,
+                };
                 let r = Rotate::parse(data).map_err(proto)?;
                 self.file = r.file;
                 self.pos = r.pos;
@@ -213,12 +232,12 @@ impl Streamer {
             | kind::MARIADB_ANNOTATE_ROWS
             | kind::STOP => {}
             kind::HEARTBEAT => {
+                // The body names the current file, but the file only changes by a ROTATE event,
+                // which always comes first; the header's offset is where the server is.
+                debug!(end, file = %self.file, pos = self.pos, "heartbeat from the server");
                 if self.txn_start.is_none() && self.txn.is_none() {
-                    if !data.is_empty() {
-                        self.file = String::from_utf8_lossy(data).trim_end_matches('\0').to_string();
-                    }
                     if end > 0 {
-                        self.pos = end;
+                        self.pos = self.pos.max(end);
                     }
                     self.heartbeat(true).await?;
                 }

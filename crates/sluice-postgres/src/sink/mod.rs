@@ -69,6 +69,9 @@ const EARLY_WRITE_FACTOR: usize = 2;
 /// process running this pipeline, to let go of the target (below the runtime's open timeout).
 const FENCE_WAIT: Duration = Duration::from_secs(50);
 
+/// How often a position reached only by heartbeats is stored.
+const POSITION_STORE_EVERY: Duration = Duration::from_secs(10);
+
 /// The PostgreSQL sink.
 pub struct PgSink {
     name: String,
@@ -88,6 +91,8 @@ pub struct PgSink {
     dirty: bool,
     /// The last checkpoint stored.
     stored: Option<Checkpoint>,
+    /// When the stored checkpoint was last written
+    stored_at: std::time::Instant,
     /// A batch committing in the background.
     inflight: Option<JoinHandle<JobDone>>,
     txn: Option<TxnMeta>,
@@ -182,6 +187,7 @@ impl PgSink {
             buffered: 0,
             dirty: false,
             stored: None,
+            stored_at: std::time::Instant::now(),
             inflight: None,
             txn: None,
             statements: HashMap::new(),
@@ -759,6 +765,7 @@ impl Sink for PgSink {
         self.settle().await?;
         let only_position = !self.dirty
             && !self.in_tx
+            && self.stored_at.elapsed() < POSITION_STORE_EVERY
             && self.stored.as_ref().is_some_and(|s| {
                 s.tables == checkpoint.tables
                     && s.table_ids == checkpoint.table_ids
@@ -767,7 +774,9 @@ impl Sink for PgSink {
             });
         if only_position {
             // Only heartbeats since the last commit: nothing the target must hold changed. A
-            // restart from the older stored position skips nothing that concerns this sink.
+            // restart from the older stored position skips nothing that concerns this sink. The
+            // position is still stored now and then: a source without server-side progress (a
+            // binlog) resumes from it, and must not need logs older than that.
             ack.durable();
             return Ok(());
         }
@@ -781,6 +790,7 @@ impl Sink for PgSink {
             self.commit_in_background(&checkpoint, ack).await?;
         }
         self.stored = Some(checkpoint);
+        self.stored_at = std::time::Instant::now();
         self.dirty = false;
         Ok(())
     }

@@ -1,0 +1,285 @@
+//! MariaDB source → PostgreSQL replica: a consistent snapshot, then the binlog, with every MySQL
+//! type at its extremes, DDL mid-stream, a table created mid-stream, and restarts that resume
+//! where the sinks stopped (by GTID and by file and position). The source is read back with the
+//! `mariadb` client, the replica with PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{connect, start, CONVERGE};
+use sluice_testkit::{pg_server, wait_for, MariaDbOptions, MariaDbServer, PgServer};
+use tokio_postgres::Client;
+
+struct MyEnv {
+    source: MariaDbServer,
+    _target: PgServer,
+    src_url: String,
+    dst: Client,
+    dst_url: String,
+}
+
+impl MyEnv {
+    async fn new(setup: &str) -> MyEnv {
+        Self::with(MariaDbOptions::default(), setup).await
+    }
+
+    async fn with(opts: MariaDbOptions, setup: &str) -> MyEnv {
+        let source = MariaDbServer::start_with(opts).unwrap_or_else(|e| panic!("cannot start MariaDB: {e}"));
+        let src_url = source.create_database("app").unwrap_or_else(|e| panic!("{e}"));
+        if !setup.is_empty() {
+            source.cli("app", setup).unwrap_or_else(|e| panic!("setup SQL failed: {e}"));
+        }
+        let target = pg_server();
+        let dst_url = target.create_database("replica").await.unwrap_or_else(|e| panic!("{e}"));
+        let dst = connect(&dst_url).await;
+        MyEnv { source, _target: target, src_url, dst, dst_url }
+    }
+
+    fn config(&self, name: &str, source_extra: &str) -> sluice_config::PipelineConfig {
+        let tables = if source_extra.contains("tables") { "" } else { "tables = [\"app.*\"]" };
+        let toml = format!(
+            "name = \"{name}\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\n{tables}\n{source_extra}\n\n\
+             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            self.src_url, self.dst_url
+        );
+        sluice::parse(&toml, &|_| None).expect("valid test config")
+    }
+
+    fn src(&self, sql: &str) -> String {
+        self.source.cli("app", sql).unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", self.source.log_tail(20)))
+    }
+
+    /// Rows of `sql` on the replica as text, one string per row.
+    async fn dst_rows(&self, sql: &str) -> Option<Vec<String>> {
+        let rows = self.dst.query(sql, &[]).await.ok()?;
+        Some(rows.iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_else(|| "NULL".into())).collect())
+    }
+
+    /// Rows of `sql` on the replica now; fails the test on a query error.
+    async fn dst_now(&self, sql: &str) -> Vec<String> {
+        let rows = self.dst.query(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        rows.iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_else(|| "NULL".into())).collect()
+    }
+
+    /// Waits until `pg_sql` on the replica returns exactly the lines `my_sql` prints on the
+    /// source; panics with both on timeout.
+    async fn converge(&self, my_sql: &str, pg_sql: &str) {
+        let what = format!("replica to match `{my_sql}`");
+        let r = tokio::time::timeout(
+            CONVERGE,
+            wait_for(&what, CONVERGE, || async {
+                let want: Vec<String> = self.src(my_sql).lines().map(str::to_string).collect();
+                let got = self.dst_rows(pg_sql).await?;
+                (got == want).then_some(())
+            }),
+        )
+        .await;
+        if r.is_err() {
+            let want = self.src(my_sql);
+            let got = self.dst_rows(pg_sql).await;
+            panic!("replica did not converge within {CONVERGE:?}\nsource:\n{want}\nreplica:\n{got:#?}");
+        }
+    }
+}
+
+const TYPES: &str = "CREATE TABLE types (
+    id INT PRIMARY KEY,
+    ti TINYINT, tu TINYINT UNSIGNED, si SMALLINT, su SMALLINT UNSIGNED, mi MEDIUMINT, mu MEDIUMINT UNSIGNED,
+    i INT, iu INT UNSIGNED, bi BIGINT, bu BIGINT UNSIGNED,
+    d DECIMAL(65,30), d2 DECIMAL(10,2), f FLOAT, db DOUBLE,
+    b1 BIT(1), b64 BIT(64),
+    c CHAR(10), vc VARCHAR(100) COLLATE utf8mb4_bin, tx TEXT, lat VARCHAR(20) CHARACTER SET latin1,
+    bn BINARY(4), vbn VARBINARY(10), bl BLOB,
+    dt DATE, dtm DATETIME(6), dt0 DATETIME, ts TIMESTAMP(3) NULL DEFAULT NULL, tm TIME(6), yr YEAR,
+    js JSON, en ENUM('small','large'), st SET('a','b','c'), geo GEOMETRY
+)";
+
+/// Rows with ids `base+1..base+4`: minimums, maximums, NULLs and zero dates.
+fn type_rows(base: i32) -> String {
+    format!(
+        "INSERT INTO types VALUES
+        ({a}, -128, 0, -32768, 0, -8388608, 0, -2147483648, 0, -9223372036854775808, 0,
+         -99999999999999999999999999999999999.999999999999999999999999999999, -99999999.99, -3.40282e38,
+         -1.7976931348623157e308, b'0', b'0', '', '', '', 'caf\u{e9} \u{20ac}', 0x00, '', '',
+         '1000-01-01', '1000-01-01 00:00:00.000000', '1000-01-01 00:00:00', '1970-01-01 00:00:01.000',
+         '-838:59:59.000000', 1901, '[]', 'small', '', ST_GeomFromText('POINT(0 0)')),
+        ({b}, 127, 255, 32767, 65535, 8388607, 16777215, 2147483647, 4294967295, 9223372036854775807,
+         18446744073709551615, 99999999999999999999999999999999999.999999999999999999999999999999, 99999999.99,
+         3.40282e38, 1.7976931348623157e308, b'1', b'1111111111111111111111111111111111111111111111111111111111111111',
+         'abc', '\u{fc}\u{2713}\u{1F600}', REPEAT('x', 3000), '\u{ff}', 0x01020000, 0x00ff, 0xdeadbeef,
+         '9999-12-31', '9999-12-31 23:59:59.999999', '2024-02-29 13:14:15', '2038-01-19 03:14:07.999',
+         '838:59:59.000000', 2155, '{{\"a\": [1, 2.5, \"x\", null, true]}}', 'large', 'a,c',
+         ST_GeomFromText('POINT(1 2)')),
+        ({c}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+        ({d}, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0.5, 0.25, 0.5, 0.1, b'1', b'101', 'pad  ', 'x', 'y', 'z', 0x61, 0x62, 0x63,
+         '0000-00-00', '0000-00-00 00:00:00', '2024-00-10 00:00:00', NULL, '-00:00:00.500000', 0, 'null', 'small',
+         'a,b,c', NULL)",
+        a = base + 1,
+        b = base + 2,
+        c = base + 3,
+        d = base + 4
+    )
+}
+
+/// What the replica holds for the rows of [`type_rows`], id by id (`row::text` without the id).
+const EXPECTED: [&str; 4] = [
+    "-128,0,-32768,0,-8388608,0,-2147483648,0,-9223372036854775808,0,-99999999999999999999999999999999999.999999999999999999999999999999,-99999999.99,-3.40282e+38,-1.7976931348623157e+308,f,\"\\\\x0000000000000000\",\"\",\"\",\"\",\"café €\",\"\\\\x00000000\",\"\\\\x\",\"\\\\x\",1000-01-01,\"1000-01-01 00:00:00\",\"1000-01-01 00:00:00\",\"1970-01-01 00:00:01+00\",-838:59:59,1901,[],small,\"\",\"\\\\x010100000000000000000000000000000000000000\"",
+    "127,255,32767,65535,8388607,16777215,2147483647,4294967295,9223372036854775807,18446744073709551615,99999999999999999999999999999999999.999999999999999999999999999999,99999999.99,3.40282e+38,1.7976931348623157e+308,t,\"\\\\xffffffffffffffff\",abc,ü✓😀,xxx,ÿ,\"\\\\x01020000\",\"\\\\x00ff\",\"\\\\xdeadbeef\",9999-12-31,\"9999-12-31 23:59:59.999999\",\"2024-02-29 13:14:15\",\"2038-01-19 03:14:07.999+00\",838:59:59,2155,\"{\"\"a\"\": [1, 2.5, \"\"x\"\", null, true]}\",large,\"a,c\",\"\\\\x0101000000000000000000f03f0000000000000040\"",
+    ",,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,,",
+    "1,1,1,1,1,1,1,1,1,1,0.500000000000000000000000000000,0.25,0.5,0.1,t,\"\\\\x0000000000000005\",pad,x,y,z,\"\\\\x61000000\",\"\\\\x62\",\"\\\\x63\",,,,,-00:00:00.5,0,null,small,\"a,b,c\",",
+];
+
+/// The replica's rows of `types` as text without the id; the long text column shortened.
+const PG_TYPES: &str = "SELECT regexp_replace(substr(t::text, length(id::text) + 3, length(t::text) - length(id::text) - 3), 'xxxx+', 'xxx', 'g') \
+                        FROM app.types t ORDER BY id";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_then_stream_carries_every_type_at_its_extremes() {
+    let env = MyEnv::new(&format!("{TYPES}; {}", type_rows(0))).await;
+    let pipeline = start(env.config("mytypes", ""));
+    wait_for("the snapshot rows on the replica", CONVERGE, || async {
+        (env.dst_rows("SELECT id::text FROM app.types").await?.len() == 4).then_some(())
+    })
+    .await;
+    // The same rows again, now through the binlog, plus updates and deletes.
+    env.src(&type_rows(10));
+    env.src("UPDATE types SET vc = 'changed', d2 = -0.01 WHERE id = 12; DELETE FROM types WHERE id = 13");
+    wait_for("the streamed rows on the replica", CONVERGE, || async {
+        let rows = env.dst_rows("SELECT id::text || ':' || coalesce(vc, '') FROM app.types ORDER BY id").await?;
+        (rows.len() == 7 && rows.contains(&"12:changed".to_string())).then_some(())
+    })
+    .await;
+    let got = env.dst_now(PG_TYPES).await;
+    let ids = env.dst_now("SELECT id::text AS k FROM app.types ORDER BY id").await;
+    assert_eq!(ids, ["1", "2", "3", "4", "11", "12", "14"]);
+    for (i, want) in EXPECTED.iter().enumerate() {
+        assert_eq!(got[i], *want, "snapshot row {} differs", i + 1);
+    }
+    assert_eq!(got[4], EXPECTED[0], "streamed row 11 differs from its snapshot twin");
+    let row12 = EXPECTED[1].replace(",abc,", ",abc,").replace("99999999.99,3.4", "-0.01,3.4");
+    let row12 = row12.replacen("ü✓😀", "changed", 1);
+    assert_eq!(got[5], row12, "streamed row 12 (updated)");
+    assert_eq!(got[6], EXPECTED[3], "streamed row 14 differs from its snapshot twin");
+    // The source agrees on what it holds (read by the mariadb client).
+    assert_eq!(env.src("SELECT COUNT(*), SUM(id) FROM types").trim(), "7\t47");
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_and_new_tables_mid_stream_and_restarts_resume_exactly() {
+    for gtid in ["auto", "off"] {
+        let env = MyEnv::new(
+            "CREATE TABLE orders (id BIGINT PRIMARY KEY, item VARCHAR(20), qty INT);
+             INSERT INTO orders SELECT seq, CONCAT('item', seq), seq % 7 FROM seq_1_to_5000;",
+        )
+        .await;
+        let cfg = env.config("myddl", &format!("gtid = \"{gtid}\"\nchunk_rows = 700"));
+        let my_orders = "SELECT CONCAT_WS(',', id, item, IFNULL(qty, 'NULL')) FROM orders ORDER BY id";
+        let pg_orders = "SELECT concat_ws(',', id, item, coalesce(qty::text, 'NULL')) FROM app.orders ORDER BY id";
+        let pipeline = start(cfg.clone());
+        env.converge(my_orders, pg_orders).await;
+        env.src("UPDATE orders SET qty = qty + 100 WHERE id % 10 = 0; DELETE FROM orders WHERE id > 4990");
+        env.converge(my_orders, pg_orders).await;
+
+        // A column added, then a table created and filled, while streaming.
+        env.src("ALTER TABLE orders ADD COLUMN note VARCHAR(30) NULL; UPDATE orders SET note = 'n' WHERE id < 5");
+        env.src("CREATE TABLE later (k VARCHAR(10) PRIMARY KEY, v INT); INSERT INTO later VALUES ('a', 1), ('b', 2)");
+        let my_note = "SELECT CONCAT_WS(',', id, IFNULL(note, 'NULL')) FROM orders WHERE id < 8 ORDER BY id";
+        let pg_note = "SELECT concat_ws(',', id, coalesce(note, 'NULL')) FROM app.orders WHERE id < 8 ORDER BY id";
+        env.converge(my_note, pg_note).await;
+        let my_later = "SELECT CONCAT_WS(',', k, v) FROM later ORDER BY k";
+        let pg_later = "SELECT concat_ws(',', k, v) FROM app.later ORDER BY k";
+        env.converge(my_later, pg_later).await;
+        pipeline.stop().await;
+
+        // Changes while stopped arrive after a restart, once each.
+        env.src("INSERT INTO orders (id, item, qty) VALUES (9001, 'late', 1); UPDATE later SET v = v + 10");
+        env.src("ALTER TABLE orders DROP COLUMN qty");
+        env.src("INSERT INTO orders (id, item) VALUES (9002, 'after drop')");
+        let pipeline = start(cfg);
+        let my_orders = "SELECT CONCAT_WS(',', id, item) FROM orders ORDER BY id";
+        let pg_orders = "SELECT concat_ws(',', id, item) FROM app.orders ORDER BY id";
+        env.converge(my_orders, pg_orders).await;
+        env.converge(my_later, pg_later).await;
+        assert!(!pipeline.is_finished(), "gtid = {gtid}: pipeline must keep running");
+        pipeline.stop().await;
+        // The checkpoint holds a MySQL position, with GTIDs only when they are tracked.
+        let pos: String = env
+            .dst
+            .query_one("SELECT position::text FROM sluice.checkpoints WHERE pipeline = 'myddl'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(pos.contains("mysql-bin.0000"), "{pos}");
+        assert_eq!(pos.contains("gtids"), gtid == "auto", "gtid = {gtid}: {pos}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tables_still_move_the_position() {
+    let env = MyEnv::new("CREATE TABLE a (id INT PRIMARY KEY); CREATE TABLE unrelated (id INT PRIMARY KEY)").await;
+    let cfg = env.config("myidle", "tables = [\"app.a\"]\nheartbeat_ms = 200");
+    let pipeline = start(cfg);
+    let position = || async {
+        env.dst_rows("SELECT position::text FROM sluice.checkpoints WHERE pipeline = 'myidle'").await?.pop()
+    };
+    let first = wait_for("a checkpoint", CONVERGE, || position()).await;
+    env.src("INSERT INTO unrelated VALUES (1), (2), (3)");
+    let after = env.src("SHOW MASTER STATUS");
+    let what = format!("the position to move past writes to an unselected table (checkpoint {first}; binlog {after})");
+    wait_for(&what, CONVERGE, || async {
+        let now = position().await?;
+        (now != first).then_some(())
+    })
+    .await;
+    assert_eq!(env.dst_rows("SELECT count(*)::text FROM app.a").await.unwrap(), ["0"]);
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_explains_a_statement_binlog() {
+    let env = MyEnv::with(
+        MariaDbOptions { settings: vec![("binlog_format".into(), "STATEMENT".into())] },
+        "CREATE TABLE t (id INT PRIMARY KEY)",
+    )
+    .await;
+    let cfg = env.config("mycheck", "");
+    let results = cfg.source.check("mycheck").await;
+    let format = results.iter().find(|r| r.name.contains("binlog_format")).expect("a binlog_format check");
+    assert!(!format.ok, "{format:?}");
+    assert!(format.detail.contains("SET GLOBAL binlog_format = 'ROW'"), "{}", format.detail);
+    for name in ["log_bin", "binlog_row_image", "privileges", "tables", "server_id"] {
+        let r =
+            results.iter().find(|r| r.name.contains(name)).unwrap_or_else(|| panic!("no {name} check: {results:?}"));
+        assert!(r.ok, "{r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_binlog_stops_with_the_option_to_snapshot_again() {
+    let env = MyEnv::new("CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1)").await;
+    let cfg = env.config("mypurge", "gtid = \"off\"");
+    let pipeline = start(cfg.clone());
+    wait_for("the snapshot", CONVERGE, || async {
+        (env.dst_rows("SELECT count(*)::text FROM app.t").await? == ["1"]).then_some(())
+    })
+    .await;
+    pipeline.stop().await;
+    env.src("INSERT INTO t VALUES (2, 2); FLUSH BINARY LOGS; INSERT INTO t VALUES (3, 3); FLUSH BINARY LOGS");
+    let last = env.src("SHOW MASTER STATUS");
+    let file = last.split('\t').next().unwrap().to_string();
+    // A dump thread of the stopped run may still hold the old file for a moment.
+    wait_for("the old binlogs to be purged", CONVERGE, || async {
+        env.src(&format!("PURGE BINARY LOGS TO '{file}'"));
+        (!env.src("SHOW BINARY LOGS").contains("mysql-bin.000001")).then_some(())
+    })
+    .await;
+    let pipeline = start(cfg);
+    let r = tokio::time::timeout(Duration::from_secs(60), pipeline.handle).await.expect("pipeline must stop by itself");
+    let e = r.expect("no panic").expect_err("pipeline must fail");
+    let msg = sluice::chain(&e);
+    assert!(msg.contains("purged") && msg.contains("snapshot = \"when_needed\""), "{msg}");
+    assert_eq!(env.dst_rows("SELECT count(*)::text FROM app.t").await.unwrap(), ["1"], "nothing applied past the gap");
+}
