@@ -23,6 +23,9 @@ pub enum MyError {
     /// A condition that may clear by itself; the runtime retries.
     #[error("{0}")]
     Retry(String),
+    /// The binlog the sinks need to resume from is no longer on the server.
+    #[error("{0}")]
+    Purged(String),
     /// A value in the binlog that cannot be read as its column's type.
     #[error("cannot read a value: {0}")]
     Decode(String),
@@ -61,7 +64,7 @@ impl MyError {
                 _ => ErrorClass::Transient,
             },
             MyError::Protocol(_) | MyError::Retry(_) => ErrorClass::Transient,
-            MyError::Setup(_) | MyError::Decode(_) => ErrorClass::Fatal,
+            MyError::Setup(_) | MyError::Decode(_) | MyError::Purged(_) => ErrorClass::Fatal,
         }
     }
 

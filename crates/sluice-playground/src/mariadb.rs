@@ -80,6 +80,9 @@ impl MariaDbServer {
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            // Its own temporary directory: bootstraps running side by side in /tmp have been
+            // seen to lose each other's temporary tables.
+            .arg(format!("--tmpdir={}", dir.path().display()))
             .stdin(Stdio::null());
         if user.is_some() {
             cmd.arg("--user=mysql");

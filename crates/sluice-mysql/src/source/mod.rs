@@ -24,7 +24,7 @@ mod stream;
 use async_trait::async_trait;
 use sluice_core::{BinlogPosition, ConnectorError, Event, GtidSet, Position, Resume, Source, SourceContext, TableId};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::catalog::{self, qualified, SourceTable};
 use crate::config::{GtidMode, MySqlSourceConfig, SnapshotMode};
@@ -88,15 +88,22 @@ impl MySqlSource {
                     .map(|t| t.id.to_string())
                     .collect();
                 if !missing.is_empty() && self.cfg.snapshot != SnapshotMode::Never {
-                    return Err(MyError::Setup(format!(
-                        "tables {} are selected but not copied into every sink, and copying a table while streaming \
-                         is not supported for MySQL sources yet; start a new pipeline (a new name) to copy them, or \
-                         exclude them in source.exclude",
-                        missing.join(", ")
-                    )));
+                    // A snapshot cut short by a crash, or tables the sinks lack. Copying one
+                    // table while streaming is not built for MySQL sources yet; a new snapshot of
+                    // every table, streamed on from its own position, is exact for every sink.
+                    warn!(
+                        tables = %missing.join(", "),
+                        "tables are not copied into every sink (a snapshot cut short, or tables added); taking a new \
+                         snapshot of every table"
+                    );
+                    match self.snapshot(&url, &info, &tables, live, gtid, &events, &stop).await? {
+                        Some(p) => p,
+                        None => return stopped(events, confirmed).await,
+                    }
+                } else {
+                    send(&events, Event::StreamStart { position: Position::MySql(p.clone()) }).await?;
+                    p
                 }
-                send(&events, Event::StreamStart { position: Position::MySql(p.clone()) }).await?;
-                p
             }
             None if resume.sinks.iter().any(Option::is_none) => {
                 return Err(MyError::Retry(
@@ -110,36 +117,74 @@ impl MySqlSource {
                 send(&events, Event::StreamStart { position: Position::MySql(p.clone()) }).await?;
                 p
             }
-            None => {
-                let snap = Snapshot::open(&url, &info, self.cfg.snapshot_connections, gtid).await?;
-                let p = snap.position.clone();
-                send(&events, Event::StreamStart { position: Position::MySql(p.clone()) }).await?;
-                let done =
-                    snap.copy_all(&tables, live, self.cfg.chunk_rows, self.cfg.zero_dates(), &events, &stop).await?;
-                if !done {
-                    info!("stopped during the snapshot; the next start takes a new one");
-                    drop(events);
-                    let mut confirmed = confirmed;
-                    while confirmed.changed().await.is_ok() {}
-                    return Ok(());
-                }
-                p
-            }
+            None => match self.snapshot(&url, &info, &tables, live, gtid, &events, &stop).await? {
+                Some(p) => p,
+                None => return stopped(events, confirmed).await,
+            },
         };
-        let streamer = Streamer::new(
+        let mut streamer = Streamer::new(
             self.cfg.clone(),
-            url,
-            info,
+            url.clone(),
+            info.clone(),
             self.server_id,
             conn,
-            selected,
+            selected.clone(),
             live,
             start,
             events,
             confirmed,
             stop,
         );
-        streamer.run().await
+        match streamer.connect().await {
+            Ok(()) => streamer.run().await,
+            Err(MyError::Purged(why)) if self.cfg.snapshot == SnapshotMode::WhenNeeded => {
+                warn!(reason = %why, "the binlog the sinks need is gone; copying every table again (snapshot = \"when_needed\")");
+                let (events, confirmed, stop, conn) = streamer.into_channels();
+                let Some(p) = self.snapshot(&url, &info, &tables, live, gtid, &events, &stop).await? else {
+                    return stopped(events, confirmed).await;
+                };
+                let mut streamer = Streamer::new(
+                    self.cfg.clone(),
+                    url,
+                    info,
+                    self.server_id,
+                    conn,
+                    selected,
+                    live,
+                    p,
+                    events,
+                    confirmed,
+                    stop,
+                );
+                streamer.connect().await?;
+                streamer.run().await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes a consistent snapshot and copies every table into the sinks `live` (replacing what
+    /// they hold); returns where the stream continues, or `None` if the pipeline began stopping.
+    #[allow(clippy::too_many_arguments)]
+    async fn snapshot(
+        &self,
+        url: &str,
+        info: &catalog::ServerInfo,
+        tables: &[SourceTable],
+        live: sluice_core::SinkSet,
+        gtid: bool,
+        events: &mpsc::Sender<Event>,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Option<BinlogPosition>, MyError> {
+        let snap = Snapshot::open(url, info, self.cfg.snapshot_connections, gtid).await?;
+        let p = snap.position.clone();
+        send(events, Event::StreamStart { position: Position::MySql(p.clone()) }).await?;
+        let done = snap.copy_all(tables, live, self.cfg.chunk_rows, self.cfg.zero_dates(), events, stop).await?;
+        if !done {
+            info!("stopped during the snapshot; the next start takes a new one");
+            return Ok(None);
+        }
+        Ok(Some(p))
     }
 
     /// The selected tables; every one needs a primary key or a unique key over NOT NULL columns.
@@ -159,6 +204,17 @@ impl MySqlSource {
         }
         Ok(tables)
     }
+}
+
+/// Ends a run that stopped before streaming: the runtime closes the confirmations once it has
+/// drained the sinks.
+async fn stopped(
+    events: mpsc::Sender<Event>,
+    mut confirmed: tokio::sync::watch::Receiver<Option<Position>>,
+) -> Result<(), MyError> {
+    drop(events);
+    while confirmed.changed().await.is_ok() {}
+    Ok(())
 }
 
 /// The executed GTIDs at `file`:`pos` when GTIDs are tracked.

@@ -73,6 +73,9 @@ pub(super) struct Streamer {
     checksums: bool,
     seen_format: bool,
     last_heartbeat: Instant,
+    /// The open binlog stream and the first event read from it
+    stream: Option<BinlogStream>,
+    first: Option<mysql_async::binlog::events::Event>,
     events: mpsc::Sender<Event>,
     confirmed: watch::Receiver<Option<Position>>,
     stop: watch::Receiver<bool>,
@@ -114,6 +117,8 @@ impl Streamer {
             checksums: true,
             seen_format: false,
             last_heartbeat: Instant::now(),
+            stream: None,
+            first: None,
             events,
             confirmed,
             stop,
@@ -167,13 +172,39 @@ impl Streamer {
         conn.get_binlog_stream(req).await.ctx("start reading the binlog")
     }
 
-    /// Streams until told to stop; then waits for the runtime to close the confirmations.
-    pub(super) async fn run(mut self) -> Result<(), MyError> {
-        let mut stream = match self.open().await {
-            Ok(s) => s,
-            Err(e) => return Err(purged(e, &self.position())),
-        };
+    /// Opens the binlog at the start position and reads its first event, so a binlog that is
+    /// gone shows as [`MyError::Purged`] before anything is sent.
+    pub(super) async fn connect(&mut self) -> Result<(), MyError> {
+        let mut stream = self.open().await.map_err(|e| purged(e, &self.position()))?;
+        match stream.next().await {
+            Some(Ok(ev)) => self.first = Some(ev),
+            Some(Err(e)) => {
+                return Err(purged(MyError::Client { what: "read the binlog".into(), source: e }, &self.position()))
+            }
+            None => return Err(MyError::Retry("the server ended the binlog stream at once".into())),
+        }
+        self.stream = Some(stream);
         info!(from = %describe(&self.position()), server_id = self.server_id, "streaming the binlog");
+        Ok(())
+    }
+
+    /// The channels, for a source that gives up this streamer before running it.
+    pub(super) fn into_channels(
+        self,
+    ) -> (mpsc::Sender<Event>, watch::Receiver<Option<Position>>, watch::Receiver<bool>, mysql_async::Conn) {
+        (self.events, self.confirmed, self.stop, self.catalog)
+    }
+
+    /// Streams until told to stop (after [`Streamer::connect`]); then waits for the runtime
+    /// to close the confirmations.
+    pub(super) async fn run(mut self) -> Result<(), MyError> {
+        let mut stream = match self.stream.take() {
+            Some(s) => s,
+            None => return Err(MyError::Protocol("the binlog stream was not opened".into())),
+        };
+        if let Some(ev) = self.first.take() {
+            self.on_event(&ev).await?;
+        }
         let mut stop = self.stop.clone();
         loop {
             let next = tokio::select! {
@@ -526,7 +557,7 @@ fn describe_at(file: &str, pos: u64) -> String {
 /// An error at the start of a stream that means the binlog it needs is gone.
 fn purged(e: MyError, at: &BinlogPosition) -> MyError {
     if e.server_code() == Some(1236) {
-        return MyError::Setup(format!(
+        return MyError::Purged(format!(
             "the binlog the sinks need to resume ({}) is no longer on the source: it was purged \
              (binlog_expire_logs_seconds / expire_logs_days, or PURGE BINARY LOGS). Changes since then are lost. Set \
              source.snapshot = \"when_needed\" to copy every table again from a new snapshot, and keep binlogs longer. \
