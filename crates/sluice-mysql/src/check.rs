@@ -167,3 +167,37 @@ async fn global(conn: &mut Conn, name: &str) -> Option<String> {
     let v: Result<Option<Option<String>>, _> = conn.query_first(format!("SELECT @@GLOBAL.{name}")).await;
     v.ok().flatten().flatten()
 }
+
+/// Preflight checks of a MySQL sink: it connects, and may create tables in its database and
+/// the checkpoint database.
+pub async fn check_sink(cfg: &crate::sink::MySqlSinkConfig, at: &str) -> Vec<CheckResult> {
+    let url = cfg.url.expose();
+    let mut conn = match catalog::connect(url, "sink").await {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![CheckResult::fail(
+                format!("{at}: connect"),
+                format!("{e}; check {at}.url (host, port, user, password, database) and that the server is up"),
+            )]
+        }
+    };
+    let mut out = vec![CheckResult::pass(format!("{at}: connect"), crate::describe_url(url))];
+    let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
+    let all = grants.join(" ").to_ascii_uppercase();
+    let can =
+        all.contains("ALL PRIVILEGES") || (all.contains("CREATE") && all.contains("INSERT") && all.contains("DELETE"));
+    out.push(if can {
+        CheckResult::pass(format!("{at}: privileges"), "may create tables and write rows")
+    } else {
+        CheckResult::fail(
+            format!("{at}: privileges"),
+            format!(
+                "the user needs CREATE, ALTER, INSERT, UPDATE, DELETE and SELECT on the target database and on {}; \
+                 run GRANT CREATE, ALTER, INSERT, UPDATE, DELETE, SELECT ON <database>.* TO <user>",
+                cfg.checkpoint_database
+            ),
+        )
+    });
+    let _ = conn.disconnect().await;
+    out
+}

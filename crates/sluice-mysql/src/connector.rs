@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sluice_config::{ConfigError, ParseContext};
-use sluice_core::{CheckResult, Source, SourceConnector};
+use sluice_core::{CheckResult, Sink, SinkConnector, Source, SourceConnector};
 
 use crate::config::MySqlSourceConfig;
+use crate::sink::{MySqlSink, MySqlSinkConfig};
 use crate::MySqlSource;
 
 /// The `type` tag.
@@ -19,6 +20,15 @@ pub struct MySqlSourceConnector(pub MySqlSourceConfig);
 /// Parses `[source]` with `type = "mysql"`.
 pub fn parse_source(body: toml::Value, ctx: &ParseContext<'_>) -> Result<Arc<dyn SourceConnector>, ConfigError> {
     Ok(Arc::new(MySqlSourceConnector(MySqlSourceConfig::parse(body, ctx)?)))
+}
+
+/// A configured MySQL/MariaDB/TiDB sink.
+#[derive(Debug, Clone)]
+pub struct MySqlSinkConnector(pub MySqlSinkConfig);
+
+/// Parses a `[[sink]]` with `type = "mysql"`.
+pub fn parse_sink(body: toml::Value, ctx: &ParseContext<'_>) -> Result<Arc<dyn SinkConnector>, ConfigError> {
+    Ok(Arc::new(MySqlSinkConnector(MySqlSinkConfig::parse(body, ctx)?)))
 }
 
 /// `mysql://user@host:port/database`, never the password or the query.
@@ -42,6 +52,32 @@ impl SourceConnector for MySqlSourceConnector {
 
     fn describe(&self) -> String {
         describe_url(self.0.url.expose())
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut j = serde_json::to_value(&self.0).unwrap_or_default();
+        j["type"] = TYPE.into();
+        j["url"] = describe_url(self.0.url.expose()).into();
+        j
+    }
+}
+
+#[async_trait]
+impl SinkConnector for MySqlSinkConnector {
+    fn kind(&self) -> &'static str {
+        TYPE
+    }
+
+    fn build(&self, pipeline: &str, index: usize) -> Box<dyn Sink> {
+        Box::new(MySqlSink::new(self.0.clone(), pipeline, index))
+    }
+
+    async fn check(&self, at: &str) -> Vec<CheckResult> {
+        crate::check::check_sink(&self.0, at).await
+    }
+
+    fn describe(&self) -> String {
+        format!("{} ({})", describe_url(self.0.url.expose()), self.0.mode)
     }
 
     fn to_json(&self) -> serde_json::Value {

@@ -1,4 +1,5 @@
-//! MySQL and MariaDB for Sluice: a row-binlog source with a consistent snapshot.
+//! MySQL and MariaDB for Sluice: a row-binlog source with a consistent snapshot, and a replica
+//! sink for MySQL, MariaDB and TiDB.
 //!
 //! The binlog connection, authentication and event framing come from `mysql_async` /
 //! `mysql_common`; event bodies and row images are decoded here (`binlog`, `rows`, `jsonb`) so
@@ -13,8 +14,9 @@ mod connector;
 mod error;
 pub mod jsonb;
 pub mod rows;
+pub mod sink;
 mod source;
 
-pub use connector::{describe_url, parse_source, MySqlSourceConnector, TYPE};
+pub use connector::{describe_url, parse_sink, parse_source, MySqlSinkConnector, MySqlSourceConnector, TYPE};
 pub use error::MyError;
 pub use source::MySqlSource;

@@ -24,7 +24,7 @@ pub fn registry() -> Registry {
         .source(sluice_postgres::TYPE, sluice_postgres::parse_source)
         .sink(sluice_postgres::TYPE, sluice_postgres::parse_sink);
     #[cfg(feature = "mysql")]
-    let r = r.source(sluice_mysql::TYPE, sluice_mysql::parse_source);
+    let r = r.source(sluice_mysql::TYPE, sluice_mysql::parse_source).sink(sluice_mysql::TYPE, sluice_mysql::parse_sink);
     r
 }
 

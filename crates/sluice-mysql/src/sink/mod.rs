@@ -1,0 +1,578 @@
+//! MySQL/MariaDB/TiDB sink, replica mode.
+//!
+//! ```text
+//!  write: Change ──▶ per-table KeyedBatch (last change per key wins)
+//!         Copy Begin{snapshot|replace} ──▶ flush, DELETE FROM t (same transaction)
+//!         Copy Rows ──▶ batch as upserts
+//!  commit: START TRANSACTION; per table: DELETE .. WHERE key IN (..); multi-row
+//!          INSERT .. ON DUPLICATE KEY UPDATE (delete-then-insert when the table has other
+//!          unique keys); checkpoint row (locked, never moved backwards); COMMIT; ack
+//! ```
+//! Tables are created (or their columns added and dropped) before the transaction opens: DDL
+//! commits implicitly in MySQL. A batch that outgrows [`MAX_BUFFERED_ROWS`] is written into the
+//! open transaction early, so memory stays bounded; it still commits with its checkpoint.
+//! Fencing: `GET_LOCK` on a connection held while the sink is open; a second process waits.
+
+mod encode;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use serde::{Deserialize, Serialize};
+use sluice_config::{invalid, typed, BatchConfig, ConfigError, ParseContext, Secret};
+use sluice_core::collapse::{Added, KeyedBatch, NetOp};
+use sluice_core::{
+    Ack, BatchPolicy, Checkpoint, ConnectorError, CopyMode, CopyStep, Event, Op, Position, SchemaRef, Sink,
+    SinkContext, TableId, Value,
+};
+use tracing::{info, warn};
+
+use crate::catalog::{self, quote};
+use crate::error::{Ctx, MyError};
+
+/// Default for `sink[].checkpoint_database`.
+pub const DEFAULT_CHECKPOINT_DATABASE: &str = "sluice";
+/// Rows buffered across tables before they are written into the open transaction.
+const MAX_BUFFERED_ROWS: usize = 20_000;
+/// Rows per multi-row statement (also bounded by 65,535 placeholders).
+const ROWS_PER_STATEMENT: usize = 1_000;
+/// How long opening waits for another process holding this sink's lock.
+const FENCE_WAIT: Duration = Duration::from_secs(50);
+
+/// `[[sink]]` with `type = "mysql"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MySqlSinkConfig {
+    /// `mysql://user:password@host:port/database`; tables are created in that database.
+    pub url: Secret<String>,
+    /// `replica` (the only mode so far).
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// When to commit.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Database of the checkpoint table.
+    #[serde(default = "default_checkpoint_database")]
+    pub checkpoint_database: String,
+}
+
+fn default_mode() -> String {
+    "replica".into()
+}
+fn default_checkpoint_database() -> String {
+    DEFAULT_CHECKPOINT_DATABASE.into()
+}
+
+impl MySqlSinkConfig {
+    /// Parses and validates a `[[sink]]`.
+    pub fn parse(body: toml::Value, ctx: &ParseContext<'_>) -> Result<MySqlSinkConfig, ConfigError> {
+        let c: MySqlSinkConfig = typed(body, ctx.at)?;
+        let at = ctx.at;
+        if !c.url.expose().starts_with("mysql://") {
+            return Err(invalid(
+                format!("{at}.url"),
+                format!("{} must start with mysql://", crate::describe_url(c.url.expose())),
+            ));
+        }
+        let opts = mysql_async::Opts::from_url(c.url.expose())
+            .map_err(|e| invalid(format!("{at}.url"), format!("not a valid MySQL URL: {e}")))?;
+        if opts.db_name().is_none() {
+            return Err(invalid(
+                format!("{at}.url"),
+                "must name the target database, e.g. mysql://user@host:3306/replica",
+            ));
+        }
+        if c.mode != "replica" {
+            return Err(invalid(
+                format!("{at}.mode"),
+                format!("{:?}: MySQL sinks support \"replica\" so far (a change log is planned)", c.mode),
+            ));
+        }
+        c.batch.validate(at)?;
+        if c.checkpoint_database.is_empty() {
+            return Err(invalid(format!("{at}.checkpoint_database"), "must not be empty"));
+        }
+        Ok(c)
+    }
+
+    fn database(&self) -> String {
+        mysql_async::Opts::from_url(self.url.expose())
+            .ok()
+            .and_then(|o| o.db_name().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// What the sink knows about one target table.
+struct Target {
+    version: u64,
+    name: String,
+    /// Other unique keys than the primary key: upserts then delete first
+    other_unique: bool,
+}
+
+/// The MySQL sink.
+pub struct MySqlSink {
+    name: String,
+    cfg: MySqlSinkConfig,
+    pipeline: String,
+    index: String,
+    database: String,
+    conn: Option<Conn>,
+    lock: Option<Conn>,
+    targets: HashMap<TableId, Target>,
+    batches: Vec<KeyedBatch>,
+    buffered: usize,
+    in_tx: bool,
+}
+
+impl MySqlSink {
+    /// The `index`-th sink of `pipeline`.
+    pub fn new(cfg: MySqlSinkConfig, pipeline: &str, index: usize) -> MySqlSink {
+        let database = cfg.database();
+        MySqlSink {
+            name: format!("sink[{index}] mysql replica"),
+            cfg,
+            pipeline: pipeline.to_string(),
+            index: index.to_string(),
+            database,
+            conn: None,
+            lock: None,
+            targets: HashMap::new(),
+            batches: Vec::new(),
+            buffered: 0,
+            in_tx: false,
+        }
+    }
+
+    fn conn(&mut self) -> Result<&mut Conn, MyError> {
+        self.conn.as_mut().ok_or_else(|| MyError::Protocol("sink used before open".into()))
+    }
+
+    fn checkpoint_table(&self) -> String {
+        format!("{}.`checkpoints`", quote(&self.cfg.checkpoint_database))
+    }
+
+    async fn begin_tx(&mut self) -> Result<(), MyError> {
+        if !self.in_tx {
+            self.conn()?.query_drop("START TRANSACTION").await.ctx("start a transaction")?;
+            self.in_tx = true;
+        }
+        Ok(())
+    }
+
+    /// Creates the table or brings its columns in line with `schema` (outside any transaction:
+    /// DDL commits implicitly).
+    async fn reconcile(&mut self, schema: &SchemaRef) -> Result<(), MyError> {
+        if self.targets.get(&schema.id).is_some_and(|t| t.version == schema.version) {
+            return Ok(());
+        }
+        if self.in_tx {
+            // Only a batch written out early is open here; DDL commits it implicitly (replays
+            // of it are idempotent for a replica).
+            warn!(table = %schema.id, "table shape changed inside a large batch; the batch so far commits with the DDL");
+            self.in_tx = false;
+        }
+        let name = format!("{}.{}", quote(&self.database), quote(&schema.id.name));
+        let db = self.database.clone();
+        let conn = self.conn()?;
+        let existing: Vec<String> = conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+                 ORDER BY ORDINAL_POSITION",
+                (&db, &schema.id.name),
+            )
+            .await
+            .ctx(format!("read the columns of {name}"))?;
+        let ty = |c: &sluice_core::ColumnSchema| {
+            format!(
+                "{} {}{}",
+                quote(&c.name),
+                encode::column_type(c, &schema.dialect),
+                if c.nullable { " NULL" } else { " NOT NULL" }
+            )
+        };
+        if existing.is_empty() {
+            let mut cols: Vec<String> = schema.columns.iter().map(ty).collect();
+            let key: Vec<String> = schema.columns.iter().filter(|c| c.key).map(|c| quote(&c.name)).collect();
+            if key.is_empty() {
+                return Err(MyError::Setup(format!("table {} has no key; a MySQL replica needs one", schema.id)));
+            }
+            cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {name} ({}) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+                cols.join(", ")
+            );
+            conn.query_drop(&sql).await.ctx(format!("create {name}"))?;
+            info!(table = %schema.id, target = %name, "created replica table");
+        } else {
+            let mut changes = Vec::new();
+            for c in &schema.columns {
+                if !existing.iter().any(|e| e == &c.name) {
+                    // Added columns are nullable: rows written before hold no value for them.
+                    let mut c = c.clone();
+                    c.nullable = true;
+                    changes.push(format!("ADD COLUMN {}", ty(&c)));
+                }
+            }
+            for e in &existing {
+                if schema.column_index(e).is_none() {
+                    changes.push(format!("DROP COLUMN {}", quote(e)));
+                }
+            }
+            if !changes.is_empty() {
+                conn.query_drop(format!("ALTER TABLE {name} {}", changes.join(", ")))
+                    .await
+                    .ctx(format!("alter {name}"))?;
+                info!(table = %schema.id, changes = %changes.join(", "), "replica follows a schema change");
+            }
+        }
+        let unique: Vec<String> = conn
+            .exec(
+                "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+                 AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY'",
+                (&db, &schema.id.name),
+            )
+            .await
+            .ctx(format!("read the keys of {name}"))?;
+        self.targets
+            .insert(schema.id.clone(), Target { version: schema.version, name, other_unique: !unique.is_empty() });
+        Ok(())
+    }
+
+    fn batch_for(&mut self, schema: &SchemaRef) -> &mut KeyedBatch {
+        match self.batches.iter().position(|b| b.schema().id == schema.id && b.schema().version == schema.version) {
+            Some(i) => &mut self.batches[i],
+            None => {
+                self.batches.push(KeyedBatch::new(schema.clone()));
+                self.batches.last_mut().unwrap_or_else(|| unreachable!())
+            }
+        }
+    }
+
+    /// Writes every buffered batch into the open transaction.
+    async fn flush(&mut self) -> Result<(), MyError> {
+        if self.batches.is_empty() {
+            return Ok(());
+        }
+        self.begin_tx().await?;
+        for batch in std::mem::take(&mut self.batches) {
+            let schema = batch.schema().clone();
+            let (other_unique, name) = match self.targets.get(&schema.id) {
+                Some(t) => (t.other_unique, t.name.clone()),
+                None => return Err(MyError::Protocol(format!("no target for {}", schema.id))),
+            };
+            let ops = batch.into_ops();
+            let keys = schema.key_indexes();
+            let mut deletes: Vec<Vec<Value>> = Vec::new();
+            let mut upserts: Vec<Vec<Value>> = Vec::new();
+            let mut partial: Vec<Vec<Value>> = Vec::new();
+            for op in ops {
+                match op {
+                    NetOp::Delete(k) => deletes.push(k),
+                    NetOp::Insert(r) | NetOp::Update(r) | NetOp::Upsert(r) => {
+                        if r.contains(&Value::Unchanged) {
+                            partial.push(r);
+                        } else {
+                            if other_unique {
+                                deletes.push(keys.iter().map(|&i| r[i].clone()).collect());
+                            }
+                            upserts.push(r);
+                        }
+                    }
+                }
+            }
+            self.delete(&name, &schema, &deletes).await?;
+            self.upsert(&name, &schema, &upserts, other_unique).await?;
+            for r in partial {
+                self.update_partial(&name, &schema, &r).await?;
+            }
+        }
+        self.buffered = 0;
+        Ok(())
+    }
+
+    async fn delete(&mut self, name: &str, schema: &SchemaRef, keys: &[Vec<Value>]) -> Result<(), MyError> {
+        let kcols: Vec<&sluice_core::ColumnSchema> = schema.columns.iter().filter(|c| c.key).collect();
+        let list = kcols.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
+        let per = (ROWS_PER_STATEMENT).min(60_000 / kcols.len().max(1));
+        for chunk in keys.chunks(per) {
+            let tuple = format!("({})", vec!["?"; kcols.len()].join(", "));
+            let sql = format!("DELETE FROM {name} WHERE ({list}) IN ({})", vec![tuple; chunk.len()].join(", "));
+            let mut params = Vec::with_capacity(chunk.len() * kcols.len());
+            for k in chunk {
+                for (v, c) in k.iter().zip(&kcols) {
+                    params.push(
+                        encode::param(v, c).map_err(|e| MyError::Decode(format!("{}.{}: {e}", schema.id, c.name)))?,
+                    );
+                }
+            }
+            self.conn()?.exec_drop(sql, params).await.ctx(format!("delete from {name}"))?;
+        }
+        Ok(())
+    }
+
+    async fn upsert(
+        &mut self,
+        name: &str,
+        schema: &SchemaRef,
+        rows: &[Vec<Value>],
+        plain: bool,
+    ) -> Result<(), MyError> {
+        let cols = &schema.columns;
+        let list = cols.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
+        let update = cols
+            .iter()
+            .filter(|c| !c.key)
+            .map(|c| format!("{0} = VALUES({0})", quote(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let tail = match (plain, update.is_empty()) {
+            (true, _) => String::new(),
+            (false, true) => {
+                let k = cols.iter().find(|c| c.key).map(|c| quote(&c.name)).unwrap_or_default();
+                format!(" ON DUPLICATE KEY UPDATE {k} = {k}")
+            }
+            (false, false) => format!(" ON DUPLICATE KEY UPDATE {update}"),
+        };
+        let per = ROWS_PER_STATEMENT.min(60_000 / cols.len().max(1));
+        let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
+        for chunk in rows.chunks(per) {
+            let sql =
+                format!("INSERT INTO {name} ({list}) VALUES {}{tail}", vec![tuple.as_str(); chunk.len()].join(", "));
+            let mut params = Vec::with_capacity(chunk.len() * cols.len());
+            for r in chunk {
+                for (v, c) in r.iter().zip(cols) {
+                    params.push(
+                        encode::param(v, c).map_err(|e| MyError::Decode(format!("{}.{}: {e}", schema.id, c.name)))?,
+                    );
+                }
+            }
+            self.conn()?.exec_drop(sql, params).await.ctx(format!("write into {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// A row some of whose values the source did not resend: only the others are set.
+    async fn update_partial(&mut self, name: &str, schema: &SchemaRef, row: &[Value]) -> Result<(), MyError> {
+        let mut sets = Vec::new();
+        let mut params = Vec::new();
+        for (v, c) in row.iter().zip(&schema.columns) {
+            if !c.key && *v != Value::Unchanged {
+                sets.push(format!("{} = ?", quote(&c.name)));
+                params.push(encode::param(v, c).map_err(MyError::Decode)?);
+            }
+        }
+        let mut conds = Vec::new();
+        for (v, c) in row.iter().zip(&schema.columns).filter(|(_, c)| c.key) {
+            conds.push(format!("{} = ?", quote(&c.name)));
+            params.push(encode::param(v, c).map_err(MyError::Decode)?);
+        }
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let sql = format!("UPDATE {name} SET {} WHERE {}", sets.join(", "), conds.join(" AND "));
+        self.conn()?.exec_drop(sql, params).await.ctx(format!("update {name}"))
+    }
+
+    async fn open_inner(&mut self) -> Result<Option<Checkpoint>, MyError> {
+        let url = self.cfg.url.expose().clone();
+        let mut conn = catalog::connect(&url, "sink").await?;
+        let db = quote(&self.cfg.checkpoint_database);
+        conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS {db}")).await.ctx("create the checkpoint database")?;
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {} (pipeline VARCHAR(64) NOT NULL, sink VARCHAR(16) NOT NULL, \
+             position TEXT NULL, state LONGTEXT NOT NULL, updated_at DATETIME(6) NOT NULL, PRIMARY KEY (pipeline, sink)) \
+             DEFAULT CHARSET = utf8mb4",
+            self.checkpoint_table()
+        ))
+        .await
+        .ctx("create the checkpoint table")?;
+        // Fencing: one process per sink.
+        let mut lock = catalog::connect(&url, "sink (lock)").await?;
+        let lock_name = format!("sluice:{}:{}:{}", self.cfg.checkpoint_database, self.pipeline, self.index);
+        let started = Instant::now();
+        loop {
+            let got: Option<i64> =
+                lock.exec_first("SELECT GET_LOCK(?, 5)", (&lock_name,)).await.ctx("take the sink's lock")?.flatten();
+            if got == Some(1) {
+                break;
+            }
+            if started.elapsed() > FENCE_WAIT {
+                return Err(MyError::Retry(format!(
+                    "another process holds this sink's lock ({lock_name}): another sluice running pipeline {}? \
+                     waiting as a standby",
+                    self.pipeline
+                )));
+            }
+            info!(sink = %self.name, "another process writes this target for the same pipeline; waiting as a standby");
+        }
+        let state: Option<String> = conn
+            .exec_first(
+                format!("SELECT state FROM {} WHERE pipeline = ? AND sink = ?", self.checkpoint_table()),
+                (&self.pipeline, &self.index),
+            )
+            .await
+            .ctx("read the checkpoint")?;
+        self.conn = Some(conn);
+        self.lock = Some(lock);
+        let cp = match state {
+            Some(s) => Some(Checkpoint::from_json(&s).map_err(|e| MyError::Setup(format!("stored checkpoint: {e}")))?),
+            None => None,
+        };
+        info!(sink = %self.name, position = ?cp.as_ref().and_then(|c| c.position.as_ref()).map(|p| p.to_string()), "sink opened");
+        Ok(cp)
+    }
+
+    async fn commit_inner(&mut self, checkpoint: &Checkpoint) -> Result<(), MyError> {
+        self.flush().await?;
+        self.begin_tx().await?;
+        let table = self.checkpoint_table();
+        let (pipeline, index) = (self.pipeline.clone(), self.index.clone());
+        let new_position = checkpoint.position.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
+        let conn = self.conn()?;
+        let stored: Option<Option<String>> = conn
+            .exec_first(
+                format!("SELECT position FROM {table} WHERE pipeline = ? AND sink = ? FOR UPDATE"),
+                (&pipeline, &index),
+            )
+            .await
+            .ctx("read the stored checkpoint")?;
+        let parse = |s: &str| serde_json::from_str::<Position>(s).ok();
+        if let (Some(old), Some(new)) =
+            (stored.flatten().as_deref().and_then(parse), new_position.as_deref().and_then(parse))
+        {
+            if old != new && old.includes(&new) {
+                let _ = conn.query_drop("ROLLBACK").await;
+                return Err(MyError::Setup(format!(
+                    "the checkpoint of pipeline {pipeline:?} (sink {index}) is at {old}, past this process's {new}: \
+                     another sluice process has been writing this target; this one stops so the replica never moves \
+                     backwards"
+                )));
+            }
+        }
+        conn.exec_drop(
+            format!(
+                "INSERT INTO {table} (pipeline, sink, position, state, updated_at) VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6)) \
+                 ON DUPLICATE KEY UPDATE position = VALUES(position), state = VALUES(state), updated_at = VALUES(updated_at)"
+            ),
+            (&pipeline, &index, new_position, checkpoint.to_json()),
+        )
+        .await
+        .ctx("store the checkpoint")?;
+        conn.query_drop("COMMIT").await.ctx("commit")?;
+        self.in_tx = false;
+        Ok(())
+    }
+
+    async fn write_inner(&mut self, event: &Event) -> Result<(), MyError> {
+        match event {
+            Event::Change(c) => {
+                self.reconcile(&c.table).await?;
+                if matches!(c.op, Op::Truncate) {
+                    self.flush().await?;
+                    self.begin_tx().await?;
+                    let name = self.targets.get(&c.table.id).map(|t| t.name.clone()).unwrap_or_default();
+                    self.conn()?.query_drop(format!("DELETE FROM {name}")).await.ctx(format!("truncate {name}"))?;
+                    return Ok(());
+                }
+                match self.batch_for(&c.table).add(Cow::Borrowed(&c.op)) {
+                    Added::Buffered { new_keys } => self.buffered += new_keys,
+                    Added::MoveRow { old_key, row } => {
+                        let b = self.batch_for(&c.table);
+                        b.put(old_key.clone(), NetOp::Delete(old_key));
+                        let key = c.table.key_of(&row);
+                        b.put(key, NetOp::Upsert(row));
+                        self.buffered += 2;
+                    }
+                    Added::Truncate => {}
+                }
+            }
+            Event::Copy(copy) => match &copy.step {
+                CopyStep::Begin { mode, .. } => {
+                    self.reconcile(&copy.table).await?;
+                    if matches!(mode, CopyMode::Snapshot | CopyMode::Replace) {
+                        self.flush().await?;
+                        self.begin_tx().await?;
+                        let name = self.targets.get(&copy.table.id).map(|t| t.name.clone()).unwrap_or_default();
+                        self.conn()?.query_drop(format!("DELETE FROM {name}")).await.ctx(format!("empty {name}"))?;
+                    }
+                }
+                CopyStep::Rows(rows) => {
+                    self.reconcile(&copy.table).await?;
+                    let b = self.batch_for(&copy.table);
+                    let mut n = 0;
+                    for r in rows {
+                        n += usize::from(b.add_copied(r.clone()));
+                    }
+                    self.buffered += n;
+                }
+                CopyStep::Bulk(bulk) => {
+                    self.reconcile(&copy.table).await?;
+                    let rows = bulk.decode(&copy.table).map_err(|e| MyError::Decode(e.to_string()))?;
+                    let b = self.batch_for(&copy.table);
+                    for r in rows {
+                        b.add_copied(r);
+                    }
+                }
+                CopyStep::Progress { .. } | CopyStep::End => {}
+            },
+            _ => {}
+        }
+        if self.buffered >= MAX_BUFFERED_ROWS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for MySqlSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn batch_policy(&self) -> BatchPolicy {
+        BatchPolicy { max_rows: self.cfg.batch.max_rows, max_delay: Duration::from_millis(self.cfg.batch.max_delay_ms) }
+    }
+
+    async fn open(&mut self, _ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {
+        Ok(self.open_inner().await?)
+    }
+
+    async fn write(&mut self, event: &Event) -> Result<(), ConnectorError> {
+        Ok(self.write_inner(event).await?)
+    }
+
+    async fn commit(&mut self, checkpoint: Checkpoint, ack: Ack) -> Result<(), ConnectorError> {
+        match self.commit_inner(&checkpoint).await {
+            Ok(()) => {
+                ack.durable();
+                Ok(())
+            }
+            Err(e) => {
+                let e: ConnectorError = e.into();
+                ack.fail(ConnectorError::msg(e.class(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), ConnectorError> {
+        if let Some(mut c) = self.conn.take() {
+            if self.in_tx {
+                let _ = c.query_drop("ROLLBACK").await;
+            }
+            let _ = c.disconnect().await;
+        }
+        if let Some(l) = self.lock.take() {
+            let _ = l.disconnect().await;
+        }
+        self.batches.clear();
+        Ok(())
+    }
+}
