@@ -8,6 +8,7 @@
 mod common;
 mod drain;
 mod latency;
+mod mysql;
 mod snapshot;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,10 @@ enum Cmd {
     Latency(latency::Args),
     /// Peak memory of one huge transaction
     BigTxn(drain::BigTxnArgs),
+    /// MariaDB binlog drain: Sluice (MariaDB -> MariaDB) vs MariaDB's own replication
+    MysqlDrain(mysql::DrainArgs),
+    /// MariaDB initial copy: Sluice vs mariadb-dump | mariadb
+    MysqlSnapshot(mysql::SnapshotArgs),
 }
 
 #[tokio::main]
@@ -39,5 +44,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Snapshot(a) => snapshot::run(a).await,
         Cmd::Latency(a) => latency::run(a).await,
         Cmd::BigTxn(a) => drain::big_txn(a).await,
+        Cmd::MysqlDrain(a) => mysql::drain(a).await,
+        Cmd::MysqlSnapshot(a) => mysql::snapshot(a).await,
     }
 }

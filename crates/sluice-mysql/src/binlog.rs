@@ -75,12 +75,30 @@ fn short(what: &str) -> BinlogError {
 pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// The buffer as shared bytes, when values may point into it instead of copying
+    shared: Option<&'a bytes::Bytes>,
 }
 
 impl<'a> Reader<'a> {
     /// A cursor at the start of `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Reader { buf, pos: 0, shared: None }
+    }
+
+    /// A cursor over shared bytes: [`Reader::take_bytes`] then costs no copy.
+    pub fn shared(buf: &'a bytes::Bytes) -> Self {
+        Reader { buf, pos: 0, shared: Some(buf) }
+    }
+
+    /// The next `n` bytes as owned bytes (sharing the buffer when the reader was made with
+    /// [`Reader::shared`]).
+    pub fn take_bytes(&mut self, n: usize, what: &str) -> Result<bytes::Bytes, BinlogError> {
+        let start = self.pos;
+        let s = self.take(n, what)?;
+        Ok(match self.shared {
+            Some(b) => b.slice(start..start + n),
+            None => bytes::Bytes::copy_from_slice(s),
+        })
     }
 
     /// Bytes not read yet.
@@ -397,10 +415,8 @@ impl TableMap {
             match t {
                 // SIGNEDNESS: one bit per numeric column, most significant first
                 1 => {
-                    let mut k = 0;
-                    for c in self.columns.iter_mut().filter(|c| c.is_numeric()) {
+                    for (k, c) in self.columns.iter_mut().filter(|c| c.is_numeric()).enumerate() {
                         c.unsigned = v.get(k / 8).is_some_and(|b| b & (0x80 >> (k % 8)) != 0);
-                        k += 1;
                     }
                 }
                 // DEFAULT_CHARSET: a default, then (character column index, collation) pairs

@@ -70,12 +70,30 @@ fn value(t: u8, b: &[u8], out: &mut String, depth: usize) -> Result<(), String> 
         SMALL_OBJECT | LARGE_OBJECT => container(b, t == LARGE_OBJECT, true, out, depth),
         SMALL_ARRAY | LARGE_ARRAY => container(b, t == LARGE_ARRAY, false, out, depth),
         LITERAL => literal(*b.first().ok_or("binary JSON literal truncated")?, out),
-        INT16 => Ok(write!(out, "{}", uint(b, 0, 2)? as u16 as i16).unwrap_or(())),
-        UINT16 => Ok(write!(out, "{}", uint(b, 0, 2)?).unwrap_or(())),
-        INT32 => Ok(write!(out, "{}", uint(b, 0, 4)? as u32 as i32).unwrap_or(())),
-        UINT32 => Ok(write!(out, "{}", uint(b, 0, 4)?).unwrap_or(())),
-        INT64 => Ok(write!(out, "{}", uint(b, 0, 8)? as i64).unwrap_or(())),
-        UINT64 => Ok(write!(out, "{}", uint(b, 0, 8)?).unwrap_or(())),
+        INT16 => {
+            let _ = write!(out, "{}", uint(b, 0, 2)? as u16 as i16);
+            Ok(())
+        }
+        UINT16 => {
+            let _ = write!(out, "{}", uint(b, 0, 2)?);
+            Ok(())
+        }
+        INT32 => {
+            let _ = write!(out, "{}", uint(b, 0, 4)? as u32 as i32);
+            Ok(())
+        }
+        UINT32 => {
+            let _ = write!(out, "{}", uint(b, 0, 4)?);
+            Ok(())
+        }
+        INT64 => {
+            let _ = write!(out, "{}", uint(b, 0, 8)? as i64);
+            Ok(())
+        }
+        UINT64 => {
+            let _ = write!(out, "{}", uint(b, 0, 8)?);
+            Ok(())
+        }
         DOUBLE => {
             let d = f64::from_bits(uint(b, 0, 8)?);
             let n = serde_json::Number::from_f64(d).ok_or("binary JSON holds a non-finite double")?;
@@ -172,7 +190,7 @@ fn opaque(b: &[u8], out: &mut String) -> Result<(), String> {
             let u = micros.unsigned_abs();
             let _ =
                 write!(out, "\"{sign}{:02}:{:02}:{:02}", u / 3_600_000_000, u / 60_000_000 % 60, u / 1_000_000 % 60);
-            if u % 1_000_000 != 0 {
+            if !u.is_multiple_of(1_000_000) {
                 let _ = write!(out, ".{:06}", u % 1_000_000);
             }
             out.push('"');

@@ -255,17 +255,13 @@ pub fn read_value(r: &mut Reader<'_>, p: &ColumnPlan, zero: ZeroDates) -> Result
             }
             Value::Text(Text::from(s))
         }
-        ty::VARCHAR | ty::VAR_STRING => {
+        ty::VARCHAR | ty::VAR_STRING | ty::STRING => {
             let n = uint(r, if p.meta < 256 { 1 } else { 2 })? as usize;
-            chars(take(r, n)?, p)?
-        }
-        ty::STRING => {
-            let n = uint(r, if p.meta < 256 { 1 } else { 2 })? as usize;
-            chars(take(r, n)?, p)?
+            chars(r.take_bytes(n, "a column value").map_err(|e| e.0)?, p)?
         }
         ty::BLOB | ty::TINY_BLOB | ty::MEDIUM_BLOB | ty::LONG_BLOB => {
             let n = uint(r, p.meta as usize)? as usize;
-            chars(take(r, n)?, p)?
+            chars(r.take_bytes(n, "a column value").map_err(|e| e.0)?, p)?
         }
         ty::JSON => {
             let n = uint(r, p.meta as usize)? as usize;
@@ -398,18 +394,19 @@ fn label(p: &ColumnPlan, i: usize) -> Result<Value, String> {
         .ok_or_else(|| format!("ENUM index {i} beyond its {} labels", labels.len()))
 }
 
-fn chars(b: &[u8], p: &ColumnPlan) -> Result<Value, String> {
+fn chars(b: Bytes, p: &ColumnPlan) -> Result<Value, String> {
     let text = |t: Text| if p.json_text { Value::Json(t) } else { Value::Text(t) };
     Ok(match &p.charset {
-        Charset::Binary => {
-            let mut v = b.to_vec();
-            if let Some(n) = p.fixed_binary {
-                v.resize(n.max(v.len()), 0);
+        Charset::Binary => match p.fixed_binary {
+            Some(n) if b.len() < n => {
+                let mut v = b.to_vec();
+                v.resize(n, 0);
+                Value::Bytes(Bytes::from(v))
             }
-            Value::Bytes(Bytes::from(v))
-        }
-        Charset::Utf8 => text(Text::from_utf8(Bytes::copy_from_slice(b)).map_err(|e| e.0)?),
-        Charset::Latin1 => text(Text::from(cp1252(b))),
+            _ => Value::Bytes(b),
+        },
+        Charset::Utf8 => text(Text::from_utf8(b).map_err(|e| e.0)?),
+        Charset::Latin1 => text(Text::from(cp1252(&b))),
         Charset::Other(name) => {
             return Err(format!(
                 "character set {name} is not supported; convert the column to utf8mb4 (ALTER TABLE .. CONVERT TO CHARACTER SET utf8mb4)"
@@ -537,7 +534,7 @@ mod tests {
         if head > 0 {
             push(&i[..head]);
         }
-        for c in i[head..].as_bytes().chunks(9) {
+        for c in i.as_bytes()[head..].chunks(9) {
             push(std::str::from_utf8(c).unwrap());
         }
         for c in f.as_bytes().chunks(9) {

@@ -111,6 +111,11 @@ impl MariaDbServer {
         self.port
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The Unix socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("mysqld.sock")

@@ -71,6 +71,8 @@ pub fn param(v: &Value, c: &ColumnSchema) -> Result<M, String> {
         Value::Bool(b) => M::Int(*b as i64),
         Value::Int(i) => M::Int(*i),
         Value::UInt(u) => M::UInt(*u),
+        Value::Float32(f) if !f.is_finite() => return Err(format!("{f} cannot be stored in MySQL")),
+        Value::Float64(d) if !d.is_finite() => return Err(format!("{d} cannot be stored in MySQL")),
         Value::Float32(f) => M::Float(*f),
         Value::Float64(d) => M::Double(*d),
         Value::Decimal(d) => {

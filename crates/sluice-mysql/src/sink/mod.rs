@@ -128,6 +128,8 @@ pub struct MySqlSink {
     batches: Vec<KeyedBatch>,
     buffered: usize,
     in_tx: bool,
+    /// A commit running in the background on this sink's connection
+    pending: Option<tokio::task::JoinHandle<(Conn, Result<(), MyError>)>>,
 }
 
 impl MySqlSink {
@@ -146,6 +148,7 @@ impl MySqlSink {
             batches: Vec::new(),
             buffered: 0,
             in_tx: false,
+            pending: None,
         }
     }
 
@@ -158,6 +161,7 @@ impl MySqlSink {
     }
 
     async fn begin_tx(&mut self) -> Result<(), MyError> {
+        self.wait_pending().await?;
         if !self.in_tx {
             self.conn()?.query_drop("START TRANSACTION").await.ctx("start a transaction")?;
             self.in_tx = true;
@@ -171,6 +175,7 @@ impl MySqlSink {
         if self.targets.get(&schema.id).is_some_and(|t| t.version == schema.version) {
             return Ok(());
         }
+        self.wait_pending().await?;
         if self.in_tx {
             // Only a batch written out early is open here; DDL commits it implicitly (replays
             // of it are idempotent for a replica).
@@ -254,129 +259,33 @@ impl MySqlSink {
         }
     }
 
+    /// Where each table's rows go: target name and whether it has other unique keys.
+    fn dests(&self) -> HashMap<TableId, (String, bool)> {
+        self.targets.iter().map(|(id, t)| (id.clone(), (t.name.clone(), t.other_unique))).collect()
+    }
+
     /// Writes every buffered batch into the open transaction.
     async fn flush(&mut self) -> Result<(), MyError> {
+        self.wait_pending().await?;
         if self.batches.is_empty() {
             return Ok(());
         }
         self.begin_tx().await?;
-        for batch in std::mem::take(&mut self.batches) {
-            let schema = batch.schema().clone();
-            let (other_unique, name) = match self.targets.get(&schema.id) {
-                Some(t) => (t.other_unique, t.name.clone()),
-                None => return Err(MyError::Protocol(format!("no target for {}", schema.id))),
-            };
-            let ops = batch.into_ops();
-            let keys = schema.key_indexes();
-            let mut deletes: Vec<Vec<Value>> = Vec::new();
-            let mut upserts: Vec<Vec<Value>> = Vec::new();
-            let mut partial: Vec<Vec<Value>> = Vec::new();
-            for op in ops {
-                match op {
-                    NetOp::Delete(k) => deletes.push(k),
-                    NetOp::Insert(r) | NetOp::Update(r) | NetOp::Upsert(r) => {
-                        if r.contains(&Value::Unchanged) {
-                            partial.push(r);
-                        } else {
-                            if other_unique {
-                                deletes.push(keys.iter().map(|&i| r[i].clone()).collect());
-                            }
-                            upserts.push(r);
-                        }
-                    }
-                }
-            }
-            self.delete(&name, &schema, &deletes).await?;
-            self.upsert(&name, &schema, &upserts, other_unique).await?;
-            for r in partial {
-                self.update_partial(&name, &schema, &r).await?;
-            }
-        }
+        let batches = std::mem::take(&mut self.batches);
+        let dests = self.dests();
+        write_batches(self.conn()?, batches, &dests).await?;
         self.buffered = 0;
         Ok(())
     }
 
-    async fn delete(&mut self, name: &str, schema: &SchemaRef, keys: &[Vec<Value>]) -> Result<(), MyError> {
-        let kcols: Vec<&sluice_core::ColumnSchema> = schema.columns.iter().filter(|c| c.key).collect();
-        let list = kcols.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
-        let per = (ROWS_PER_STATEMENT).min(60_000 / kcols.len().max(1));
-        for chunk in keys.chunks(per) {
-            let tuple = format!("({})", vec!["?"; kcols.len()].join(", "));
-            let sql = format!("DELETE FROM {name} WHERE ({list}) IN ({})", vec![tuple; chunk.len()].join(", "));
-            let mut params = Vec::with_capacity(chunk.len() * kcols.len());
-            for k in chunk {
-                for (v, c) in k.iter().zip(&kcols) {
-                    params.push(
-                        encode::param(v, c).map_err(|e| MyError::Decode(format!("{}.{}: {e}", schema.id, c.name)))?,
-                    );
-                }
-            }
-            self.conn()?.exec_drop(sql, params).await.ctx(format!("delete from {name}"))?;
+    /// Waits for the commit running in the background, taking its connection back.
+    async fn wait_pending(&mut self) -> Result<(), MyError> {
+        if let Some(task) = self.pending.take() {
+            let (conn, result) = task.await.map_err(|e| MyError::Protocol(format!("background commit failed: {e}")))?;
+            self.conn = Some(conn);
+            result?;
         }
         Ok(())
-    }
-
-    async fn upsert(
-        &mut self,
-        name: &str,
-        schema: &SchemaRef,
-        rows: &[Vec<Value>],
-        plain: bool,
-    ) -> Result<(), MyError> {
-        let cols = &schema.columns;
-        let list = cols.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
-        let update = cols
-            .iter()
-            .filter(|c| !c.key)
-            .map(|c| format!("{0} = VALUES({0})", quote(&c.name)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let tail = match (plain, update.is_empty()) {
-            (true, _) => String::new(),
-            (false, true) => {
-                let k = cols.iter().find(|c| c.key).map(|c| quote(&c.name)).unwrap_or_default();
-                format!(" ON DUPLICATE KEY UPDATE {k} = {k}")
-            }
-            (false, false) => format!(" ON DUPLICATE KEY UPDATE {update}"),
-        };
-        let per = ROWS_PER_STATEMENT.min(60_000 / cols.len().max(1));
-        let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
-        for chunk in rows.chunks(per) {
-            let sql =
-                format!("INSERT INTO {name} ({list}) VALUES {}{tail}", vec![tuple.as_str(); chunk.len()].join(", "));
-            let mut params = Vec::with_capacity(chunk.len() * cols.len());
-            for r in chunk {
-                for (v, c) in r.iter().zip(cols) {
-                    params.push(
-                        encode::param(v, c).map_err(|e| MyError::Decode(format!("{}.{}: {e}", schema.id, c.name)))?,
-                    );
-                }
-            }
-            self.conn()?.exec_drop(sql, params).await.ctx(format!("write into {name}"))?;
-        }
-        Ok(())
-    }
-
-    /// A row some of whose values the source did not resend: only the others are set.
-    async fn update_partial(&mut self, name: &str, schema: &SchemaRef, row: &[Value]) -> Result<(), MyError> {
-        let mut sets = Vec::new();
-        let mut params = Vec::new();
-        for (v, c) in row.iter().zip(&schema.columns) {
-            if !c.key && *v != Value::Unchanged {
-                sets.push(format!("{} = ?", quote(&c.name)));
-                params.push(encode::param(v, c).map_err(MyError::Decode)?);
-            }
-        }
-        let mut conds = Vec::new();
-        for (v, c) in row.iter().zip(&schema.columns).filter(|(_, c)| c.key) {
-            conds.push(format!("{} = ?", quote(&c.name)));
-            params.push(encode::param(v, c).map_err(MyError::Decode)?);
-        }
-        if sets.is_empty() {
-            return Ok(());
-        }
-        let sql = format!("UPDATE {name} SET {} WHERE {}", sets.join(", "), conds.join(" AND "));
-        self.conn()?.exec_drop(sql, params).await.ctx(format!("update {name}"))
     }
 
     async fn open_inner(&mut self) -> Result<Option<Checkpoint>, MyError> {
@@ -428,44 +337,43 @@ impl MySqlSink {
         Ok(cp)
     }
 
+    fn store(&self) -> Store {
+        Store { table: self.checkpoint_table(), pipeline: self.pipeline.clone(), index: self.index.clone() }
+    }
+
+    /// Commits in the foreground (used when a transaction is already open).
     async fn commit_inner(&mut self, checkpoint: &Checkpoint) -> Result<(), MyError> {
         self.flush().await?;
         self.begin_tx().await?;
-        let table = self.checkpoint_table();
-        let (pipeline, index) = (self.pipeline.clone(), self.index.clone());
-        let new_position = checkpoint.position.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
-        let conn = self.conn()?;
-        let stored: Option<Option<String>> = conn
-            .exec_first(
-                format!("SELECT position FROM {table} WHERE pipeline = ? AND sink = ? FOR UPDATE"),
-                (&pipeline, &index),
-            )
-            .await
-            .ctx("read the stored checkpoint")?;
-        let parse = |s: &str| serde_json::from_str::<Position>(s).ok();
-        if let (Some(old), Some(new)) =
-            (stored.flatten().as_deref().and_then(parse), new_position.as_deref().and_then(parse))
-        {
-            if old != new && old.includes(&new) {
-                let _ = conn.query_drop("ROLLBACK").await;
-                return Err(MyError::Setup(format!(
-                    "the checkpoint of pipeline {pipeline:?} (sink {index}) is at {old}, past this process's {new}: \
-                     another sluice process has been writing this target; this one stops so the replica never moves \
-                     backwards"
-                )));
-            }
-        }
-        conn.exec_drop(
-            format!(
-                "INSERT INTO {table} (pipeline, sink, position, state, updated_at) VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6)) \
-                 ON DUPLICATE KEY UPDATE position = VALUES(position), state = VALUES(state), updated_at = VALUES(updated_at)"
-            ),
-            (&pipeline, &index, new_position, checkpoint.to_json()),
-        )
-        .await
-        .ctx("store the checkpoint")?;
-        conn.query_drop("COMMIT").await.ctx("commit")?;
+        let store = self.store();
+        let r = store_and_commit(self.conn()?, &store, checkpoint).await;
         self.in_tx = false;
+        r
+    }
+
+    /// Hands the batches and the checkpoint to a background task on this sink's connection, so
+    /// the next batch is collected while the target applies this one; the next use of the
+    /// connection waits for it.
+    async fn commit_in_background(&mut self, checkpoint: Checkpoint, ack: Ack) -> Result<(), MyError> {
+        self.wait_pending().await?;
+        let mut conn = self.conn.take().ok_or_else(|| MyError::Protocol("sink used before open".into()))?;
+        let batches = std::mem::take(&mut self.batches);
+        self.buffered = 0;
+        let dests = self.dests();
+        let store = self.store();
+        self.pending = Some(tokio::spawn(async move {
+            let r = async {
+                conn.query_drop("START TRANSACTION").await.ctx("start a transaction")?;
+                write_batches(&mut conn, batches, &dests).await?;
+                store_and_commit(&mut conn, &store, &checkpoint).await
+            }
+            .await;
+            match &r {
+                Ok(()) => ack.durable(),
+                Err(e) => ack.fail(ConnectorError::msg(e.class(), e.to_string())),
+            }
+            (conn, r)
+        }));
         Ok(())
     }
 
@@ -530,6 +438,180 @@ impl MySqlSink {
     }
 }
 
+/// Writes batches into `conn`'s open transaction: per table, deletes, then upserts (plain
+/// inserts after deleting the keys when the table has other unique keys), then rows with values
+/// the source did not resend.
+async fn write_batches(
+    conn: &mut Conn,
+    batches: Vec<KeyedBatch>,
+    dests: &HashMap<TableId, (String, bool)>,
+) -> Result<(), MyError> {
+    for batch in batches {
+        let schema = batch.schema().clone();
+        let Some((name, other_unique)) = dests.get(&schema.id).cloned() else {
+            return Err(MyError::Protocol(format!("no target for {}", schema.id)));
+        };
+        let keys = schema.key_indexes();
+        let mut deletes: Vec<Vec<Value>> = Vec::new();
+        let mut upserts: Vec<Vec<Value>> = Vec::new();
+        let mut partial: Vec<Vec<Value>> = Vec::new();
+        for op in batch.into_ops() {
+            match op {
+                NetOp::Delete(k) => deletes.push(k),
+                NetOp::Insert(r) | NetOp::Update(r) | NetOp::Upsert(r) => {
+                    if r.contains(&Value::Unchanged) {
+                        partial.push(r);
+                    } else {
+                        if other_unique {
+                            deletes.push(keys.iter().map(|&i| r[i].clone()).collect());
+                        }
+                        upserts.push(r);
+                    }
+                }
+            }
+        }
+        delete(conn, &name, &schema, &deletes).await?;
+        upsert(conn, &name, &schema, &upserts, other_unique).await?;
+        for r in partial {
+            update_partial(conn, &name, &schema, &r).await?;
+        }
+    }
+    Ok(())
+}
+
+fn bind(v: &Value, c: &sluice_core::ColumnSchema, table: &TableId) -> Result<mysql_async::Value, MyError> {
+    encode::param(v, c).map_err(|e| MyError::Decode(format!("{table}.{}: {e}", c.name)))
+}
+
+async fn delete(conn: &mut Conn, name: &str, schema: &SchemaRef, keys: &[Vec<Value>]) -> Result<(), MyError> {
+    let kcols: Vec<&sluice_core::ColumnSchema> = schema.columns.iter().filter(|c| c.key).collect();
+    let list = kcols.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
+    let per = ROWS_PER_STATEMENT.min(60_000 / kcols.len().max(1));
+    for chunk in keys.chunks(per) {
+        // A one-column key as a plain IN list: row constructors are not always used for index
+        // lookups.
+        let sql = if kcols.len() == 1 {
+            format!("DELETE FROM {name} WHERE {list} IN ({})", vec!["?"; chunk.len()].join(", "))
+        } else {
+            let tuple = format!("({})", vec!["?"; kcols.len()].join(", "));
+            format!("DELETE FROM {name} WHERE ({list}) IN ({})", vec![tuple; chunk.len()].join(", "))
+        };
+        let mut params = Vec::with_capacity(chunk.len() * kcols.len());
+        for k in chunk {
+            for (v, c) in k.iter().zip(&kcols) {
+                params.push(bind(v, c, &schema.id)?);
+            }
+        }
+        conn.exec_drop(sql, params).await.ctx(format!("delete from {name}"))?;
+    }
+    Ok(())
+}
+
+async fn upsert(
+    conn: &mut Conn,
+    name: &str,
+    schema: &SchemaRef,
+    rows: &[Vec<Value>],
+    plain: bool,
+) -> Result<(), MyError> {
+    let cols = &schema.columns;
+    let list = cols.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
+    let update = cols
+        .iter()
+        .filter(|c| !c.key)
+        .map(|c| format!("{0} = VALUES({0})", quote(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let tail = match (plain, update.is_empty()) {
+        (true, _) => String::new(),
+        (false, true) => {
+            let k = cols.iter().find(|c| c.key).map(|c| quote(&c.name)).unwrap_or_default();
+            format!(" ON DUPLICATE KEY UPDATE {k} = {k}")
+        }
+        (false, false) => format!(" ON DUPLICATE KEY UPDATE {update}"),
+    };
+    let per = ROWS_PER_STATEMENT.min(60_000 / cols.len().max(1));
+    let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
+    for chunk in rows.chunks(per) {
+        let sql = format!("INSERT INTO {name} ({list}) VALUES {}{tail}", vec![tuple.as_str(); chunk.len()].join(", "));
+        let mut params = Vec::with_capacity(chunk.len() * cols.len());
+        for r in chunk {
+            for (v, c) in r.iter().zip(cols) {
+                params.push(bind(v, c, &schema.id)?);
+            }
+        }
+        conn.exec_drop(sql, params).await.ctx(format!("write into {name}"))?;
+    }
+    Ok(())
+}
+
+/// A row some of whose values the source did not resend: only the others are set.
+async fn update_partial(conn: &mut Conn, name: &str, schema: &SchemaRef, row: &[Value]) -> Result<(), MyError> {
+    let mut sets = Vec::new();
+    let mut params = Vec::new();
+    for (v, c) in row.iter().zip(&schema.columns) {
+        if !c.key && *v != Value::Unchanged {
+            sets.push(format!("{} = ?", quote(&c.name)));
+            params.push(bind(v, c, &schema.id)?);
+        }
+    }
+    if sets.is_empty() {
+        return Ok(());
+    }
+    let mut conds = Vec::new();
+    for (v, c) in row.iter().zip(&schema.columns).filter(|(_, c)| c.key) {
+        conds.push(format!("{} = ?", quote(&c.name)));
+        params.push(bind(v, c, &schema.id)?);
+    }
+    let sql = format!("UPDATE {name} SET {} WHERE {}", sets.join(", "), conds.join(" AND "));
+    conn.exec_drop(sql, params).await.ctx(format!("update {name}"))
+}
+
+/// Where a sink's checkpoint row lives.
+#[derive(Clone)]
+struct Store {
+    table: String,
+    pipeline: String,
+    index: String,
+}
+
+/// Stores `checkpoint` in `conn`'s open transaction and commits it. Refuses to move the
+/// stored position backwards (another process wrote this sink since).
+async fn store_and_commit(conn: &mut Conn, store: &Store, checkpoint: &Checkpoint) -> Result<(), MyError> {
+    let Store { table, pipeline, index } = store;
+    let new_position = checkpoint.position.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
+    let stored: Option<Option<String>> = conn
+        .exec_first(
+            format!("SELECT position FROM {table} WHERE pipeline = ? AND sink = ? FOR UPDATE"),
+            (pipeline, index),
+        )
+        .await
+        .ctx("read the stored checkpoint")?;
+    let parse = |s: &str| serde_json::from_str::<Position>(s).ok();
+    if let (Some(old), Some(new)) =
+        (stored.flatten().as_deref().and_then(parse), new_position.as_deref().and_then(parse))
+    {
+        if old != new && old.includes(&new) {
+            let _ = conn.query_drop("ROLLBACK").await;
+            return Err(MyError::Setup(format!(
+                "the checkpoint of pipeline {pipeline:?} (sink {index}) is at {old}, past this process's {new}: \
+                 another sluice process has been writing this target; this one stops so the replica never moves \
+                 backwards"
+            )));
+        }
+    }
+    conn.exec_drop(
+        format!(
+            "INSERT INTO {table} (pipeline, sink, position, state, updated_at) VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6)) \
+             ON DUPLICATE KEY UPDATE position = VALUES(position), state = VALUES(state), updated_at = VALUES(updated_at)"
+        ),
+        (pipeline, index, new_position, checkpoint.to_json()),
+    )
+    .await
+    .ctx("store the checkpoint")?;
+    conn.query_drop("COMMIT").await.ctx("commit")
+}
+
 #[async_trait]
 impl Sink for MySqlSink {
     fn name(&self) -> &str {
@@ -549,6 +631,9 @@ impl Sink for MySqlSink {
     }
 
     async fn commit(&mut self, checkpoint: Checkpoint, ack: Ack) -> Result<(), ConnectorError> {
+        if !self.in_tx {
+            return Ok(self.commit_in_background(checkpoint, ack).await?);
+        }
         match self.commit_inner(&checkpoint).await {
             Ok(()) => {
                 ack.durable();
@@ -563,6 +648,7 @@ impl Sink for MySqlSink {
     }
 
     async fn close(&mut self) -> Result<(), ConnectorError> {
+        let settled = self.wait_pending().await;
         if let Some(mut c) = self.conn.take() {
             if self.in_tx {
                 let _ = c.query_drop("ROLLBACK").await;
@@ -573,6 +659,6 @@ impl Sink for MySqlSink {
             let _ = l.disconnect().await;
         }
         self.batches.clear();
-        Ok(())
+        Ok(settled?)
     }
 }

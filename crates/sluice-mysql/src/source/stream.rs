@@ -423,7 +423,9 @@ impl Streamer {
             )));
         }
         self.begin().await?;
-        let mut r = Reader::new(rows.data);
+        // One copy of the event's rows; text and bytes values then point into it.
+        let data = bytes::Bytes::copy_from_slice(rows.data);
+        let mut r = Reader::shared(&data);
         let decode =
             |e: String| MyError::Decode(format!("{} ({}): {e}", m.schema.id, describe_at(&self.file, self.pos)));
         while !r.rest().is_empty() {
