@@ -11,6 +11,7 @@ use sluice_testkit::MariaDbServer;
 struct Harness {
     server: MariaDbServer,
     cfg: MySqlSinkConfig,
+    changelog: bool,
 }
 
 #[async_trait]
@@ -20,11 +21,22 @@ impl SinkHarness for Harness {
     }
 
     fn kind(&self) -> Kind {
-        Kind::State
+        if self.changelog {
+            Kind::Log
+        } else {
+            Kind::State
+        }
     }
 
     async fn rows(&self, table: &TableId) -> Vec<Vec<Option<String>>> {
-        let sql = format!("SELECT * FROM `replica`.`{}` ORDER BY 1", table.name);
+        let sql = if self.changelog {
+            format!(
+                "SELECT op, JSON_VALUE(COALESCE(`after`, `before`), '$.id') FROM `replica`.`{}_changelog` ORDER BY sluice_seq",
+                table.name
+            )
+        } else {
+            format!("SELECT * FROM `replica`.`{}` ORDER BY 1", table.name)
+        };
         match self.server.cli("replica", &sql) {
             Ok(out) => {
                 out.lines().map(|l| l.split('\t').map(|v| (v != "NULL").then(|| v.to_string())).collect()).collect()
@@ -35,14 +47,23 @@ impl SinkHarness for Harness {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_sink_passes_the_compliance_suite() {
+async fn suite(mode: &str) {
     let server = MariaDbServer::start().unwrap_or_else(|e| panic!("cannot start MariaDB: {e}"));
     let url = server.create_database("replica").unwrap_or_else(|e| panic!("{e}"));
     let cfg = MySqlSinkConfig::parse(
-        toml::from_str(&format!("url = \"{url}\"")).unwrap(),
+        toml::from_str(&format!("url = \"{url}\"\nmode = \"{mode}\"")).unwrap(),
         &ParseContext { at: "sink[0]", pipeline: "compliance" },
     )
     .unwrap();
-    run_all(&Harness { server, cfg }).await;
+    run_all(&Harness { server, cfg, changelog: mode == "changelog" }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_replica_sink_passes_the_compliance_suite() {
+    suite("replica").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_changelog_sink_passes_the_compliance_suite() {
+    suite("changelog").await;
 }

@@ -506,3 +506,36 @@ async fn postgres_to_mariadb_replica() {
     assert_eq!(got, want);
     pipeline.stop().await;
 }
+
+/// MariaDB → MariaDB change log: the snapshot's rows as `r`, then every change in order with
+/// its position and commit time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_changelog_records_every_change_in_order() {
+    let env = MyEnv::new("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10)); INSERT INTO t VALUES (1, 'a')").await;
+    let replica = env.source.create_database("replica").unwrap();
+    let toml = format!(
+        "name = \"mylog\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.t\"]\n\n[[sink]]\ntype = \"mysql\"\nmode = \"changelog\"\nurl = \"{replica}\"\n",
+        env.src_url
+    );
+    let pipeline = start(sluice::parse(&toml, &|_| None).expect("valid config"));
+    wait_for("the snapshot row", CONVERGE, || async {
+        let n = env.source.cli("replica", "SELECT COUNT(*) FROM t_changelog").ok()?;
+        (n.trim() == "1").then_some(())
+    })
+    .await;
+    env.src("INSERT INTO t VALUES (2, 'b'); UPDATE t SET v = 'a2' WHERE id = 1; DELETE FROM t WHERE id = 2");
+    let q = "SELECT op, JSON_VALUE(COALESCE(`after`, `before`), '$.id'), JSON_VALUE(`after`, '$.v'), \
+             position IS NOT NULL, commit_ts IS NOT NULL, source_table FROM t_changelog ORDER BY sluice_seq";
+    let want = "r\t1\ta\t0\t0\tapp.t\nc\t2\tb\t1\t1\tapp.t\nu\t1\ta2\t1\t1\tapp.t\nd\t2\tNULL\t1\t1\tapp.t\n";
+    let deadline = Instant::now() + CONVERGE;
+    let mut got = String::new();
+    while Instant::now() < deadline {
+        got = env.source.cli("replica", q).unwrap_or_else(|e| e);
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, want);
+    pipeline.stop().await;
+}

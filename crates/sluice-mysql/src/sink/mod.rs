@@ -1,4 +1,4 @@
-//! MySQL/MariaDB/TiDB sink, replica mode.
+//! MySQL/MariaDB/TiDB sink: a replica, or a change log (one appended row per change).
 //!
 //! ```text
 //!  write: Change ──▶ per-table KeyedBatch (last change per key wins)
@@ -49,9 +49,12 @@ const FENCE_WAIT: Duration = Duration::from_secs(50);
 pub struct MySqlSinkConfig {
     /// `mysql://user:password@host:port/database`; tables are created in that database.
     pub url: Secret<String>,
-    /// `replica` (the only mode so far).
+    /// `replica` keeps tables of the same shape; `changelog` appends one row per change.
     #[serde(default = "default_mode")]
     pub mode: String,
+    /// In changelog mode, appended to the source table name to name the changelog table.
+    #[serde(default = "default_changelog_suffix")]
+    pub changelog_suffix: String,
     /// When to commit.
     #[serde(default)]
     pub batch: BatchConfig,
@@ -62,6 +65,9 @@ pub struct MySqlSinkConfig {
 
 fn default_mode() -> String {
     "replica".into()
+}
+fn default_changelog_suffix() -> String {
+    "_changelog".into()
 }
 fn default_checkpoint_database() -> String {
     DEFAULT_CHECKPOINT_DATABASE.into()
@@ -86,10 +92,13 @@ impl MySqlSinkConfig {
                 "must name the target database, e.g. mysql://user@host:3306/replica",
             ));
         }
-        if c.mode != "replica" {
+        if c.mode != "replica" && c.mode != "changelog" {
+            return Err(invalid(format!("{at}.mode"), format!("{:?}: expected \"replica\" or \"changelog\"", c.mode)));
+        }
+        if c.mode == "changelog" && c.changelog_suffix.is_empty() {
             return Err(invalid(
-                format!("{at}.mode"),
-                format!("{:?}: MySQL sinks support \"replica\" so far (a change log is planned)", c.mode),
+                format!("{at}.changelog_suffix"),
+                "must not be empty (the changelog would replace the table)",
             ));
         }
         c.batch.validate(at)?;
@@ -130,6 +139,10 @@ pub struct MySqlSink {
     in_tx: bool,
     /// A commit running in the background on this sink's connection
     pending: Option<tokio::task::JoinHandle<(Conn, Result<(), MyError>)>>,
+    /// Changelog mode: rows to append, in arrival order (target table, row)
+    log: Vec<(String, LogRow)>,
+    /// The transaction being received (changelog metadata)
+    txn: Option<sluice_core::TxnMeta>,
 }
 
 impl MySqlSink {
@@ -137,7 +150,7 @@ impl MySqlSink {
     pub fn new(cfg: MySqlSinkConfig, pipeline: &str, index: usize) -> MySqlSink {
         let database = cfg.database();
         MySqlSink {
-            name: format!("sink[{index}] mysql replica"),
+            name: format!("sink[{index}] mysql {}", cfg.mode),
             cfg,
             pipeline: pipeline.to_string(),
             index: index.to_string(),
@@ -149,6 +162,8 @@ impl MySqlSink {
             buffered: 0,
             in_tx: false,
             pending: None,
+            log: Vec::new(),
+            txn: None,
         }
     }
 
@@ -181,6 +196,21 @@ impl MySqlSink {
             // of it are idempotent for a replica).
             warn!(table = %schema.id, "table shape changed inside a large batch; the batch so far commits with the DDL");
             self.in_tx = false;
+        }
+        if self.changelog() {
+            let table = format!("{}{}", schema.id.name, self.cfg.changelog_suffix);
+            let name = format!("{}.{}", quote(&self.database), quote(&table));
+            self.conn()?
+                .query_drop(format!(
+                    "CREATE TABLE IF NOT EXISTS {name} (sluice_seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+                     op CHAR(1) NOT NULL, `before` JSON NULL, `after` JSON NULL, source_table VARCHAR(255) NOT NULL, \
+                     position VARCHAR(1024) NULL, xid BIGINT UNSIGNED NULL, commit_ts DATETIME(6) NULL) \
+                     DEFAULT CHARSET = utf8mb4"
+                ))
+                .await
+                .ctx(format!("create changelog table {name}"))?;
+            self.targets.insert(schema.id.clone(), Target { version: schema.version, name, other_unique: false });
+            return Ok(());
         }
         let name = format!("{}.{}", quote(&self.database), quote(&schema.id.name));
         let db = self.database.clone();
@@ -267,13 +297,16 @@ impl MySqlSink {
     /// Writes every buffered batch into the open transaction.
     async fn flush(&mut self) -> Result<(), MyError> {
         self.wait_pending().await?;
-        if self.batches.is_empty() {
+        if self.batches.is_empty() && self.log.is_empty() {
             return Ok(());
         }
         self.begin_tx().await?;
         let batches = std::mem::take(&mut self.batches);
+        let log = std::mem::take(&mut self.log);
         let dests = self.dests();
-        write_batches(self.conn()?, batches, &dests).await?;
+        let conn = self.conn()?;
+        write_batches(conn, batches, &dests).await?;
+        append_log(conn, log).await?;
         self.buffered = 0;
         Ok(())
     }
@@ -337,6 +370,42 @@ impl MySqlSink {
         Ok(cp)
     }
 
+    fn changelog(&self) -> bool {
+        self.cfg.mode == "changelog"
+    }
+
+    /// Changelog mode: every change and copied row becomes a row to append.
+    async fn log_event(&mut self, event: &Event) -> Result<(), MyError> {
+        let (schema, rows): (&SchemaRef, Vec<LogRow>) = match event {
+            Event::Begin(m) => {
+                self.txn = Some(m.clone());
+                return Ok(());
+            }
+            Event::Commit { .. } => {
+                self.txn = None;
+                return Ok(());
+            }
+            Event::Change(c) => (&c.table, vec![LogRow::change(&c.table, &c.op, self.txn.as_ref())]),
+            Event::Copy(copy) => match &copy.step {
+                CopyStep::Rows(rows) => (&copy.table, rows.iter().map(|r| LogRow::copied(&copy.table, r)).collect()),
+                CopyStep::Bulk(bulk) => {
+                    let rows = bulk.decode(&copy.table).map_err(|e| MyError::Decode(e.to_string()))?;
+                    (&copy.table, rows.iter().map(|r| LogRow::copied(&copy.table, r)).collect())
+                }
+                _ => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        self.reconcile(schema).await?;
+        let name = self.targets.get(&schema.id).map(|t| t.name.clone()).unwrap_or_default();
+        self.buffered += rows.len();
+        self.log.extend(rows.into_iter().map(|r| (name.clone(), r)));
+        if self.buffered >= MAX_BUFFERED_ROWS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
     fn store(&self) -> Store {
         Store { table: self.checkpoint_table(), pipeline: self.pipeline.clone(), index: self.index.clone() }
     }
@@ -358,6 +427,7 @@ impl MySqlSink {
         self.wait_pending().await?;
         let mut conn = self.conn.take().ok_or_else(|| MyError::Protocol("sink used before open".into()))?;
         let batches = std::mem::take(&mut self.batches);
+        let log = std::mem::take(&mut self.log);
         self.buffered = 0;
         let dests = self.dests();
         let store = self.store();
@@ -365,6 +435,7 @@ impl MySqlSink {
             let r = async {
                 conn.query_drop("START TRANSACTION").await.ctx("start a transaction")?;
                 write_batches(&mut conn, batches, &dests).await?;
+                append_log(&mut conn, log).await?;
                 store_and_commit(&mut conn, &store, &checkpoint).await
             }
             .await;
@@ -378,6 +449,9 @@ impl MySqlSink {
     }
 
     async fn write_inner(&mut self, event: &Event) -> Result<(), MyError> {
+        if self.changelog() {
+            return self.log_event(event).await;
+        }
         match event {
             Event::Change(c) => {
                 self.reconcile(&c.table).await?;
@@ -565,6 +639,84 @@ async fn update_partial(conn: &mut Conn, name: &str, schema: &SchemaRef, row: &[
     }
     let sql = format!("UPDATE {name} SET {} WHERE {}", sets.join(", "), conds.join(" AND "));
     conn.exec_drop(sql, params).await.ctx(format!("update {name}"))
+}
+
+/// One row of a changelog table.
+struct LogRow {
+    op: &'static str,
+    before: Option<String>,
+    after: Option<String>,
+    source_table: String,
+    position: Option<String>,
+    xid: Option<u64>,
+    commit_ts: Option<mysql_async::Value>,
+}
+
+impl LogRow {
+    fn change(schema: &sluice_core::TableSchema, op: &Op, txn: Option<&sluice_core::TxnMeta>) -> LogRow {
+        let json = |r: &sluice_core::Row| Some(sluice_core::json::row_json(schema, r).to_string());
+        let (kind, before, after) = match op {
+            Op::Insert { after } => ("c", None, json(after)),
+            Op::Update { before, after } => ("u", before.as_ref().and_then(json), json(after)),
+            Op::Delete { before } => ("d", json(before), None),
+            Op::Truncate => ("t", None, None),
+        };
+        LogRow {
+            op: kind,
+            before,
+            after,
+            source_table: schema.id.to_string(),
+            position: txn.map(|m| m.position.to_string()),
+            xid: txn.map(|m| m.xid),
+            commit_ts: txn.and_then(|m| {
+                let ts = sluice_core::Value::TimestampTz(sluice_core::Timestamp::from_micros(m.commit_ts_micros));
+                encode::param(&ts, &sluice_core::ColumnSchema::new("commit_ts", sluice_core::DataType::TimestampTz, ""))
+                    .ok()
+            }),
+        }
+    }
+
+    fn copied(schema: &sluice_core::TableSchema, row: &sluice_core::Row) -> LogRow {
+        LogRow {
+            op: "r",
+            before: None,
+            after: Some(sluice_core::json::row_json(schema, row).to_string()),
+            source_table: schema.id.to_string(),
+            position: None,
+            xid: None,
+            commit_ts: None,
+        }
+    }
+}
+
+/// Appends log rows in order: one multi-row insert per run of rows for the same table.
+async fn append_log(conn: &mut Conn, log: Vec<(String, LogRow)>) -> Result<(), MyError> {
+    let mut i = 0;
+    while i < log.len() {
+        let name = log[i].0.clone();
+        let mut j = i;
+        while j < log.len() && log[j].0 == name && j - i < ROWS_PER_STATEMENT {
+            j += 1;
+        }
+        let run = &log[i..j];
+        let sql = format!(
+            "INSERT INTO {name} (op, `before`, `after`, source_table, position, xid, commit_ts) VALUES {}",
+            vec!["(?, ?, ?, ?, ?, ?, ?)"; run.len()].join(", ")
+        );
+        let mut params: Vec<mysql_async::Value> = Vec::with_capacity(run.len() * 7);
+        for (_, r) in run {
+            params.push(r.op.into());
+            params.push(r.before.clone().into());
+            params.push(r.after.clone().into());
+            params.push(r.source_table.clone().into());
+            params.push(r.position.clone().into());
+            params.push(r.xid.into());
+            params.push(r.commit_ts.clone().unwrap_or(mysql_async::Value::NULL));
+        }
+        conn.exec_drop(sql, params).await.ctx(format!("append to {name}"))?;
+        i = j;
+    }
+    Ok(())
 }
 
 /// Where a sink's checkpoint row lives.
