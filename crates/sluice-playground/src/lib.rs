@@ -10,6 +10,7 @@
 //! then `mariadbd` with a row binlog).
 
 mod mariadb;
+pub mod mysql_scenario;
 pub mod scenario;
 mod server;
 

@@ -20,6 +20,10 @@ pub struct Args {
     /// Workload transactions per second
     #[arg(long, default_value_t = 50)]
     pub rate: u32,
+    /// The source database: `postgres`, or `mysql` (a MariaDB server; the replica stays
+    /// PostgreSQL)
+    #[arg(long, default_value = "postgres")]
+    pub source: String,
 }
 
 async fn connect(server: &PgServer, db: &str) -> anyhow::Result<Client> {
@@ -27,7 +31,15 @@ async fn connect(server: &PgServer, db: &str) -> anyhow::Result<Client> {
 }
 
 /// Runs the playground until `stop` (Ctrl-C) or `args.duration`.
-pub async fn run(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(args: Args, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    match args.source.as_str() {
+        "postgres" => run_postgres(args, stop).await,
+        "mysql" => run_mysql(args, stop).await,
+        other => bail!("--source {other}: expected postgres or mysql"),
+    }
+}
+
+async fn run_postgres(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     println!("Starting a source and a target PostgreSQL server in temporary directories...");
     let source = PgServer::start().map_err(anyhow::Error::msg)?;
     let target = PgServer::start().map_err(anyhow::Error::msg)?;
@@ -167,4 +179,147 @@ async fn show(
     }
     print!("{out}");
     Ok(())
+}
+
+/// `--source mysql`: a MariaDB source with the same schema and workload (written through the
+/// `mariadb` client), replicated into PostgreSQL.
+async fn run_mysql(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    use sluice_playground::mysql_scenario::{workload_txn as my_txn, CHECKSUMS, SAMPLE};
+    use std::io::Write;
+
+    println!("Starting a MariaDB source and a PostgreSQL target in temporary directories...");
+    let source = sluice_playground::MariaDbServer::start().map_err(anyhow::Error::msg)?;
+    let target = PgServer::start().map_err(anyhow::Error::msg)?;
+    let src_url = source.create_database("app").map_err(anyhow::Error::msg)?;
+    let dst_url = target.create_database("replica").await.map_err(anyhow::Error::msg)?;
+    source.cli("app", SAMPLE).map_err(anyhow::Error::msg).context("create the sample schema and data")?;
+    let dst = connect(&target, "replica").await?;
+    println!("source: {src_url}\ntarget: {dst_url}");
+    let toml = format!(
+        "name = \"playground\"\n\n[source]\ntype = \"mysql\"\nurl = \"{src_url}\"\ntables = [\"app.*\"]\n\
+         snapshot = \"initial\"\n\n[[sink]]\ntype = \"postgres\"\nurl = \"{dst_url}\"\nmode = \"replica\"\n"
+    );
+    let cfg = crate::parse(&toml, &|_| None).context("playground pipeline config")?;
+    println!("pipeline:\n{toml}");
+    let (pipe_stop_tx, pipe_stop_rx) = watch::channel(false);
+    let pipeline = crate::start(&cfg, pipe_stop_rx);
+    let handle = pipeline.handle.clone();
+    let pipeline = pipeline.task;
+
+    // The workload: one mariadb client fed transactions at the rate asked for.
+    let mut client = std::process::Command::new("mariadb")
+        .args(["--no-defaults", "--batch", "--user=root", "--default-character-set=utf8mb4", "--database=app"])
+        .arg(format!("--socket={}", source.socket().display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("start the mariadb client for the workload")?;
+    let mut stdin = client.stdin.take().context("the mariadb client's input")?;
+    let (work_stop_tx, work_stop_rx) = std::sync::mpsc::channel::<()>();
+    let rate = args.rate.max(1);
+    let workload = std::thread::spawn(move || -> std::io::Result<u64> {
+        let mut rng = Rng::new(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64),
+        );
+        let mut done = 0u64;
+        while work_stop_rx.try_recv().is_err() {
+            stdin.write_all(my_txn(&mut rng).as_bytes())?;
+            done += 1;
+            std::thread::sleep(Duration::from_secs_f64(1.0 / rate as f64));
+        }
+        Ok(done)
+    });
+
+    let counts = |sql_suffix: &'static str| {
+        let src = &source;
+        move || -> anyhow::Result<Vec<String>> {
+            let q: Vec<String> = CHECKSUMS
+                .iter()
+                .map(|(t, c)| format!("SELECT COUNT(*), COALESCE(SUM({c}), 0){sql_suffix} FROM {t}"))
+                .collect();
+            q.iter().map(|q| src.cli("app", q).map(|s| s.trim().to_string()).map_err(anyhow::Error::msg)).collect()
+        }
+    };
+    let src_sums = counts("");
+    let dst_sums = || async {
+        let mut out = Vec::new();
+        for (t, c) in CHECKSUMS {
+            let r = dst
+                .query_one(&format!("SELECT count(*)::text, coalesce(sum({c}), 0)::text FROM app.{t}"), &[])
+                .await
+                .ok();
+            out.push(r.map(|r| format!("{}\t{}", r.get::<_, String>(0), r.get::<_, String>(1))).unwrap_or_default());
+        }
+        out
+    };
+    let started = Instant::now();
+    let deadline = args.duration.map(|s| started + Duration::from_secs(s));
+    let tty = std::io::stdout().is_terminal();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let show_mysql = |src: &[String], dst: &[String], redraw: bool| {
+        let mut out = String::new();
+        if redraw {
+            out.push_str("\x1b[2J\x1b[H");
+        }
+        let status = handle.status();
+        let sink = status.sinks.first();
+        out.push_str(&format!(
+            "sluice playground (MariaDB -> PostgreSQL)  t={:>4}s  replica lag: {}  {:.0} rows/s   (Ctrl-C to stop)\n",
+            started.elapsed().as_secs(),
+            sink.and_then(|s| s.lag_ms).map_or("-".to_string(), |ms| format!("{ms} ms")),
+            sink.map_or(0.0, |s| s.rows_per_sec),
+        ));
+        out.push_str(&format!("{:<12} {:>10} {:>10}\n", "table", "source", "replica"));
+        for (i, (t, _)) in CHECKSUMS.iter().enumerate() {
+            let n = |v: Option<&String>| v.and_then(|s| s.split('\t').next().map(str::to_string)).unwrap_or("-".into());
+            out.push_str(&format!("{t:<12} {:>10} {:>10}\n", n(src.get(i)), n(dst.get(i))));
+        }
+        print!("{out}");
+    };
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        if pipeline.is_finished() || workload.is_finished() {
+            break;
+        }
+        show_mysql(&src_sums()?, &dst_sums().await, tty);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    let _ = work_stop_tx.send(());
+    let txns = workload.join().map_err(|_| anyhow::anyhow!("workload thread panicked"))?.context("workload")?;
+    let status = client.wait().context("the workload client")?;
+    if !status.success() {
+        let _ = pipe_stop_tx.send(true);
+        let _ = pipeline.await;
+        bail!("the workload client failed ({status})");
+    }
+    println!("\nWorkload stopped after {txns} transactions; waiting for the replica to converge...");
+    let converge_deadline = Instant::now() + Duration::from_secs(60);
+    let converged = loop {
+        if src_sums()? == dst_sums().await {
+            break true;
+        }
+        if Instant::now() > converge_deadline || pipeline.is_finished() {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    show_mysql(&src_sums()?, &dst_sums().await, false);
+    let _ = pipe_stop_tx.send(true);
+    match pipeline.await.context("pipeline task")? {
+        Ok(()) => {}
+        Err(e) => bail!("pipeline failed: {}", crate::chain(&e)),
+    }
+    drop(dst);
+    drop((source, target));
+    if converged {
+        println!("Replica is identical to the source (row counts and column sums match). Servers stopped.");
+        Ok(())
+    } else {
+        bail!("replica did not converge within 60s")
+    }
 }

@@ -228,3 +228,15 @@ async fn run_until_converged(
     let all = format!("{}{}", std::fs::read_to_string(&out).unwrap(), std::fs::read_to_string(&err).unwrap());
     (status, all)
 }
+
+/// `sluice playground` on each source runs its workload and ends with a replica identical to
+/// the source (the command checks that itself and fails otherwise).
+#[test]
+fn the_playground_converges_on_both_sources() {
+    for source in ["postgres", "mysql"] {
+        let o = sluice(&["playground", "--source", source, "--duration", "3", "--rate", "20"]);
+        let out = text(&o);
+        assert!(o.status.success(), "playground --source {source} failed:\n{out}");
+        assert!(out.contains("Replica is identical to the source"), "{source}: {out}");
+    }
+}
