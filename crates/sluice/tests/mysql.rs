@@ -83,6 +83,55 @@ impl MyEnv {
     }
 }
 
+/// Transactions piped into one `mariadb` client from a thread, until stopped (at most two
+/// minutes); `next` writes each one's SQL.
+struct Workload {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<u64>,
+    client: std::process::Child,
+}
+
+impl Workload {
+    fn start(
+        source: &MariaDbServer,
+        seed: u64,
+        mut next: impl FnMut(&mut sluice_playground::scenario::Rng) -> String + Send + 'static,
+    ) -> Workload {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut client = Command::new("mariadb")
+            .args(["--no-defaults", "--batch", "--user=root", "--default-character-set=utf8mb4", "--database=app"])
+            .arg(format!("--socket={}", source.socket().display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn the mariadb client");
+        let mut stdin = client.stdin.take().unwrap();
+        let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut rng = sluice_playground::scenario::Rng::new(seed);
+            let mut txns = 0u64;
+            let started = Instant::now();
+            while stop_rx.try_recv().is_err() && started.elapsed() < Duration::from_secs(120) {
+                stdin.write_all(next(&mut rng).as_bytes()).expect("workload");
+                txns += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            drop(stdin);
+            txns
+        });
+        Workload { stop, thread, client }
+    }
+
+    /// Stops the workload once the client has run everything; returns the transactions sent.
+    fn stop(mut self) -> u64 {
+        let _ = self.stop.send(());
+        let txns = self.thread.join().unwrap();
+        assert!(self.client.wait().unwrap().success(), "the workload client failed");
+        txns
+    }
+}
+
 const TYPES: &str = "CREATE TABLE types (
     id INT PRIMARY KEY,
     ti TINYINT, tu TINYINT UNSIGNED, si SMALLINT, su SMALLINT UNSIGNED, mi MEDIUMINT, mu MEDIUMINT UNSIGNED,
@@ -192,6 +241,12 @@ async fn ddl_and_new_tables_mid_stream_and_restarts_resume_exactly() {
         let my_later = "SELECT CONCAT_WS(',', k, v) FROM later ORDER BY k";
         let pg_later = "SELECT concat_ws(',', k, v) FROM app.later ORDER BY k";
         env.converge(my_later, pg_later).await;
+        // A truncate empties the replica's table too.
+        env.src(
+            "INSERT INTO later VALUES ('z', 26); TRUNCATE TABLE later; INSERT INTO later VALUES ('c', 3), ('d', 4)",
+        );
+        env.converge(my_later, pg_later).await;
+        assert_eq!(env.dst_now("SELECT string_agg(k, ',' ORDER BY k) FROM app.later").await, ["c,d"]);
         pipeline.stop().await;
 
         // Changes while stopped arrive after a restart, once each.
@@ -215,6 +270,87 @@ async fn ddl_and_new_tables_mid_stream_and_restarts_resume_exactly() {
         assert!(pos.contains("mysql-bin.0000"), "{pos}");
         assert_eq!(pos.contains("gtids"), gtid == "auto", "gtid = {gtid}: {pos}");
     }
+}
+
+/// Writes to `table` while it is copied: updates, inserts, deletes, and key changes to keys
+/// below every other (the copy has passed them: only the move tells the sink about the row).
+fn copy_workload(source: &MariaDbServer, table: &'static str, seed: u64) -> Workload {
+    let mut next_id = seed * 1_000_000;
+    Workload::start(source, seed, move |rng| {
+        let mut sql = String::from("BEGIN;\n");
+        for _ in 0..rng.range(1, 5) {
+            let id = rng.range(1, 20_000);
+            next_id += 1;
+            sql.push_str(&match rng.range(1, 10) {
+                1..=5 => format!("UPDATE {table} SET v = CONCAT(v, '+'), n = n + 1 WHERE id = {id};\n"),
+                6 | 7 => format!("INSERT INTO {table} VALUES ({next_id}, 'new', 0);\n"),
+                8 => format!("DELETE FROM {table} WHERE id = {id};\n"),
+                _ => format!("UPDATE {table} SET id = -{next_id} WHERE id = {id};\n"),
+            });
+        }
+        sql.push_str("COMMIT;\n");
+        sql
+    })
+}
+
+/// Live-table copies with a MariaDB source: a table renamed into the selection while writes go
+/// on, then a sink added to the pipeline. Only what a sink lacks is copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_renamed_in_and_sinks_added_are_copied_while_streaming() {
+    let env = MyEnv::new(
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY, v VARCHAR(200) NOT NULL, n INT NOT NULL);
+         INSERT INTO orders SELECT seq, CONCAT('o', seq), 0 FROM seq_1_to_3000;
+         CREATE TABLE staging (id BIGINT PRIMARY KEY, v VARCHAR(200) NOT NULL, n INT NOT NULL);
+         INSERT INTO staging SELECT seq, CONCAT('s', seq), 0 FROM seq_1_to_20000;",
+    )
+    .await;
+    let source_extra = "exclude = [\"app.staging\"]\nchunk_rows = 500";
+    let pipeline = start(env.config("myfill", source_extra));
+    let my = |t: &str| format!("SELECT CONCAT_WS('|', id, v, n) FROM {t} ORDER BY id");
+    let pg = |t: &str| format!("SELECT concat_ws('|', id, v, n) FROM app.{t} ORDER BY id");
+    env.converge(&my("orders"), &pg("orders")).await;
+
+    env.src("RENAME TABLE staging TO moved");
+    let writes = copy_workload(&env.source, "moved", 31);
+    common::wait_copied(&env.dst, "myfill", &["orders", "moved"]).await;
+    assert!(writes.stop() > 0, "the workload ran during the copy");
+    env.converge(&my("moved"), &pg("moved")).await;
+    env.src("UPDATE moved SET v = 'after' WHERE id <= 10; DELETE FROM moved WHERE id > 19990 AND id < 20001");
+    env.converge(&my("moved"), &pg("moved")).await;
+    pipeline.stop().await;
+
+    // A second sink: it gets both tables copied while writes go on; the first keeps its rows
+    // as they are (a row only it holds survives: nothing replaced its table).
+    env.dst.batch_execute("INSERT INTO app.orders VALUES (-1, 'only in the first sink', 0)").await.unwrap();
+    let second_url = env._target.create_database("second").await.unwrap_or_else(|e| panic!("{e}"));
+    let second = connect(&second_url).await;
+    let toml = format!(
+        "name = \"myfill\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\n{source_extra}\n\n\
+         [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n\n[[sink]]\ntype = \"postgres\"\nurl = \"{second_url}\"\n",
+        env.src_url, env.dst_url
+    );
+    let both = start(sluice::parse(&toml, &|_| None).unwrap());
+    let writes = copy_workload(&env.source, "moved", 37);
+    common::wait_copied(&second, "myfill", &["orders", "moved"]).await;
+    assert!(writes.stop() > 0, "the workload ran during the copy");
+    env.converge(&my("moved"), &pg("moved")).await;
+    let second_rows = |sql: String| {
+        let second = &second;
+        async move {
+            let rows = second.query(&sql, &[]).await.ok()?;
+            Some(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
+        }
+    };
+    for t in ["orders", "moved"] {
+        let want: Vec<String> = env.src(&my(t)).lines().map(str::to_string).collect();
+        wait_for(&format!("the second sink's {t} to match the source"), CONVERGE, || async {
+            (second_rows(pg(t)).await? == want).then_some(())
+        })
+        .await;
+    }
+    both.stop().await;
+    let marker = env.dst_now("SELECT v FROM app.orders WHERE id = -1").await;
+    assert_eq!(marker, ["only in the first sink"], "the first sink's orders were copied again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,7 +437,6 @@ async fn a_purged_binlog_stops_and_when_needed_copies_everything_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_leaves_an_exact_replica() {
     use sluice_playground::scenario::Rng;
-    use std::io::Write;
     use std::process::{Command, Stdio};
 
     let seed: u64 = std::env::var("SLUICE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
@@ -343,40 +478,22 @@ async fn sigkill_at_random_moments_leaves_an_exact_replica() {
     };
 
     // The workload: transactions of 1 to 30 statements piped into one mariadb client.
-    let mut client = Command::new("mariadb")
-        .args(["--no-defaults", "--batch", "--user=root", "--default-character-set=utf8mb4", "--database=app"])
-        .arg(format!("--socket={}", env.source.socket().display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn the mariadb client");
-    let mut stdin = client.stdin.take().unwrap();
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let workload = std::thread::spawn(move || {
-        let mut rng = Rng::new(seed ^ 0x5eed);
-        let mut txns = 0u64;
-        let started = Instant::now();
-        while stop_rx.try_recv().is_err() && started.elapsed() < Duration::from_secs(120) {
-            let mut sql = String::from("BEGIN;\n");
-            for _ in 0..rng.range(1, 30) {
-                let id = rng.range(1, 160_000);
-                sql.push_str(&match rng.range(1, 8) {
-                    1..=4 => format!(
-                        "UPDATE accounts SET balance = balance + {}, owner = LEFT(CONCAT(owner, '.'), 100) WHERE id = {id};\n",
-                        rng.range(-50, 50)
-                    ),
-                    5 => format!("INSERT INTO accounts VALUES ({id}, 'new', 0, NULL) ON DUPLICATE KEY UPDATE note = 'upserted';\n"),
-                    6 => format!("DELETE FROM accounts WHERE id = {id};\n"),
-                    _ => format!("INSERT INTO ledger (account, amount) VALUES ({id}, {}.{:02});\n", rng.range(-999, 999), rng.range(0, 99)),
-                });
-            }
-            sql.push_str("COMMIT;\n");
-            stdin.write_all(sql.as_bytes()).expect("workload");
-            txns += 1;
-            std::thread::sleep(Duration::from_millis(2));
+    let workload = Workload::start(&env.source, seed ^ 0x5eed, |rng| {
+        let mut sql = String::from("BEGIN;\n");
+        for _ in 0..rng.range(1, 30) {
+            let id = rng.range(1, 160_000);
+            sql.push_str(&match rng.range(1, 8) {
+                1..=4 => format!(
+                    "UPDATE accounts SET balance = balance + {}, owner = LEFT(CONCAT(owner, '.'), 100) WHERE id = {id};\n",
+                    rng.range(-50, 50)
+                ),
+                5 => format!("INSERT INTO accounts VALUES ({id}, 'new', 0, NULL) ON DUPLICATE KEY UPDATE note = 'upserted';\n"),
+                6 => format!("DELETE FROM accounts WHERE id = {id};\n"),
+                _ => format!("INSERT INTO ledger (account, amount) VALUES ({id}, {}.{:02});\n", rng.range(-999, 999), rng.range(0, 99)),
+            });
         }
-        drop(stdin);
-        txns
+        sql.push_str("COMMIT;\n");
+        sql
     });
 
     let mut rng = Rng::new(seed);
@@ -404,9 +521,7 @@ async fn sigkill_at_random_moments_leaves_an_exact_replica() {
         sluice.wait().unwrap();
         sluice = spawn();
     }
-    let _ = stop_tx.send(());
-    let txns = workload.join().unwrap();
-    assert!(client.wait().unwrap().success(), "the workload client failed");
+    let txns = workload.stop();
     assert!(txns > 50, "workload too small to mean anything: {txns} transactions");
 
     let my_accounts = "SELECT CONCAT_WS('|', id, owner, balance, IFNULL(note, '~')) FROM accounts ORDER BY id";

@@ -13,7 +13,7 @@
 //! open transaction early, so memory stays bounded; it still commits with its checkpoint.
 //! Fencing: `GET_LOCK` on a connection held while the sink is open; a second process waits.
 
-mod encode;
+pub(crate) mod encode;
 
 use std::borrow::Cow;
 use std::collections::HashMap;

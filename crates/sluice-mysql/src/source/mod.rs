@@ -6,6 +6,8 @@
 //!                                  for every table, before the stream          (snapshot.rs)
 //!  binlog conn ── register as replica, dump from P or from what the sinks hold ──▶ Begin,
 //!                 Change*, Commit, Heartbeat                                     (stream.rs)
+//!  copy conn   ── tables some sink lacks, chunk by chunk while streaming ──▶ Copy{replace|
+//!                 resume} between transactions                                 (backfill.rs)
 //! ```
 //!
 //! Progress: a position is the binlog file, the offset after the last transaction delivered,
@@ -18,6 +20,7 @@
 //! checkpoint); a purged binlog, a missing privilege or a server setting that makes row
 //! capture impossible is fatal, with the fix in the message.
 
+mod backfill;
 mod snapshot;
 mod stream;
 
@@ -29,6 +32,7 @@ use tracing::{info, warn};
 use crate::catalog::{self, qualified, SourceTable};
 use crate::config::{GtidMode, MySqlSourceConfig, SnapshotMode};
 use crate::error::MyError;
+use backfill::CopyJob;
 use snapshot::Snapshot;
 use stream::Streamer;
 
@@ -77,33 +81,24 @@ impl MySqlSource {
             }
             None => None,
         };
+        let mut jobs = Vec::new();
         let start = match start {
             Some(mut p) => {
                 if !gtid {
                     p.gtids = None;
                 }
-                let missing: Vec<String> = tables
-                    .iter()
-                    .filter(|t| !resume.copies_needed(&t.id, None).is_empty())
-                    .map(|t| t.id.to_string())
-                    .collect();
-                if !missing.is_empty() && self.cfg.snapshot != SnapshotMode::Never {
-                    // A snapshot cut short by a crash, or tables the sinks lack. Copying one
-                    // table while streaming is not built for MySQL sources yet; a new snapshot of
-                    // every table, streamed on from its own position, is exact for every sink.
-                    warn!(
-                        tables = %missing.join(", "),
-                        "tables are not copied into every sink (a snapshot cut short, or tables added); taking a new \
-                         snapshot of every table"
-                    );
-                    match self.snapshot(&url, &info, &tables, live, gtid, &events, &stop).await? {
-                        Some(p) => p,
-                        None => return stopped(events, confirmed).await,
+                // Tables some sink lacks (a snapshot cut short, a table or a sink added) are
+                // copied while streaming, into those sinks only (backfill.rs).
+                if self.cfg.snapshot != SnapshotMode::Never {
+                    for t in &tables {
+                        let estimated = (t.estimated_rows > 0).then_some(t.estimated_rows);
+                        for (to, after) in resume.copies_needed(&t.id, None) {
+                            jobs.push(CopyJob::new(t.id.clone(), to, after, estimated));
+                        }
                     }
-                } else {
-                    send(&events, Event::StreamStart { position: Position::MySql(p.clone()) }).await?;
-                    p
                 }
+                send(&events, Event::StreamStart { position: Position::MySql(p.clone()) }).await?;
+                p
             }
             None if resume.sinks.iter().any(Option::is_none) => {
                 return Err(MyError::Retry(
@@ -130,6 +125,7 @@ impl MySqlSource {
             conn,
             selected.clone(),
             live,
+            jobs,
             start,
             events,
             confirmed,
@@ -151,6 +147,7 @@ impl MySqlSource {
                     conn,
                     selected,
                     live,
+                    Vec::new(),
                     p,
                     events,
                     confirmed,

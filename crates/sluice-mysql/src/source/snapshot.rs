@@ -18,8 +18,8 @@ use bytes::Bytes;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use sluice_core::{
-    BinlogPosition, Copy, CopyMode, CopyStep, Date, Decimal, Event, Hold, Interval, SchemaRef, SinkSet, Text,
-    Timestamp, Value,
+    BinlogPosition, Copy, CopyMode, CopyStep, Date, Decimal, Event, Hold, Interval, SchemaRef, SinkSet, TableSchema,
+    Text, Timestamp, Value,
 };
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info};
@@ -191,14 +191,14 @@ impl Snapshot {
     }
 }
 
-async fn start_txn(c: &mut Conn) -> Result<(), MyError> {
+pub(super) async fn start_txn(c: &mut Conn) -> Result<(), MyError> {
     c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ").await.ctx("set isolation level")?;
     c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await.ctx("start the snapshot")
 }
 
 /// Starts a consistent snapshot on MariaDB and returns its binlog coordinate, which MariaDB
 /// keeps fixed for the transaction.
-async fn start_mariadb(c: &mut Conn) -> Result<(String, u64), MyError> {
+pub(super) async fn start_mariadb(c: &mut Conn) -> Result<(String, u64), MyError> {
     start_txn(c).await?;
     let rows: Vec<(String, String)> =
         c.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await.ctx("read the snapshot's binlog position")?;
@@ -331,14 +331,7 @@ impl RangeJob {
             let mut result = conn.exec_iter(sql, params).await.ctx(what.clone())?;
             let mut block = Vec::with_capacity(self.chunk_rows.min(65_536));
             while let Some(row) = result.next().await.ctx(what.clone())? {
-                let values = row.unwrap();
-                let mut out = Vec::with_capacity(values.len());
-                for (i, (v, p)) in values.into_iter().zip(self.plans.iter()).enumerate() {
-                    out.push(from_protocol(v, p, self.zero).map_err(|e| {
-                        MyError::Decode(format!("{}.{}: {e}", self.schema.id, self.schema.columns[i].name))
-                    })?);
-                }
-                block.push(out);
+                block.push(row_from_protocol(row, &self.schema, &self.plans, self.zero)?);
                 if block.len() >= self.chunk_rows {
                     total += block.len() as u64;
                     self.emit(std::mem::take(&mut block)).await?;
@@ -364,6 +357,24 @@ impl RangeJob {
         copy.hold = Hold(Some(Arc::new(permit)));
         send(&self.events, Event::Copy(copy)).await
     }
+}
+
+/// A result row of `schema`'s columns (read with `plans`) as values.
+pub(super) fn row_from_protocol(
+    row: mysql_async::Row,
+    schema: &TableSchema,
+    plans: &[ColumnPlan],
+    zero: ZeroDates,
+) -> Result<Vec<Value>, MyError> {
+    let values = row.unwrap();
+    let mut out = Vec::with_capacity(values.len());
+    for (i, (v, p)) in values.into_iter().zip(plans.iter()).enumerate() {
+        out.push(
+            from_protocol(v, p, zero)
+                .map_err(|e| MyError::Decode(format!("{}.{}: {e}", schema.id, schema.columns[i].name)))?,
+        );
+    }
+    Ok(out)
 }
 
 fn int_param(v: i128) -> mysql_async::Value {

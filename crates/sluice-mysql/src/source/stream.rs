@@ -24,8 +24,9 @@ use sluice_core::{
     TxnMeta, Value,
 };
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
+use super::backfill::{Backfill, CopyJob};
 use super::{describe, send};
 use crate::binlog::{kind, mysql_gtid, MariaGtid, Query, Reader, Rotate, Rows, RowsKind, TableMap};
 use crate::catalog::{self, ServerInfo};
@@ -58,6 +59,8 @@ pub(super) struct Streamer {
     catalog: mysql_async::Conn,
     selected: Vec<TableId>,
     live: SinkSet,
+    /// Copies of live tables
+    backfill: Backfill,
     /// Current table id → table (None: not selected)
     ids: HashMap<u64, Option<Arc<Mapped>>>,
     /// Last shape per table, to keep the schema version while the shape is the same
@@ -91,13 +94,16 @@ impl Streamer {
         catalog: mysql_async::Conn,
         selected: Vec<TableId>,
         live: SinkSet,
+        jobs: Vec<CopyJob>,
         start: BinlogPosition,
         events: mpsc::Sender<Event>,
         confirmed: watch::Receiver<Option<Position>>,
         stop: watch::Receiver<bool>,
     ) -> Streamer {
         let zero = cfg.zero_dates();
+        let backfill = Backfill::new(&url, info.mariadb, cfg.chunk_rows, zero, jobs);
         Streamer {
+            backfill,
             cfg,
             url,
             info,
@@ -205,11 +211,17 @@ impl Streamer {
         if let Some(ev) = self.first.take() {
             self.on_event(&ev).await?;
         }
+        self.boundary().await?;
         let mut stop = self.stop.clone();
         loop {
             let next = tokio::select! {
                 biased;
                 _ = stop.changed() => None,
+                Some(r) = self.backfill.result() => {
+                    self.backfill.on_result(r)?;
+                    self.boundary().await?;
+                    continue;
+                }
                 ev = stream.next() => Some(ev),
             };
             if *self.stop.borrow() {
@@ -271,6 +283,7 @@ impl Streamer {
                         self.pos = self.pos.max(end);
                     }
                     self.heartbeat(true).await?;
+                    self.boundary().await?;
                 }
                 return Ok(());
             }
@@ -300,8 +313,8 @@ impl Streamer {
                     return Ok(());
                 } else {
                     // DDL (and other statements logged as statements): a group of its own.
-                    self.on_ddl(&q).await?;
-                    if self.txn.is_none() {
+                    let ddl = self.on_ddl(&q).await?;
+                    if ddl || self.txn.is_none() {
                         self.pos = end;
                         self.finish().await?;
                         return Ok(());
@@ -443,7 +456,26 @@ impl Streamer {
                     Op::Update { before: Some(before), after }
                 }
             };
+            if self.backfill.watching(&m.schema.id) {
+                let at = self.txn_start.as_ref().map_or(self.pos, |t| t.0);
+                self.backfill.on_change(&m.schema.id, (&self.file, at), &op, |r| m.schema.key_of(r));
+            }
             send(&self.events, Event::Change(Change { table: m.schema.clone(), op })).await?;
+        }
+        Ok(())
+    }
+
+    /// Between transactions: sends the open copy chunk once the stream has reached it, and
+    /// starts the next.
+    async fn boundary(&mut self) -> Result<(), MyError> {
+        if self.txn_start.is_some() || self.txn.is_some() {
+            return Ok(());
+        }
+        for ev in self.backfill.at_boundary((&self.file, self.pos)) {
+            send(&self.events, ev).await?;
+        }
+        if let Some(begin) = self.backfill.start().await? {
+            send(&self.events, begin).await?;
         }
         Ok(())
     }
@@ -463,7 +495,7 @@ impl Streamer {
             }
             _ => self.heartbeat(false).await?,
         }
-        Ok(())
+        self.boundary().await
     }
 
     async fn heartbeat(&mut self, force: bool) -> Result<(), MyError> {
@@ -474,16 +506,19 @@ impl Streamer {
         Ok(())
     }
 
-    /// A statement logged as text. A table created or dropped changes the selection: a new
-    /// table is empty at this point of the stream, so its copy is empty and every row it gets
-    /// arrives as a change after it. Column changes need nothing here: the next table map
-    /// carries the new shape.
-    async fn on_ddl(&mut self, q: &Query) -> Result<(), MyError> {
-        let Some((verb, names)) = ddl_tables(&q.sql, &q.schema) else { return Ok(()) };
+    /// A statement logged as text; returns whether it was DDL on tables (a group of its own).
+    /// A table created or dropped changes the selection: a new table is empty at this point of
+    /// the stream, so its copy is empty and every row it gets arrives as a change after it. A
+    /// table renamed into the selection is copied while streaming. Column changes need nothing
+    /// here (the next table map carries the new shape) except voiding an open copy chunk. A
+    /// TRUNCATE becomes a truncate change.
+    async fn on_ddl(&mut self, q: &Query) -> Result<bool, MyError> {
+        let Some((verb, names)) = ddl_tables(&q.sql, &q.schema) else { return Ok(false) };
         debug!(verb, tables = ?names, "ddl");
         let filter = self.cfg.filter();
         let mut changed = false;
         let mut created = Vec::new();
+        let mut renamed = Vec::new();
         match verb {
             "create" => {
                 for id in names {
@@ -512,25 +547,42 @@ impl Streamer {
                             self.shapes.remove(old);
                             changed = true;
                         }
+                        self.shapes.remove(new);
                         if filter.selects(&new.schema, &new.name) {
-                            warn!(
-                                table = %new,
-                                "a table was renamed into the selection; its existing rows are not copied by this \
-                                 version (its changes from now on are streamed)"
-                            );
                             if !self.selected.contains(new) {
                                 self.selected.push(new.clone());
-                                created.push(new.clone());
-                                changed = true;
                             }
+                            renamed.push(new.clone());
+                            changed = true;
                         }
                     }
+                }
+            }
+            "alter" => {
+                for id in &names {
+                    self.backfill.on_ddl(id);
+                }
+            }
+            "truncate" => {
+                for id in names.iter().filter(|id| self.selected.contains(id)).cloned().collect::<Vec<_>>().iter() {
+                    self.backfill.on_truncate(id);
+                    let schema = match self.shapes.get(id) {
+                        Some(m) => m.schema.clone(),
+                        None => {
+                            let cols = catalog::table_columns(&mut self.catalog, id).await?;
+                            Arc::new(catalog::schema_from_info(id, &cols, self.zero == ZeroDates::Null).0)
+                        }
+                    };
+                    self.begin().await?;
+                    send(&self.events, Event::Change(Change { table: schema, op: Op::Truncate })).await?;
                 }
             }
             _ => {}
         }
         if changed {
             self.selected.sort();
+            self.selected.dedup();
+            self.backfill.retain(&self.selected);
             send(&self.events, Event::Tables { selected: self.selected.clone() }).await?;
             for id in created {
                 let cols = catalog::table_columns(&mut self.catalog, &id).await?;
@@ -547,8 +599,12 @@ impl Streamer {
                 send(&self.events, Event::Copy(Copy::new(self.live, schema.clone(), begin))).await?;
                 send(&self.events, Event::Copy(Copy::new(self.live, schema, CopyStep::End))).await?;
             }
+            for id in renamed {
+                // Its rows exist already: copied while streaming, from the first row.
+                self.backfill.push(CopyJob::new(id, self.live, None, None));
+            }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -572,7 +628,8 @@ fn purged(e: MyError, at: &BinlogPosition) -> MyError {
 
 /// The tables a DDL statement creates, drops or renames: `(verb, tables)`; renames list
 /// (old, new) pairs. Recognises `CREATE [TEMPORARY] TABLE [IF NOT EXISTS] t`, `DROP TABLE [IF
-/// EXISTS] a, b`, `RENAME TABLE a TO b, c TO d` and `ALTER TABLE a RENAME [TO] b`.
+/// EXISTS] a, b`, `RENAME TABLE a TO b, c TO d`, `ALTER TABLE a RENAME [TO] b`, any other
+/// `ALTER TABLE a` (verb `alter`) and `TRUNCATE [TABLE] a`.
 pub(crate) fn ddl_tables(sql: &str, default_schema: &str) -> Option<(&'static str, Vec<TableId>)> {
     let tokens = tokenize(sql);
     let up: Vec<String> = tokens.iter().map(|t| t.to_ascii_uppercase()).collect();
@@ -643,8 +700,11 @@ pub(crate) fn ddl_tables(sql: &str, default_schema: &str) -> Option<(&'static st
         }
         return Some(("rename", out));
     }
-    if kw(0, "ALTER") && kw(1, "TABLE") {
-        i = 2;
+    if kw(0, "ALTER") && (kw(1, "TABLE") || kw(1, "ONLINE") && kw(2, "TABLE") || kw(1, "IGNORE") && kw(2, "TABLE")) {
+        i = if kw(1, "TABLE") { 2 } else { 3 };
+        if kw(i, "IF") && kw(i + 1, "EXISTS") {
+            i += 2;
+        }
         let old = name(&mut i)?;
         if kw(i, "RENAME") && !kw(i + 1, "COLUMN") && !kw(i + 1, "INDEX") && !kw(i + 1, "KEY") {
             i += 1;
@@ -654,6 +714,11 @@ pub(crate) fn ddl_tables(sql: &str, default_schema: &str) -> Option<(&'static st
             let new = name(&mut i)?;
             return Some(("rename", vec![old, new]));
         }
+        return Some(("alter", vec![old]));
+    }
+    if kw(0, "TRUNCATE") {
+        i = if kw(1, "TABLE") { 2 } else { 1 };
+        return Some(("truncate", vec![name(&mut i)?]));
     }
     None
 }
@@ -737,8 +802,10 @@ mod tests {
             Some(("rename", vec![t("app", "a"), t("app", "b"), t("x", "c"), t("x", "d")]))
         );
         assert_eq!(ddl_tables("ALTER TABLE a RENAME TO b", "s"), Some(("rename", vec![t("s", "a"), t("s", "b")])));
-        assert_eq!(ddl_tables("ALTER TABLE a RENAME COLUMN x TO y", "s"), None);
-        assert_eq!(ddl_tables("ALTER TABLE a ADD COLUMN c int", "s"), None);
+        assert_eq!(ddl_tables("ALTER TABLE a RENAME COLUMN x TO y", "s"), Some(("alter", vec![t("s", "a")])));
+        assert_eq!(ddl_tables("ALTER ONLINE TABLE x.a ADD COLUMN c int", "s"), Some(("alter", vec![t("x", "a")])));
+        assert_eq!(ddl_tables("truncate `t`", "s"), Some(("truncate", vec![t("s", "t")])));
+        assert_eq!(ddl_tables("TRUNCATE TABLE x.t", "s"), Some(("truncate", vec![t("x", "t")])));
         assert_eq!(ddl_tables("CREATE TEMPORARY TABLE t (x int)", "s"), None);
         assert_eq!(ddl_tables("", "s"), None);
     }
