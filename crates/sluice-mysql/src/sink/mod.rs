@@ -761,7 +761,10 @@ async fn store_and_commit(conn: &mut Conn, store: &Store, checkpoint: &Checkpoin
     )
     .await
     .ctx("store the checkpoint")?;
-    conn.query_drop("COMMIT").await.ctx("commit")
+    sluice_core::crash_point("sink.before_commit");
+    conn.query_drop("COMMIT").await.ctx("commit")?;
+    sluice_core::crash_point("sink.after_commit");
+    Ok(())
 }
 
 #[async_trait]

@@ -355,7 +355,9 @@ impl RangeJob {
             .map_err(|_| MyError::Protocol("snapshot budget closed".into()))?;
         let mut copy = Copy::new(self.to, self.schema.clone(), CopyStep::Rows(rows));
         copy.hold = Hold(Some(Arc::new(permit)));
-        send(&self.events, Event::Copy(copy)).await
+        send(&self.events, Event::Copy(copy)).await?;
+        sluice_core::crash_point("snapshot.mid_table");
+        Ok(())
     }
 }
 

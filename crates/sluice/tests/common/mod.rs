@@ -2,6 +2,8 @@
 //! in-process or as the real binary, and row-by-row comparison with a readable diff.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::time::Duration;
 
 use sluice_config::PipelineConfig;
