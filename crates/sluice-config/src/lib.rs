@@ -406,5 +406,32 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// `sink[].schema_changes`: what a replica does when a source table changes shape. Changes
+/// the policy does not allow, and changes that could lose data (a narrower type, an
+/// incompatible one), put only that table in quarantine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaChanges {
+    /// Added columns are added, widened types widened, dropped columns dropped, renamed columns
+    /// renamed.
+    #[default]
+    Follow,
+    /// Added columns are added and types widened; nothing is ever dropped or renamed: a dropped
+    /// column is kept (NULL in new rows), a renamed one is added under its new name.
+    AddOnly,
+    /// The target's shape never changes: any change that would need one quarantines the table.
+    Freeze,
+}
+
+impl std::fmt::Display for SchemaChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SchemaChanges::Follow => "follow",
+            SchemaChanges::AddOnly => "add_only",
+            SchemaChanges::Freeze => "freeze",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests;

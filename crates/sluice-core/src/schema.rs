@@ -149,6 +149,83 @@ impl ColumnSchema {
         self.nullable = false;
         self
     }
+
+    /// Whether the column holds the same values as `other`: same logical type, precision,
+    /// scale and length (names, nullability and spelling aside).
+    pub fn same_type(&self, other: &ColumnSchema) -> bool {
+        self.data_type == other.data_type
+            && self.precision == other.precision
+            && self.scale == other.scale
+            && self.length == other.length
+    }
+
+    /// Whether every value a column of this type holds fits a column of `to`'s type without
+    /// loss: wider integers (unsigned into a signed type of twice the width), integers into
+    /// decimals with enough integer digits or into doubles (up to 32 bits), single into double
+    /// precision, longer or unbounded text and bytes, decimals with at least as many integer and
+    /// fraction digits, more fractional-second digits, enums gaining labels, enums into text.
+    /// A sink follows such a change of a source column by widening its own column; any other
+    /// change may lose data.
+    pub fn widens_to(&self, to: &ColumnSchema) -> bool {
+        use DataType::*;
+        let at_least = |from: Option<u32>, to: Option<u32>| match (from, to) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(f), Some(t)) => t >= f,
+        };
+        let signed = |t: &DataType| match t {
+            Int8 => Some(8),
+            Int16 => Some(16),
+            Int32 => Some(32),
+            Int64 => Some(64),
+            _ => None,
+        };
+        let unsigned = |t: &DataType| match t {
+            UInt8 => Some(8),
+            UInt16 => Some(16),
+            UInt32 => Some(32),
+            UInt64 => Some(64),
+            _ => None,
+        };
+        let digits = |t: &DataType| match t {
+            Int8 | UInt8 => Some(3),
+            Int16 | UInt16 => Some(5),
+            Int32 | UInt32 => Some(10),
+            Int64 => Some(19),
+            UInt64 => Some(20),
+            _ => None,
+        };
+        let (f, t) = (&self.data_type, &to.data_type);
+        if f == t {
+            return match f {
+                Text | Bytes => at_least(self.length, to.length),
+                Decimal => match ((self.precision, self.scale), (to.precision, to.scale)) {
+                    (_, (None, _)) => true,
+                    ((None, _), _) => false,
+                    ((Some(fp), fs), (Some(tp), ts)) => {
+                        let (fs, ts) = (fs.unwrap_or(0), ts.unwrap_or(0));
+                        ts >= fs && tp.saturating_sub(ts) >= fp.saturating_sub(fs)
+                    }
+                },
+                Time | TimeTz | Timestamp | TimestampTz | Interval => at_least(self.precision, to.precision),
+                _ => true,
+            };
+        }
+        match (f, t) {
+            (Enum { labels: a }, Enum { labels: b }) => a.iter().all(|l| b.contains(l)),
+            (Enum { labels }, Text) => to.length.is_none_or(|n| labels.iter().all(|l| l.chars().count() <= n as usize)),
+            (Float32, Float64) => true,
+            (a, Decimal) if digits(a).is_some() => {
+                to.precision.is_none_or(|p| p.saturating_sub(to.scale.unwrap_or(0)) >= digits(a).unwrap_or(u32::MAX))
+            }
+            (a, Float64) => signed(a).or(unsigned(a)).is_some_and(|w| w <= 32),
+            (a, b) => match (signed(a), unsigned(a), signed(b), unsigned(b)) {
+                (Some(x), _, Some(y), _) | (_, Some(x), _, Some(y)) => y > x,
+                (_, Some(x), Some(y), _) => y > x,
+                _ => false,
+            },
+        }
+    }
 }
 
 /// The shape of a table at one point in the stream.
@@ -191,3 +268,45 @@ pub type Key = Vec<Value>;
 
 /// Shared handle to a schema; changes point at the schema they were captured under.
 pub type SchemaRef = Arc<TableSchema>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(t: DataType) -> ColumnSchema {
+        ColumnSchema::new("c", t, "")
+    }
+
+    fn with(t: DataType, p: Option<u32>, s: Option<u32>, l: Option<u32>) -> ColumnSchema {
+        ColumnSchema { precision: p, scale: s, length: l, ..col(t) }
+    }
+
+    #[test]
+    fn widening_keeps_every_value() {
+        use DataType::*;
+        assert!(col(Int32).widens_to(&col(Int64)));
+        assert!(!col(Int64).widens_to(&col(Int32)));
+        assert!(col(UInt32).widens_to(&col(Int64)));
+        assert!(!col(UInt32).widens_to(&col(Int32)), "u32 does not fit i32");
+        assert!(!col(Int8).widens_to(&col(UInt16)), "negative values");
+        assert!(col(Int32).widens_to(&col(Float64)));
+        assert!(!col(Int64).widens_to(&col(Float64)), "doubles lose 64-bit integers");
+        assert!(col(Float32).widens_to(&col(Float64)));
+        assert!(col(Int32).widens_to(&with(Decimal, Some(12), Some(2), None)));
+        assert!(!col(Int32).widens_to(&with(Decimal, Some(10), Some(2), None)));
+        assert!(with(Decimal, Some(10), Some(2), None).widens_to(&with(Decimal, Some(12), Some(3), None)));
+        assert!(!with(Decimal, Some(10), Some(2), None).widens_to(&with(Decimal, Some(10), Some(3), None)));
+        assert!(with(Text, None, None, Some(10)).widens_to(&with(Text, None, None, Some(20))));
+        assert!(with(Text, None, None, Some(10)).widens_to(&col(Text)));
+        assert!(!col(Text).widens_to(&with(Text, None, None, Some(10))));
+        assert!(with(Timestamp, Some(0), None, None).widens_to(&with(Timestamp, Some(6), None, None)));
+        assert!(!with(Timestamp, Some(6), None, None).widens_to(&with(Timestamp, Some(3), None, None)));
+        let e = |l: &[&str]| col(Enum { labels: l.iter().map(|s| s.to_string()).collect() });
+        assert!(e(&["a", "b"]).widens_to(&e(&["a", "b", "c"])));
+        assert!(!e(&["a", "b"]).widens_to(&e(&["a"])));
+        assert!(e(&["small", "large"]).widens_to(&col(Text)));
+        assert!(!col(Text).widens_to(&col(Int64)));
+        assert!(!col(Int64).widens_to(&col(Text)), "not a widening: the type family changes");
+        assert!(col(Int64).same_type(&col(Int64)) && !col(Int64).same_type(&col(Int32)));
+    }
+}

@@ -86,6 +86,23 @@ impl SinkConnector for MySqlSinkConnector {
         j["url"] = describe_url(self.0.url.expose()).into();
         j
     }
+
+    async fn tables(
+        &self,
+        pipeline: &str,
+        index: usize,
+    ) -> Result<Vec<sluice_core::SinkTable>, sluice_core::ConnectorError> {
+        Ok(crate::sink::tables(&self.0, pipeline, index).await?)
+    }
+
+    async fn release(
+        &self,
+        pipeline: &str,
+        index: usize,
+        table: &sluice_core::TableId,
+    ) -> Result<bool, sluice_core::ConnectorError> {
+        Ok(crate::sink::release(&self.0, pipeline, index, table).await?)
+    }
 }
 
 #[cfg(test)]

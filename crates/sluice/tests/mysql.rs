@@ -728,6 +728,99 @@ async fn mariadb_to_mariadb_replica_matches_row_for_row() {
     pipeline.stop().await;
 }
 
+/// MariaDB → MariaDB schema changes under the sink's policy: widened types are followed, a
+/// narrowed one puts only that table in quarantine (listed by `sluice tables`, released by
+/// `--release`, then copied again), and `freeze` quarantines an added column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_sink_follows_widening_and_quarantines_what_could_lose_data() {
+    let env = MyEnv::new(
+        "CREATE TABLE w (id INT PRIMARY KEY, n INT NOT NULL, s VARCHAR(10));
+         CREATE TABLE ok (id INT PRIMARY KEY, v INT);
+         INSERT INTO w VALUES (1, 1, 'a'); INSERT INTO ok VALUES (1, 1);",
+    )
+    .await;
+    let replica = env.source.create_database("replica").unwrap();
+    let frozen = env.source.create_database("frozen").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"myschema\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\n\n\
+             [[sink]]\ntype = \"mysql\"\nurl = \"{replica}\"\n\n\
+             [[sink]]\ntype = \"mysql\"\nurl = \"{frozen}\"\nschema_changes = \"freeze\"\n",
+            env.src_url
+        ),
+    )
+    .unwrap();
+    let cfg = sluice::load(&config).expect("valid config");
+    let same = |db: &str, table: &str| {
+        let sql = format!("SELECT * FROM {table} ORDER BY id");
+        let (a, b) = (env.source.cli("app", &sql).unwrap_or_default(), env.source.cli(db, &sql).unwrap_or_default());
+        async move { (!a.is_empty() && a == b).then_some(()) }
+    };
+    let column_type = |db: &str, c: &str| {
+        env.source
+            .cli(db, &format!("SELECT COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = '{db}' AND TABLE_NAME = 'w' AND COLUMN_NAME = '{c}'"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let pipeline = start(cfg.clone());
+    wait_for("the copy of w", CONVERGE, || same("replica", "w")).await;
+
+    // Widening: followed by the replica, and by the frozen sink never.
+    env.src("ALTER TABLE w MODIFY n BIGINT NOT NULL, MODIFY s VARCHAR(40); INSERT INTO w VALUES (2, 1099511627776, 'a longer text than ten')");
+    wait_for("the widened row on the replica", CONVERGE, || same("replica", "w")).await;
+    assert_eq!(column_type("replica", "n"), "bigint(20)");
+    assert_eq!(column_type("replica", "s"), "varchar(40)");
+    assert_eq!(column_type("frozen", "n"), "int(11)", "a frozen replica keeps its shape");
+
+    // Narrowing: w goes to quarantine in the replica; ok keeps streaming into both sinks.
+    env.src("DELETE FROM w WHERE id = 2; ALTER TABLE w MODIFY n INT NOT NULL; INSERT INTO w VALUES (3, 3, 'c'); UPDATE ok SET v = 2");
+    wait_for("ok to keep streaming", CONVERGE, || same("replica", "ok")).await;
+    wait_for("ok to keep streaming (frozen)", CONVERGE, || same("frozen", "ok")).await;
+    let listed = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["tables", &config.display().to_string()])
+            .output()
+            .expect("run sluice tables");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tables = wait_for("w in quarantine", CONVERGE, || async {
+        let t = listed();
+        (t.matches("quarantined").count() == 2).then_some(t)
+    })
+    .await;
+    assert!(tables.contains("may not hold every value"), "{tables}");
+    assert!(tables.contains("changed type from bigint(20) to int(11)"), "{tables}");
+    assert!(tables.contains("schema_changes = \"freeze\""), "{tables}");
+    assert_eq!(env.source.cli("replica", "SELECT GROUP_CONCAT(id) FROM w").unwrap().trim(), "1", "w not written since");
+    assert_eq!(env.source.cli("sluice", "SELECT COUNT(*) FROM quarantine").unwrap().trim(), "2");
+    assert!(!pipeline.is_finished(), "the pipeline keeps running");
+
+    // Releasing refuses while the pipeline runs, then works; the next start copies w again.
+    let release = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["tables", &config.display().to_string(), "--release", "app.w", "--sink", "0"])
+            .output()
+            .expect("run sluice tables --release")
+    };
+    let refused = release();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is running against sink[0]"), "{refused:?}");
+    pipeline.stop().await;
+    let released = release();
+    assert!(released.status.success(), "{released:?}");
+    let pipeline = start(cfg);
+    wait_for("w copied again into the replica", CONVERGE, || same("replica", "w")).await;
+    env.src("INSERT INTO w VALUES (4, 4, 'd')");
+    wait_for("w streaming again", CONVERGE, || same("replica", "w")).await;
+    let tables = listed();
+    assert_eq!(tables.matches("quarantined").count(), 1, "only the frozen sink's w: {tables}");
+    pipeline.stop().await;
+}
+
 /// PostgreSQL → MariaDB: logical types become MySQL types; values read back by the `mariadb`
 /// client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use serde::{Deserialize, Serialize};
-use sluice_config::{invalid, typed, BatchConfig, ConfigError, ParseContext, Secret};
+use sluice_config::{invalid, typed, BatchConfig, ConfigError, ParseContext, SchemaChanges, Secret};
 use sluice_core::collapse::{Added, KeyedBatch, NetOp};
 use sluice_core::{
     Ack, BatchPolicy, Checkpoint, ConnectorError, CopyMode, CopyStep, Event, Op, Position, SchemaRef, Sink,
@@ -61,6 +61,9 @@ pub struct MySqlSinkConfig {
     /// Database of the checkpoint table.
     #[serde(default = "default_checkpoint_database")]
     pub checkpoint_database: String,
+    /// Replica mode: how the target follows the source's schema changes.
+    #[serde(default)]
+    pub schema_changes: SchemaChanges,
 }
 
 fn default_mode() -> String {
@@ -122,6 +125,8 @@ struct Target {
     name: String,
     /// Other unique keys than the primary key: upserts then delete first
     other_unique: bool,
+    /// The source's columns as this sink last saw them (none in changelog mode)
+    columns: Vec<sluice_core::ColumnSchema>,
 }
 
 /// The MySQL sink.
@@ -143,6 +148,10 @@ pub struct MySqlSink {
     log: Vec<(String, LogRow)>,
     /// The transaction being received (changelog metadata)
     txn: Option<sluice_core::TxnMeta>,
+    /// Tables in quarantine (and why): their changes and copies are skipped
+    quarantine: HashMap<TableId, String>,
+    /// Tables put in quarantine since the last commit, recorded with the next checkpoint
+    quarantined: Vec<(TableId, String)>,
 }
 
 impl MySqlSink {
@@ -164,6 +173,8 @@ impl MySqlSink {
             pending: None,
             log: Vec::new(),
             txn: None,
+            quarantine: HashMap::new(),
+            quarantined: Vec::new(),
         }
     }
 
@@ -184,11 +195,13 @@ impl MySqlSink {
         Ok(())
     }
 
-    /// Creates the table or brings its columns in line with `schema` (outside any transaction:
-    /// DDL commits implicitly).
-    async fn reconcile(&mut self, schema: &SchemaRef) -> Result<(), MyError> {
+    /// Creates the table or brings its columns in line with `schema` under the
+    /// `schema_changes` policy (outside any transaction: DDL commits implicitly). Returns why
+    /// the table must go to quarantine instead, when the change is not allowed or could lose
+    /// data; the target is then left as it is.
+    async fn reconcile(&mut self, schema: &SchemaRef) -> Result<Option<String>, MyError> {
         if self.targets.get(&schema.id).is_some_and(|t| t.version == schema.version) {
-            return Ok(());
+            return Ok(None);
         }
         self.wait_pending().await?;
         if self.in_tx {
@@ -209,16 +222,21 @@ impl MySqlSink {
                 ))
                 .await
                 .ctx(format!("create changelog table {name}"))?;
-            self.targets.insert(schema.id.clone(), Target { version: schema.version, name, other_unique: false });
-            return Ok(());
+            self.targets.insert(
+                schema.id.clone(),
+                Target { version: schema.version, name, other_unique: false, columns: Vec::new() },
+            );
+            return Ok(None);
         }
         let name = format!("{}.{}", quote(&self.database), quote(&schema.id.name));
         let db = self.database.clone();
+        let seen = self.targets.get(&schema.id).map(|t| t.columns.clone());
+        let policy = self.cfg.schema_changes;
         let conn = self.conn()?;
-        let existing: Vec<String> = conn
+        let existing: Vec<(String, String, String, bool)> = conn
             .exec(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
-                 ORDER BY ORDINAL_POSITION",
+                "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT IS NULL FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (&db, &schema.id.name),
             )
             .await
@@ -245,25 +263,32 @@ impl MySqlSink {
             conn.query_drop(&sql).await.ctx(format!("create {name}"))?;
             info!(table = %schema.id, target = %name, "created replica table");
         } else {
-            let mut changes = Vec::new();
-            for c in &schema.columns {
-                if !existing.iter().any(|e| e == &c.name) {
-                    // Added columns are nullable: rows written before hold no value for them.
-                    let mut c = c.clone();
-                    c.nullable = true;
-                    changes.push(format!("ADD COLUMN {}", ty(&c)));
+            // The target's own view of its columns, for a type changed while Sluice was stopped.
+            let target_cols = match seen {
+                Some(_) => Vec::new(),
+                None => {
+                    let info = catalog::table_columns(conn, &TableId::new(&db, &schema.id.name)).await?;
+                    catalog::schema_from_info(&schema.id, &info, false).0.columns
                 }
-            }
-            for e in &existing {
-                if schema.column_index(e).is_none() {
-                    changes.push(format!("DROP COLUMN {}", quote(e)));
-                }
-            }
+            };
+            let plan = match plan_changes(schema, &existing, seen.as_deref(), &target_cols, policy) {
+                Ok(plan) => plan,
+                Err(reason) => return Ok(Some(reason)),
+            };
+            let changes: Vec<String> = plan
+                .iter()
+                .map(|ch| match ch {
+                    Change::Add(c) => format!("ADD COLUMN {}", ty(c)),
+                    Change::Widen(c) => format!("MODIFY COLUMN {}", ty(c)),
+                    Change::Drop(n) => format!("DROP COLUMN {}", quote(n)),
+                    Change::Nullable(n, t) => format!("MODIFY COLUMN {} {t} NULL", quote(n)),
+                })
+                .collect();
             if !changes.is_empty() {
                 conn.query_drop(format!("ALTER TABLE {name} {}", changes.join(", ")))
                     .await
                     .ctx(format!("alter {name}"))?;
-                info!(table = %schema.id, changes = %changes.join(", "), "replica follows a schema change");
+                info!(table = %schema.id, changes = %changes.join(", "), policy = %policy, "replica follows a schema change");
             }
         }
         let unique: Vec<String> = conn
@@ -274,9 +299,27 @@ impl MySqlSink {
             )
             .await
             .ctx(format!("read the keys of {name}"))?;
-        self.targets
-            .insert(schema.id.clone(), Target { version: schema.version, name, other_unique: !unique.is_empty() });
-        Ok(())
+        let target =
+            Target { version: schema.version, name, other_unique: !unique.is_empty(), columns: schema.columns.clone() };
+        self.targets.insert(schema.id.clone(), target);
+        Ok(None)
+    }
+
+    /// Reconciles `schema`'s table; `false` when its events are to be skipped (in quarantine,
+    /// now or before).
+    async fn follow(&mut self, schema: &SchemaRef) -> Result<bool, MyError> {
+        if self.quarantine.contains_key(&schema.id) {
+            return Ok(false);
+        }
+        match self.reconcile(schema).await? {
+            None => Ok(true),
+            Some(reason) => {
+                warn!(sink = %self.name, table = %schema.id, reason = %reason, "table quarantined; the other tables keep running");
+                self.quarantine.insert(schema.id.clone(), reason.clone());
+                self.quarantined.push((schema.id.clone(), reason));
+                Ok(false)
+            }
+        }
     }
 
     fn batch_for(&mut self, schema: &SchemaRef) -> &mut KeyedBatch {
@@ -334,6 +377,15 @@ impl MySqlSink {
         ))
         .await
         .ctx("create the checkpoint table")?;
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {} (pipeline VARCHAR(64) NOT NULL, sink VARCHAR(16) NOT NULL, \
+             source_schema VARCHAR(64) NOT NULL, source_table VARCHAR(64) NOT NULL, reason TEXT NOT NULL, \
+             position TEXT NULL, since DATETIME(6) NOT NULL, PRIMARY KEY (pipeline, sink, source_schema, source_table)) \
+             DEFAULT CHARSET = utf8mb4",
+            quarantine_table(&self.cfg)
+        ))
+        .await
+        .ctx("create the quarantine table")?;
         // Fencing: one process per sink.
         let mut lock = catalog::connect(&url, "sink (lock)").await?;
         let lock_name = format!("sluice:{}:{}:{}", self.cfg.checkpoint_database, self.pipeline, self.index);
@@ -360,6 +412,13 @@ impl MySqlSink {
             )
             .await
             .ctx("read the checkpoint")?;
+        self.quarantine = quarantined(&mut conn, &self.cfg, &self.pipeline, &self.index)
+            .await?
+            .into_iter()
+            .map(|q| (q.table, q.reason))
+            .collect();
+        self.quarantined.clear();
+        self.targets.clear();
         self.conn = Some(conn);
         self.lock = Some(lock);
         let cp = match state {
@@ -396,7 +455,9 @@ impl MySqlSink {
             },
             _ => return Ok(()),
         };
-        self.reconcile(schema).await?;
+        if self.reconcile(schema).await?.is_some() {
+            return Err(MyError::Protocol(format!("changelog table of {} cannot be reconciled", schema.id)));
+        }
         let name = self.targets.get(&schema.id).map(|t| t.name.clone()).unwrap_or_default();
         self.buffered += rows.len();
         self.log.extend(rows.into_iter().map(|r| (name.clone(), r)));
@@ -406,8 +467,14 @@ impl MySqlSink {
         Ok(())
     }
 
-    fn store(&self) -> Store {
-        Store { table: self.checkpoint_table(), pipeline: self.pipeline.clone(), index: self.index.clone() }
+    fn store(&mut self) -> Store {
+        Store {
+            table: self.checkpoint_table(),
+            pipeline: self.pipeline.clone(),
+            index: self.index.clone(),
+            quarantine_table: quarantine_table(&self.cfg),
+            quarantined: std::mem::take(&mut self.quarantined),
+        }
     }
 
     /// Commits in the foreground (used when a transaction is already open).
@@ -454,7 +521,9 @@ impl MySqlSink {
         }
         match event {
             Event::Change(c) => {
-                self.reconcile(&c.table).await?;
+                if !self.follow(&c.table).await? {
+                    return Ok(());
+                }
                 if matches!(c.op, Op::Truncate) {
                     self.flush().await?;
                     self.begin_tx().await?;
@@ -474,9 +543,9 @@ impl MySqlSink {
                     Added::Truncate => {}
                 }
             }
+            Event::Copy(copy) if !self.follow(&copy.table).await? => {}
             Event::Copy(copy) => match &copy.step {
                 CopyStep::Begin { mode, .. } => {
-                    self.reconcile(&copy.table).await?;
                     if matches!(mode, CopyMode::Snapshot | CopyMode::Replace) {
                         self.flush().await?;
                         self.begin_tx().await?;
@@ -485,7 +554,6 @@ impl MySqlSink {
                     }
                 }
                 CopyStep::Rows(rows) => {
-                    self.reconcile(&copy.table).await?;
                     let b = self.batch_for(&copy.table);
                     let mut n = 0;
                     for r in rows {
@@ -494,7 +562,6 @@ impl MySqlSink {
                     self.buffered += n;
                 }
                 CopyStep::Bulk(bulk) => {
-                    self.reconcile(&copy.table).await?;
                     let rows = bulk.decode(&copy.table).map_err(|e| MyError::Decode(e.to_string()))?;
                     let b = self.batch_for(&copy.table);
                     for r in rows {
@@ -725,12 +792,16 @@ struct Store {
     table: String,
     pipeline: String,
     index: String,
+    /// `<checkpoint_database>.quarantine`
+    quarantine_table: String,
+    /// Tables put in quarantine since the last commit
+    quarantined: Vec<(TableId, String)>,
 }
 
 /// Stores `checkpoint` in `conn`'s open transaction and commits it. Refuses to move the
 /// stored position backwards (another process wrote this sink since).
 async fn store_and_commit(conn: &mut Conn, store: &Store, checkpoint: &Checkpoint) -> Result<(), MyError> {
-    let Store { table, pipeline, index } = store;
+    let Store { table, pipeline, index, quarantine_table, quarantined } = store;
     let new_position = checkpoint.position.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
     let stored: Option<Option<String>> = conn
         .exec_first(
@@ -757,14 +828,252 @@ async fn store_and_commit(conn: &mut Conn, store: &Store, checkpoint: &Checkpoin
             "INSERT INTO {table} (pipeline, sink, position, state, updated_at) VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6)) \
              ON DUPLICATE KEY UPDATE position = VALUES(position), state = VALUES(state), updated_at = VALUES(updated_at)"
         ),
-        (pipeline, index, new_position, checkpoint.to_json()),
+        (pipeline, index, new_position.clone(), checkpoint.to_json()),
     )
     .await
     .ctx("store the checkpoint")?;
+    for (t, reason) in quarantined {
+        conn.exec_drop(
+            format!(
+                "INSERT INTO {quarantine_table} (pipeline, sink, source_schema, source_table, reason, position, since) \
+                 VALUES (?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6)) \
+                 ON DUPLICATE KEY UPDATE reason = VALUES(reason), position = VALUES(position), since = VALUES(since)"
+            ),
+            (pipeline, index, &t.schema, &t.name, reason, &new_position),
+        )
+        .await
+        .ctx("record a table in quarantine")?;
+    }
     sluice_core::crash_point("sink.before_commit");
     conn.query_drop("COMMIT").await.ctx("commit")?;
     sluice_core::crash_point("sink.after_commit");
     Ok(())
+}
+
+/// One change to a target table's columns.
+#[derive(Debug, PartialEq)]
+enum Change {
+    Add(sluice_core::ColumnSchema),
+    Widen(sluice_core::ColumnSchema),
+    Drop(String),
+    /// Column name and its type spelling now: made nullable (a column the source no longer has)
+    Nullable(String, String),
+}
+
+/// The column changes that bring a target table (`existing`: name, type spelling, nullable
+/// (`YES`/`NO`), without a default) in line with `schema` under `policy`, or why the table must
+/// go to quarantine. `seen` holds the source's columns as this sink last saw them since it
+/// started (`None`: first sight); `target` the target's columns as logical types, read only on
+/// first sight.
+fn plan_changes(
+    schema: &sluice_core::TableSchema,
+    existing: &[(String, String, String, bool)],
+    seen: Option<&[sluice_core::ColumnSchema]>,
+    target: &[sluice_core::ColumnSchema],
+    policy: SchemaChanges,
+) -> Result<Vec<Change>, String> {
+    let freeze = |what: String| format!("{what} (schema_changes = \"freeze\")");
+    let mut plan = Vec::new();
+    for c in &schema.columns {
+        let Some((_, spelling, _, _)) = existing.iter().find(|e| e.0 == c.name) else {
+            if policy == SchemaChanges::Freeze {
+                return Err(freeze(format!("column {} was added on the source", c.name)));
+            }
+            // Added columns are nullable: rows written before hold no value for them.
+            let mut c = c.clone();
+            c.nullable = true;
+            plan.push(Change::Add(c));
+            continue;
+        };
+        // The type the target column has, as a logical type: the source's before this shape
+        // (seen while running), or the target's own on first sight.
+        let before = match seen {
+            Some(cols) => cols.iter().find(|o| o.name == c.name),
+            None => target.iter().find(|o| o.name == c.name && o.data_type != c.data_type),
+        };
+        let Some(before) = before.filter(|b| !b.same_type(c)) else { continue };
+        let to = encode::column_type(c, &schema.dialect);
+        if policy == SchemaChanges::Freeze {
+            return Err(freeze(format!("column {} changed type from {spelling} to {to}", c.name)));
+        }
+        if !before.widens_to(c) {
+            if seen.is_none() {
+                // First sight: the target's spelling may read back as another logical type
+                // than the source's; only a clear widening is acted on.
+                continue;
+            }
+            return Err(format!(
+                "column {} changed type from {} to {to}, which may not hold every value the replica has",
+                c.name, before.native_type
+            ));
+        }
+        let mut widened = c.clone();
+        widened.nullable = existing.iter().any(|e| e.0 == c.name && e.2 == "YES");
+        plan.push(Change::Widen(widened));
+    }
+    for (name, spelling, nullable, no_default) in existing {
+        if schema.column_index(name).is_some() {
+            continue;
+        }
+        let was_seen = seen.is_some_and(|cols| cols.iter().any(|o| o.name == *name));
+        let not_null = nullable != "YES";
+        match (was_seen, policy) {
+            (true, SchemaChanges::Freeze) => return Err(freeze(format!("column {name} was dropped on the source"))),
+            (true, SchemaChanges::Follow) => plan.push(Change::Drop(name.clone())),
+            // Kept, NULL in rows written from now on; a column of the replica's own (or one dropped
+            // while Sluice was stopped) is left alone unless rows could not be written without it.
+            _ if not_null && *no_default => plan.push(Change::Nullable(name.clone(), spelling.clone())),
+            _ => {}
+        }
+    }
+    Ok(plan)
+}
+
+/// `<checkpoint_database>.quarantine`.
+fn quarantine_table(cfg: &MySqlSinkConfig) -> String {
+    format!("{}.`quarantine`", quote(&cfg.checkpoint_database))
+}
+
+/// A table in quarantine, as recorded.
+pub(crate) struct Quarantined {
+    pub table: TableId,
+    pub reason: String,
+    pub since: String,
+    pub position: Option<String>,
+}
+
+/// The tables in quarantine for `pipeline`'s sink `index`.
+async fn quarantined(
+    conn: &mut Conn,
+    cfg: &MySqlSinkConfig,
+    pipeline: &str,
+    index: &str,
+) -> Result<Vec<Quarantined>, MyError> {
+    let rows: Vec<(String, String, String, String, Option<String>)> = conn
+        .exec(
+            format!(
+                "SELECT source_schema, source_table, reason, DATE_FORMAT(since, '%Y-%m-%dT%H:%i:%s.%fZ'), position \
+                 FROM {} WHERE pipeline = ? AND sink = ? ORDER BY source_schema, source_table",
+                quarantine_table(cfg)
+            ),
+            (pipeline, index),
+        )
+        .await
+        .ctx("read the tables in quarantine")?;
+    Ok(rows
+        .into_iter()
+        .map(|(schema, table, reason, since, position)| Quarantined {
+            table: TableId::new(schema, table),
+            reason,
+            since,
+            position,
+        })
+        .collect())
+}
+
+/// Every table the `index`-th sink of `pipeline` holds, with its state (`sluice tables`).
+pub async fn tables(
+    cfg: &MySqlSinkConfig,
+    pipeline: &str,
+    index: usize,
+) -> Result<Vec<sluice_core::SinkTable>, MyError> {
+    use sluice_core::{SinkTable, SinkTableState, TableProgress};
+    let mut conn = catalog::connect(cfg.url.expose(), &format!("sink[{index}]")).await?;
+    let Some(cp) = stored(&mut conn, cfg, pipeline, index).await? else { return Ok(Vec::new()) };
+    let mut out: Vec<SinkTable> = cp
+        .tables
+        .iter()
+        .map(|(t, p)| SinkTable {
+            table: t.clone(),
+            state: match p {
+                TableProgress::Copied => SinkTableState::Copied,
+                TableProgress::Copying { .. } => SinkTableState::Copying,
+            },
+        })
+        .collect();
+    for q in quarantined(&mut conn, cfg, pipeline, &index.to_string()).await? {
+        let state = SinkTableState::Quarantined { reason: q.reason, since: q.since, position: q.position };
+        match out.iter_mut().find(|t| t.table == q.table) {
+            Some(t) => t.state = state,
+            None => out.push(SinkTable { table: q.table, state }),
+        }
+    }
+    out.sort_by(|a, b| a.table.cmp(&b.table));
+    Ok(out)
+}
+
+/// The stored checkpoint of `pipeline`'s sink `index`, if the checkpoint table exists and holds
+/// one.
+async fn stored(
+    conn: &mut Conn,
+    cfg: &MySqlSinkConfig,
+    pipeline: &str,
+    index: usize,
+) -> Result<Option<Checkpoint>, MyError> {
+    let exists: Option<String> = conn
+        .exec_first(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'quarantine'",
+            (&cfg.checkpoint_database,),
+        )
+        .await
+        .ctx("look for the checkpoint tables")?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let state: Option<String> = conn
+        .exec_first(
+            format!(
+                "SELECT state FROM {}.`checkpoints` WHERE pipeline = ? AND sink = ?",
+                quote(&cfg.checkpoint_database)
+            ),
+            (pipeline, index.to_string()),
+        )
+        .await
+        .ctx("read the checkpoint")?;
+    state.map(|s| Checkpoint::from_json(&s).map_err(|e| MyError::Setup(format!("stored checkpoint: {e}")))).transpose()
+}
+
+/// Takes `table` out of quarantine in the `index`-th sink of `pipeline`: the sink forgets it
+/// copied the table, so the next start copies it again. Refuses while the pipeline runs against
+/// the sink (it holds the sink's lock). Returns whether the table was in quarantine.
+pub async fn release(cfg: &MySqlSinkConfig, pipeline: &str, index: usize, table: &TableId) -> Result<bool, MyError> {
+    let mut conn = catalog::connect(cfg.url.expose(), &format!("sink[{index}]")).await?;
+    let Some(mut cp) = stored(&mut conn, cfg, pipeline, index).await? else { return Ok(false) };
+    let lock_name = format!("sluice:{}:{pipeline}:{index}", cfg.checkpoint_database);
+    let got: Option<i64> =
+        conn.exec_first("SELECT GET_LOCK(?, 0)", (&lock_name,)).await.ctx("take the sink's lock")?.flatten();
+    if got != Some(1) {
+        return Err(MyError::Setup(format!(
+            "pipeline {pipeline:?} is running against sink[{index}]; stop it, release the table, start it again"
+        )));
+    }
+    conn.query_drop("START TRANSACTION").await.ctx("start a transaction")?;
+    let deleted = conn
+        .exec_iter(
+            format!(
+                "DELETE FROM {} WHERE pipeline = ? AND sink = ? AND source_schema = ? AND source_table = ?",
+                quarantine_table(cfg)
+            ),
+            (pipeline, index.to_string(), &table.schema, &table.name),
+        )
+        .await
+        .ctx("release the table")?
+        .affected_rows();
+    if deleted > 0 {
+        cp.tables.remove(table);
+        conn.exec_drop(
+            format!(
+                "UPDATE {}.`checkpoints` SET state = ? WHERE pipeline = ? AND sink = ?",
+                quote(&cfg.checkpoint_database)
+            ),
+            (cp.to_json(), pipeline, index.to_string()),
+        )
+        .await
+        .ctx("forget the released table's copy")?;
+    }
+    conn.query_drop("COMMIT").await.ctx("commit")?;
+    let _ = conn.exec_drop("SELECT RELEASE_LOCK(?)", (&lock_name,)).await;
+    Ok(deleted > 0)
 }
 
 #[async_trait]
@@ -815,5 +1124,63 @@ impl Sink for MySqlSink {
         }
         self.batches.clear();
         Ok(settled?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::{ColumnSchema, DataType, TableSchema};
+
+    fn schema(cols: Vec<ColumnSchema>) -> TableSchema {
+        TableSchema { id: TableId::new("app", "t"), columns: cols, version: 1, dialect: "mysql".into() }
+    }
+
+    fn col(name: &str, t: DataType, native: &str) -> ColumnSchema {
+        ColumnSchema::new(name, t, native)
+    }
+
+    fn existing(cols: &[(&str, &str, bool)]) -> Vec<(String, String, String, bool)> {
+        cols.iter()
+            .map(|(n, t, null)| (n.to_string(), t.to_string(), if *null { "YES" } else { "NO" }.into(), true))
+            .collect()
+    }
+
+    #[test]
+    fn each_policy_plans_its_changes() {
+        let id = col("id", DataType::Int32, "int(11)").key();
+        let before = vec![id.clone(), col("n", DataType::Int32, "int(11)"), col("gone", DataType::Text, "text")];
+        let target = existing(&[("id", "int(11)", false), ("n", "int(11)", true), ("gone", "text", false)]);
+        // n widened to bigint, gone dropped, added added.
+        let now =
+            schema(vec![id.clone(), col("n", DataType::Int64, "bigint(20)"), col("added", DataType::Text, "text")]);
+        let follow = plan_changes(&now, &target, Some(&before), &[], SchemaChanges::Follow).unwrap();
+        assert!(matches!(&follow[0], Change::Widen(c) if c.name == "n" && c.nullable));
+        assert!(matches!(&follow[1], Change::Add(c) if c.name == "added" && c.nullable));
+        assert_eq!(follow[2], Change::Drop("gone".into()));
+        let add_only = plan_changes(&now, &target, Some(&before), &[], SchemaChanges::AddOnly).unwrap();
+        assert_eq!(add_only[2], Change::Nullable("gone".into(), "text".into()), "kept, nullable");
+        let frozen = plan_changes(&now, &target, Some(&before), &[], SchemaChanges::Freeze).unwrap_err();
+        assert!(frozen.contains("column n changed type from int(11) to bigint(20)"), "{frozen}");
+
+        // Narrowing while running: quarantine under every policy.
+        let narrowed = schema(vec![id.clone(), col("n", DataType::Int16, "smallint(6)"), before[2].clone()]);
+        for p in [SchemaChanges::Follow, SchemaChanges::AddOnly] {
+            let why = plan_changes(&narrowed, &target, Some(&before), &[], p).unwrap_err();
+            assert!(why.contains("may not hold every value"), "{why}");
+        }
+        // First sight: a narrower source type is left alone (the target holds wider values
+        // already); a wider one is followed; a column of the replica's own is not dropped.
+        let first = plan_changes(&narrowed, &target, None, &before, SchemaChanges::Follow).unwrap();
+        assert!(first.is_empty(), "{first:?}");
+        let own = existing(&[
+            ("id", "int(11)", false),
+            ("n", "int(11)", true),
+            ("gone", "text", true),
+            ("mine", "int", true),
+        ]);
+        let first = plan_changes(&now, &own, None, &before, SchemaChanges::Follow).unwrap();
+        assert!(matches!(&first[0], Change::Widen(c) if c.name == "n"));
+        assert!(!first.iter().any(|c| matches!(c, Change::Drop(_))), "{first:?}");
     }
 }
