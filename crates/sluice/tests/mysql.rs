@@ -698,23 +698,30 @@ async fn a_crash_at_every_named_point_ends_with_an_exact_replica() {
 /// holds, read back by the `mariadb` client, for every type; zero dates become NULL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_to_mariadb_replica_matches_row_for_row() {
-    let env = MyEnv::new(&format!("{TYPES}; {}", type_rows(0))).await;
+    // Enough rows that the sink loads them in bulk (LOAD DATA) rather than by INSERT.
+    let many = |from: i32| (from..from + 20).map(|b| type_rows(b * 100)).collect::<Vec<_>>().join(";\n");
+    let env = MyEnv::new(&format!("{TYPES}; {}; {}", type_rows(0), many(1))).await;
     let replica = env.source.create_database("replica").unwrap();
     let toml = format!(
         "name = \"mymy\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\n\n[[sink]]\ntype = \"mysql\"\nurl = \"{replica}\"\n",
         env.src_url
     );
+    let status = |name: &str| -> u64 {
+        let out = env.source.cli("app", &format!("SHOW GLOBAL STATUS LIKE '{name}'")).unwrap();
+        out.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{name}: {out}"))
+    };
+    let (loads, rollbacks) = (status("Com_load"), status("Handler_savepoint_rollback"));
     let pipeline = start(sluice::parse(&toml, &|_| None).expect("valid config"));
-    env.src(&type_rows(10));
+    env.src(&format!("BEGIN; {}; {}; COMMIT", type_rows(10), many(30)));
     env.src("UPDATE types SET vc = 'changed', d2 = -0.01 WHERE id = 12; DELETE FROM types WHERE id = 13");
     let rows = |db: &str| {
         env.source
-            .cli(db, "SELECT * FROM types WHERE id NOT IN (4, 14) ORDER BY id")
+            .cli(db, "SELECT * FROM types WHERE id % 10 <> 4 ORDER BY id")
             .unwrap_or_else(|e| format!("error: {e}"))
     };
     wait_for("the replica to match the source", CONVERGE, || async {
         let (a, b) = (rows("app"), rows("replica"));
-        (a == b && a.lines().count() == 5).then_some(())
+        (a == b && a.lines().count() == 125).then_some(())
     })
     .await;
     assert_eq!(rows("app"), rows("replica"));
@@ -725,6 +732,9 @@ async fn mariadb_to_mariadb_replica_matches_row_for_row() {
     assert_eq!(zero, "4\tNULL\tNULL\tNULL\tpad\t0000\ta,b,c\n14\tNULL\tNULL\tNULL\tpad\t0000\ta,b,c\n");
     let ddl = env.source.cli("replica", "SHOW CREATE TABLE types").unwrap();
     assert!(ddl.contains("`bu` bigint(20) unsigned") && ddl.contains("`d` decimal(65,30)"), "{ddl}");
+    // The rows went in by LOAD DATA, and no load fell back to INSERT.
+    assert!(status("Com_load") > loads, "expected a bulk load");
+    assert_eq!(status("Handler_savepoint_rollback"), rollbacks, "a load left warnings and fell back to INSERT");
     pipeline.stop().await;
 }
 
@@ -830,7 +840,11 @@ async fn postgres_to_mariadb_replica() {
            day date, data bytea, doc jsonb, u uuid, big numeric);
          INSERT INTO items VALUES (1, 'caf\u{e9}', 12.50, true, '2024-02-29 13:14:15.123456+02', '2024-02-29', '\\x00ff',
            '{\"a\": 1}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 123456789.000001),
-           (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
+           (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+         -- Enough rows to go in by LOAD DATA, with the characters its text format escapes.
+         CREATE TABLE bulk (LIKE items INCLUDING ALL);
+         INSERT INTO bulk SELECT g, E'a\\tb\\nc\\\\d\\r', price, ok, at, day, '\\x5c0009000a', doc, u, big
+           FROM items, generate_series(100, 300) g WHERE id = 1;",
     )
     .await;
     let maria = MariaDbServer::start().unwrap_or_else(|e| panic!("cannot start MariaDB: {e}"));
@@ -856,6 +870,19 @@ async fn postgres_to_mariadb_replica() {
     })
     .await;
     assert_eq!(got, want);
+    let q = "SELECT COUNT(*), COUNT(DISTINCT CONCAT_WS('|', HEX(name), price, ok, at, day, HEX(data), doc, u, big)), \
+             MIN(CONCAT_WS('|', HEX(name), price, ok, at, day, HEX(data), doc, u, big)) FROM bulk";
+    let want = "201\t1\t6109620A635C640D|12.50|1|2024-02-29 11:14:15.123456|2024-02-29|5C0009000A|{\"a\": 1}|\
+                a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|123456789.000001000000000000000000000000\n";
+    let got = wait_for("the bulk rows on the MariaDB replica", CONVERGE, || async {
+        let got = maria.cli("replica", q).ok()?;
+        (got == want).then_some(got)
+    })
+    .await;
+    assert_eq!(got, want);
+    let status = |name: &str| maria.cli("replica", &format!("SHOW GLOBAL STATUS LIKE '{name}'")).unwrap();
+    assert!(!status("Com_load").ends_with("\t0\n"), "expected a bulk load: {}", status("Com_load"));
+    assert!(status("Handler_savepoint_rollback").ends_with("\t0\n"), "a load fell back to INSERT");
     pipeline.stop().await;
 }
 

@@ -4,9 +4,10 @@
 //!  write: Change ──▶ per-table KeyedBatch (last change per key wins)
 //!         Copy Begin{snapshot|replace} ──▶ flush, DELETE FROM t (same transaction)
 //!         Copy Rows ──▶ batch as upserts
-//!  commit: START TRANSACTION; per table: DELETE .. WHERE key IN (..); multi-row
-//!          INSERT .. ON DUPLICATE KEY UPDATE (delete-then-insert when the table has other
-//!          unique keys); checkpoint row (locked, never moved backwards); COMMIT; ack
+//!  commit: START TRANSACTION; per table: DELETE .. WHERE key IN (..); whole rows by
+//!          LOAD DATA LOCAL .. REPLACE (load.rs) or multi-row INSERT .. ON DUPLICATE KEY
+//!          UPDATE (delete-then-insert when the table has other unique keys); checkpoint row
+//!          (locked, never moved backwards); COMMIT; ack
 //! ```
 //! Tables are created (or their columns added and dropped) before the transaction opens: DDL
 //! commits implicitly in MySQL. A batch that outgrows [`MAX_BUFFERED_ROWS`] is written into the
@@ -14,6 +15,7 @@
 //! Fencing: `GET_LOCK` on a connection held while the sink is open; a second process waits.
 
 pub(crate) mod encode;
+mod load;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -127,6 +129,16 @@ struct Target {
     other_unique: bool,
     /// The source's columns as this sink last saw them (none in changelog mode)
     columns: Vec<sluice_core::ColumnSchema>,
+    /// Every target column comes from the source: whole rows may be loaded with `REPLACE`
+    loadable: bool,
+}
+
+/// Where one table's rows go, for a commit.
+#[derive(Clone)]
+struct Dest {
+    name: String,
+    other_unique: bool,
+    loadable: bool,
 }
 
 /// The MySQL sink.
@@ -224,7 +236,7 @@ impl MySqlSink {
                 .ctx(format!("create changelog table {name}"))?;
             self.targets.insert(
                 schema.id.clone(),
-                Target { version: schema.version, name, other_unique: false, columns: Vec::new() },
+                Target { version: schema.version, name, other_unique: false, columns: Vec::new(), loadable: false },
             );
             return Ok(None);
         }
@@ -299,8 +311,21 @@ impl MySqlSink {
             )
             .await
             .ctx(format!("read the keys of {name}"))?;
-        let target =
-            Target { version: schema.version, name, other_unique: !unique.is_empty(), columns: schema.columns.clone() };
+        let now: Vec<String> = conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&db, &schema.id.name),
+            )
+            .await
+            .ctx(format!("read the columns of {name}"))?;
+        let loadable = now.iter().all(|n| schema.column_index(n).is_some());
+        let target = Target {
+            version: schema.version,
+            name,
+            other_unique: !unique.is_empty(),
+            columns: schema.columns.clone(),
+            loadable,
+        };
         self.targets.insert(schema.id.clone(), target);
         Ok(None)
     }
@@ -333,8 +358,13 @@ impl MySqlSink {
     }
 
     /// Where each table's rows go: target name and whether it has other unique keys.
-    fn dests(&self) -> HashMap<TableId, (String, bool)> {
-        self.targets.iter().map(|(id, t)| (id.clone(), (t.name.clone(), t.other_unique))).collect()
+    fn dests(&self) -> HashMap<TableId, Dest> {
+        self.targets
+            .iter()
+            .map(|(id, t)| {
+                (id.clone(), Dest { name: t.name.clone(), other_unique: t.other_unique, loadable: t.loadable })
+            })
+            .collect()
     }
 
     /// Writes every buffered batch into the open transaction.
@@ -585,11 +615,11 @@ impl MySqlSink {
 async fn write_batches(
     conn: &mut Conn,
     batches: Vec<KeyedBatch>,
-    dests: &HashMap<TableId, (String, bool)>,
+    dests: &HashMap<TableId, Dest>,
 ) -> Result<(), MyError> {
     for batch in batches {
         let schema = batch.schema().clone();
-        let Some((name, other_unique)) = dests.get(&schema.id).cloned() else {
+        let Some(Dest { name, other_unique, loadable }) = dests.get(&schema.id).cloned() else {
             return Err(MyError::Protocol(format!("no target for {}", schema.id)));
         };
         let keys = schema.key_indexes();
@@ -612,7 +642,13 @@ async fn write_batches(
             }
         }
         delete(conn, &name, &schema, &deletes).await?;
-        upsert(conn, &name, &schema, &upserts, other_unique).await?;
+        let loaded = loadable
+            && !other_unique
+            && upserts.len() >= load::MIN_ROWS
+            && matches!(load::load(conn, &name, &schema, &upserts).await?, load::Loaded::Done);
+        if !loaded {
+            upsert(conn, &name, &schema, &upserts, other_unique).await?;
+        }
         for r in partial {
             update_partial(conn, &name, &schema, &r).await?;
         }
