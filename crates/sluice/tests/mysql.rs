@@ -831,6 +831,45 @@ async fn mysql_sink_follows_widening_and_quarantines_what_could_lose_data() {
     pipeline.stop().await;
 }
 
+/// A change the MySQL target refuses (here a CHECK constraint of the replica's own) goes to the
+/// dead-letter table with its row and the error; the rest of its transaction and of the stream
+/// is applied, and the pipeline keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_change_goes_to_the_dead_letter_table() {
+    let env = MyEnv::new("CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1)").await;
+    let replica = env.source.create_database("replica").unwrap();
+    let toml = format!(
+        "name = \"mydead\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\n\n[[sink]]\ntype = \"mysql\"\nurl = \"{replica}\"\n",
+        env.src_url
+    );
+    let pipeline = start(sluice::parse(&toml, &|_| None).expect("valid config"));
+    let replica_rows = || env.source.cli("replica", "SELECT id, v FROM t ORDER BY id").unwrap_or_default();
+    wait_for("the copy", CONVERGE, || async { (replica_rows() == "1\t1\n").then_some(()) }).await;
+    env.source.cli("replica", "ALTER TABLE t ADD CONSTRAINT small CHECK (v < 100)").unwrap();
+    // Enough rows that the batch goes by LOAD DATA first.
+    let many: Vec<String> = (10..200).map(|i| format!("({i}, {})", i % 50)).collect();
+    env.src(&format!(
+        "BEGIN; INSERT INTO t VALUES (2, 5), (3, 500), {}; UPDATE t SET v = 7 WHERE id = 1; COMMIT",
+        many.join(", ")
+    ));
+    env.src("INSERT INTO t VALUES (4, 6)");
+    let want: String = {
+        let mut rows = vec!["1\t7".to_string(), "2\t5".into(), "4\t6".into()];
+        rows.extend((10..200).map(|i| format!("{i}\t{}", i % 50)));
+        rows.sort_by_key(|r| r.split('\t').next().unwrap().parse::<i32>().unwrap());
+        rows.join("\n") + "\n"
+    };
+    wait_for("every accepted change on the replica", CONVERGE, || async { (replica_rows() == want).then_some(()) })
+        .await;
+    let dead = env
+        .source
+        .cli("sluice", "SELECT pipeline, sink, source_table, op, JSON_EXTRACT(`row`, '$.v'), error LIKE '%small%', position IS NOT NULL FROM dead_letters")
+        .unwrap();
+    assert_eq!(dead, "mydead\t0\tapp.t\tupsert\t500\t1\t1\n", "one dead letter for the refused row");
+    assert!(!pipeline.is_finished(), "the pipeline keeps running");
+    pipeline.stop().await;
+}
+
 /// PostgreSQL → MariaDB: logical types become MySQL types; values read back by the `mariadb`
 /// client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

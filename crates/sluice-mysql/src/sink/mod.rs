@@ -358,6 +358,15 @@ impl MySqlSink {
     }
 
     /// Where each table's rows go: target name and whether it has other unique keys.
+    fn dead_letters(&self, position: Option<&Position>) -> DeadLetters {
+        DeadLetters {
+            table: format!("{}.`dead_letters`", quote(&self.cfg.checkpoint_database)),
+            pipeline: self.pipeline.clone(),
+            sink: self.index.clone(),
+            position: position.map(|p| p.to_string()),
+        }
+    }
+
     fn dests(&self) -> HashMap<TableId, Dest> {
         self.targets
             .iter()
@@ -377,8 +386,9 @@ impl MySqlSink {
         let batches = std::mem::take(&mut self.batches);
         let log = std::mem::take(&mut self.log);
         let dests = self.dests();
+        let dead = self.dead_letters(None);
         let conn = self.conn()?;
-        write_batches(conn, batches, &dests).await?;
+        write_batches(conn, batches, &dests, &dead).await?;
         append_log(conn, log).await?;
         self.buffered = 0;
         Ok(())
@@ -416,6 +426,15 @@ impl MySqlSink {
         ))
         .await
         .ctx("create the quarantine table")?;
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {}.`dead_letters` (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+             pipeline VARCHAR(64) NOT NULL, sink VARCHAR(16) NOT NULL, source_table VARCHAR(200) NOT NULL, \
+             op VARCHAR(8) NOT NULL, `row` JSON NULL, error TEXT NOT NULL, position TEXT NULL, at DATETIME(6) NOT NULL) \
+             DEFAULT CHARSET = utf8mb4",
+            quote(&self.cfg.checkpoint_database)
+        ))
+        .await
+        .ctx("create the dead-letter table")?;
         // Fencing: one process per sink.
         let mut lock = catalog::connect(&url, "sink (lock)").await?;
         let lock_name = format!("sluice:{}:{}:{}", self.cfg.checkpoint_database, self.pipeline, self.index);
@@ -528,10 +547,11 @@ impl MySqlSink {
         self.buffered = 0;
         let dests = self.dests();
         let store = self.store();
+        let dead = self.dead_letters(checkpoint.position.as_ref());
         self.pending = Some(tokio::spawn(async move {
             let r = async {
                 conn.query_drop("START TRANSACTION").await.ctx("start a transaction")?;
-                write_batches(&mut conn, batches, &dests).await?;
+                write_batches(&mut conn, batches, &dests, &dead).await?;
                 append_log(&mut conn, log).await?;
                 store_and_commit(&mut conn, &store, &checkpoint).await
             }
@@ -609,51 +629,168 @@ impl MySqlSink {
     }
 }
 
+/// Where refused changes go: `<checkpoint_database>.dead_letters`, for this pipeline's sink, with
+/// the position of the commit they belong to (when known).
+#[derive(Clone)]
+struct DeadLetters {
+    table: String,
+    pipeline: String,
+    sink: String,
+    position: Option<String>,
+}
+
+/// One table's net changes of a batch, in the order they are applied.
+struct TableWrites {
+    deletes: Vec<Vec<Value>>,
+    upserts: Vec<Vec<Value>>,
+    partial: Vec<Vec<Value>>,
+}
+
 /// Writes batches into `conn`'s open transaction: per table, deletes, then upserts (plain
 /// inserts after deleting the keys when the table has other unique keys), then rows with values
-/// the source did not resend.
+/// the source did not resend. A table's writes the target refuses (a value out of range, a
+/// constraint of the target's own) are applied again one change at a time; each refused
+/// change goes to the dead-letter table in the same transaction, and the rest are kept.
 async fn write_batches(
     conn: &mut Conn,
     batches: Vec<KeyedBatch>,
     dests: &HashMap<TableId, Dest>,
+    dead: &DeadLetters,
 ) -> Result<(), MyError> {
     for batch in batches {
         let schema = batch.schema().clone();
-        let Some(Dest { name, other_unique, loadable }) = dests.get(&schema.id).cloned() else {
+        let Some(dest) = dests.get(&schema.id).cloned() else {
             return Err(MyError::Protocol(format!("no target for {}", schema.id)));
         };
         let keys = schema.key_indexes();
-        let mut deletes: Vec<Vec<Value>> = Vec::new();
-        let mut upserts: Vec<Vec<Value>> = Vec::new();
-        let mut partial: Vec<Vec<Value>> = Vec::new();
+        let mut w = TableWrites { deletes: Vec::new(), upserts: Vec::new(), partial: Vec::new() };
         for op in batch.into_ops() {
             match op {
-                NetOp::Delete(k) => deletes.push(k),
+                NetOp::Delete(k) => w.deletes.push(k),
                 NetOp::Insert(r) | NetOp::Update(r) | NetOp::Upsert(r) => {
                     if r.contains(&Value::Unchanged) {
-                        partial.push(r);
+                        w.partial.push(r);
                     } else {
-                        if other_unique {
-                            deletes.push(keys.iter().map(|&i| r[i].clone()).collect());
+                        if dest.other_unique {
+                            w.deletes.push(keys.iter().map(|&i| r[i].clone()).collect());
                         }
-                        upserts.push(r);
+                        w.upserts.push(r);
                     }
                 }
             }
         }
-        delete(conn, &name, &schema, &deletes).await?;
-        let loaded = loadable
-            && !other_unique
-            && upserts.len() >= load::MIN_ROWS
-            && matches!(load::load(conn, &name, &schema, &upserts).await?, load::Loaded::Done);
-        if !loaded {
-            upsert(conn, &name, &schema, &upserts, other_unique).await?;
-        }
-        for r in partial {
-            update_partial(conn, &name, &schema, &r).await?;
+        conn.query_drop("SAVEPOINT sluice_write").await.ctx("set a savepoint")?;
+        match apply(conn, &dest, &schema, &w).await {
+            Ok(()) => {}
+            Err(e) if refusal(&e) => {
+                warn!(table = %schema.id, error = %e, "batch refused by the target; applying it change by change");
+                conn.query_drop("ROLLBACK TO SAVEPOINT sluice_write").await.ctx("roll back to the savepoint")?;
+                one_by_one(conn, &dest, &schema, w, dead).await?;
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+async fn apply(conn: &mut Conn, dest: &Dest, schema: &SchemaRef, w: &TableWrites) -> Result<(), MyError> {
+    let name = &dest.name;
+    delete(conn, name, schema, &w.deletes).await?;
+    let loaded = dest.loadable
+        && !dest.other_unique
+        && w.upserts.len() >= load::MIN_ROWS
+        && matches!(load::load(conn, name, schema, &w.upserts).await?, load::Loaded::Done);
+    if !loaded {
+        upsert(conn, name, schema, &w.upserts, dest.other_unique).await?;
+    }
+    for r in &w.partial {
+        update_partial(conn, name, schema, r).await?;
+    }
+    Ok(())
+}
+
+/// Applies `w` one change at a time, each in its own savepoint; the ones the target refuses go
+/// to the dead-letter table.
+async fn one_by_one(
+    conn: &mut Conn,
+    dest: &Dest,
+    schema: &SchemaRef,
+    w: TableWrites,
+    dead: &DeadLetters,
+) -> Result<(), MyError> {
+    let single = |deletes: Vec<Vec<Value>>, upserts: Vec<Vec<Value>>, partial: Vec<Vec<Value>>| TableWrites {
+        deletes,
+        upserts,
+        partial,
+    };
+    let keys = schema.key_indexes();
+    let mut ops: Vec<(&'static str, TableWrites)> = Vec::new();
+    // Deletes of keys that an upsert writes again (tables with other unique keys) travel with it.
+    let rewritten: std::collections::HashSet<Vec<Value>> = match dest.other_unique {
+        true => w.upserts.iter().map(|r| keys.iter().map(|&i| r[i].clone()).collect()).collect(),
+        false => Default::default(),
+    };
+    for k in w.deletes.into_iter().filter(|k| !rewritten.contains(k)) {
+        ops.push(("delete", single(vec![k], Vec::new(), Vec::new())));
+    }
+    for r in w.upserts {
+        let deletes = if dest.other_unique { vec![keys.iter().map(|&i| r[i].clone()).collect()] } else { Vec::new() };
+        ops.push(("upsert", single(deletes, vec![r], Vec::new())));
+    }
+    for r in w.partial {
+        ops.push(("update", single(Vec::new(), Vec::new(), vec![r])));
+    }
+    for (kind, op) in ops {
+        conn.query_drop("SAVEPOINT sluice_row").await.ctx("set a savepoint")?;
+        match apply(conn, dest, schema, &op).await {
+            Ok(()) => {}
+            Err(e) if refusal(&e) => {
+                conn.query_drop("ROLLBACK TO SAVEPOINT sluice_row").await.ctx("roll back to the savepoint")?;
+                let row = match (op.upserts.first(), op.partial.first(), op.deletes.first()) {
+                    (Some(r), _, _) | (_, Some(r), _) => sluice_core::json::row_json(schema, r),
+                    (_, _, Some(k)) => {
+                        let names = schema.columns.iter().filter(|c| c.key).map(|c| c.name.clone());
+                        serde_json::Value::Object(names.zip(k.iter().map(sluice_core::json::value_json)).collect())
+                    }
+                    _ => serde_json::Value::Null,
+                };
+                warn!(table = %schema.id, op = kind, error = %e, "change sent to the dead-letter table");
+                conn.exec_drop(
+                    format!(
+                        "INSERT INTO {} (pipeline, sink, source_table, op, `row`, error, position, at) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))",
+                        dead.table
+                    ),
+                    (
+                        &dead.pipeline,
+                        &dead.sink,
+                        schema.id.to_string(),
+                        kind,
+                        row.to_string(),
+                        e.to_string(),
+                        &dead.position,
+                    ),
+                )
+                .await
+                .ctx("write a dead letter")?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the target refused the data itself (retrying cannot help; other changes can go on):
+/// SQLSTATE class 22 (data exception: out of range, too long, bad value) or 23 (integrity
+/// constraint), a failed CHECK constraint, invalid JSON, or a value Sluice cannot encode.
+fn refusal(e: &MyError) -> bool {
+    match e {
+        MyError::Decode(_) => true,
+        MyError::Client { source: mysql_async::Error::Server(s), .. } => {
+            s.state.starts_with("22") || s.state.starts_with("23") || [3819, 4025, 3140, 1265].contains(&s.code)
+        }
+        _ => false,
+    }
 }
 
 fn bind(v: &Value, c: &sluice_core::ColumnSchema, table: &TableId) -> Result<mysql_async::Value, MyError> {
