@@ -326,6 +326,9 @@ pub async fn snapshot(a: SnapshotArgs) -> anyhow::Result<()> {
             src.url("app"),
             a.source_extra
         );
+        let dst_cpu = || dst.pid().map_or(0.0, |p| proc_cpu_secs(p as i32));
+        let src_cpu = || src.pid().map_or(0.0, |p| proc_cpu_secs(p as i32));
+        let (dst0, src0) = (dst_cpu(), src_cpu());
         let t = Instant::now();
         let mut p = SluiceProc::start(&dir, &toml)?;
         let copied = "SELECT COUNT(*) FROM sluice.checkpoints WHERE state LIKE '%\"copied\"%'";
@@ -340,8 +343,14 @@ pub async fn snapshot(a: SnapshotArgs) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         };
         rss.push(p.peak_rss_mb());
+        let cpu = p.cpu_secs();
         p.stop()?;
-        eprintln!("run {run}: sluice {s:.2}s ({:.0} rows/s)", a.rows as f64 / s);
+        eprintln!(
+            "run {run}: sluice {s:.2}s ({:.0} rows/s); cpu: sluice {cpu:.1}s, target server {:.1}s, source server {:.1}s",
+            a.rows as f64 / s,
+            dst_cpu() - dst0,
+            src_cpu() - src0
+        );
         let want = cli(&src, "app", DIGEST)?;
         for (db, who) in [("app", "dump copy"), ("sluice_replica", "sluice copy")] {
             let got = cli(&dst, db, DIGEST)?;

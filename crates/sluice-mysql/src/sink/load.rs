@@ -13,6 +13,7 @@
 //! (`local_infile = OFF`) is remembered and `INSERT` is used from then on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use mysql_async::prelude::Queryable;
@@ -26,8 +27,8 @@ use crate::error::{Ctx, MyError};
 
 /// Fewer rows than this go through `INSERT`: a load's extra round trips do not pay off.
 pub const MIN_ROWS: usize = 64;
-/// Rows per load statement (bounds the memory of one encoded block).
-const ROWS_PER_LOAD: usize = 20_000;
+/// Rows per block of the data sent (bounds the memory of one encoded block).
+const ROWS_PER_BLOCK: usize = 500;
 
 /// Whether the server accepts `LOAD DATA LOCAL` (cleared at the first refusal).
 pub static ALLOWED: AtomicBool = AtomicBool::new(true);
@@ -40,8 +41,15 @@ pub enum Loaded {
     Fallback,
 }
 
-/// Loads whole `rows` of `schema` into `name` in the open transaction.
-pub async fn load(conn: &mut Conn, name: &str, schema: &SchemaRef, rows: &[Vec<Value>]) -> Result<Loaded, MyError> {
+/// Loads whole `rows` of `schema` into `name` in the open transaction. The rows are encoded
+/// block by block as the client library sends them, so the server parses one block while the
+/// next is encoded.
+pub async fn load(
+    conn: &mut Conn,
+    name: &str,
+    schema: &SchemaRef,
+    rows: &Arc<Vec<Vec<Value>>>,
+) -> Result<Loaded, MyError> {
     if !ALLOWED.load(Ordering::Relaxed) {
         return Ok(Loaded::Fallback);
     }
@@ -68,58 +76,92 @@ pub async fn load(conn: &mut Conn, name: &str, schema: &SchemaRef, rows: &[Vec<V
         if sets.is_empty() { String::new() } else { format!(" SET {}", sets.join(", ")) }
     );
     conn.query_drop("SAVEPOINT sluice_load").await.ctx("set a savepoint")?;
-    for chunk in rows.chunks(ROWS_PER_LOAD) {
-        let mut buf = Vec::with_capacity(chunk.len() * 64);
-        for r in chunk {
-            for (i, (v, c)) in r.iter().zip(&schema.columns).enumerate() {
+    // A value that cannot be encoded ends the data early; the rows then go through INSERT,
+    // which reports it.
+    let unencodable = Arc::new(Mutex::new(None::<String>));
+    let blocks = Blocks { rows: rows.clone(), schema: schema.clone(), hex, year, bad: unencodable.clone() };
+    conn.set_infile_handler(async move {
+        let s: mysql_async::InfileData = Box::pin(futures_util::stream::unfold((blocks, 0), |(b, at)| async move {
+            let (data, next) = b.encode(at)?;
+            Some((Ok(data), (b, next)))
+        }));
+        Ok(s)
+    });
+    match conn.query_drop(&sql).await {
+        Ok(()) => {}
+        Err(e) if refused(&e) => {
+            warn!(error = %e, "the target refuses LOAD DATA LOCAL (local_infile = OFF); writing rows with INSERT");
+            ALLOWED.store(false, Ordering::Relaxed);
+            back(conn).await.ctx("roll back to the savepoint")?;
+            return Ok(Loaded::Fallback);
+        }
+        Err(mysql_async::Error::Server(e)) => {
+            // A value the text form does not carry as INSERT would: let INSERT write these rows
+            // (or report exactly which one the target refuses).
+            debug!(table = %name, error = %e, "a load failed; writing these rows with INSERT instead");
+            back(conn).await.map_err(|_| MyError::Client {
+                what: format!("load rows into {name}"),
+                source: mysql_async::Error::Server(e),
+            })?;
+            return Ok(Loaded::Fallback);
+        }
+        Err(e) => return Err(MyError::Client { what: format!("load rows into {name}"), source: e }),
+    }
+    let bad = unencodable.lock().map(|b| b.clone()).unwrap_or(None);
+    if bad.is_some() || conn.get_warnings() > 0 {
+        let shown: Vec<(String, u32, String)> = conn.query("SHOW WARNINGS LIMIT 3").await.unwrap_or_default();
+        debug!(table = %name, warnings = ?shown, unencodable = ?bad, "a load was not clean; writing these rows with INSERT instead");
+        back(conn).await.ctx("roll back to the savepoint")?;
+        return Ok(Loaded::Fallback);
+    }
+    Ok(Loaded::Done)
+}
+
+/// The rows of one load, encoded a block at a time.
+struct Blocks {
+    rows: Arc<Vec<Vec<Value>>>,
+    schema: SchemaRef,
+    hex: Vec<bool>,
+    year: Vec<bool>,
+    bad: Arc<Mutex<Option<String>>>,
+}
+
+impl Blocks {
+    /// The block of rows from `at`, and where the next starts; `None` at the end or when a
+    /// value cannot be encoded (noted in `bad`).
+    fn encode(&self, at: usize) -> Option<(Bytes, usize)> {
+        use std::io::Write;
+        let end = (at + ROWS_PER_BLOCK).min(self.rows.len());
+        if at >= end {
+            return None;
+        }
+        let mut buf = Vec::with_capacity((end - at) * 64);
+        for r in &self.rows[at..end] {
+            for (i, (v, c)) in r.iter().zip(&self.schema.columns).enumerate() {
                 if i > 0 {
                     buf.push(b'\t');
                 }
-                let p = encode::param(v, c).map_err(|e| MyError::Decode(format!("{}.{}: {e}", schema.id, c.name)))?;
-                match p {
-                    M::Int(y) if year[i] => {
-                        use std::io::Write;
+                match encode::param(v, c) {
+                    Ok(M::Int(y)) if self.year[i] => {
                         let _ = write!(buf, "{y:04}");
                     }
-                    p => field(&mut buf, &p, hex[i]),
+                    Ok(p) => field(&mut buf, &p, self.hex[i]),
+                    Err(e) => {
+                        if let Ok(mut b) = self.bad.lock() {
+                            *b = Some(format!("{}.{}: {e}", self.schema.id, c.name));
+                        }
+                        return None;
+                    }
                 }
             }
             buf.push(b'\n');
         }
-        let data = Bytes::from(buf);
-        conn.set_infile_handler(async move {
-            let s: mysql_async::InfileData = Box::pin(futures_util::stream::once(async move { Ok(data) }));
-            Ok(s)
-        });
-        match conn.query_drop(&sql).await {
-            Ok(()) => {}
-            Err(e) if refused(&e) => {
-                warn!(error = %e, "the target refuses LOAD DATA LOCAL (local_infile = OFF); writing rows with INSERT");
-                ALLOWED.store(false, Ordering::Relaxed);
-                conn.query_drop("ROLLBACK TO SAVEPOINT sluice_load").await.ctx("roll back to the savepoint")?;
-                return Ok(Loaded::Fallback);
-            }
-            Err(mysql_async::Error::Server(e)) => {
-                // A value the text form does not carry as INSERT would: let INSERT write these
-                // rows (or report exactly which one the target refuses).
-                debug!(table = %name, error = %e, "a load failed; writing these rows with INSERT instead");
-                let back = conn.query_drop("ROLLBACK TO SAVEPOINT sluice_load").await;
-                back.map_err(|_| MyError::Client {
-                    what: format!("load rows into {name}"),
-                    source: mysql_async::Error::Server(e),
-                })?;
-                return Ok(Loaded::Fallback);
-            }
-            Err(e) => return Err(MyError::Client { what: format!("load rows into {name}"), source: e }),
-        }
-        if conn.get_warnings() > 0 {
-            let shown: Vec<(String, u32, String)> = conn.query("SHOW WARNINGS LIMIT 3").await.unwrap_or_default();
-            debug!(table = %name, warnings = ?shown, "a load left warnings; writing these rows with INSERT instead");
-            conn.query_drop("ROLLBACK TO SAVEPOINT sluice_load").await.ctx("roll back to the savepoint")?;
-            return Ok(Loaded::Fallback);
-        }
+        Some((Bytes::from(buf), end))
     }
-    Ok(Loaded::Done)
+}
+
+async fn back(conn: &mut Conn) -> Result<(), mysql_async::Error> {
+    conn.query_drop("ROLLBACK TO SAVEPOINT sluice_load").await
 }
 
 /// The server (or the client library) refused local loading.

@@ -642,7 +642,7 @@ struct DeadLetters {
 /// One table's net changes of a batch, in the order they are applied.
 struct TableWrites {
     deletes: Vec<Vec<Value>>,
-    upserts: Vec<Vec<Value>>,
+    upserts: std::sync::Arc<Vec<Vec<Value>>>,
     partial: Vec<Vec<Value>>,
 }
 
@@ -663,22 +663,23 @@ async fn write_batches(
             return Err(MyError::Protocol(format!("no target for {}", schema.id)));
         };
         let keys = schema.key_indexes();
-        let mut w = TableWrites { deletes: Vec::new(), upserts: Vec::new(), partial: Vec::new() };
+        let (mut deletes, mut upserts, mut partial) = (Vec::new(), Vec::new(), Vec::new());
         for op in batch.into_ops() {
             match op {
-                NetOp::Delete(k) => w.deletes.push(k),
+                NetOp::Delete(k) => deletes.push(k),
                 NetOp::Insert(r) | NetOp::Update(r) | NetOp::Upsert(r) => {
                     if r.contains(&Value::Unchanged) {
-                        w.partial.push(r);
+                        partial.push(r);
                     } else {
                         if dest.other_unique {
-                            w.deletes.push(keys.iter().map(|&i| r[i].clone()).collect());
+                            deletes.push(keys.iter().map(|&i| r[i].clone()).collect());
                         }
-                        w.upserts.push(r);
+                        upserts.push(r);
                     }
                 }
             }
         }
+        let w = TableWrites { deletes, upserts: std::sync::Arc::new(upserts), partial };
         conn.query_drop("SAVEPOINT sluice_write").await.ctx("set a savepoint")?;
         match apply(conn, &dest, &schema, &w).await {
             Ok(()) => {}
@@ -720,7 +721,7 @@ async fn one_by_one(
 ) -> Result<(), MyError> {
     let single = |deletes: Vec<Vec<Value>>, upserts: Vec<Vec<Value>>, partial: Vec<Vec<Value>>| TableWrites {
         deletes,
-        upserts,
+        upserts: std::sync::Arc::new(upserts),
         partial,
     };
     let keys = schema.key_indexes();
@@ -733,7 +734,7 @@ async fn one_by_one(
     for k in w.deletes.into_iter().filter(|k| !rewritten.contains(k)) {
         ops.push(("delete", single(vec![k], Vec::new(), Vec::new())));
     }
-    for r in w.upserts {
+    for r in w.upserts.iter().cloned() {
         let deletes = if dest.other_unique { vec![keys.iter().map(|&i| r[i].clone()).collect()] } else { Vec::new() };
         ops.push(("upsert", single(deletes, vec![r], Vec::new())));
     }
