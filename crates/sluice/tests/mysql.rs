@@ -457,12 +457,23 @@ async fn a_purged_binlog_stops_and_when_needed_copies_everything_again() {
 /// replica equals the source row for row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_leaves_an_exact_replica() {
+    sigkill_at_random("auto").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_without_gtids_leaves_an_exact_replica() {
+    sigkill_at_random("off").await
+}
+
+/// SIGKILL at random moments (two during the snapshot) under writes, resuming by GTID
+/// (`gtid = "auto"`) or by binlog file and offset (`"off"`); the replica must end exact.
+async fn sigkill_at_random(gtid: &str) {
     use sluice_playground::scenario::Rng;
 
     let seed: u64 = std::env::var("SLUICE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(42, |d| d.as_nanos() as u64)
     });
-    println!("crash test seed: {seed} (rerun with SLUICE_CRASH_SEED={seed})");
+    println!("crash test seed: {seed}, gtid = {gtid} (rerun with SLUICE_CRASH_SEED={seed})");
     let env = MyEnv::new(
         "CREATE TABLE accounts (id BIGINT PRIMARY KEY, owner VARCHAR(100) NOT NULL, balance DECIMAL(14,2) NOT NULL, note TEXT);
          CREATE TABLE ledger (id BIGINT AUTO_INCREMENT PRIMARY KEY, account BIGINT NOT NULL, amount DECIMAL(14,2) NOT NULL);
@@ -475,8 +486,8 @@ async fn sigkill_at_random_moments_leaves_an_exact_replica() {
     std::fs::write(
         &config,
         format!(
-            "name = \"mycrash\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\n\n[[sink]]\ntype = \
-             \"postgres\"\nurl = \"{}\"\nbatch = {{ max_rows = 500, max_delay_ms = 20 }}\n",
+            "name = \"mycrash\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\ngtid = \"{gtid}\"\n\n\
+             [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\nbatch = {{ max_rows = 500, max_delay_ms = 20 }}\n",
             env.src_url, env.dst_url
         ),
     )
@@ -564,6 +575,8 @@ async fn sigkill_at_random_moments_leaves_an_exact_replica() {
         "no kill landed during the snapshot; the test lost its point:\n{}",
         log_tail()
     );
+    let pos = env.dst_now("SELECT position::text FROM sluice.checkpoints WHERE pipeline = 'mycrash'").await;
+    assert_eq!(pos[0].contains("gtids"), gtid == "auto", "gtid = {gtid}: {pos:?}");
 }
 
 const CRASH_SETUP: &str = "
