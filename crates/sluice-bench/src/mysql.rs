@@ -271,6 +271,9 @@ pub struct SnapshotArgs {
     /// Extra lines for the source section of the Sluice pipeline
     #[arg(long, default_value = "")]
     source_extra: String,
+    /// Extra lines for the sink section of the Sluice pipeline
+    #[arg(long, default_value = "")]
+    sink_extra: String,
 }
 
 pub async fn snapshot(a: SnapshotArgs) -> anyhow::Result<()> {
@@ -322,9 +325,10 @@ pub async fn snapshot(a: SnapshotArgs) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let toml = format!(
             "name = \"bench\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.t\"]\n{}\n\n\
-             [[sink]]\ntype = \"mysql\"\nurl = \"{target}\"\n",
+             [[sink]]\ntype = \"mysql\"\nurl = \"{target}\"\n{}\n",
             src.url("app"),
-            a.source_extra
+            a.source_extra,
+            a.sink_extra
         );
         let dst_cpu = || dst.pid().map_or(0.0, |p| proc_cpu_secs(p as i32));
         let src_cpu = || src.pid().map_or(0.0, |p| proc_cpu_secs(p as i32));
