@@ -600,6 +600,10 @@ impl Streamer {
                 send(&self.events, Event::Copy(Copy::new(self.live, schema, CopyStep::End))).await?;
             }
             for id in renamed {
+                if self.cfg.snapshot == crate::config::SnapshotMode::Never {
+                    info!(table = %id, "table renamed into the selection; its rows are not copied (snapshot = \"never\")");
+                    continue;
+                }
                 // Its rows exist already: copied while streaming, from the first row.
                 self.backfill.push(CopyJob::new(id, self.live, None, None));
             }
