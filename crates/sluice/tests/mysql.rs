@@ -228,7 +228,7 @@ async fn snapshot_then_stream_carries_every_type_at_its_extremes() {
         assert_eq!(got[i], *want, "snapshot row {} differs", i + 1);
     }
     assert_eq!(got[4], EXPECTED[0], "streamed row 11 differs from its snapshot twin");
-    let row12 = EXPECTED[1].replace(",abc,", ",abc,").replace("99999999.99,3.4", "-0.01,3.4");
+    let row12 = EXPECTED[1].replace("99999999.99,3.4", "-0.01,3.4");
     let row12 = row12.replacen("ü✓😀", "changed", 1);
     assert_eq!(got[5], row12, "streamed row 12 (updated)");
     assert_eq!(got[6], EXPECTED[3], "streamed row 14 differs from its snapshot twin");
@@ -382,7 +382,7 @@ async fn idle_tables_still_move_the_position() {
     let position = || async {
         env.dst_rows("SELECT position::text FROM sluice.checkpoints WHERE pipeline = 'myidle'").await?.pop()
     };
-    let first = wait_for("a checkpoint", CONVERGE, || position()).await;
+    let first = wait_for("a checkpoint", CONVERGE, &position).await;
     env.src("INSERT INTO unrelated VALUES (1), (2), (3)");
     let after = env.src("SHOW MASTER STATUS");
     let what = format!("the position to move past writes to an unselected table (checkpoint {first}; binlog {after})");
