@@ -35,11 +35,42 @@ pub fn next_version() -> u64 {
 /// Connects with the session settings every Sluice connection uses: UTC for TIMESTAMP values
 /// and utf8mb4 results.
 pub async fn connect(url: &str, what: &str) -> Result<Conn, MyError> {
-    let opts = mysql_async::Opts::from_url(url).map_err(|e| MyError::Setup(format!("{what}: invalid URL: {e}")))?;
+    let opts = opts(url).map_err(|e| MyError::Setup(format!("{what}: invalid URL: {e}")))?;
     let opts = mysql_async::OptsBuilder::from_opts(opts)
         .init(vec!["SET time_zone = '+00:00', NAMES utf8mb4".to_string()])
         .stmt_cache_size(32);
-    Conn::new(opts).await.ctx(format!("connect to the {what}"))
+    match Conn::new(opts).await {
+        Ok(c) => Ok(c),
+        Err(e) if e.to_string().to_ascii_lowercase().contains("certificate") => Err(MyError::Setup(format!(
+            "connect to the {what}: the server's TLS certificate was not accepted ({e}); set ssl_ca=PATH in the URL to \
+             the PEM file of the CA that signed it, and connect by the host name the certificate names \
+             (verify_identity=false skips the name check, verify_ca=false every check)"
+        ))),
+        Err(e) => Err(MyError::Client { what: format!("connect to the {what}"), source: e }),
+    }
+}
+
+/// Connection options from a `mysql://` URL. TLS: `require_ssl=true` (certificate checked
+/// against the system's roots), `verify_ca=false` / `verify_identity=false` to relax the check,
+/// and Sluice's own `ssl_ca=PATH` (a PEM file of the CA(s) to trust; implies `require_ssl`).
+pub fn opts(url: &str) -> Result<mysql_async::Opts, String> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut ca = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("ssl_ca", path)) => ca = Some(std::path::PathBuf::from(path)),
+            _ => rest.push(pair),
+        }
+    }
+    let plain = if rest.is_empty() { base.to_string() } else { format!("{base}?{}", rest.join("&")) };
+    let opts = mysql_async::Opts::from_url(&plain).map_err(|e| e.to_string())?;
+    let Some(ca) = ca else { return Ok(opts) };
+    if !ca.is_file() {
+        return Err(format!("ssl_ca: no file at {}", ca.display()));
+    }
+    let ssl = opts.ssl_opts().cloned().unwrap_or_default().with_root_certs(vec![ca.into()]);
+    Ok(mysql_async::OptsBuilder::from_opts(opts).ssl_opts(Some(ssl)).into())
 }
 
 /// Server facts a source needs.

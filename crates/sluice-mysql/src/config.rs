@@ -136,7 +136,7 @@ impl MySqlSourceConfig {
 
     /// The database named in the URL's path, if any.
     pub fn database(&self) -> Option<String> {
-        mysql_async::Opts::from_url(self.url.expose()).ok().and_then(|o| o.db_name().map(str::to_string))
+        crate::catalog::opts(self.url.expose()).ok().and_then(|o| o.db_name().map(str::to_string))
     }
 
     /// The server id: `server_id`, or one derived from the pipeline name (stable, so a restart
@@ -177,7 +177,7 @@ fn validate_url(url: &str, key: &str) -> Result<(), ConfigError> {
     if !url.starts_with("mysql://") {
         return Err(invalid(key, format!("{} must start with mysql://", redact_url(url))));
     }
-    mysql_async::Opts::from_url(url)
+    crate::catalog::opts(url)
         .map(|_| ())
         .map_err(|e| invalid(key, format!("{} is not a valid MySQL URL: {}", redact_url(url), e)))
 }

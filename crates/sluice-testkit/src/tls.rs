@@ -77,3 +77,42 @@ pub fn tls_server(cert_user: &str) -> (PgServer, TlsFiles) {
     let server = PgServer::start_with(opts).unwrap_or_else(|e| panic!("cannot start PostgreSQL with TLS: {e}"));
     (server, files)
 }
+
+/// A MariaDB server with TLS on (its certificate names `localhost`, signed by [`TlsFiles::ca`]),
+/// and the client-side files. The server's own files sit in a directory the server's user can
+/// read; it is deleted with the returned files.
+pub fn mariadb_tls_server() -> (crate::MariaDbServer, TlsFiles) {
+    let ca_issuer = ca("Sluice test CA");
+    let other = ca("Another CA");
+    let (server_cert, server_key) = leaf(vec!["localhost".into()], "localhost", &ca_issuer);
+    let (client_cert, client_key) = leaf(Vec::new(), "client", &ca_issuer);
+    let dir = tempfile::Builder::new().prefix("sluice-tls-").tempdir().expect("temp dir");
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755));
+    let write = |name: &str, text: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write certificate file");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        p
+    };
+    // The server runs as the `mysql` user when the tests run as root: its files must be readable.
+    let cert = write("server.crt", &server_cert, 0o644);
+    let key = write("server.key", &server_key, 0o644);
+    let files = TlsFiles {
+        ca: write("ca.crt", &ca_issuer.pem(), 0o644),
+        other_ca: write("other-ca.crt", &other.pem(), 0o600),
+        client_cert: write("client.crt", &client_cert, 0o600),
+        client_key: write("client.key", &client_key, 0o600),
+        _dir: dir,
+    };
+    let opts = crate::MariaDbOptions {
+        settings: vec![
+            ("ssl-ca".into(), files.ca.display().to_string()),
+            ("ssl-cert".into(), cert.display().to_string()),
+            ("ssl-key".into(), key.display().to_string()),
+        ],
+    };
+    let server =
+        crate::MariaDbServer::start_with(opts).unwrap_or_else(|e| panic!("cannot start MariaDB with TLS: {e}"));
+    (server, files)
+}

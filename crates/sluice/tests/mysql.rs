@@ -883,6 +883,71 @@ async fn a_refused_change_goes_to_the_dead_letter_table() {
     pipeline.stop().await;
 }
 
+/// TLS to a MariaDB source for a user the server admits only over TLS: `ssl_ca` in the URL
+/// verifies the server's certificate; without TLS, or with a CA that did not sign it, `sluice
+/// check` fails and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_a_mariadb_source_that_requires_it() {
+    let (source, files) = sluice_testkit::tls::mariadb_tls_server();
+    source.create_database("app").unwrap();
+    source
+        .cli(
+            "app",
+            "CREATE USER tlsuser@'%' IDENTIFIED BY 'pw' REQUIRE SSL; GRANT ALL ON *.* TO tlsuser@'%';
+             CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10)); INSERT INTO t VALUES (1, 'a')",
+        )
+        .unwrap();
+    let target = pg_server();
+    let dst_url = target.create_database("replica").await.unwrap();
+    let dst = connect(&dst_url).await;
+    let url = |q: &str| format!("mysql://tlsuser:pw@localhost:{}/app?prefer_socket=false&{q}", source.port());
+    let toml = |q: &str| {
+        format!(
+            "name = \"mytls\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\n\n\
+             [[sink]]\ntype = \"postgres\"\nurl = \"{dst_url}\"\n",
+            url(q)
+        )
+    };
+    let check = |q: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipeline.toml");
+        std::fs::write(&path, toml(q)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check", path.to_str().unwrap()])
+            .output()
+            .expect("run sluice check");
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let ca = format!("ssl_ca={}", files.ca.display());
+    let (ok, out) = check(&ca);
+    assert!(ok, "{out}");
+    let (ok, out) = check("require_ssl=false");
+    assert!(!ok && out.contains("Access denied"), "without TLS the server refuses the user: {out}");
+    let (ok, out) = check(&format!("ssl_ca={}", files.other_ca.display()));
+    assert!(
+        !ok && out.contains("TLS certificate was not accepted") && out.contains("ssl_ca=PATH"),
+        "a CA that signed nothing: {out}"
+    );
+    assert!(!out.contains("pw@"), "the password stays out of messages: {out}");
+
+    let pipeline = start(sluice::parse(&toml(&ca), &|_| None).expect("valid config"));
+    source.cli("app", "INSERT INTO t VALUES (2, 'b')").unwrap();
+    wait_for("rows over TLS on the replica", CONVERGE, || async {
+        let rows = dst.query("SELECT id::text || v FROM app.t ORDER BY id", &[]).await.ok()?;
+        let got: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        (got == ["1a", "2b"]).then_some(())
+    })
+    .await;
+    // The server saw encrypted sessions from Sluice's user.
+    let tls_sessions =
+        source.cli("", "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'tlsuser'").unwrap();
+    assert_ne!(tls_sessions.trim(), "0", "sluice's connections as tlsuser");
+    pipeline.stop().await;
+}
+
 /// PostgreSQL → MariaDB: logical types become MySQL types; values read back by the `mariadb`
 /// client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

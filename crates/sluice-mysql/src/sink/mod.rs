@@ -99,7 +99,7 @@ impl MySqlSinkConfig {
                 format!("{} must start with mysql://", crate::describe_url(c.url.expose())),
             ));
         }
-        let opts = mysql_async::Opts::from_url(c.url.expose())
+        let opts = crate::catalog::opts(c.url.expose())
             .map_err(|e| invalid(format!("{at}.url"), format!("not a valid MySQL URL: {e}")))?;
         if opts.db_name().is_none() {
             return Err(invalid(
@@ -124,10 +124,7 @@ impl MySqlSinkConfig {
     }
 
     fn database(&self) -> String {
-        mysql_async::Opts::from_url(self.url.expose())
-            .ok()
-            .and_then(|o| o.db_name().map(str::to_string))
-            .unwrap_or_default()
+        crate::catalog::opts(self.url.expose()).ok().and_then(|o| o.db_name().map(str::to_string)).unwrap_or_default()
     }
 }
 
