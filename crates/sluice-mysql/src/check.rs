@@ -82,6 +82,7 @@ pub async fn check_source(cfg: &MySqlSourceConfig, pipeline: &str) -> Vec<CheckR
         )),
         Ok(tables) => {
             let mut bad = Vec::new();
+            let mut keyless = Vec::new();
             for t in &tables {
                 let sql = format!("SELECT 1 FROM {} LIMIT 0", catalog::qualified(&t.id));
                 if let Err(e) = conn.query_drop(sql).await {
@@ -90,14 +91,23 @@ pub async fn check_source(cfg: &MySqlSourceConfig, pipeline: &str) -> Vec<CheckR
                 }
                 match catalog::table_columns(&mut conn, &t.id).await {
                     Ok(cols) if cols.iter().any(|c| c.key_pos.is_some()) => {}
-                    Ok(_) => bad.push(crate::source::no_key(&t.id).to_string()),
+                    Ok(_) => keyless.push(t.id.to_string()),
                     Err(e) => bad.push(e.to_string()),
                 }
             }
             out.push(if bad.is_empty() {
                 CheckResult::pass(
                     "source: tables",
-                    format!("{} tables selected, each readable and keyed", tables.len()),
+                    match keyless.is_empty() {
+                        true => format!("{} tables selected, each readable and keyed", tables.len()),
+                        false => format!(
+                            "{} tables selected, each readable; without a primary or NOT NULL unique key: {} (their \
+                             changes are matched by every column; a MySQL sink quarantines them; add a key with \
+                             ALTER TABLE .. ADD PRIMARY KEY (..))",
+                            tables.len(),
+                            keyless.join(", ")
+                        ),
+                    },
                 )
             } else {
                 CheckResult::fail("source: tables", bad.join("; "))

@@ -948,6 +948,49 @@ async fn tls_to_a_mariadb_source_that_requires_it() {
     pipeline.stop().await;
 }
 
+/// Tables without a key: matched by every column into PostgreSQL (snapshot, duplicates,
+/// updates, deletes, and a copy while streaming after a rename), quarantined by a MySQL sink
+/// while its keyed tables keep streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_tables_reach_postgres_and_a_mysql_sink_quarantines_them() {
+    let env = MyEnv::new(
+        "CREATE TABLE logs (a INT, b VARCHAR(10)); INSERT INTO logs VALUES (1, 'x'), (1, 'x'), (2, 'y');
+         CREATE TABLE k (id INT PRIMARY KEY, v INT); INSERT INTO k VALUES (1, 1);
+         CREATE TABLE staging (a INT, b VARCHAR(10)); INSERT INTO staging SELECT seq, 's' FROM seq_1_to_500;",
+    )
+    .await;
+    let replica = env.source.create_database("replica").unwrap();
+    let toml = format!(
+        "name = \"mykeyless\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\nexclude = [\"app.staging\"]\n\n\
+         [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n\n[[sink]]\ntype = \"mysql\"\nurl = \"{replica}\"\n",
+        env.src_url, env.dst_url
+    );
+    let pipeline = start(sluice::parse(&toml, &|_| None).expect("valid config"));
+    let my = |t: &str| format!("SELECT CONCAT_WS(',', a, b, COUNT(*)) FROM {t} GROUP BY a, b ORDER BY a, b");
+    let pg = |t: &str| format!("SELECT concat_ws(',', a, b, count(*)) FROM app.{t} GROUP BY a, b ORDER BY a, b");
+    env.converge(&my("logs"), &pg("logs")).await;
+    env.src("INSERT INTO logs VALUES (3, 'z'), (1, 'x'); UPDATE logs SET b = 'w' WHERE a = 2; DELETE FROM logs WHERE a = 1 LIMIT 1");
+    env.converge(&my("logs"), &pg("logs")).await;
+    assert_eq!(env.src(&my("logs")), "1,x,2\n2,w,1\n3,z,1\n");
+    // Renamed into the selection: copied while streaming, as one chunk.
+    env.src("RENAME TABLE staging TO logs2");
+    env.src("INSERT INTO logs2 VALUES (1000, 'new')");
+    env.converge(&my("logs2"), &pg("logs2")).await;
+    // The MySQL sink quarantined the keyless tables and keeps streaming k.
+    env.src("UPDATE k SET v = 2");
+    wait_for("k on the MySQL sink", CONVERGE, || async {
+        (env.source.cli("replica", "SELECT v FROM k").ok()? == "2\n").then_some(())
+    })
+    .await;
+    let q = env
+        .source
+        .cli("sluice", "SELECT source_table, reason LIKE '%no primary key%' FROM quarantine ORDER BY 1")
+        .unwrap();
+    assert_eq!(q, "logs\t1\nlogs2\t1\n");
+    assert!(!pipeline.is_finished());
+    pipeline.stop().await;
+}
+
 /// PostgreSQL → MariaDB: logical types become MySQL types; values read back by the `mariadb`
 /// client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

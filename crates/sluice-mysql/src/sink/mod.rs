@@ -247,6 +247,14 @@ impl MySqlSink {
             );
             return Ok(None);
         }
+        if schema.key_indexes().is_empty() {
+            // Changes of a keyless table cannot be collapsed or applied by key.
+            return Ok(Some(format!(
+                "table {} has no primary key (nor a NOT NULL unique key) on the source; a MySQL replica needs one: \
+                 add one on the source (ALTER TABLE .. ADD PRIMARY KEY (..)), then release the table",
+                schema.id
+            )));
+        }
         let name = format!("{}.{}", quote(&self.database), quote(&schema.id.name));
         let db = self.database.clone();
         let seen = self.targets.get(&schema.id).map(|t| t.columns.clone());
@@ -271,9 +279,7 @@ impl MySqlSink {
         if existing.is_empty() {
             let mut cols: Vec<String> = schema.columns.iter().map(ty).collect();
             let key: Vec<String> = schema.columns.iter().filter(|c| c.key).map(|c| quote(&c.name)).collect();
-            if key.is_empty() {
-                return Err(MyError::Setup(format!("table {} has no key; a MySQL replica needs one", schema.id)));
-            }
+
             cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
             let sql = format!(
                 "CREATE TABLE IF NOT EXISTS {name} ({}) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",

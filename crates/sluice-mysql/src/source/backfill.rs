@@ -58,13 +58,15 @@ pub(crate) struct CopyJob {
     pub after: Option<Key>,
     estimated_rows: Option<u64>,
     started: bool,
+    /// The table has no key: each attempt copies it whole and starts by emptying the sinks' copy
+    keyless: bool,
     failures: u32,
     rows: u64,
 }
 
 impl CopyJob {
     pub fn new(table: TableId, to: SinkSet, after: Option<Key>, estimated_rows: Option<u64>) -> CopyJob {
-        CopyJob { table, to, after, estimated_rows, started: false, failures: 0, rows: 0 }
+        CopyJob { table, to, after, estimated_rows, started: false, keyless: false, failures: 0, rows: 0 }
     }
 }
 
@@ -256,12 +258,21 @@ impl Backfill {
             return Vec::new();
         }
         let schema = chunk.schema;
+        let keyless = schema.key_indexes().is_empty();
+        if keyless && !log.is_empty() {
+            // Rows without a key cannot be told apart from what the stream changed since the
+            // copy emptied the table: it is emptied and read again, until it is read while the
+            // stream leaves it alone.
+            debug!(table = %job.table, "a table without a key changed while it was read; reading it again");
+            self.paused_until = Some(Instant::now() + RETRY_PAUSE);
+            return Vec::new();
+        }
         let touched: HashSet<Key> = log
             .into_iter()
             .filter(|n| binlog_cmp((&n.at.0, n.at.1), (&chunk.at.0, chunk.at.1)) != Ordering::Less)
             .map(|n| n.key)
             .collect();
-        let last = chunk.rows.last().map(|r| schema.key_of(r));
+        let last = chunk.rows.last().map(|r| schema.key_of(r)).filter(|_| !keyless);
         let rows: Vec<Row> = chunk.rows.into_iter().filter(|r| !touched.contains(&schema.key_of(r))).collect();
         job.rows += rows.len() as u64;
         job.failures = 0;
@@ -296,7 +307,7 @@ impl Backfill {
         };
         let Some(job) = self.jobs.front_mut() else { return Ok(None) };
         let mut begin = None;
-        if !job.started {
+        if !job.started || job.keyless {
             let cols = catalog::table_columns(&mut conn, &job.table).await?;
             if cols.is_empty() {
                 info!(table = %job.table, "table to copy is gone");
@@ -305,10 +316,8 @@ impl Backfill {
                 return Ok(None);
             }
             let (schema, _) = catalog::schema_from_info(&job.table, &cols, self.zero == ZeroDates::Null);
-            if schema.key_indexes().is_empty() {
-                return Err(super::no_key(&job.table));
-            }
             job.started = true;
+            job.keyless = schema.key_indexes().is_empty();
             let mode = if job.after.is_none() { CopyMode::Replace } else { CopyMode::Resume };
             let step = CopyStep::Begin { mode, source_id: None, estimated_rows: job.estimated_rows };
             begin = Some(Event::Copy(Copy::new(job.to, Arc::new(schema), step)));
@@ -397,7 +406,7 @@ impl ChunkRead {
         if now != cols {
             return Ok(unusable("the table changed shape while it was read"));
         }
-        let exhausted = rows.len() < self.limit;
+        let exhausted = rows.len() < self.limit || schema.key_indexes().is_empty();
         Ok(Chunk { schema: Arc::new(schema), rows, exhausted, at, unusable: None })
     }
 }
@@ -422,6 +431,10 @@ fn chunk_query(
         key.iter().map(|&(_, slot)| &schema.columns[schema.key_indexes()[slot]]).collect();
     let order = key_cols.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
     let mut sql = format!("SELECT {list} FROM {}", qualified(&schema.id));
+    if key.is_empty() {
+        // No key to page by: the whole table is one chunk.
+        return Ok((sql, Vec::new()));
+    }
     let mut params = Vec::new();
     if let Some(after) = after {
         if after.len() != key.len() {

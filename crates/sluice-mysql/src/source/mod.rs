@@ -29,7 +29,7 @@ use sluice_core::{BinlogPosition, ConnectorError, Event, GtidSet, Position, Resu
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::catalog::{self, qualified, SourceTable};
+use crate::catalog::{self, SourceTable};
 use crate::config::{GtidMode, MySqlSourceConfig, SnapshotMode};
 use crate::error::MyError;
 use backfill::CopyJob;
@@ -196,7 +196,7 @@ impl MySqlSource {
         for t in &tables {
             let cols = catalog::table_columns(conn, &t.id).await?;
             if !cols.iter().any(|c| c.key_pos.is_some()) {
-                return Err(no_key(&t.id));
+                warn!(table = %t.id, "table has no primary key and no NOT NULL unique key: its changes are matched by every column");
             }
         }
         Ok(tables)
@@ -237,15 +237,6 @@ async fn current_gtids(
         executed.unwrap_or_default()
     };
     catalog::gtid_set(&text, info.mariadb).map(Some)
-}
-
-/// The error for a selected table without a key.
-pub(crate) fn no_key(id: &TableId) -> MyError {
-    MyError::Setup(format!(
-        "table {id} has no primary key and no unique key over NOT NULL columns; add one \
-         (ALTER TABLE {t} ADD PRIMARY KEY (..)), or exclude the table in source.exclude",
-        t = qualified(id)
-    ))
 }
 
 /// A position for logs and errors: `file:pos`, and the GTIDs when tracked.

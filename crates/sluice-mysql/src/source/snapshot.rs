@@ -326,7 +326,8 @@ impl RangeJob {
                 params.push(int_param(t));
             }
             let filter = if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) };
-            let sql = format!("SELECT {list} FROM {}{filter} ORDER BY {order}", qualified(&self.schema.id));
+            let order = if order.is_empty() { String::new() } else { format!(" ORDER BY {order}") };
+            let sql = format!("SELECT {list} FROM {}{filter}{order}", qualified(&self.schema.id));
             let what = format!("snapshot of {}", self.schema.id);
             let mut result = conn.exec_iter(sql, params).await.ctx(what.clone())?;
             let mut block = Vec::with_capacity(self.chunk_rows.min(65_536));

@@ -384,9 +384,6 @@ impl Streamer {
         let info = catalog::table_columns(&mut self.catalog, &id).await?;
         let (schema, plans) =
             catalog::schema_from_map(&map, &info, &self.info.collations, self.zero == ZeroDates::Null)?;
-        if schema.key_indexes().is_empty() {
-            return Err(super::no_key(&id));
-        }
         if self.shapes.contains_key(&id) {
             info!(table = %id, "table changed shape");
         }
@@ -590,9 +587,6 @@ impl Streamer {
                     continue;
                 }
                 let (schema, _) = catalog::schema_from_info(&id, &cols, self.zero == ZeroDates::Null);
-                if schema.key_indexes().is_empty() {
-                    return Err(super::no_key(&id));
-                }
                 info!(table = %id, "table created; streaming its changes");
                 let schema = Arc::new(schema);
                 let begin = CopyStep::Begin { mode: CopyMode::Replace, source_id: None, estimated_rows: Some(0) };
