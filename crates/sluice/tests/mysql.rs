@@ -991,6 +991,34 @@ async fn keyless_tables_reach_postgres_and_a_mysql_sink_quarantines_them() {
     pipeline.stop().await;
 }
 
+/// A target that refuses `LOAD DATA LOCAL` (`local_infile = OFF`, MySQL 8's default): the
+/// sink writes with INSERT instead, and the replica is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_without_local_infile_gets_inserts() {
+    let opts = MariaDbOptions { settings: vec![("local-infile".into(), "0".into())] };
+    let env = MyEnv::with(
+        opts,
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_500",
+    )
+    .await;
+    assert_eq!(env.src("SELECT @@local_infile").trim(), "0");
+    let replica = env.source.create_database("replica").unwrap();
+    let toml = format!(
+        "name = \"mynoload\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\n\n[[sink]]\ntype = \"mysql\"\nurl = \"{replica}\"\n",
+        env.src_url
+    );
+    let pipeline = start(sluice::parse(&toml, &|_| None).expect("valid config"));
+    env.src("UPDATE t SET v = 'changed' WHERE id % 3 = 0; DELETE FROM t WHERE id > 490");
+    let sql = "SELECT COUNT(*), SUM(CRC32(CONCAT(id, v))) FROM t";
+    wait_for("the replica to match", CONVERGE, || async {
+        let (a, b) = (env.source.cli("app", sql).ok()?, env.source.cli("replica", sql).ok()?);
+        (a == b).then_some(())
+    })
+    .await;
+    assert!(env.source.cli("replica", sql).unwrap().starts_with("490\t"));
+    pipeline.stop().await;
+}
+
 /// PostgreSQL → MariaDB: logical types become MySQL types; values read back by the `mariadb`
 /// client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

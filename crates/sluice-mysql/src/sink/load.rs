@@ -30,9 +30,6 @@ pub const MIN_ROWS: usize = 64;
 /// Rows per block of the data sent (bounds the memory of one encoded block).
 const ROWS_PER_BLOCK: usize = 500;
 
-/// Whether the server accepts `LOAD DATA LOCAL` (cleared at the first refusal).
-pub static ALLOWED: AtomicBool = AtomicBool::new(true);
-
 /// How one load ended.
 pub enum Loaded {
     /// Every row is in the open transaction.
@@ -41,7 +38,8 @@ pub enum Loaded {
     Fallback,
 }
 
-/// Loads whole `rows` of `schema` into `name` in the open transaction. The rows are encoded
+/// Loads whole `rows` of `schema` into `name` in the open transaction; `allowed` is the sink's
+/// note of whether its server accepts `LOAD DATA LOCAL` (cleared at the first refusal). The rows are encoded
 /// block by block as the client library sends them, so the server parses one block while the
 /// next is encoded.
 pub async fn load(
@@ -49,8 +47,9 @@ pub async fn load(
     name: &str,
     schema: &SchemaRef,
     rows: &Arc<Vec<Vec<Value>>>,
+    allowed: &AtomicBool,
 ) -> Result<Loaded, MyError> {
-    if !ALLOWED.load(Ordering::Relaxed) {
+    if !allowed.load(Ordering::Relaxed) {
         return Ok(Loaded::Fallback);
     }
     let hex: Vec<bool> = schema.columns.iter().map(|c| needs_hex(c, &schema.dialect)).collect();
@@ -91,7 +90,7 @@ pub async fn load(
         Ok(()) => {}
         Err(e) if refused(&e) => {
             warn!(error = %e, "the target refuses LOAD DATA LOCAL (local_infile = OFF); writing rows with INSERT");
-            ALLOWED.store(false, Ordering::Relaxed);
+            allowed.store(false, Ordering::Relaxed);
             back(conn).await.ctx("roll back to the savepoint")?;
             return Ok(Loaded::Fallback);
         }
@@ -167,8 +166,9 @@ async fn back(conn: &mut Conn) -> Result<(), mysql_async::Error> {
 /// The server (or the client library) refused local loading.
 fn refused(e: &mysql_async::Error) -> bool {
     match e {
-        // ER_NOT_ALLOWED_COMMAND, ER_CLIENT_LOCAL_FILES_DISABLED
-        mysql_async::Error::Server(s) => s.code == 1148 || s.code == 3948,
+        // ER_NOT_ALLOWED_COMMAND, ER_CLIENT_LOCAL_FILES_DISABLED (MySQL 8),
+        // ER_LOAD_INFILE_CAPABILITY_DISABLED (MariaDB 10.x)
+        mysql_async::Error::Server(s) => [1148, 3948, 4166].contains(&s.code),
         _ => false,
     }
 }

@@ -146,6 +146,8 @@ struct Dest {
     name: String,
     other_unique: bool,
     loadable: bool,
+    /// The target accepts `LOAD DATA LOCAL` (until it refuses once)
+    load_ok: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The MySQL sink.
@@ -171,6 +173,8 @@ pub struct MySqlSink {
     quarantine: HashMap<TableId, String>,
     /// Tables put in quarantine since the last commit, recorded with the next checkpoint
     quarantined: Vec<(TableId, String)>,
+    /// The target accepts `LOAD DATA LOCAL` (cleared when it refuses)
+    load_ok: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MySqlSink {
@@ -194,6 +198,7 @@ impl MySqlSink {
             txn: None,
             quarantine: HashMap::new(),
             quarantined: Vec::new(),
+            load_ok: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 
@@ -384,7 +389,13 @@ impl MySqlSink {
         self.targets
             .iter()
             .map(|(id, t)| {
-                (id.clone(), Dest { name: t.name.clone(), other_unique: t.other_unique, loadable: t.loadable })
+                let d = Dest {
+                    name: t.name.clone(),
+                    other_unique: t.other_unique,
+                    loadable: t.loadable,
+                    load_ok: self.load_ok.clone(),
+                };
+                (id.clone(), d)
             })
             .collect()
     }
@@ -713,7 +724,7 @@ async fn apply(conn: &mut Conn, dest: &Dest, schema: &SchemaRef, w: &TableWrites
     let loaded = dest.loadable
         && !dest.other_unique
         && w.upserts.len() >= load::MIN_ROWS
-        && matches!(load::load(conn, name, schema, &w.upserts).await?, load::Loaded::Done);
+        && matches!(load::load(conn, name, schema, &w.upserts, &dest.load_ok).await?, load::Loaded::Done);
     if !loaded {
         upsert(conn, name, schema, &w.upserts, dest.other_unique).await?;
     }
