@@ -791,6 +791,7 @@ async fn mysql_sink_follows_widening_and_quarantines_what_could_lose_data() {
     };
     let pipeline = start(cfg.clone());
     wait_for("the copy of w", CONVERGE, || same("replica", "w")).await;
+    wait_for("the copy of w (frozen)", CONVERGE, || same("frozen", "w")).await;
 
     // Widening: followed by the replica, and by the frozen sink never.
     env.src("ALTER TABLE w MODIFY n BIGINT NOT NULL, MODIFY s VARCHAR(40); INSERT INTO w VALUES (2, 1099511627776, 'a longer text than ten')");
