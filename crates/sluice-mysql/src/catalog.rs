@@ -52,24 +52,44 @@ pub async fn connect(url: &str, what: &str) -> Result<Conn, MyError> {
 
 /// Connection options from a `mysql://` URL. TLS: `require_ssl=true` (certificate checked
 /// against the system's roots), `verify_ca=false` / `verify_identity=false` to relax the check,
-/// and Sluice's own `ssl_ca=PATH` (a PEM file of the CA(s) to trust; implies `require_ssl`).
+/// and Sluice's own `ssl_ca=PATH` (a PEM file of the CA(s) to trust) and `ssl_cert=PATH` with
+/// `ssl_key=PATH` (a client certificate chain and its private key, PEM), each implying
+/// `require_ssl`.
 pub fn opts(url: &str) -> Result<mysql_async::Opts, String> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut ca = None;
+    let (mut ca, mut cert, mut key) = (None, None, None);
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let file = |name: &str, path: &str| {
+            let p = std::path::PathBuf::from(path);
+            match p.is_file() {
+                true => Ok(Some(p)),
+                false => Err(format!("{name}: no file at {path}")),
+            }
+        };
         match pair.split_once('=') {
-            Some(("ssl_ca", path)) => ca = Some(std::path::PathBuf::from(path)),
+            Some(("ssl_ca", path)) => ca = file("ssl_ca", path)?,
+            Some(("ssl_cert", path)) => cert = file("ssl_cert", path)?,
+            Some(("ssl_key", path)) => key = file("ssl_key", path)?,
             _ => rest.push(pair),
         }
     }
     let plain = if rest.is_empty() { base.to_string() } else { format!("{base}?{}", rest.join("&")) };
     let opts = mysql_async::Opts::from_url(&plain).map_err(|e| e.to_string())?;
-    let Some(ca) = ca else { return Ok(opts) };
-    if !ca.is_file() {
-        return Err(format!("ssl_ca: no file at {}", ca.display()));
+    if ca.is_none() && cert.is_none() && key.is_none() {
+        return Ok(opts);
     }
-    let ssl = opts.ssl_opts().cloned().unwrap_or_default().with_root_certs(vec![ca.into()]);
+    let mut ssl = opts.ssl_opts().cloned().unwrap_or_default();
+    if let Some(ca) = ca {
+        ssl = ssl.with_root_certs(vec![ca.into()]);
+    }
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            ssl = ssl.with_client_identity(Some(mysql_async::ClientIdentity::new(c.into(), k.into())));
+        }
+        (None, None) => {}
+        _ => return Err("ssl_cert and ssl_key go together: give both, or neither".into()),
+    }
     Ok(mysql_async::OptsBuilder::from_opts(opts).ssl_opts(Some(ssl)).into())
 }
 

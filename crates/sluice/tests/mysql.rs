@@ -895,6 +895,7 @@ async fn tls_to_a_mariadb_source_that_requires_it() {
         .cli(
             "app",
             "CREATE USER tlsuser@'%' IDENTIFIED BY 'pw' REQUIRE SSL; GRANT ALL ON *.* TO tlsuser@'%';
+             CREATE USER certuser@'%' IDENTIFIED BY 'pw' REQUIRE X509; GRANT ALL ON *.* TO certuser@'%';
              CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10)); INSERT INTO t VALUES (1, 'a')",
         )
         .unwrap();
@@ -909,10 +910,10 @@ async fn tls_to_a_mariadb_source_that_requires_it() {
             url(q)
         )
     };
-    let check = |q: &str| {
+    let check_as = |user: &str, q: &str| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pipeline.toml");
-        std::fs::write(&path, toml(q)).unwrap();
+        std::fs::write(&path, toml(q).replace("tlsuser:", &format!("{user}:"))).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["check", path.to_str().unwrap()])
             .output()
@@ -922,6 +923,7 @@ async fn tls_to_a_mariadb_source_that_requires_it() {
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
         )
     };
+    let check = |q: &str| check_as("tlsuser", q);
     let ca = format!("ssl_ca={}", files.ca.display());
     let (ok, out) = check(&ca);
     assert!(ok, "{out}");
@@ -933,6 +935,12 @@ async fn tls_to_a_mariadb_source_that_requires_it() {
         "a CA that signed nothing: {out}"
     );
     assert!(!out.contains("pw@"), "the password stays out of messages: {out}");
+    // A user admitted only with a client certificate signed by the server's CA.
+    let cert_q = format!("{ca}&ssl_cert={}&ssl_key={}", files.client_cert.display(), files.client_key.display());
+    let (ok, out) = check_as("certuser", &cert_q);
+    assert!(ok, "with a client certificate: {out}");
+    let (ok, out) = check_as("certuser", &ca);
+    assert!(!ok && out.contains("Access denied"), "without one: {out}");
 
     let pipeline = start(sluice::parse(&toml(&ca), &|_| None).expect("valid config"));
     source.cli("app", "INSERT INTO t VALUES (2, 'b')").unwrap();
