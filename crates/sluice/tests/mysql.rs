@@ -842,6 +842,19 @@ async fn mysql_sink_follows_widening_and_quarantines_what_could_lose_data() {
     wait_for("w streaming again", CONVERGE, || same("replica", "w")).await;
     let tables = listed();
     assert_eq!(tables.matches("quarantined").count(), 1, "only the frozen sink's w: {tables}");
+
+    // A renamed column keeps its values in the replica (renamed there, not dropped and added),
+    // for a shape the sink saw since it started.
+    env.src("UPDATE ok SET v = 3 WHERE id = 1");
+    wait_for("ok streaming after the restart", CONVERGE, || same("replica", "ok")).await;
+    env.src("ALTER TABLE ok RENAME COLUMN v TO amount; INSERT INTO ok VALUES (2, 5)");
+    wait_for("ok with the renamed column", CONVERGE, || same("replica", "ok")).await;
+    let cols = env
+        .source
+        .cli("replica", "SELECT GROUP_CONCAT(COLUMN_NAME ORDER BY ORDINAL_POSITION) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'replica' AND TABLE_NAME = 'ok'")
+        .unwrap();
+    assert_eq!(cols.trim(), "id,amount");
+    assert_eq!(env.source.cli("replica", "SELECT amount FROM ok WHERE id = 1").unwrap().trim(), "3");
     pipeline.stop().await;
 }
 

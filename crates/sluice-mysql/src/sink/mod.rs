@@ -312,6 +312,7 @@ impl MySqlSink {
                     Change::Widen(c) => format!("MODIFY COLUMN {}", ty(c)),
                     Change::Drop(n) => format!("DROP COLUMN {}", quote(n)),
                     Change::Nullable(n, t) => format!("MODIFY COLUMN {} {t} NULL", quote(n)),
+                    Change::Rename(from, to) => format!("RENAME COLUMN {} TO {}", quote(from), quote(to)),
                 })
                 .collect();
             if !changes.is_empty() {
@@ -1056,6 +1057,8 @@ enum Change {
     Drop(String),
     /// Column name and its type spelling now: made nullable (a column the source no longer has)
     Nullable(String, String),
+    /// From, to: the source renamed a column
+    Rename(String, String),
 }
 
 /// The column changes that bring a target table (`existing`: name, type spelling, nullable
@@ -1072,7 +1075,27 @@ fn plan_changes(
 ) -> Result<Vec<Change>, String> {
     let freeze = |what: String| format!("{what} (schema_changes = \"freeze\")");
     let mut plan = Vec::new();
+    // Renames, as MySQL's binlog carries no column identity: a column this sink saw that the
+    // source no longer has, and a source column the target lacks at the same position with the
+    // same type.
+    let mut renamed: Vec<(String, String)> = Vec::new();
+    if policy == SchemaChanges::Follow {
+        for (i, e) in existing.iter().enumerate() {
+            let Some(old) = seen.and_then(|cols| cols.iter().find(|o| o.name == e.0)) else { continue };
+            if schema.column_index(&e.0).is_some() {
+                continue;
+            }
+            let Some(c) = schema.columns.get(i) else { continue };
+            if !existing.iter().any(|x| x.0 == c.name) && old.same_type(c) {
+                renamed.push((e.0.clone(), c.name.clone()));
+                plan.push(Change::Rename(e.0.clone(), c.name.clone()));
+            }
+        }
+    }
     for c in &schema.columns {
+        if renamed.iter().any(|(_, to)| *to == c.name) {
+            continue;
+        }
         let Some((_, spelling, _, _)) = existing.iter().find(|e| e.0 == c.name) else {
             if policy == SchemaChanges::Freeze {
                 return Err(freeze(format!("column {} was added on the source", c.name)));
@@ -1110,7 +1133,7 @@ fn plan_changes(
         plan.push(Change::Widen(widened));
     }
     for (name, spelling, nullable, no_default) in existing {
-        if schema.column_index(name).is_some() {
+        if schema.column_index(name).is_some() || renamed.iter().any(|(from, _)| from == name) {
             continue;
         }
         let was_seen = seen.is_some_and(|cols| cols.iter().any(|o| o.name == *name));
@@ -1349,9 +1372,10 @@ mod tests {
         let id = col("id", DataType::Int32, "int(11)").key();
         let before = vec![id.clone(), col("n", DataType::Int32, "int(11)"), col("gone", DataType::Text, "text")];
         let target = existing(&[("id", "int(11)", false), ("n", "int(11)", true), ("gone", "text", false)]);
-        // n widened to bigint, gone dropped, added added.
+        // n widened to bigint, gone dropped, added added (another type than gone: the same type at the
+        // same place would read as a rename).
         let now =
-            schema(vec![id.clone(), col("n", DataType::Int64, "bigint(20)"), col("added", DataType::Text, "text")]);
+            schema(vec![id.clone(), col("n", DataType::Int64, "bigint(20)"), col("added", DataType::Int32, "int(11)")]);
         let follow = plan_changes(&now, &target, Some(&before), &[], SchemaChanges::Follow).unwrap();
         assert!(matches!(&follow[0], Change::Widen(c) if c.name == "n" && c.nullable));
         assert!(matches!(&follow[1], Change::Add(c) if c.name == "added" && c.nullable));
@@ -1380,5 +1404,12 @@ mod tests {
         let first = plan_changes(&now, &own, None, &before, SchemaChanges::Follow).unwrap();
         assert!(matches!(&first[0], Change::Widen(c) if c.name == "n"));
         assert!(!first.iter().any(|c| matches!(c, Change::Drop(_))), "{first:?}");
+
+        // A rename: same position, same type, under follow; add_only adds the new name.
+        let renamed = schema(vec![id.clone(), col("count", DataType::Int32, "int(11)"), before[2].clone()]);
+        let plan = plan_changes(&renamed, &target, Some(&before), &[], SchemaChanges::Follow).unwrap();
+        assert_eq!(plan, vec![Change::Rename("n".into(), "count".into())]);
+        let plan = plan_changes(&renamed, &target, Some(&before), &[], SchemaChanges::AddOnly).unwrap();
+        assert!(matches!(&plan[0], Change::Add(c) if c.name == "count"), "{plan:?}");
     }
 }
