@@ -93,6 +93,8 @@ struct Noted {
 struct Window {
     id: u64,
     table: TableId,
+    /// The stream's position when the chunk started: changes are noted from here on
+    opened_at: At,
     /// DDL or a truncate of the table came while the chunk was open: read it again.
     void: bool,
     chunk: Option<Chunk>,
@@ -157,6 +159,7 @@ impl Backfill {
         self.jobs.retain(|j| !(j.table == job.table && j.to == job.to));
         if self.window.as_ref().is_some_and(|w| w.table == job.table) {
             self.window = None;
+            self.log.clear();
         }
         self.jobs.push_back(job);
     }
@@ -249,7 +252,11 @@ impl Backfill {
             // The stream has not reached the chunk's snapshot yet.
             return Vec::new();
         }
-        let Some(Window { void, chunk: Some(chunk), .. }) = self.window.take() else { return Vec::new() };
+        let Some(Window { void, chunk: Some(chunk), opened_at, .. }) = self.window.take() else { return Vec::new() };
+        // A snapshot behind the point where noting began (a transaction the stream delivered
+        // before its commit was visible to InnoDB): its changes were not noted, read again.
+        let behind = binlog_cmp((&chunk.at.0, chunk.at.1), (&opened_at.0, opened_at.1)) == Ordering::Less;
+        let void = void || behind;
         let log = std::mem::take(&mut self.log);
         let Some(job) = self.jobs.front_mut() else { return Vec::new() };
         if void || chunk.unusable.is_some() {
@@ -296,7 +303,7 @@ impl Backfill {
 
     /// Starts reading the next chunk when none is open. Returns the copy's `Begin` when this is
     /// its first chunk: it must reach the sinks before any change streamed after this point.
-    pub async fn start(&mut self) -> Result<Option<Event>, MyError> {
+    pub async fn start(&mut self, pos: (&str, u64)) -> Result<Option<Event>, MyError> {
         if self.window.is_some() || self.jobs.is_empty() || self.paused_until.is_some_and(|t| Instant::now() < t) {
             return Ok(None);
         }
@@ -324,7 +331,8 @@ impl Backfill {
         }
         self.next_id += 1;
         let id = self.next_id;
-        self.window = Some(Window { id, table: job.table.clone(), void: false, chunk: None });
+        let opened_at = (pos.0.to_string(), pos.1);
+        self.window = Some(Window { id, table: job.table.clone(), opened_at, void: false, chunk: None });
         let read = ChunkRead {
             table: job.table.clone(),
             after: job.after.clone(),

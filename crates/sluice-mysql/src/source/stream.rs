@@ -471,7 +471,7 @@ impl Streamer {
         for ev in self.backfill.at_boundary((&self.file, self.pos)) {
             send(&self.events, ev).await?;
         }
-        if let Some(begin) = self.backfill.start().await? {
+        if let Some(begin) = self.backfill.start((&self.file, self.pos)).await? {
             send(&self.events, begin).await?;
         }
         Ok(())
