@@ -19,6 +19,36 @@ pub struct SinkTable {
     pub state: SinkTableState,
 }
 
+impl SinkTable {
+    /// Every table a sink holds: those of its checkpoint (copied or being copied), then the
+    /// quarantined ones `(table, reason, since, position)` over them, sorted by name.
+    pub fn list(
+        checkpoint: Option<&crate::Checkpoint>,
+        quarantined: impl IntoIterator<Item = (TableId, String, String, Option<String>)>,
+    ) -> Vec<SinkTable> {
+        let mut out: Vec<SinkTable> = checkpoint
+            .into_iter()
+            .flat_map(|cp| cp.tables.iter())
+            .map(|(table, progress)| SinkTable {
+                table: table.clone(),
+                state: match progress {
+                    crate::TableProgress::Copied => SinkTableState::Copied,
+                    crate::TableProgress::Copying { .. } => SinkTableState::Copying,
+                },
+            })
+            .collect();
+        for (table, reason, since, position) in quarantined {
+            let state = SinkTableState::Quarantined { reason, since, position };
+            match out.iter_mut().find(|t| t.table == table) {
+                Some(t) => t.state = state,
+                None => out.push(SinkTable { table, state }),
+            }
+        }
+        out.sort_by(|a, b| a.table.cmp(&b.table));
+        out
+    }
+}
+
 /// The state of one table in one sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkTableState {

@@ -1198,29 +1198,11 @@ pub async fn tables(
     pipeline: &str,
     index: usize,
 ) -> Result<Vec<sluice_core::SinkTable>, MyError> {
-    use sluice_core::{SinkTable, SinkTableState, TableProgress};
     let mut conn = catalog::connect(cfg.url.expose(), &format!("sink[{index}]")).await?;
     let Some(cp) = stored(&mut conn, cfg, pipeline, index).await? else { return Ok(Vec::new()) };
-    let mut out: Vec<SinkTable> = cp
-        .tables
-        .iter()
-        .map(|(t, p)| SinkTable {
-            table: t.clone(),
-            state: match p {
-                TableProgress::Copied => SinkTableState::Copied,
-                TableProgress::Copying { .. } => SinkTableState::Copying,
-            },
-        })
-        .collect();
-    for q in quarantined(&mut conn, cfg, pipeline, &index.to_string()).await? {
-        let state = SinkTableState::Quarantined { reason: q.reason, since: q.since, position: q.position };
-        match out.iter_mut().find(|t| t.table == q.table) {
-            Some(t) => t.state = state,
-            None => out.push(SinkTable { table: q.table, state }),
-        }
-    }
-    out.sort_by(|a, b| a.table.cmp(&b.table));
-    Ok(out)
+    let quarantined = quarantined(&mut conn, cfg, pipeline, &index.to_string()).await?;
+    let quarantined = quarantined.into_iter().map(|q| (q.table, q.reason, q.since, q.position));
+    Ok(sluice_core::SinkTable::list(Some(&cp), quarantined))
 }
 
 /// The stored checkpoint of `pipeline`'s sink `index`, if the checkpoint table exists and holds

@@ -42,7 +42,7 @@ use rustc_hash::FxHashMap;
 use sluice_core::collapse::{Added, KeyedBatch, NetOp};
 use sluice_core::{
     Ack, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyMode, CopyStep, ErrorClass, Event, Op, Row,
-    SchemaRef, Sink, SinkContext, SinkStats, SinkTable, SinkTableState, TableId, TableSchema, TxnMeta,
+    SchemaRef, Sink, SinkContext, SinkStats, SinkTable, TableId, TableSchema, TxnMeta,
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
@@ -125,25 +125,9 @@ pub async fn tables(cfg: &PgSinkConfig, pipeline: &str, index: usize) -> Result<
     if !store.exists(&client).await? {
         return Ok(Vec::new());
     }
-    let mut out: Vec<SinkTable> = Vec::new();
-    if let Some(cp) = store.read(&client).await? {
-        for (table, progress) in &cp.tables {
-            let state = match progress {
-                sluice_core::TableProgress::Copied => SinkTableState::Copied,
-                sluice_core::TableProgress::Copying { .. } => SinkTableState::Copying,
-            };
-            out.push(SinkTable { table: table.clone(), state });
-        }
-    }
-    for q in store.quarantined(&client).await? {
-        let state = SinkTableState::Quarantined { reason: q.reason, since: q.since, position: q.position };
-        match out.iter_mut().find(|t| t.table == q.table) {
-            Some(t) => t.state = state,
-            None => out.push(SinkTable { table: q.table, state }),
-        }
-    }
-    out.sort_by(|a, b| a.table.cmp(&b.table));
-    Ok(out)
+    let cp = store.read(&client).await?;
+    let quarantined = store.quarantined(&client).await?.into_iter().map(|q| (q.table, q.reason, q.since, q.position));
+    Ok(SinkTable::list(cp.as_ref(), quarantined))
 }
 
 /// Releases `table` from quarantine in the `index`-th sink of `pipeline`; refuses while the
