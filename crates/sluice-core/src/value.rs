@@ -425,7 +425,7 @@ fn fmt_offset(f: &mut fmt::Formatter<'_>, offset: i32) -> fmt::Result {
     let sign = if offset < 0 { '-' } else { '+' };
     let o = offset.unsigned_abs();
     write!(f, "{sign}{:02}:{:02}", o / 3600, o / 60 % 60)?;
-    if o % 60 != 0 {
+    if !o.is_multiple_of(60) {
         write!(f, ":{:02}", o % 60)?;
     }
     Ok(())

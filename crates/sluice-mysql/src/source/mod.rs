@@ -117,6 +117,13 @@ impl MySqlSource {
                 None => return stopped(events, confirmed).await,
             },
         };
+        // Resumed copies wait for the stream to replay the binlog up to here (backfill.rs).
+        let gate = if jobs.iter().any(|j| j.after.is_some()) {
+            let (file, pos, _) = master_status(&mut conn).await?;
+            Some((file, pos))
+        } else {
+            None
+        };
         let mut streamer = Streamer::new(
             self.cfg.clone(),
             url.clone(),
@@ -126,6 +133,7 @@ impl MySqlSource {
             selected.clone(),
             live,
             jobs,
+            gate,
             start,
             events,
             confirmed,
@@ -148,6 +156,7 @@ impl MySqlSource {
                     selected,
                     live,
                     Vec::new(),
+                    None,
                     p,
                     events,
                     confirmed,

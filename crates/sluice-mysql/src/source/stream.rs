@@ -95,13 +95,14 @@ impl Streamer {
         selected: Vec<TableId>,
         live: SinkSet,
         jobs: Vec<CopyJob>,
+        gate: Option<(String, u64)>,
         start: BinlogPosition,
         events: mpsc::Sender<Event>,
         confirmed: watch::Receiver<Option<Position>>,
         stop: watch::Receiver<bool>,
     ) -> Streamer {
         let zero = cfg.zero_dates();
-        let backfill = Backfill::new(&url, info.mariadb, cfg.chunk_rows, zero, jobs);
+        let backfill = Backfill::new(&url, info.mariadb, cfg.chunk_rows, zero, jobs, gate);
         Streamer {
             backfill,
             cfg,
@@ -468,7 +469,7 @@ impl Streamer {
         if self.txn_start.is_some() || self.txn.is_some() {
             return Ok(());
         }
-        for ev in self.backfill.at_boundary((&self.file, self.pos)) {
+        for ev in self.backfill.at_boundary((&self.file, self.pos))? {
             send(&self.events, ev).await?;
         }
         if let Some(begin) = self.backfill.start((&self.file, self.pos)).await? {
@@ -652,6 +653,12 @@ pub(crate) fn ddl_tables(sql: &str, default_schema: &str) -> Option<(&'static st
         if kw(i, "TEMPORARY") {
             return None;
         }
+        if kw(i, "UNIQUE") || kw(i, "FULLTEXT") || kw(i, "SPATIAL") || kw(i, "INDEX") {
+            // CREATE [UNIQUE] INDEX name ON t: a unique index may now stand in for the key.
+            let on = up.iter().position(|t| t == "ON")?;
+            i = on + 1;
+            return Some(("alter", vec![name(&mut i)?]));
+        }
         if !kw(i, "TABLE") {
             return None;
         }
@@ -665,6 +672,11 @@ pub(crate) fn ddl_tables(sql: &str, default_schema: &str) -> Option<(&'static st
         i = 1;
         if kw(i, "TEMPORARY") {
             return None;
+        }
+        if kw(i, "INDEX") {
+            let on = up.iter().position(|t| t == "ON")?;
+            i = on + 1;
+            return Some(("alter", vec![name(&mut i)?]));
         }
         if !kw(i, "TABLE") {
             return None;
@@ -801,6 +813,9 @@ mod tests {
         );
         assert_eq!(ddl_tables("ALTER TABLE a RENAME TO b", "s"), Some(("rename", vec![t("s", "a"), t("s", "b")])));
         assert_eq!(ddl_tables("ALTER TABLE a RENAME COLUMN x TO y", "s"), Some(("alter", vec![t("s", "a")])));
+        assert_eq!(ddl_tables("CREATE UNIQUE INDEX u ON app.a (x)", "s"), Some(("alter", vec![t("app", "a")])));
+        assert_eq!(ddl_tables("create index if not exists i on `a` (x)", "s"), Some(("alter", vec![t("s", "a")])));
+        assert_eq!(ddl_tables("DROP INDEX `PRIMARY` ON a", "s"), Some(("alter", vec![t("s", "a")])));
         assert_eq!(ddl_tables("ALTER ONLINE TABLE x.a ADD COLUMN c int", "s"), Some(("alter", vec![t("x", "a")])));
         assert_eq!(ddl_tables("truncate `t`", "s"), Some(("truncate", vec![t("s", "t")])));
         assert_eq!(ddl_tables("TRUNCATE TABLE x.t", "s"), Some(("truncate", vec![t("x", "t")])));
