@@ -92,6 +92,27 @@ fn until(s: &MariaDbServer, db: &str, sql: &str, want: &str, from: Instant, limi
 
 const DIGEST: &str = "SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT_WS('|', id, a, b, c, d))), 0) FROM t";
 
+/// BENCH_PERF=FILE records a CPU profile of sluice while it works (perf record -p).
+fn perf_start(p: &SluiceProc) -> anyhow::Result<Option<std::process::Child>> {
+    let Ok(out) = std::env::var("BENCH_PERF") else { return Ok(None) };
+    let child = Command::new("perf")
+        .args(["record", "-F", "999", "-g", "-o", &out, "-p", &p.child.id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start perf")?;
+    Ok(Some(child))
+}
+
+fn perf_stop(perf: Option<std::process::Child>) -> anyhow::Result<()> {
+    if let Some(mut perf) = perf {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+        perf.wait()?;
+    }
+    Ok(())
+}
+
 pub async fn drain(a: DrainArgs) -> anyhow::Result<()> {
     let changes = (a.inserts + a.updates + a.deletes) as f64;
     let (mut native, mut sluice, mut rss, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -174,18 +195,7 @@ pub async fn drain(a: DrainArgs) -> anyhow::Result<()> {
         let (dst0, src0) = (dst_cpu(), src_cpu());
         let t = Instant::now();
         let mut p = SluiceProc::start(&dir, &toml)?;
-        // BENCH_PERF=FILE records a CPU profile of sluice during the drain (perf record -p).
-        let perf = match std::env::var("BENCH_PERF") {
-            Ok(out) => Some(
-                Command::new("perf")
-                    .args(["record", "-F", "999", "-g", "-o", &out, "-p", &p.child.id().to_string()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("start perf")?,
-            ),
-            Err(_) => None,
-        };
+        let perf = perf_start(&p)?;
         let s = loop {
             p.check_alive()?;
             let done = match &pg {
@@ -202,11 +212,7 @@ pub async fn drain(a: DrainArgs) -> anyhow::Result<()> {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        if let Some(mut perf) = perf {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
-            perf.wait()?;
-        }
+        perf_stop(perf)?;
         rss.push(p.peak_rss_mb());
         cpu.push(p.cpu_secs());
         p.stop()?;
@@ -335,6 +341,7 @@ pub async fn snapshot(a: SnapshotArgs) -> anyhow::Result<()> {
         let (dst0, src0) = (dst_cpu(), src_cpu());
         let t = Instant::now();
         let mut p = SluiceProc::start(&dir, &toml)?;
+        let perf = perf_start(&p)?;
         let copied = "SELECT COUNT(*) FROM sluice.checkpoints WHERE state LIKE '%\"copied\"%'";
         let s = loop {
             p.check_alive()?;
@@ -346,6 +353,7 @@ pub async fn snapshot(a: SnapshotArgs) -> anyhow::Result<()> {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
+        perf_stop(perf)?;
         rss.push(p.peak_rss_mb());
         let cpu = p.cpu_secs();
         p.stop()?;

@@ -129,28 +129,21 @@ impl Blocks {
     /// The block of rows from `at`, and where the next starts; `None` at the end or when a
     /// value cannot be encoded (noted in `bad`).
     fn encode(&self, at: usize) -> Option<(Bytes, usize)> {
-        use std::io::Write;
         let end = (at + ROWS_PER_BLOCK).min(self.rows.len());
         if at >= end {
             return None;
         }
-        let mut buf = Vec::with_capacity((end - at) * 64);
+        let mut buf = Vec::with_capacity((end - at) * 128);
         for r in &self.rows[at..end] {
             for (i, (v, c)) in r.iter().zip(&self.schema.columns).enumerate() {
                 if i > 0 {
                     buf.push(b'\t');
                 }
-                match encode::param(v, c) {
-                    Ok(M::Int(y)) if self.year[i] => {
-                        let _ = write!(buf, "{y:04}");
+                if let Err(e) = value_field(&mut buf, v, c, self.hex[i], self.year[i]) {
+                    if let Ok(mut b) = self.bad.lock() {
+                        *b = Some(format!("{}.{}: {e}", self.schema.id, c.name));
                     }
-                    Ok(p) => field(&mut buf, &p, self.hex[i]),
-                    Err(e) => {
-                        if let Ok(mut b) = self.bad.lock() {
-                            *b = Some(format!("{}.{}: {e}", self.schema.id, c.name));
-                        }
-                        return None;
-                    }
+                    return None;
                 }
             }
             buf.push(b'\n');
@@ -180,17 +173,82 @@ fn needs_hex(c: &ColumnSchema, dialect: &str) -> bool {
     matches!(c.data_type, DataType::Bytes) || encode::column_type(c, dialect).to_ascii_lowercase().starts_with("bit")
 }
 
+/// Appends one value in the default `LOAD DATA` format: the common kinds straight from the
+/// value, the rest through the statement parameter [`encode::param`] makes of it (the same
+/// text either way).
+fn value_field(buf: &mut Vec<u8>, v: &Value, c: &ColumnSchema, hex: bool, year: bool) -> Result<(), String> {
+    match v {
+        Value::Null => buf.extend_from_slice(b"\\N"),
+        Value::Int(i) if !year => push_i64(buf, *i),
+        Value::UInt(u) if !year => push_u64(buf, *u),
+        Value::Text(t) | Value::Enum(t) | Value::Other(t) | Value::Json(t) if !hex => escape(buf, t.as_bytes()),
+        Value::Decimal(d) if matches!(d.kind(), sluice_core::DecimalKind::Finite) => {
+            buf.extend_from_slice(d.as_str().as_bytes())
+        }
+        _ => match encode::param(v, c)? {
+            M::Int(y) if year => pad(buf, y.unsigned_abs(), 4),
+            p => field(buf, &p, hex),
+        },
+    }
+    Ok(())
+}
+
+/// Appends `n` in decimal.
+fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
+}
+
+fn push_i64(buf: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        buf.push(b'-');
+    }
+    push_u64(buf, n.unsigned_abs());
+}
+
+/// Appends `n` with at least `width` digits, zero-padded.
+fn pad(buf: &mut Vec<u8>, n: u64, width: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut m = n;
+    while m > 0 || digits.len() - at < width {
+        at -= 1;
+        digits[at] = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    buf.extend_from_slice(&digits[at..]);
+}
+
+/// Appends bytes with `LOAD DATA`'s escapes.
+fn escape(buf: &mut Vec<u8>, b: &[u8]) {
+    for &x in b {
+        match x {
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            0 => buf.extend_from_slice(b"\\0"),
+            x => buf.push(x),
+        }
+    }
+}
+
 /// Appends one field in the default `LOAD DATA` format.
 fn field(buf: &mut Vec<u8>, v: &M, hex: bool) {
     use std::io::Write;
     match v {
         M::NULL => buf.extend_from_slice(b"\\N"),
-        M::Int(i) => {
-            let _ = write!(buf, "{i}");
-        }
-        M::UInt(u) => {
-            let _ = write!(buf, "{u}");
-        }
+        M::Int(i) => push_i64(buf, *i),
+        M::UInt(u) => push_u64(buf, *u),
         M::Float(f) => {
             let _ = write!(buf, "{f:e}");
         }
@@ -204,22 +262,22 @@ fn field(buf: &mut Vec<u8>, v: &M, hex: bool) {
                 buf.push(HEX[(x & 15) as usize]);
             }
         }
-        M::Bytes(b) => {
-            for &x in b {
-                match x {
-                    b'\\' => buf.extend_from_slice(b"\\\\"),
-                    b'\t' => buf.extend_from_slice(b"\\t"),
-                    b'\n' => buf.extend_from_slice(b"\\n"),
-                    b'\r' => buf.extend_from_slice(b"\\r"),
-                    0 => buf.extend_from_slice(b"\\0"),
-                    x => buf.push(x),
-                }
-            }
-        }
+        M::Bytes(b) => escape(buf, b),
         M::Date(y, mo, d, h, mi, s, us) => {
-            let _ = write!(buf, "{y:04}-{mo:02}-{d:02}");
+            pad(buf, *y as u64, 4);
+            buf.push(b'-');
+            pad(buf, *mo as u64, 2);
+            buf.push(b'-');
+            pad(buf, *d as u64, 2);
             if (*h, *mi, *s, *us) != (0, 0, 0, 0) {
-                let _ = write!(buf, " {h:02}:{mi:02}:{s:02}.{us:06}");
+                buf.push(b' ');
+                pad(buf, *h as u64, 2);
+                buf.push(b':');
+                pad(buf, *mi as u64, 2);
+                buf.push(b':');
+                pad(buf, *s as u64, 2);
+                buf.push(b'.');
+                pad(buf, *us as u64, 6);
             }
         }
         M::Time(neg, days, h, mi, s, us) => {
@@ -252,5 +310,43 @@ mod tests {
         assert_eq!(text(M::Date(2024, 2, 29, 0, 0, 0, 0), false), "2024-02-29");
         assert_eq!(text(M::Date(2024, 2, 29, 13, 4, 5, 7), false), "2024-02-29 13:04:05.000007");
         assert_eq!(text(M::Time(true, 34, 22, 59, 59, 0), false), "-838:59:59.000000");
+        assert_eq!(text(M::Int(i64::MIN), false), "-9223372036854775808");
+        assert_eq!(text(M::Int(0), false), "0");
+        assert_eq!(text(M::Date(0, 1, 1, 0, 0, 0, 0), false), "0000-01-01");
+    }
+
+    /// The direct path writes what the parameter path writes.
+    #[test]
+    fn values_encode_as_their_parameters_do() {
+        use sluice_core::{ColumnSchema, Decimal, Text, Timestamp};
+        let col = |t: DataType, native: &str| ColumnSchema {
+            name: "c".into(),
+            data_type: t,
+            nullable: true,
+            key: false,
+            precision: None,
+            scale: None,
+            length: None,
+            native_type: native.into(),
+            missing_value: None,
+        };
+        let cases = [
+            (Value::Int(-42), col(DataType::Int64, "bigint")),
+            (Value::UInt(u64::MAX), col(DataType::UInt64, "bigint unsigned")),
+            (Value::Text(Text::from("tab\there\\ \0")), col(DataType::Text, "text")),
+            (Value::Decimal(Decimal::parse("-12345678901234567890.0000000001").unwrap()), col(DataType::Decimal, "decimal(30,10)")),
+            (Value::Timestamp(Timestamp::from_micros(1_700_000_000_123_456)), col(DataType::Timestamp, "datetime(6)")),
+            (Value::Null, col(DataType::Text, "text")),
+        ];
+        for (v, c) in cases {
+            let mut direct = Vec::new();
+            value_field(&mut direct, &v, &c, false, false).unwrap();
+            let mut via = Vec::new();
+            field(&mut via, &encode::param(&v, &c).unwrap(), false);
+            assert_eq!(String::from_utf8(direct).unwrap(), String::from_utf8(via).unwrap(), "{v:?}");
+        }
+        let mut y = Vec::new();
+        value_field(&mut y, &Value::Int(5), &col(DataType::Int16, "year"), false, true).unwrap();
+        assert_eq!(y, b"0005");
     }
 }

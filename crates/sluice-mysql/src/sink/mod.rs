@@ -16,6 +16,7 @@
 
 pub(crate) mod encode;
 mod load;
+mod loaders;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -66,6 +67,17 @@ pub struct MySqlSinkConfig {
     /// Replica mode: how the target follows the source's schema changes.
     #[serde(default)]
     pub schema_changes: SchemaChanges,
+    /// Connections that load a snapshot's rows side by side (1: the sink's own connection).
+    #[serde(default = "default_load_connections")]
+    pub load_connections: usize,
+}
+
+/// Default for `sink[].load_connections`: two loads at once took 1.2–1.5 s where one took
+/// 2.4 s for 1M rows into MariaDB here; a third added nothing on 2 cores (BENCHMARKS.md).
+pub const DEFAULT_LOAD_CONNECTIONS: usize = 2;
+
+fn default_load_connections() -> usize {
+    DEFAULT_LOAD_CONNECTIONS
 }
 
 /// Default for `sink[].batch` of a MySQL sink: larger commits than the shared default, since
@@ -119,6 +131,12 @@ impl MySqlSinkConfig {
         c.batch.validate(at)?;
         if c.checkpoint_database.is_empty() {
             return Err(invalid(format!("{at}.checkpoint_database"), "must not be empty"));
+        }
+        if !(1..=16).contains(&c.load_connections) {
+            return Err(invalid(
+                format!("{at}.load_connections"),
+                format!("{} is out of range: use 1 (the sink's own connection) to 16", c.load_connections),
+            ));
         }
         Ok(c)
     }
@@ -175,12 +193,17 @@ pub struct MySqlSink {
     quarantined: Vec<(TableId, String)>,
     /// The target accepts `LOAD DATA LOCAL` (cleared when it refuses)
     load_ok: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Snapshot rows loaded over connections of their own (loaders.rs)
+    loaders: loaders::Loaders,
+    /// Tables whose snapshot copy goes through the loaders, with the rows not handed over yet
+    snapshots: HashMap<TableId, Vec<sluice_core::Row>>,
 }
 
 impl MySqlSink {
     /// The `index`-th sink of `pipeline`.
     pub fn new(cfg: MySqlSinkConfig, pipeline: &str, index: usize) -> MySqlSink {
         let database = cfg.database();
+        let loaders = loaders::Loaders::new(cfg.url.expose(), cfg.load_connections);
         MySqlSink {
             name: format!("sink[{index}] mysql {}", cfg.mode),
             cfg,
@@ -199,6 +222,8 @@ impl MySqlSink {
             quarantine: HashMap::new(),
             quarantined: Vec::new(),
             load_ok: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            loaders,
+            snapshots: HashMap::new(),
         }
     }
 
@@ -401,6 +426,27 @@ impl MySqlSink {
             .collect()
     }
 
+    /// Buffers snapshot rows of `schema`'s table for the loaders, handing them over in blocks.
+    async fn snapshot_rows(&mut self, schema: &SchemaRef, rows: impl Iterator<Item = sluice_core::Row>) -> Result<(), MyError> {
+        let Some(buf) = self.snapshots.get_mut(&schema.id) else { return Ok(()) };
+        buf.extend(rows);
+        if buf.len() >= loaders::LOADER_ROWS {
+            let block = std::mem::replace(buf, Vec::with_capacity(loaders::LOADER_ROWS * 2));
+            self.hand_over(schema, block).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives `rows` to a loader.
+    async fn hand_over(&mut self, schema: &SchemaRef, rows: Vec<sluice_core::Row>) -> Result<(), MyError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let dest = self.dests().remove(&schema.id).ok_or_else(|| MyError::Protocol(format!("no target for {}", schema.id)))?;
+        let dead = self.dead_letters(None);
+        self.loaders.submit(dest, schema.clone(), rows, dead).await
+    }
+
     /// Writes every buffered batch into the open transaction.
     async fn flush(&mut self) -> Result<(), MyError> {
         self.wait_pending().await?;
@@ -493,6 +539,8 @@ impl MySqlSink {
             .collect();
         self.quarantined.clear();
         self.targets.clear();
+        self.snapshots.clear();
+        self.loaders.close().await;
         self.conn = Some(conn);
         self.lock = Some(lock);
         let cp = match state {
@@ -626,7 +674,20 @@ impl MySqlSink {
                         self.begin_tx().await?;
                         let name = self.targets.get(&copy.table.id).map(|t| t.name.clone()).unwrap_or_default();
                         self.conn()?.query_drop(format!("DELETE FROM {name}")).await.ctx(format!("empty {name}"))?;
+                        if *mode == CopyMode::Snapshot && self.cfg.load_connections > 1 {
+                            // The loaders must see the table emptied (loaders.rs).
+                            self.conn()?.query_drop("COMMIT").await.ctx(format!("commit emptying {name}"))?;
+                            self.in_tx = false;
+                            self.snapshots.insert(copy.table.id.clone(), Vec::with_capacity(loaders::LOADER_ROWS * 2));
+                        }
                     }
+                }
+                CopyStep::Rows(rows) if self.snapshots.contains_key(&copy.table.id) => {
+                    self.snapshot_rows(&copy.table, rows.iter().cloned()).await?;
+                }
+                CopyStep::Bulk(bulk) if self.snapshots.contains_key(&copy.table.id) => {
+                    let rows = bulk.decode(&copy.table).map_err(|e| MyError::Decode(e.to_string()))?;
+                    self.snapshot_rows(&copy.table, rows.into_iter()).await?;
                 }
                 CopyStep::Rows(rows) => {
                     let b = self.batch_for(&copy.table);
@@ -643,7 +704,13 @@ impl MySqlSink {
                         b.add_copied(r);
                     }
                 }
-                CopyStep::Progress { .. } | CopyStep::End => {}
+                CopyStep::End => {
+                    if let Some(rest) = self.snapshots.remove(&copy.table.id) {
+                        self.hand_over(&copy.table, rest).await?;
+                        self.loaders.finish().await?;
+                    }
+                }
+                CopyStep::Progress { .. } => {}
             },
             _ => {}
         }
@@ -684,12 +751,21 @@ async fn write_batches(
 ) -> Result<(), MyError> {
     for batch in batches {
         let schema = batch.schema().clone();
-        let Some(dest) = dests.get(&schema.id).cloned() else {
+        let Some(dest) = dests.get(&schema.id) else {
             return Err(MyError::Protocol(format!("no target for {}", schema.id)));
         };
+        let w = TableWrites::of(dest, &schema, batch.into_ops());
+        write_table(conn, dest, &schema, w, dead).await?;
+    }
+    Ok(())
+}
+
+impl TableWrites {
+    /// A table's net changes, sorted into the statements that apply them.
+    fn of(dest: &Dest, schema: &SchemaRef, ops: impl IntoIterator<Item = NetOp>) -> TableWrites {
         let keys = schema.key_indexes();
         let (mut deletes, mut upserts, mut partial) = (Vec::new(), Vec::new(), Vec::new());
-        for op in batch.into_ops() {
+        for op in ops {
             match op {
                 NetOp::Delete(k) => deletes.push(k),
                 NetOp::Insert(r) | NetOp::Update(r) | NetOp::Upsert(r) => {
@@ -704,19 +780,29 @@ async fn write_batches(
                 }
             }
         }
-        let w = TableWrites { deletes, upserts: std::sync::Arc::new(upserts), partial };
-        conn.query_drop("SAVEPOINT sluice_write").await.ctx("set a savepoint")?;
-        match apply(conn, &dest, &schema, &w).await {
-            Ok(()) => {}
-            Err(e) if refusal(&e) => {
-                warn!(table = %schema.id, error = %e, "batch refused by the target; applying it change by change");
-                conn.query_drop("ROLLBACK TO SAVEPOINT sluice_write").await.ctx("roll back to the savepoint")?;
-                one_by_one(conn, &dest, &schema, w, dead).await?;
-            }
-            Err(e) => return Err(e),
-        }
+        TableWrites { deletes, upserts: std::sync::Arc::new(upserts), partial }
     }
-    Ok(())
+}
+
+/// Applies one table's writes in the open transaction, change by change (refused ones to the
+/// dead letters) when the target refuses the batch.
+async fn write_table(
+    conn: &mut Conn,
+    dest: &Dest,
+    schema: &SchemaRef,
+    w: TableWrites,
+    dead: &DeadLetters,
+) -> Result<(), MyError> {
+    conn.query_drop("SAVEPOINT sluice_write").await.ctx("set a savepoint")?;
+    match apply(conn, dest, schema, &w).await {
+        Ok(()) => Ok(()),
+        Err(e) if refusal(&e) => {
+            warn!(table = %schema.id, error = %e, "batch refused by the target; applying it change by change");
+            conn.query_drop("ROLLBACK TO SAVEPOINT sluice_write").await.ctx("roll back to the savepoint")?;
+            one_by_one(conn, dest, schema, w, dead).await
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn apply(conn: &mut Conn, dest: &Dest, schema: &SchemaRef, w: &TableWrites) -> Result<(), MyError> {
@@ -1325,6 +1411,8 @@ impl Sink for MySqlSink {
         if let Some(l) = self.lock.take() {
             let _ = l.disconnect().await;
         }
+        self.loaders.close().await;
+        self.snapshots.clear();
         self.batches.clear();
         Ok(settled?)
     }
