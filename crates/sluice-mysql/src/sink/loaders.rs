@@ -64,7 +64,9 @@ impl Loaders {
                 conn.query_drop("START TRANSACTION").await.ctx("start a loader transaction")?;
                 let w = TableWrites::of(&dest, &schema, rows.into_iter().map(NetOp::Insert));
                 write_table(&mut conn, &dest, &schema, w, &dead).await?;
-                conn.query_drop("COMMIT").await.ctx(format!("commit snapshot rows of {}", dest.name))
+                conn.query_drop("COMMIT").await.ctx(format!("commit snapshot rows of {}", dest.name))?;
+                sluice_core::crash_point("sink.after_load_commit");
+                Ok(())
             }
             .await;
             match r {
