@@ -1,15 +1,17 @@
-//! The core's sink compliance suite against the MySQL sink, on a MariaDB server the test kit
-//! starts; the harness reads the target with the `mariadb` client.
+//! The core's sink compliance suite against the MySQL sink, on the MariaDB server the test kit
+//! starts for this test binary (a database and a pipeline name per test); the harness reads the
+//! target with the `mariadb` client.
 
 use async_trait::async_trait;
 use sluice_config::ParseContext;
 use sluice_core::{Sink, TableId};
 use sluice_mysql::sink::{MySqlSink, MySqlSinkConfig};
 use sluice_testkit::compliance::{run_all, Kind, SinkHarness};
-use sluice_testkit::MariaDbServer;
+use sluice_testkit::{shared_mariadb, unique_name, MariaDbServer};
 
 struct Harness {
-    server: MariaDbServer,
+    server: std::sync::Arc<MariaDbServer>,
+    db: String,
     cfg: MySqlSinkConfig,
     changelog: bool,
 }
@@ -17,7 +19,7 @@ struct Harness {
 #[async_trait]
 impl SinkHarness for Harness {
     fn sink(&self) -> Box<dyn Sink> {
-        Box::new(MySqlSink::new(self.cfg.clone(), "compliance", 0))
+        Box::new(MySqlSink::new(self.cfg.clone(), &self.db, 0))
     }
 
     fn kind(&self) -> Kind {
@@ -31,13 +33,13 @@ impl SinkHarness for Harness {
     async fn rows(&self, table: &TableId) -> Vec<Vec<Option<String>>> {
         let sql = if self.changelog {
             format!(
-                "SELECT op, JSON_VALUE(COALESCE(`after`, `before`), '$.id') FROM `replica`.`{}_changelog` ORDER BY sluice_seq",
-                table.name
+                "SELECT op, JSON_VALUE(COALESCE(`after`, `before`), '$.id') FROM `{}`.`{}_changelog` ORDER BY sluice_seq",
+                self.db, table.name
             )
         } else {
-            format!("SELECT * FROM `replica`.`{}` ORDER BY 1", table.name)
+            format!("SELECT * FROM `{}`.`{}` ORDER BY 1", self.db, table.name)
         };
-        match self.server.cli("replica", &sql) {
+        match self.server.cli(&self.db, &sql) {
             Ok(out) => {
                 out.lines().map(|l| l.split('\t').map(|v| (v != "NULL").then(|| v.to_string())).collect()).collect()
             }
@@ -48,14 +50,16 @@ impl SinkHarness for Harness {
 }
 
 async fn suite(mode: &str) {
-    let server = MariaDbServer::start().unwrap_or_else(|e| panic!("cannot start MariaDB: {e}"));
-    let url = server.create_database("replica").unwrap_or_else(|e| panic!("{e}"));
+    let server = shared_mariadb();
+    // The database name doubles as the pipeline's: the two suites keep apart checkpoints.
+    let db = unique_name("compliance_");
+    let url = server.create_database(&db).unwrap_or_else(|e| panic!("{e}"));
     let cfg = MySqlSinkConfig::parse(
         toml::from_str(&format!("url = \"{url}\"\nmode = \"{mode}\"")).unwrap(),
-        &ParseContext { at: "sink[0]", pipeline: "compliance" },
+        &ParseContext { at: "sink[0]", pipeline: &db },
     )
     .unwrap();
-    run_all(&Harness { server, cfg, changelog: mode == "changelog" }).await;
+    run_all(&Harness { server, db, cfg, changelog: mode == "changelog" }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,11 +8,18 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{connect, start, CONVERGE};
-use sluice_testkit::{pg_server, wait_for, MariaDbOptions, MariaDbServer, PgServer};
+use std::sync::Arc;
+
+use sluice_testkit::{pg_server, shared_mariadb, unique_name, wait_for, MariaDbOptions, MariaDbServer, PgServer};
 use tokio_postgres::Client;
 
+/// One test's MariaDB source database and PostgreSQL replica. The tests' SQL and configs name
+/// the source database `app`; [`MyEnv::at`] puts this test's database in its place (the
+/// PostgreSQL replica's schema carries the same name).
 struct MyEnv {
-    source: MariaDbServer,
+    source: Arc<MariaDbServer>,
+    /// This test's source database
+    db: String,
     _target: PgServer,
     src_url: String,
     dst: Client,
@@ -20,20 +27,47 @@ struct MyEnv {
 }
 
 impl MyEnv {
+    /// A database of its own on the MariaDB server this test binary shares.
     async fn new(setup: &str) -> MyEnv {
-        Self::with(MariaDbOptions::default(), setup).await
+        Self::on(shared_mariadb(), unique_name("app_"), setup).await
     }
 
+    /// A MariaDB server of its own, started with `opts` (for server-wide settings and state).
     async fn with(opts: MariaDbOptions, setup: &str) -> MyEnv {
         let source = MariaDbServer::start_with(opts).unwrap_or_else(|e| panic!("cannot start MariaDB: {e}"));
-        let src_url = source.create_database("app").unwrap_or_else(|e| panic!("{e}"));
+        Self::on(Arc::new(source), "app".into(), setup).await
+    }
+
+    async fn on(source: Arc<MariaDbServer>, db: String, setup: &str) -> MyEnv {
+        let src_url = source.create_database(&db).unwrap_or_else(|e| panic!("{e}"));
         if !setup.is_empty() {
-            source.cli("app", setup).unwrap_or_else(|e| panic!("setup SQL failed: {e}"));
+            source.cli(&db, setup).unwrap_or_else(|e| panic!("setup SQL failed: {e}"));
         }
         let target = pg_server();
         let dst_url = target.create_database("replica").await.unwrap_or_else(|e| panic!("{e}"));
         let dst = connect(&dst_url).await;
-        MyEnv { source, _target: target, src_url, dst, dst_url }
+        MyEnv { source, db, _target: target, src_url, dst, dst_url }
+    }
+
+    /// Another database on the source's server for this test (a MySQL sink's target).
+    fn named(&self, name: &str) -> String {
+        format!("{}_{name}", self.db)
+    }
+
+    /// `text` with each `app.` (the nominal source database, as a whole word) naming this
+    /// test's database instead.
+    fn at(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(i) = rest.find("app.") {
+            let word_start = rest[..i].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+            out.push_str(&rest[..i]);
+            out.push_str(if word_start { &self.db } else { "app" });
+            out.push('.');
+            rest = &rest[i + 4..];
+        }
+        out.push_str(rest);
+        out
     }
 
     fn config(&self, name: &str, source_extra: &str) -> sluice_config::PipelineConfig {
@@ -43,22 +77,22 @@ impl MyEnv {
              [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n",
             self.src_url, self.dst_url
         );
-        sluice::parse(&toml, &|_| None).expect("valid test config")
+        sluice::parse(&self.at(&toml), &|_| None).expect("valid test config")
     }
 
     fn src(&self, sql: &str) -> String {
-        self.source.cli("app", sql).unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", self.source.log_tail(20)))
+        self.source.cli(&self.db, sql).unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", self.source.log_tail(20)))
     }
 
     /// Rows of `sql` on the replica as text, one string per row.
     async fn dst_rows(&self, sql: &str) -> Option<Vec<String>> {
-        let rows = self.dst.query(sql, &[]).await.ok()?;
+        let rows = self.dst.query(&self.at(sql), &[]).await.ok()?;
         Some(rows.iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_else(|| "NULL".into())).collect())
     }
 
     /// Rows of `sql` on the replica now; fails the test on a query error.
     async fn dst_now(&self, sql: &str) -> Vec<String> {
-        let rows = self.dst.query(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        let rows = self.dst.query(&self.at(sql), &[]).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
         rows.iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_else(|| "NULL".into())).collect()
     }
 
@@ -70,6 +104,7 @@ impl MyEnv {
 
     /// [`MyEnv::converge`] for the replica `dst`.
     async fn converge_on(&self, dst: &Client, my_sql: &str, pg_sql: &str) {
+        let pg_sql = &self.at(pg_sql);
         let rows = |sql: &str| {
             let sql = sql.to_string();
             async move {
@@ -114,15 +149,16 @@ struct Workload {
 
 impl Workload {
     fn start(
-        source: &MariaDbServer,
+        env: &MyEnv,
         seed: u64,
         mut next: impl FnMut(&mut sluice_playground::scenario::Rng) -> String + Send + 'static,
     ) -> Workload {
         use std::io::Write;
         use std::process::{Command, Stdio};
         let mut client = Command::new("mariadb")
-            .args(["--no-defaults", "--batch", "--user=root", "--default-character-set=utf8mb4", "--database=app"])
-            .arg(format!("--socket={}", source.socket().display()))
+            .args(["--no-defaults", "--batch", "--user=root", "--default-character-set=utf8mb4"])
+            .arg(format!("--database={}", env.db))
+            .arg(format!("--socket={}", env.source.socket().display()))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -295,9 +331,9 @@ async fn ddl_and_new_tables_mid_stream_and_restarts_resume_exactly() {
 
 /// Writes to `table` while it is copied: updates, inserts, deletes, and key changes to keys
 /// below every other (the copy has passed them: only the move tells the sink about the row).
-fn copy_workload(source: &MariaDbServer, table: &'static str, seed: u64) -> Workload {
+fn copy_workload(env: &MyEnv, table: &'static str, seed: u64) -> Workload {
     let mut next_id = seed * 1_000_000;
-    Workload::start(source, seed, move |rng| {
+    Workload::start(env, seed, move |rng| {
         let mut sql = String::from("BEGIN;\n");
         for _ in 0..rng.range(1, 5) {
             let id = rng.range(1, 20_000);
@@ -328,11 +364,11 @@ async fn tables_renamed_in_and_sinks_added_are_copied_while_streaming() {
     let source_extra = "exclude = [\"app.staging\"]\nchunk_rows = 500";
     let pipeline = start(env.config("myfill", source_extra));
     let my = |t: &str| format!("SELECT CONCAT_WS('|', id, v, n) FROM {t} ORDER BY id");
-    let pg = |t: &str| format!("SELECT concat_ws('|', id, v, n) FROM app.{t} ORDER BY id");
+    let pg = |t: &str| env.at(&format!("SELECT concat_ws('|', id, v, n) FROM app.{t} ORDER BY id"));
     env.converge(&my("orders"), &pg("orders")).await;
 
     env.src("RENAME TABLE staging TO moved");
-    let writes = copy_workload(&env.source, "moved", 31);
+    let writes = copy_workload(&env, "moved", 31);
     common::wait_copied(&env.dst, "myfill", &["orders", "moved"]).await;
     assert!(writes.stop() > 0, "the workload ran during the copy");
     env.converge(&my("moved"), &pg("moved")).await;
@@ -342,16 +378,16 @@ async fn tables_renamed_in_and_sinks_added_are_copied_while_streaming() {
 
     // A second sink: it gets both tables copied while writes go on; the first keeps its rows
     // as they are (a row only it holds survives: nothing replaced its table).
-    env.dst.batch_execute("INSERT INTO app.orders VALUES (-1, 'only in the first sink', 0)").await.unwrap();
+    env.dst.batch_execute(&env.at("INSERT INTO app.orders VALUES (-1, 'only in the first sink', 0)")).await.unwrap();
     let second_url = env._target.create_database("second").await.unwrap_or_else(|e| panic!("{e}"));
     let second = connect(&second_url).await;
-    let toml = format!(
+    let toml = env.at(&format!(
         "name = \"myfill\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\n{source_extra}\n\n\
          [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n\n[[sink]]\ntype = \"postgres\"\nurl = \"{second_url}\"\n",
         env.src_url, env.dst_url
-    );
+    ));
     let both = start(sluice::parse(&toml, &|_| None).unwrap());
-    let writes = copy_workload(&env.source, "moved", 37);
+    let writes = copy_workload(&env, "moved", 37);
     common::wait_copied(&second, "myfill", &["orders", "moved"]).await;
     assert!(writes.stop() > 0, "the workload ran during the copy");
     env.converge(&my("moved"), &pg("moved")).await;
@@ -454,7 +490,8 @@ async fn check_explains_a_statement_binlog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purged_binlog_stops_and_when_needed_copies_everything_again() {
-    let env = MyEnv::new("CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1)").await;
+    // A server of its own: purging binlogs would pull them from under other tests.
+    let env = MyEnv::with(MariaDbOptions::default(), "CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1)").await;
     let cfg = env.config("mypurge", "gtid = \"off\"");
     let pipeline = start(cfg.clone());
     wait_for("the snapshot", CONVERGE, || async {
@@ -523,11 +560,11 @@ async fn sigkill_at_random(gtid: &str) {
     let config = dir.path().join("pipeline.toml");
     std::fs::write(
         &config,
-        format!(
+        env.at(&format!(
             "name = \"mycrash\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\ngtid = \"{gtid}\"\n\n\
              [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\nbatch = {{ max_rows = 500, max_delay_ms = 20 }}\n",
             env.src_url, env.dst_url
-        ),
+        )),
     )
     .unwrap();
     let log = dir.path().join("sluice.log");
@@ -536,7 +573,7 @@ async fn sigkill_at_random(gtid: &str) {
     let log_tail = || common::process::log_tail(&log);
 
     // The workload: transactions of 1 to 30 statements piped into one mariadb client.
-    let workload = Workload::start(&env.source, seed ^ 0x5eed, |rng| {
+    let workload = Workload::start(&env, seed ^ 0x5eed, |rng| {
         let mut sql = String::from("BEGIN;\n");
         for _ in 0..rng.range(1, 30) {
             let id = rng.range(1, 160_000);
@@ -625,9 +662,9 @@ const CRASH_SETUP: &str = "
     INSERT INTO tags SELECT CONCAT('t', seq % 7), seq FROM seq_1_to_3000;";
 
 /// Updates, inserts, deletes and key changes on `accounts` and `tags`.
-fn crash_workload(source: &MariaDbServer, seed: u64) -> Workload {
+fn crash_workload(env: &MyEnv, seed: u64) -> Workload {
     let mut next = seed * 1_000_000;
-    Workload::start(source, seed, move |rng| {
+    Workload::start(env, seed, move |rng| {
         let mut sql = String::from("BEGIN;\n");
         for _ in 0..rng.range(1, 8) {
             let id = rng.range(1, 20_000);
@@ -690,16 +727,16 @@ async fn a_crash_at_every_named_point_ends_with_an_exact_replica() {
                     "[[sink]]\ntype = \"postgres\"\nurl = \"{url}\"\nbatch = {{ max_rows = 300, max_delay_ms = 20 }}\n"
                 )
             };
-            let head = format!(
+            let head = env.at(&format!(
                 "name = \"{name}\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\ngtid = \"{gtid}\"\n\
                  chunk_rows = 500\n\n{}",
                 env.src_url,
                 sink(&url)
-            );
+            ));
             let one = dir.path().join(format!("{name}.toml"));
             std::fs::write(&one, &head).unwrap();
             let one = one.display().to_string();
-            let writes = crash_workload(&env.source, run);
+            let writes = crash_workload(&env, run);
             let mut replicas = vec![dst];
             if point.starts_with("backfill.") {
                 // The first sink copies everything; then a second sink joins and crashes mid-copy.
@@ -762,17 +799,17 @@ async fn a_mysql_sink_crashed_mid_snapshot_ends_with_an_exact_replica() {
     let digest = "SELECT COUNT(*), SUM(CRC32(CONCAT_WS('|', id, v, n))) FROM big";
     let mut partial_seen = false;
     for (run, (point, hit)) in [("sink.after_load_commit", 2), ("snapshot.mid_table", 40)].into_iter().enumerate() {
-        let db = format!("replica{run}");
+        let db = env.named(&format!("replica{run}"));
         let replica = env.source.create_database(&db).unwrap();
         let config = dir.path().join(format!("{db}.toml"));
         std::fs::write(
             &config,
-            format!(
+            env.at(&format!(
                 "name = \"myload{run}\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.big\"]\nchunk_rows = 2000\n\n\
                  [[sink]]\ntype = \"mysql\"\nurl = \"{replica}\"\nload_connections = 3\n\
                  batch = {{ max_rows = 20000, max_delay_ms = 50 }}\n",
                 env.src_url
-            ),
+            )),
         )
         .unwrap();
         let config = config.display().to_string();
@@ -804,14 +841,15 @@ async fn a_mysql_sink_crashed_mid_snapshot_ends_with_an_exact_replica() {
 async fn mariadb_to_mariadb_replica_matches_row_for_row() {
     // Enough rows that the sink loads them in bulk (LOAD DATA) rather than by INSERT.
     let many = |from: i32| (from..from + 20).map(|b| type_rows(b * 100)).collect::<Vec<_>>().join(";\n");
-    let env = MyEnv::new(&format!("{TYPES}; {}; {}", type_rows(0), many(1))).await;
-    let replica = env.source.create_database("replica").unwrap();
-    let toml = format!(
+    // A server of its own: the test reads global status counters.
+    let env = MyEnv::with(MariaDbOptions::default(), &format!("{TYPES}; {}; {}", type_rows(0), many(1))).await;
+    let replica = env.source.create_database(&env.named("replica")).unwrap();
+    let toml = env.at(&format!(
         "name = \"mymy\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\n\n[[sink]]\ntype = \"mysql\"\nurl = \"{replica}\"\n",
         env.src_url
-    );
+    ));
     let status = |name: &str| -> u64 {
-        let out = env.source.cli("app", &format!("SHOW GLOBAL STATUS LIKE '{name}'")).unwrap();
+        let out = env.source.cli(&env.db, &format!("SHOW GLOBAL STATUS LIKE '{name}'")).unwrap();
         out.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{name}: {out}"))
     };
     let (loads, rollbacks) = (status("Com_load"), status("Handler_savepoint_rollback"));
@@ -824,17 +862,17 @@ async fn mariadb_to_mariadb_replica_matches_row_for_row() {
             .unwrap_or_else(|e| format!("error: {e}"))
     };
     wait_for("the replica to match the source", CONVERGE, || async {
-        let (a, b) = (rows("app"), rows("replica"));
+        let (a, b) = (rows(&env.db), rows(&env.named("replica")));
         (a == b && a.lines().count() == 125).then_some(())
     })
     .await;
-    assert_eq!(rows("app"), rows("replica"));
+    assert_eq!(rows(&env.db), rows(&env.named("replica")));
     let zero = env
         .source
-        .cli("replica", "SELECT id, dt, dtm, dt0, c, yr, st FROM types WHERE id IN (4, 14) ORDER BY id")
+        .cli(&env.named("replica"), "SELECT id, dt, dtm, dt0, c, yr, st FROM types WHERE id IN (4, 14) ORDER BY id")
         .unwrap();
     assert_eq!(zero, "4\tNULL\tNULL\tNULL\tpad\t0000\ta,b,c\n14\tNULL\tNULL\tNULL\tpad\t0000\ta,b,c\n");
-    let ddl = env.source.cli("replica", "SHOW CREATE TABLE types").unwrap();
+    let ddl = env.source.cli(&env.named("replica"), "SHOW CREATE TABLE types").unwrap();
     assert!(ddl.contains("`bu` bigint(20) unsigned") && ddl.contains("`d` decimal(65,30)"), "{ddl}");
     // The rows went in by LOAD DATA, and no load fell back to INSERT.
     assert!(status("Com_load") > loads, "expected a bulk load");
@@ -853,29 +891,31 @@ async fn mysql_sink_follows_widening_and_quarantines_what_could_lose_data() {
          INSERT INTO w VALUES (1, 1, 'a'); INSERT INTO ok VALUES (1, 1);",
     )
     .await;
-    let replica = env.source.create_database("replica").unwrap();
-    let frozen = env.source.create_database("frozen").unwrap();
+    let replica = env.source.create_database(&env.named("replica")).unwrap();
+    let frozen = env.source.create_database(&env.named("frozen")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pipeline.toml");
     std::fs::write(
         &config,
-        format!(
+        env.at(&format!(
             "name = \"myschema\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\n\n\
              [[sink]]\ntype = \"mysql\"\nurl = \"{replica}\"\n\n\
              [[sink]]\ntype = \"mysql\"\nurl = \"{frozen}\"\nschema_changes = \"freeze\"\n",
             env.src_url
-        ),
+        )),
     )
     .unwrap();
     let cfg = sluice::load(&config).expect("valid config");
     let same = |db: &str, table: &str| {
         let sql = format!("SELECT * FROM {table} ORDER BY id");
-        let (a, b) = (env.source.cli("app", &sql).unwrap_or_default(), env.source.cli(db, &sql).unwrap_or_default());
+        let db = env.named(db);
+        let (a, b) = (env.source.cli(&env.db, &sql).unwrap_or_default(), env.source.cli(&db, &sql).unwrap_or_default());
         async move { (!a.is_empty() && a == b).then_some(()) }
     };
     let column_type = |db: &str, c: &str| {
+        let db = env.named(db);
         env.source
-            .cli(db, &format!("SELECT COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = '{db}' AND TABLE_NAME = 'w' AND COLUMN_NAME = '{c}'"))
+            .cli(&db, &format!("SELECT COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = '{db}' AND TABLE_NAME = 'w' AND COLUMN_NAME = '{c}'"))
             .unwrap()
             .trim()
             .to_string()
@@ -910,14 +950,14 @@ async fn mysql_sink_follows_widening_and_quarantines_what_could_lose_data() {
     assert!(tables.contains("may not hold every value"), "{tables}");
     assert!(tables.contains("changed type from bigint(20) to int(11)"), "{tables}");
     assert!(tables.contains("schema_changes = \"freeze\""), "{tables}");
-    assert_eq!(env.source.cli("replica", "SELECT GROUP_CONCAT(id) FROM w").unwrap().trim(), "1", "w not written since");
-    assert_eq!(env.source.cli("sluice", "SELECT COUNT(*) FROM quarantine").unwrap().trim(), "2");
+    assert_eq!(env.source.cli(&env.named("replica"), "SELECT GROUP_CONCAT(id) FROM w").unwrap().trim(), "1", "w not written since");
+    assert_eq!(env.source.cli("sluice", "SELECT COUNT(*) FROM quarantine WHERE pipeline = 'myschema'").unwrap().trim(), "2");
     assert!(!pipeline.is_finished(), "the pipeline keeps running");
 
     // Releasing refuses while the pipeline runs, then works; the next start copies w again.
     let release = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["tables", &config.display().to_string(), "--release", "app.w", "--sink", "0"])
+            .args(["tables", &config.display().to_string(), "--release", &env.at("app.w"), "--sink", "0"])
             .output()
             .expect("run sluice tables --release")
     };
@@ -942,10 +982,10 @@ async fn mysql_sink_follows_widening_and_quarantines_what_could_lose_data() {
     wait_for("ok with the renamed column", CONVERGE, || same("replica", "ok")).await;
     let cols = env
         .source
-        .cli("replica", "SELECT GROUP_CONCAT(COLUMN_NAME ORDER BY ORDINAL_POSITION) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'replica' AND TABLE_NAME = 'ok'")
+        .cli(&env.named("replica"), &format!("SELECT GROUP_CONCAT(COLUMN_NAME ORDER BY ORDINAL_POSITION) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = '{}' AND TABLE_NAME = 'ok'", env.named("replica")))
         .unwrap();
     assert_eq!(cols.trim(), "id,amount");
-    assert_eq!(env.source.cli("replica", "SELECT amount FROM ok WHERE id = 1").unwrap().trim(), "3");
+    assert_eq!(env.source.cli(&env.named("replica"), "SELECT amount FROM ok WHERE id = 1").unwrap().trim(), "3");
     pipeline.stop().await;
 }
 
@@ -955,15 +995,15 @@ async fn mysql_sink_follows_widening_and_quarantines_what_could_lose_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_change_goes_to_the_dead_letter_table() {
     let env = MyEnv::new("CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1)").await;
-    let replica = env.source.create_database("replica").unwrap();
-    let toml = format!(
+    let replica = env.source.create_database(&env.named("replica")).unwrap();
+    let toml = env.at(&format!(
         "name = \"mydead\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\n\n[[sink]]\ntype = \"mysql\"\nurl = \"{replica}\"\n",
         env.src_url
-    );
+    ));
     let pipeline = start(sluice::parse(&toml, &|_| None).expect("valid config"));
-    let replica_rows = || env.source.cli("replica", "SELECT id, v FROM t ORDER BY id").unwrap_or_default();
+    let replica_rows = || env.source.cli(&env.named("replica"), "SELECT id, v FROM t ORDER BY id").unwrap_or_default();
     wait_for("the copy", CONVERGE, || async { (replica_rows() == "1\t1\n").then_some(()) }).await;
-    env.source.cli("replica", "ALTER TABLE t ADD CONSTRAINT small CHECK (v < 100)").unwrap();
+    env.source.cli(&env.named("replica"), "ALTER TABLE t ADD CONSTRAINT small CHECK (v < 100)").unwrap();
     // Enough rows that the batch goes by LOAD DATA first.
     let many: Vec<String> = (10..200).map(|i| format!("({i}, {})", i % 50)).collect();
     env.src(&format!(
@@ -981,9 +1021,9 @@ async fn a_refused_change_goes_to_the_dead_letter_table() {
         .await;
     let dead = env
         .source
-        .cli("sluice", "SELECT pipeline, sink, source_table, op, JSON_EXTRACT(`row`, '$.v'), error LIKE '%small%', position IS NOT NULL FROM dead_letters")
+        .cli("sluice", "SELECT pipeline, sink, source_table, op, JSON_EXTRACT(`row`, '$.v'), error LIKE '%small%', position IS NOT NULL FROM dead_letters WHERE pipeline = 'mydead'")
         .unwrap();
-    assert_eq!(dead, "mydead\t0\tapp.t\tupsert\t500\t1\t1\n", "one dead letter for the refused row");
+    assert_eq!(dead, env.at("mydead\t0\tapp.t\tupsert\t500\t1\t1\n"), "one dead letter for the refused row");
     assert!(!pipeline.is_finished(), "the pipeline keeps running");
     pipeline.stop().await;
 }
@@ -1072,12 +1112,12 @@ async fn keyless_tables_reach_postgres_and_a_mysql_sink_quarantines_them() {
          CREATE TABLE staging (a INT, b VARCHAR(10)); INSERT INTO staging SELECT seq, 's' FROM seq_1_to_500;",
     )
     .await;
-    let replica = env.source.create_database("replica").unwrap();
-    let toml = format!(
+    let replica = env.source.create_database(&env.named("replica")).unwrap();
+    let toml = env.at(&format!(
         "name = \"mykeyless\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\nexclude = [\"app.staging\"]\n\n\
          [[sink]]\ntype = \"postgres\"\nurl = \"{}\"\n\n[[sink]]\ntype = \"mysql\"\nurl = \"{replica}\"\n",
         env.src_url, env.dst_url
-    );
+    ));
     let pipeline = start(sluice::parse(&toml, &|_| None).expect("valid config"));
     let my = |t: &str| format!("SELECT CONCAT_WS(',', a, b, COUNT(*)) FROM {t} GROUP BY a, b ORDER BY a, b");
     let pg = |t: &str| format!("SELECT concat_ws(',', a, b, count(*)) FROM app.{t} GROUP BY a, b ORDER BY a, b");
@@ -1092,12 +1132,12 @@ async fn keyless_tables_reach_postgres_and_a_mysql_sink_quarantines_them() {
     // The MySQL sink quarantined the keyless tables and keeps streaming k.
     env.src("UPDATE k SET v = 2");
     wait_for("k on the MySQL sink", CONVERGE, || async {
-        (env.source.cli("replica", "SELECT v FROM k").ok()? == "2\n").then_some(())
+        (env.source.cli(&env.named("replica"), "SELECT v FROM k").ok()? == "2\n").then_some(())
     })
     .await;
     let q = env
         .source
-        .cli("sluice", "SELECT source_table, reason LIKE '%no primary key%' FROM quarantine ORDER BY 1")
+        .cli("sluice", "SELECT source_table, reason LIKE '%no primary key%' FROM quarantine WHERE pipeline = 'mykeyless' ORDER BY 1")
         .unwrap();
     assert_eq!(q, "logs\t1\nlogs2\t1\n");
     assert!(!pipeline.is_finished());
@@ -1115,20 +1155,20 @@ async fn a_target_without_local_infile_gets_inserts() {
     )
     .await;
     assert_eq!(env.src("SELECT @@local_infile").trim(), "0");
-    let replica = env.source.create_database("replica").unwrap();
-    let toml = format!(
+    let replica = env.source.create_database(&env.named("replica")).unwrap();
+    let toml = env.at(&format!(
         "name = \"mynoload\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.*\"]\n\n[[sink]]\ntype = \"mysql\"\nurl = \"{replica}\"\n",
         env.src_url
-    );
+    ));
     let pipeline = start(sluice::parse(&toml, &|_| None).expect("valid config"));
     env.src("UPDATE t SET v = 'changed' WHERE id % 3 = 0; DELETE FROM t WHERE id > 490");
     let sql = "SELECT COUNT(*), SUM(CRC32(CONCAT(id, v))) FROM t";
     wait_for("the replica to match", CONVERGE, || async {
-        let (a, b) = (env.source.cli("app", sql).ok()?, env.source.cli("replica", sql).ok()?);
+        let (a, b) = (env.source.cli(&env.db, sql).ok()?, env.source.cli(&env.named("replica"), sql).ok()?);
         (a == b).then_some(())
     })
     .await;
-    assert!(env.source.cli("replica", sql).unwrap().starts_with("490\t"));
+    assert!(env.source.cli(&env.named("replica"), sql).unwrap().starts_with("490\t"));
     pipeline.stop().await;
 }
 
@@ -1192,25 +1232,25 @@ async fn postgres_to_mariadb_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_changelog_records_every_change_in_order() {
     let env = MyEnv::new("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10)); INSERT INTO t VALUES (1, 'a')").await;
-    let replica = env.source.create_database("replica").unwrap();
-    let toml = format!(
+    let replica = env.source.create_database(&env.named("replica")).unwrap();
+    let toml = env.at(&format!(
         "name = \"mylog\"\n[source]\ntype = \"mysql\"\nurl = \"{}\"\ntables = [\"app.t\"]\n\n[[sink]]\ntype = \"mysql\"\nmode = \"changelog\"\nurl = \"{replica}\"\n",
         env.src_url
-    );
+    ));
     let pipeline = start(sluice::parse(&toml, &|_| None).expect("valid config"));
     wait_for("the snapshot row", CONVERGE, || async {
-        let n = env.source.cli("replica", "SELECT COUNT(*) FROM t_changelog").ok()?;
+        let n = env.source.cli(&env.named("replica"), "SELECT COUNT(*) FROM t_changelog").ok()?;
         (n.trim() == "1").then_some(())
     })
     .await;
     env.src("INSERT INTO t VALUES (2, 'b'); UPDATE t SET v = 'a2' WHERE id = 1; DELETE FROM t WHERE id = 2");
     let q = "SELECT op, JSON_VALUE(COALESCE(`after`, `before`), '$.id'), JSON_VALUE(`after`, '$.v'), \
              position IS NOT NULL, commit_ts IS NOT NULL, source_table FROM t_changelog ORDER BY sluice_seq";
-    let want = "r\t1\ta\t0\t0\tapp.t\nc\t2\tb\t1\t1\tapp.t\nu\t1\ta2\t1\t1\tapp.t\nd\t2\tNULL\t1\t1\tapp.t\n";
+    let want = env.at("r\t1\ta\t0\t0\tapp.t\nc\t2\tb\t1\t1\tapp.t\nu\t1\ta2\t1\t1\tapp.t\nd\t2\tNULL\t1\t1\tapp.t\n");
     let deadline = Instant::now() + CONVERGE;
     let mut got = String::new();
     while Instant::now() < deadline {
-        got = env.source.cli("replica", q).unwrap_or_else(|e| e);
+        got = env.source.cli(&env.named("replica"), q).unwrap_or_else(|e| e);
         if got == want {
             break;
         }

@@ -1088,13 +1088,22 @@ struct Store {
 async fn store_and_commit(conn: &mut Conn, store: &Store, checkpoint: &Checkpoint) -> Result<(), MyError> {
     let Store { table, pipeline, index, quarantine_table, quarantined } = store;
     let new_position = checkpoint.position.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
-    let stored: Option<Option<String>> = conn
-        .exec_first(
-            format!("SELECT position FROM {table} WHERE pipeline = ? AND sink = ? FOR UPDATE"),
-            (pipeline, index),
-        )
+    // Locked only when the row exists: a locking read of a missing row takes a gap lock, and two
+    // pipelines storing their first checkpoints at once would then deadlock on their inserts.
+    let exists: Option<i64> = conn
+        .exec_first(format!("SELECT 1 FROM {table} WHERE pipeline = ? AND sink = ?"), (pipeline, index))
         .await
-        .ctx("read the stored checkpoint")?;
+        .ctx("look for the stored checkpoint")?;
+    let stored: Option<Option<String>> = match exists {
+        Some(_) => conn
+            .exec_first(
+                format!("SELECT position FROM {table} WHERE pipeline = ? AND sink = ? FOR UPDATE"),
+                (pipeline, index),
+            )
+            .await
+            .ctx("read the stored checkpoint")?,
+        None => None,
+    };
     let parse = |s: &str| serde_json::from_str::<Position>(s).ok();
     if let (Some(old), Some(new)) =
         (stored.flatten().as_deref().and_then(parse), new_position.as_deref().and_then(parse))
