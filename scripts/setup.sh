@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Sluice's playground and tests need when it is missing: the PostgreSQL and
-# MariaDB server binaries (Debian packages). Safe to run any number of times.
+# MariaDB server binaries (Debian packages) and the confluent-kafka Python package the tests
+# check with. Safe to run any number of times.
 set -euo pipefail
 
 have_pg_server() {
@@ -32,6 +33,14 @@ if ! have_mariadb_server; then
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now mariadb >/dev/null 2>&1 || true; fi
 fi
 have_mariadb_server || { echo "setup: MariaDB server binaries still missing after install" >&2; exit 1; }
+
+# confluent-kafka: the third-party client the tests check Sluice's registry (and Kafka output) with.
+if ! python3 -c "import confluent_kafka.schema_registry.avro" >/dev/null 2>&1; then
+  echo "setup: installing the Python package confluent-kafka (with Avro and Schema Registry support)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "confluent-kafka[avro,schemaregistry]==2.16.1" >&2
+fi
+python3 -c "import confluent_kafka.schema_registry.avro" >/dev/null 2>&1 \
+  || { echo "setup: the Python package confluent-kafka is still missing after install" >&2; exit 1; }
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo (the Rust toolchain) is required; install it with rustup" >&2

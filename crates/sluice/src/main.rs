@@ -56,6 +56,16 @@ enum Cmd {
     /// Start a local source and replica with sample data and a workload, and watch the replica
     /// follow. Needs only the PostgreSQL server packages (scripts/setup.sh installs them).
     Playground(sluice::playground::Args),
+    /// Serve the built-in Schema Registry (Confluent's REST API, Avro) until SIGINT/SIGTERM.
+    #[cfg(feature = "registry")]
+    Registry {
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// Directory that keeps the registry's schemas across restarts
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +83,8 @@ fn main() -> ExitCode {
             Cmd::Run { pipeline } => run(pipeline, cli.log_format).await,
             Cmd::Check { pipeline } => check(pipeline).await,
             Cmd::Tables { pipeline, release, sink } => tables(pipeline, release, sink).await,
+            #[cfg(feature = "registry")]
+            Cmd::Registry { listen, data } => registry(listen, data).await,
             Cmd::Playground(args) => match sluice::playground::run(args, stop_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -82,6 +94,30 @@ fn main() -> ExitCode {
             },
         }
     })
+}
+
+#[cfg(feature = "registry")]
+async fn registry(listen: String, data: PathBuf) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "error: cannot listen on {listen}: {e} (is another registry running there? pick another --listen)"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stop = stop_signal();
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    match sluice_registry::serve(listener, &data, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logs(format: LogFormat) {

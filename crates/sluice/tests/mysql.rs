@@ -439,7 +439,8 @@ async fn copies_page_by_keys_in_the_servers_own_order() {
     env.src("RENAME TABLE s_enum TO k_enum, s_set TO k_set, s_dec TO k_dec, s_bit TO k_bit, s_date TO k_date");
     common::wait_copied(&env.dst, "mykeys", &tables).await;
     for t in tables {
-        env.converge(&format!("SELECT n FROM {t} ORDER BY n"), &format!("SELECT n::text FROM app.{t} ORDER BY n")).await;
+        env.converge(&format!("SELECT n FROM {t} ORDER BY n"), &format!("SELECT n::text FROM app.{t} ORDER BY n"))
+            .await;
     }
     let dates = env.dst_now("SELECT d::text FROM app.k_date ORDER BY n").await;
     assert_eq!(dates, ["1970-01-01", "1960-01-01", "2000-01-01", "2024-02-29"], "zero date as the sentinel");
@@ -491,7 +492,11 @@ async fn check_explains_a_statement_binlog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purged_binlog_stops_and_when_needed_copies_everything_again() {
     // A server of its own: purging binlogs would pull them from under other tests.
-    let env = MyEnv::with(MariaDbOptions::default(), "CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1)").await;
+    let env = MyEnv::with(
+        MariaDbOptions::default(),
+        "CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1)",
+    )
+    .await;
     let cfg = env.config("mypurge", "gtid = \"off\"");
     let pipeline = start(cfg.clone());
     wait_for("the snapshot", CONVERGE, || async {
@@ -950,8 +955,15 @@ async fn mysql_sink_follows_widening_and_quarantines_what_could_lose_data() {
     assert!(tables.contains("may not hold every value"), "{tables}");
     assert!(tables.contains("changed type from bigint(20) to int(11)"), "{tables}");
     assert!(tables.contains("schema_changes = \"freeze\""), "{tables}");
-    assert_eq!(env.source.cli(&env.named("replica"), "SELECT GROUP_CONCAT(id) FROM w").unwrap().trim(), "1", "w not written since");
-    assert_eq!(env.source.cli("sluice", "SELECT COUNT(*) FROM quarantine WHERE pipeline = 'myschema'").unwrap().trim(), "2");
+    assert_eq!(
+        env.source.cli(&env.named("replica"), "SELECT GROUP_CONCAT(id) FROM w").unwrap().trim(),
+        "1",
+        "w not written since"
+    );
+    assert_eq!(
+        env.source.cli("sluice", "SELECT COUNT(*) FROM quarantine WHERE pipeline = 'myschema'").unwrap().trim(),
+        "2"
+    );
     assert!(!pipeline.is_finished(), "the pipeline keeps running");
 
     // Releasing refuses while the pipeline runs, then works; the next start copies w again.

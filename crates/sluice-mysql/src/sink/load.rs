@@ -334,7 +334,10 @@ mod tests {
             (Value::Int(-42), col(DataType::Int64, "bigint")),
             (Value::UInt(u64::MAX), col(DataType::UInt64, "bigint unsigned")),
             (Value::Text(Text::from("tab\there\\ \0")), col(DataType::Text, "text")),
-            (Value::Decimal(Decimal::parse("-12345678901234567890.0000000001").unwrap()), col(DataType::Decimal, "decimal(30,10)")),
+            (
+                Value::Decimal(Decimal::parse("-12345678901234567890.0000000001").unwrap()),
+                col(DataType::Decimal, "decimal(30,10)"),
+            ),
             (Value::Timestamp(Timestamp::from_micros(1_700_000_000_123_456)), col(DataType::Timestamp, "datetime(6)")),
             (Value::Null, col(DataType::Text, "text")),
         ];

@@ -427,7 +427,11 @@ impl MySqlSink {
     }
 
     /// Buffers snapshot rows of `schema`'s table for the loaders, handing them over in blocks.
-    async fn snapshot_rows(&mut self, schema: &SchemaRef, rows: impl Iterator<Item = sluice_core::Row>) -> Result<(), MyError> {
+    async fn snapshot_rows(
+        &mut self,
+        schema: &SchemaRef,
+        rows: impl Iterator<Item = sluice_core::Row>,
+    ) -> Result<(), MyError> {
         let Some(buf) = self.snapshots.get_mut(&schema.id) else { return Ok(()) };
         buf.extend(rows);
         if buf.len() >= loaders::LOADER_ROWS {
@@ -442,7 +446,8 @@ impl MySqlSink {
         if rows.is_empty() {
             return Ok(());
         }
-        let dest = self.dests().remove(&schema.id).ok_or_else(|| MyError::Protocol(format!("no target for {}", schema.id)))?;
+        let dest =
+            self.dests().remove(&schema.id).ok_or_else(|| MyError::Protocol(format!("no target for {}", schema.id)))?;
         let dead = self.dead_letters(None);
         self.loaders.submit(dest, schema.clone(), rows, dead).await
     }

@@ -355,7 +355,8 @@ impl Backfill {
         }
         let keyless = key.is_empty();
         // Changes the chunk does not hold: those the stream made at or after its snapshot.
-        let unseen: Vec<Noted> = log.into_iter().filter(|n| binlog_cmp((&n.at.0, n.at.1), chunk_at) != Ordering::Less).collect();
+        let unseen: Vec<Noted> =
+            log.into_iter().filter(|n| binlog_cmp((&n.at.0, n.at.1), chunk_at) != Ordering::Less).collect();
         if keyless && !unseen.is_empty() || partial {
             // Rows without a key cannot be told apart from what the stream changed after the
             // snapshot, and a partial row image cannot stand in for the chunk's row: read again
@@ -448,7 +449,8 @@ impl Backfill {
         self.next_id += 1;
         let id = self.next_id;
         let opened_at = (pos.0.to_string(), pos.1);
-        self.window = Some(Window { id, table: job.table.clone(), opened_at, void: false, partial: false, chunk: None });
+        self.window =
+            Some(Window { id, table: job.table.clone(), opened_at, void: false, partial: false, chunk: None });
         let read = ChunkRead {
             table: job.table.clone(),
             after: job.after.clone(),
@@ -544,7 +546,10 @@ impl ChunkRead {
 /// Whether a key read from a checkpoint may hold a zero date (read as NULL or the sentinel).
 fn ambiguous(schema: &TableSchema, key: &Key, zero: ZeroDates) -> bool {
     let dated = schema.key_indexes().into_iter().map(|i| &schema.columns[i]).zip(key).filter(|(c, _)| {
-        matches!(c.data_type, sluice_core::DataType::Date | sluice_core::DataType::Timestamp | sluice_core::DataType::TimestampTz)
+        matches!(
+            c.data_type,
+            sluice_core::DataType::Date | sluice_core::DataType::Timestamp | sluice_core::DataType::TimestampTz
+        )
     });
     let mut dated = dated.map(|(_, v)| v);
     dated.any(|v| match (v, zero) {
