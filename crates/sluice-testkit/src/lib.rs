@@ -7,7 +7,9 @@ pub mod tls;
 
 use std::time::{Duration, Instant};
 
-pub use sluice_playground::{free_port, pg_bindir, MariaDbOptions, MariaDbServer, PgOptions, PgServer};
+pub use sluice_playground::{
+    free_port, pg_bindir, KafkaBroker, KafkaKind, MariaDbOptions, MariaDbServer, PgOptions, PgServer,
+};
 
 /// Starts a PostgreSQL server for a test, or fails the test saying what is missing.
 pub fn pg_server() -> PgServer {

