@@ -34,6 +34,17 @@ if ! have_mariadb_server; then
 fi
 have_mariadb_server || { echo "setup: MariaDB server binaries still missing after install" >&2; exit 1; }
 
+# librdkafka (built from the rdkafka crate's bundled sources) needs OpenSSL's headers and
+# pkg-config to find them.
+if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; }; then
+  echo "setup: installing the OpenSSL headers and pkg-config (for librdkafka)" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends libssl-dev pkg-config make >/dev/null
+fi
+
 # confluent-kafka: the third-party client the tests check Sluice's registry (and Kafka output) with.
 if ! python3 -c "import confluent_kafka.schema_registry.avro" >/dev/null 2>&1; then
   echo "setup: installing the Python package confluent-kafka (with Avro and Schema Registry support)" >&2

@@ -1,0 +1,4 @@
+//! Kafka for Sluice, through librdkafka (the `rdkafka` crate): the sink and source of issue 10.
+//! This crate is its own so that librdkafka's C build stays out of builds that do not need it.
+
+pub mod client;
