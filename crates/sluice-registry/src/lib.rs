@@ -18,6 +18,7 @@
 //! state is one JSON file in the data directory, replaced atomically after each change.
 
 pub mod api;
+pub mod client;
 pub mod error;
 pub mod store;
 
@@ -26,6 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use api::{router, Registry};
+pub use client::{RegistryClient, RegistryError};
 pub use store::Level;
 
 /// Serves the registry kept in `dir` on `listener` until `shutdown` completes.
