@@ -2,3 +2,4 @@
 //! This crate is its own so that librdkafka's C build stays out of builds that do not need it.
 
 pub mod client;
+pub mod format;

@@ -1,0 +1,227 @@
+//! Record keys and values in the JSON formats.
+//!
+//! - `json`: the flat row and `_op` (`c`, `u`, `d`, `r` for copied rows), like Debezium's
+//!   "new record state" (`ExtractNewRecordState` with the op added); a delete carries the row as
+//!   it was (or its key) with `_op: "d"`.
+//! - `debezium-json`: Debezium's change event envelope: `before`, `after`, `source` (connector
+//!   `sluice`, pipeline name, schema, table, transaction id, commit time, position), `op`
+//!   (`c`, `u`, `d`, `r`, `t`), `ts_ms`, `transaction: null`. Values as Debezium's default
+//!   converters write them: dates as days since the epoch, times and timestamps as epoch
+//!   microseconds (`MicroTime`, `MicroTimestamp`), instants as ISO-8601 UTC strings
+//!   (`ZonedTimestamp`), bytes as base64; decimals as strings (Debezium's
+//!   `decimal.handling.mode=string`: its default, base64 of the unscaled bytes, is unreadable
+//!   without the schema block).
+//!
+//! Keys are JSON objects of the key columns (Debezium's key), `null` for a table without a key.
+
+use serde_json::{json, Map, Value as J};
+use sluice_core::json::value_json;
+use sluice_core::{ColumnSchema, DataType, Op, Row, TableSchema, TxnMeta, Value};
+
+/// The Kafka formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    DebeziumJson,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "json" => Some(Format::Json),
+            "debezium-json" => Some(Format::DebeziumJson),
+            _ => None,
+        }
+    }
+}
+
+/// One change to publish: what happened, to which table, in which transaction.
+pub struct Record<'a> {
+    pub table: &'a TableSchema,
+    /// `c`, `u`, `d`, `r` (a copied row) or `t`
+    pub op: &'static str,
+    pub before: Option<&'a Row>,
+    pub after: Option<&'a Row>,
+    pub txn: Option<&'a TxnMeta>,
+}
+
+impl<'a> Record<'a> {
+    /// The record for a change.
+    pub fn change(table: &'a TableSchema, op: &'a Op, txn: Option<&'a TxnMeta>) -> Record<'a> {
+        let (op, before, after) = match op {
+            Op::Insert { after } => ("c", None, Some(after)),
+            Op::Update { before, after } => ("u", before.as_ref(), Some(after)),
+            Op::Delete { before } => ("d", Some(before), None),
+            Op::Truncate => ("t", None, None),
+        };
+        Record { table, op, before, after, txn }
+    }
+
+    /// The record for a copied row.
+    pub fn copied(table: &'a TableSchema, row: &'a Row) -> Record<'a> {
+        Record { table, op: "r", before: None, after: Some(row), txn: None }
+    }
+
+    /// The row whose key the record carries.
+    fn keyed_row(&self) -> Option<&'a Row> {
+        self.after.or(self.before)
+    }
+}
+
+/// The record key: the key columns as a JSON object, `None` without a key (or for a truncate).
+pub fn key(r: &Record<'_>, format: Format) -> Option<Vec<u8>> {
+    let keys = r.table.key_indexes();
+    let row = r.keyed_row()?;
+    if keys.is_empty() {
+        return None;
+    }
+    let mut m = Map::new();
+    for i in keys {
+        let c = &r.table.columns[i];
+        m.insert(c.name.clone(), value(format, c, &row[i]));
+    }
+    Some(J::Object(m).to_string().into_bytes())
+}
+
+fn value(format: Format, c: &ColumnSchema, v: &Value) -> J {
+    match format {
+        Format::Json => value_json(v),
+        Format::DebeziumJson => debezium_value(c, v),
+    }
+}
+
+/// A value as Debezium's JSON converter writes it (see the module documentation).
+fn debezium_value(c: &ColumnSchema, v: &Value) -> J {
+    match (v, &c.data_type) {
+        (Value::Date(d), _) if !d.is_infinite() => J::from(d.0),
+        (Value::Time(t), _) => J::from(t.0),
+        (Value::Timestamp(t), _) => t.micros().map(J::from).unwrap_or_else(|| value_json(v)),
+        (Value::List(items), DataType::List(inner)) => {
+            let inner = ColumnSchema { data_type: (**inner).clone(), ..c.clone() };
+            J::Array(items.iter().map(|i| debezium_value(&inner, i)).collect())
+        }
+        (Value::Json(t), _) => J::String(t.to_string()),
+        _ => value_json(v),
+    }
+}
+
+fn row_object(format: Format, table: &TableSchema, row: &Row) -> J {
+    let mut m = Map::with_capacity(row.len());
+    for (c, v) in table.columns.iter().zip(row) {
+        if *v != Value::Unchanged {
+            m.insert(c.name.clone(), value(format, c, v));
+        }
+    }
+    J::Object(m)
+}
+
+/// Context for the `source` block.
+pub struct SourceInfo<'a> {
+    pub pipeline: &'a str,
+    /// The source connector's kind (`postgres`, `mysql`, ...)
+    pub connector: &'a str,
+}
+
+/// The record value; `None` only where the format has none (never for these formats).
+pub fn value_bytes(r: &Record<'_>, format: Format, info: &SourceInfo<'_>, now_ms: i64) -> Vec<u8> {
+    let obj = |row: Option<&Row>| row.map_or(J::Null, |row| row_object(format, r.table, row));
+    let v = match format {
+        Format::Json => {
+            let mut m = match obj(r.keyed_row()) {
+                J::Object(m) => m,
+                _ => Map::new(),
+            };
+            m.insert("_op".into(), J::from(r.op));
+            J::Object(m)
+        }
+        Format::DebeziumJson => {
+            let ts_ms = r.txn.map(|t| t.commit_ts_micros.div_euclid(1000)).unwrap_or(now_ms);
+            json!({
+                "before": obj(r.before),
+                "after": obj(r.after),
+                "source": {
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "connector": info.connector,
+                    "name": info.pipeline,
+                    "ts_ms": ts_ms,
+                    "snapshot": if r.op == "r" { "true" } else { "false" },
+                    "db": r.table.id.schema,
+                    "schema": r.table.id.schema,
+                    "table": r.table.id.name,
+                    "txId": r.txn.map(|t| t.xid),
+                    "position": r.txn.map(|t| t.position.to_string()),
+                },
+                "op": r.op,
+                "ts_ms": now_ms,
+                "transaction": null,
+            })
+        }
+    };
+    v.to_string().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::{Date, Lsn, Position, TableId, Text, Timestamp};
+
+    fn table() -> TableSchema {
+        TableSchema {
+            id: TableId::new("public", "orders"),
+            columns: vec![
+                ColumnSchema::new("id", DataType::Int64, "bigint").key(),
+                ColumnSchema::new("item", DataType::Text, "text"),
+                ColumnSchema::new("day", DataType::Date, "date"),
+                ColumnSchema::new("at", DataType::Timestamp, "timestamp"),
+            ],
+            version: 1,
+            dialect: "postgres".into(),
+        }
+    }
+
+    fn row(id: i64, item: &str) -> Row {
+        vec![
+            Value::Int(id),
+            Value::Text(Text::from(item)),
+            Value::Date(Date::from_ymd(2024, 2, 29).unwrap()),
+            Value::Timestamp(Timestamp::from_micros(1_000_001)),
+        ]
+    }
+
+    #[test]
+    fn debezium_envelopes_carry_before_after_op_and_source() {
+        let t = table();
+        let txn = TxnMeta { xid: 42, commit_ts_micros: 1_700_000_000_123_000, position: Position::Pg(Lsn(0x16B3748)) };
+        let op = Op::Update { before: Some(row(1, "old")), after: row(1, "new") };
+        let r = Record::change(&t, &op, Some(&txn));
+        let info = SourceInfo { pipeline: "shop", connector: "postgres" };
+        let v: J = serde_json::from_slice(&value_bytes(&r, Format::DebeziumJson, &info, 5)).unwrap();
+        assert_eq!(v["op"], "u");
+        assert_eq!(v["before"]["item"], "old");
+        assert_eq!(v["after"]["item"], "new");
+        assert_eq!(v["after"]["day"], 19_782, "io.debezium.time.Date: days");
+        assert_eq!(v["after"]["at"], 1_000_001, "io.debezium.time.MicroTimestamp");
+        assert_eq!(v["source"]["table"], "orders");
+        assert_eq!(v["source"]["txId"], 42);
+        assert_eq!(v["source"]["ts_ms"], 1_700_000_000_123i64);
+        assert_eq!(v["ts_ms"], 5);
+        assert_eq!(key(&r, Format::DebeziumJson).unwrap(), br#"{"id":1}"#);
+    }
+
+    #[test]
+    fn flat_json_has_the_row_and_op() {
+        let t = table();
+        let op = Op::Delete { before: row(7, "gone") };
+        let r = Record::change(&t, &op, None);
+        let info = SourceInfo { pipeline: "shop", connector: "postgres" };
+        let v: J = serde_json::from_slice(&value_bytes(&r, Format::Json, &info, 0)).unwrap();
+        assert_eq!(v["_op"], "d");
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["day"], "2024-02-29");
+        let copied = row(8, "x");
+        let r = Record::copied(&t, &copied);
+        assert_eq!(serde_json::from_slice::<J>(&value_bytes(&r, Format::Json, &info, 0)).unwrap()["_op"], "r");
+        let trunc = Op::Truncate;
+        assert_eq!(key(&Record::change(&t, &trunc, None), Format::Json), None);
+    }
+}
