@@ -2,4 +2,9 @@
 //! This crate is its own so that librdkafka's C build stays out of builds that do not need it.
 
 pub mod client;
+pub mod config;
+pub mod connector;
 pub mod format;
+pub mod sink;
+
+pub use connector::{parse_sink, TYPE};

@@ -25,6 +25,8 @@ pub fn registry() -> Registry {
         .sink(sluice_postgres::TYPE, sluice_postgres::parse_sink);
     #[cfg(feature = "mysql")]
     let r = r.source(sluice_mysql::TYPE, sluice_mysql::parse_source).sink(sluice_mysql::TYPE, sluice_mysql::parse_sink);
+    #[cfg(feature = "kafka")]
+    let r = r.sink(sluice_kafka::TYPE, sluice_kafka::parse_sink);
     r
 }
 

@@ -1,0 +1,51 @@
+"""Reads a topic to its end with confluent-kafka, read_committed (only committed transactions),
+and prints one JSON object per record: partition, offset, key and value (JSON-decoded where
+they are JSON, else text; the value null for a tombstone). A topic that does not exist prints nothing.
+
+Usage: read_topic.py BOOTSTRAP TOPIC
+"""
+import json
+import sys
+import time
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+bootstrap, topic = sys.argv[1], sys.argv[2]
+
+
+def as_json(b):
+    """JSON when the bytes are JSON, else their text."""
+    try:
+        return json.loads(b)
+    except ValueError:
+        return b.decode("utf-8", "replace")
+
+
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "sluice-test-reader", "enable.auto.commit": False,
+              "isolation.level": "read_committed", "enable.partition.eof": True})
+md = c.list_topics(topic, timeout=10).topics.get(topic)
+if md is None or md.error is not None or not md.partitions:
+    sys.exit(0)
+parts = sorted(md.partitions)
+c.assign([TopicPartition(topic, p, 0) for p in parts])
+at_end = set()
+out = []
+deadline = time.time() + 30
+while len(at_end) < len(parts):
+    if time.time() > deadline:
+        raise SystemExit(f"{topic} was not read to its end within 30 s ({len(at_end)} of {len(parts)} partitions)")
+    m = c.poll(0.5)
+    if m is None:
+        continue
+    if m.error():
+        if m.error().code() == KafkaError._PARTITION_EOF:
+            at_end.add(m.partition())
+            continue
+        raise SystemExit(f"read {topic}: {m.error()}")
+    at_end.discard(m.partition())
+    value = None if m.value() is None else as_json(m.value())
+    key = None if m.key() is None else as_json(m.key())
+    out.append({"partition": m.partition(), "offset": m.offset(), "key": key, "value": value})
+c.close()
+for o in out:
+    print(json.dumps(o))
