@@ -132,12 +132,14 @@ impl KafkaSink {
             match r {
                 Ok(_) => info!(sink = %self.name, topic, partitions = parts, "topic created"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, code)) => return Err(ConnectorError::msg(
-                    ErrorClass::Transient,
-                    format!(
+                Err((t, code)) => {
+                    return Err(ConnectorError::msg(
+                        ErrorClass::Transient,
+                        format!(
                         "kafka: cannot create topic {t}: {code}; create it yourself or give the sink's user the right"
                     ),
-                )),
+                    ))
+                }
             }
         }
         let producer = self.producer()?;
