@@ -48,7 +48,7 @@ pub enum Partitioner {
 pub struct KafkaSinkConfig {
     /// `host:port[,host:port...]`
     pub brokers: String,
-    /// `json` or `debezium-json` (`avro` and `canal-json` are not written yet)
+    /// `debezium-json`, `canal-json` or `json` (`avro` is not written yet)
     #[serde(default = "default_format")]
     pub format: String,
     /// Default topic template
@@ -117,10 +117,10 @@ impl KafkaSinkConfig {
         }
         if Format::parse(&c.format).is_none() {
             let why = match c.format.as_str() {
-                "avro" | "canal-json" => {
-                    format!("{:?} is not written yet: use \"json\" or \"debezium-json\"", c.format)
+                "avro" => {
+                    format!("{:?} is not written yet: use \"debezium-json\", \"canal-json\" or \"json\"", c.format)
                 }
-                _ => format!("{:?}: expected \"json\" or \"debezium-json\"", c.format),
+                _ => format!("{:?}: expected \"debezium-json\", \"canal-json\" or \"json\"", c.format),
             };
             return Err(invalid(format!("{at}.format"), why));
         }

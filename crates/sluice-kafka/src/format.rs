@@ -12,6 +12,14 @@
 //!   `decimal.handling.mode=string`: its default, base64 of the unscaled bytes, is unreadable
 //!   without the schema block).
 //!
+//! - `canal-json`: the Canal JSON message as TiCDC writes it: `database`, `table`, `pkNames`,
+//!   `isDdl`, `type` (`INSERT`, `UPDATE`, `DELETE`; a truncate is a DDL message of type
+//!   `TRUNCATE`), `es` (commit time, ms) and `ts` (now, ms), `sqlType` (java.sql.Types codes) and
+//!   `mysqlType` per column, `data` (the row, every value as a string or null; bytes as
+//!   ISO-8859-1 characters, as Canal does) and `old` (for an update, the old values of the
+//!   columns that changed; null when the source sent no old row, e.g. PostgreSQL without
+//!   REPLICA IDENTITY FULL). Copied rows are `INSERT`s.
+//!
 //! Keys are JSON objects of the key columns (Debezium's key), `null` for a table without a key.
 
 use serde_json::{json, Map, Value as J};
@@ -23,6 +31,7 @@ use sluice_core::{ColumnSchema, DataType, Op, Row, TableSchema, TxnMeta, Value};
 pub enum Format {
     Json,
     DebeziumJson,
+    CanalJson,
 }
 
 impl Format {
@@ -30,6 +39,7 @@ impl Format {
         match s {
             "json" => Some(Format::Json),
             "debezium-json" => Some(Format::DebeziumJson),
+            "canal-json" => Some(Format::CanalJson),
             _ => None,
         }
     }
@@ -87,7 +97,59 @@ fn value(format: Format, c: &ColumnSchema, v: &Value) -> J {
     match format {
         Format::Json => value_json(v),
         Format::DebeziumJson => debezium_value(c, v),
+        Format::CanalJson => canal_value(v),
     }
+}
+
+/// A value as Canal writes it: its text, or null.
+fn canal_value(v: &Value) -> J {
+    match v {
+        Value::Null | Value::Unchanged => J::Null,
+        Value::Bool(b) => J::from(if *b { "1" } else { "0" }),
+        Value::Bytes(b) => J::String(b.iter().map(|&x| x as char).collect()),
+        Value::Timestamp(t) => J::String(t.to_string().replacen('T', " ", 1)),
+        Value::TimestampTz(_) => match value_json(v) {
+            J::String(s) => J::String(s.trim_end_matches('Z').replacen('T', " ", 1)),
+            other => other,
+        },
+        Value::List(_) => J::String(value_json(v).to_string()),
+        _ => match value_json(v) {
+            J::String(s) => J::String(s),
+            J::Null => J::Null,
+            other => J::String(other.to_string()),
+        },
+    }
+}
+
+/// The java.sql.Types code and MySQL type name Canal gives a column.
+fn canal_types(c: &ColumnSchema, dialect: &str) -> (i32, String) {
+    let (code, name) = match &c.data_type {
+        DataType::Bool => (-7, "bit"),
+        DataType::Int8 | DataType::UInt8 => (-6, "tinyint"),
+        DataType::Int16 | DataType::UInt16 => (5, "smallint"),
+        DataType::Int32 | DataType::UInt32 => (4, "int"),
+        DataType::Int64 | DataType::UInt64 => (-5, "bigint"),
+        DataType::Float32 => (7, "float"),
+        DataType::Float64 => (8, "double"),
+        DataType::Decimal => (3, "decimal"),
+        DataType::Bytes => (2004, "blob"),
+        DataType::Date => (91, "date"),
+        DataType::Time => (92, "time"),
+        DataType::Timestamp => (93, "datetime"),
+        DataType::TimestampTz => (93, "timestamp"),
+        DataType::Json => (12, "json"),
+        DataType::Enum { .. } => (4, "enum"),
+        DataType::Text => (12, "varchar"),
+        _ => (12, "text"),
+    };
+    let name = if dialect == "mysql" && !c.native_type.is_empty() {
+        c.native_type.clone()
+    } else if c.data_type.is_unsigned() {
+        format!("{name} unsigned")
+    } else {
+        name.to_string()
+    };
+    (code, name)
 }
 
 /// A value as Debezium's JSON converter writes it (see the module documentation).
@@ -133,6 +195,56 @@ pub fn value_bytes(r: &Record<'_>, format: Format, info: &SourceInfo<'_>, now_ms
             };
             m.insert("_op".into(), J::from(r.op));
             J::Object(m)
+        }
+        Format::CanalJson => {
+            let t = r.table;
+            let keys: Vec<&str> = t.key_indexes().into_iter().map(|i| t.columns[i].name.as_str()).collect();
+            let (mut sql_type, mut mysql_type) = (Map::new(), Map::new());
+            for c in &t.columns {
+                let (code, name) = canal_types(c, &t.dialect);
+                sql_type.insert(c.name.clone(), J::from(code));
+                mysql_type.insert(c.name.clone(), J::from(name));
+            }
+            let es = r.txn.map(|x| x.commit_ts_micros.div_euclid(1000)).unwrap_or(now_ms);
+            let kind = match r.op {
+                "c" | "r" => "INSERT",
+                "u" => "UPDATE",
+                "d" => "DELETE",
+                _ => "TRUNCATE",
+            };
+            let data = match r.keyed_row() {
+                Some(row) if r.op != "t" => J::Array(vec![row_object(format, t, row)]),
+                _ => J::Null,
+            };
+            // The old values of the columns that changed, when the source sent the old row.
+            let old = match (r.op, r.before, r.after) {
+                ("u", Some(before), Some(after)) => {
+                    let mut m = Map::new();
+                    for ((c, b), a) in t.columns.iter().zip(before).zip(after) {
+                        if *b != Value::Unchanged && *a != Value::Unchanged && b != a {
+                            m.insert(c.name.clone(), canal_value(b));
+                        }
+                    }
+                    J::Array(vec![J::Object(m)])
+                }
+                _ => J::Null,
+            };
+            let ddl = r.op == "t";
+            json!({
+                "id": 0,
+                "database": t.id.schema,
+                "table": t.id.name,
+                "pkNames": if keys.is_empty() { J::Null } else { json!(keys) },
+                "isDdl": ddl,
+                "type": kind,
+                "es": es,
+                "ts": now_ms,
+                "sql": if ddl { format!("TRUNCATE TABLE {}", t.id) } else { String::new() },
+                "sqlType": if ddl { J::Null } else { J::Object(sql_type) },
+                "mysqlType": if ddl { J::Null } else { J::Object(mysql_type) },
+                "data": data,
+                "old": old,
+            })
         }
         Format::DebeziumJson => {
             let ts_ms = r.txn.map(|t| t.commit_ts_micros.div_euclid(1000)).unwrap_or(now_ms);
@@ -206,6 +318,32 @@ mod tests {
         assert_eq!(v["source"]["ts_ms"], 1_700_000_000_123i64);
         assert_eq!(v["ts_ms"], 5);
         assert_eq!(key(&r, Format::DebeziumJson).unwrap(), br#"{"id":1}"#);
+    }
+
+    #[test]
+    fn canal_messages_are_as_ticdc_writes_them() {
+        let t = table();
+        let txn = TxnMeta { xid: 1, commit_ts_micros: 1_639_633_094_670_000, position: Position::Pg(Lsn(1)) };
+        let op = Op::Update { before: Some(row(1, "old")), after: row(1, "new") };
+        let r = Record::change(&t, &op, Some(&txn));
+        let info = SourceInfo { pipeline: "shop", connector: "postgres" };
+        let v: J = serde_json::from_slice(&value_bytes(&r, Format::CanalJson, &info, 9)).unwrap();
+        assert_eq!(v["type"], "UPDATE");
+        assert_eq!(v["database"], "public");
+        assert_eq!(v["pkNames"], json!(["id"]));
+        assert_eq!(v["isDdl"], false);
+        assert_eq!(v["es"], 1_639_633_094_670i64);
+        assert_eq!(
+            v["data"],
+            json!([{"id": "1", "item": "new", "day": "2024-02-29", "at": "1970-01-01 00:00:01.000001"}])
+        );
+        assert_eq!(v["old"], json!([{"item": "old"}]), "only the columns that changed");
+        assert_eq!(v["sqlType"]["id"], -5);
+        assert_eq!(v["mysqlType"]["day"], "date");
+        let trunc = Op::Truncate;
+        let v: J = serde_json::from_slice(&value_bytes(&Record::change(&t, &trunc, None), Format::CanalJson, &info, 0))
+            .unwrap();
+        assert_eq!((v["isDdl"].as_bool(), v["type"].as_str()), (Some(true), Some("TRUNCATE")));
     }
 
     #[test]
