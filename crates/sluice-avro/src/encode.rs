@@ -51,6 +51,16 @@ pub fn unframe(msg: &[u8]) -> Result<(u32, &[u8]), String> {
     }
 }
 
+/// Appends an Avro `long` (or `int`): zigzag varint.
+pub fn encode_long(n: i64, out: &mut Vec<u8>) {
+    long(n, out)
+}
+
+/// Appends an Avro `string` (or `bytes`): length, then the bytes.
+pub fn encode_bytes(b: &[u8], out: &mut Vec<u8>) {
+    bytes(b, out)
+}
+
 fn long(n: i64, out: &mut Vec<u8>) {
     let mut z = ((n << 1) ^ (n >> 63)) as u64;
     while z >= 0x80 {

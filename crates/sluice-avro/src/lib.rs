@@ -29,5 +29,5 @@
 mod encode;
 mod schema;
 
-pub use encode::{encode_row, frame, unframe, EncodeError};
+pub use encode::{encode_bytes, encode_long, encode_row, frame, unframe, EncodeError};
 pub use schema::{avro_name, record_schema, RecordNames};

@@ -48,9 +48,12 @@ pub enum Partitioner {
 pub struct KafkaSinkConfig {
     /// `host:port[,host:port...]`
     pub brokers: String,
-    /// `debezium-json`, `canal-json` or `json` (`avro` is not written yet)
+    /// `avro`, `debezium-json`, `canal-json` or `json`
     #[serde(default = "default_format")]
     pub format: String,
+    /// The Schema Registry (`avro`): `http[s]://[key:secret@]host:port`
+    #[serde(default)]
+    pub schema_registry: Option<Secret<String>>,
     /// Default topic template
     #[serde(default = "default_topic")]
     pub topic: String,
@@ -116,13 +119,22 @@ impl KafkaSinkConfig {
             return Err(invalid(format!("{at}.brokers"), "must name at least one broker, e.g. \"127.0.0.1:9092\""));
         }
         if Format::parse(&c.format).is_none() {
-            let why = match c.format.as_str() {
-                "avro" => {
-                    format!("{:?} is not written yet: use \"debezium-json\", \"canal-json\" or \"json\"", c.format)
-                }
-                _ => format!("{:?}: expected \"debezium-json\", \"canal-json\" or \"json\"", c.format),
-            };
+            let why = format!("{:?}: expected \"avro\", \"debezium-json\", \"canal-json\" or \"json\"", c.format);
             return Err(invalid(format!("{at}.format"), why));
+        }
+        if c.format == "avro" {
+            match &c.schema_registry {
+                None => {
+                    return Err(invalid(
+                        format!("{at}.schema_registry"),
+                        "format = \"avro\" needs the Schema Registry's URL, e.g. \"http://127.0.0.1:8081\" (`sluice registry` serves one)",
+                    ))
+                }
+                Some(url) => {
+                    sluice_registry::RegistryClient::new(url.expose())
+                        .map_err(|e| invalid(format!("{at}.schema_registry"), e.to_string()))?;
+                }
+            }
         }
         if c.delivery != "exactly_once" && c.delivery != "at_least_once" {
             return Err(invalid(
@@ -226,7 +238,9 @@ mod tests {
     fn bad_keys_are_named() {
         assert!(parse("brokers = \"\"").unwrap_err().to_string().contains("sink[0].brokers"));
         let e = parse("brokers = \"b:1\"\nformat = \"avro\"").unwrap_err().to_string();
-        assert!(e.contains("sink[0].format") && e.contains("not written yet"), "{e}");
+        assert!(e.contains("sink[0].schema_registry"), "{e}");
+        assert!(parse("brokers = \"b:1\"\nformat = \"avro\"\nschema_registry = \"http://r:8081\"").is_ok());
+        assert!(parse("brokers = \"b:1\"\nformat = \"xml\"").unwrap_err().to_string().contains("sink[0].format"));
         assert!(parse("brokers = \"b:1\"\ndelivery = \"maybe\"").unwrap_err().to_string().contains("delivery"));
         let e =
             parse("brokers = \"b:1\"\ndispatchers = [{ matcher = [\"*.*\"], partition = \"columns\" }]").unwrap_err();

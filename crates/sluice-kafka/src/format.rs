@@ -32,6 +32,8 @@ pub enum Format {
     Json,
     DebeziumJson,
     CanalJson,
+    /// Confluent-framed Avro (`avro.rs`); keys and values are not built here
+    Avro,
 }
 
 impl Format {
@@ -40,6 +42,7 @@ impl Format {
             "json" => Some(Format::Json),
             "debezium-json" => Some(Format::DebeziumJson),
             "canal-json" => Some(Format::CanalJson),
+            "avro" => Some(Format::Avro),
             _ => None,
         }
     }
@@ -95,7 +98,7 @@ pub fn key(r: &Record<'_>, format: Format) -> Option<Vec<u8>> {
 
 fn value(format: Format, c: &ColumnSchema, v: &Value) -> J {
     match format {
-        Format::Json => value_json(v),
+        Format::Json | Format::Avro => value_json(v),
         Format::DebeziumJson => debezium_value(c, v),
         Format::CanalJson => canal_value(v),
     }
@@ -188,7 +191,7 @@ pub struct SourceInfo<'a> {
 pub fn value_bytes(r: &Record<'_>, format: Format, info: &SourceInfo<'_>, now_ms: i64) -> Vec<u8> {
     let obj = |row: Option<&Row>| row.map_or(J::Null, |row| row_object(format, r.table, row));
     let v = match format {
-        Format::Json => {
+        Format::Json | Format::Avro => {
             let mut m = match obj(r.keyed_row()) {
                 J::Object(m) => m,
                 _ => Map::new(),

@@ -31,7 +31,7 @@ use sluice_core::{
 use tracing::info;
 
 use crate::config::{KafkaSinkConfig, Partitioner};
-use crate::format::{self, Record, SourceInfo};
+use crate::format::{self, Format, Record, SourceInfo};
 
 /// How long a broker call may take before the sink gives up (and is reopened).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,6 +75,8 @@ pub struct KafkaSink {
     txn: Option<TxnMeta>,
     /// The source connector's kind, for the `source` block
     source_kind: String,
+    /// The `avro` format's schema ids
+    avro: Option<crate::avro::AvroFormat>,
 }
 
 impl KafkaSink {
@@ -91,6 +93,7 @@ impl KafkaSink {
             in_txn: false,
             txn: None,
             source_kind: "sluice".into(),
+            avro: None,
         }
     }
 
@@ -199,10 +202,17 @@ impl KafkaSink {
         let partitions = self.topic(&topic, false).await?;
         self.begin()?;
         let format = self.cfg.format();
-        let key = format::key(&r, format);
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        let info = SourceInfo { pipeline: &self.pipeline, connector: &self.source_kind };
-        let value = format::value_bytes(&r, format, &info, now_ms);
+        let (key, value) = match self.avro.as_mut() {
+            Some(avro) if format == Format::Avro => match avro.encode(&self.pipeline, &topic, &r).await? {
+                Some(kv) => kv,
+                None => return Ok(()),
+            },
+            _ => {
+                let info = SourceInfo { pipeline: &self.pipeline, connector: &self.source_kind };
+                (format::key(&r, format), Some(format::value_bytes(&r, format, &info, now_ms)))
+            }
+        };
         let partition = match &partitioner {
             Partitioner::IndexValue => None,
             Partitioner::Table => Some(hash(format!("{}.{}", id.schema, id.name).as_bytes()) % partitions as u32),
@@ -222,8 +232,9 @@ impl KafkaSink {
             }
         }
         .map(|p| p as i32);
-        self.send(&topic, partition, key.as_deref(), Some(&value))?;
-        if r.op == "d" && self.cfg.tombstones && key.is_some() {
+        self.send(&topic, partition, key.as_deref(), value.as_deref())?;
+        // (An Avro delete is itself the key with no value.)
+        if r.op == "d" && self.cfg.tombstones && key.is_some() && value.is_some() {
             self.send(&topic, partition, key.as_deref(), None)?;
         }
         Ok(())
@@ -308,6 +319,11 @@ impl Sink for KafkaSink {
             self.client_config().create().map_err(retryable("create the admin client"))?;
         self.admin = Some(admin);
         self.producer = Some(producer);
+        if let Some(url) = &self.cfg.schema_registry {
+            let client = sluice_registry::RegistryClient::new(url.expose())
+                .map_err(|e| ConnectorError::msg(ErrorClass::Fatal, e.to_string()))?;
+            self.avro = Some(crate::avro::AvroFormat::new(client));
+        }
         self.partitions.clear();
         self.in_txn = false;
         let offsets = self.cfg.offsets_topic.clone();

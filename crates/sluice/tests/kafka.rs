@@ -248,3 +248,81 @@ async fn canal_json_messages_carry_rows_as_text() {
     assert_eq!(got[0]["value"]["pkNames"], serde_json::json!(["id"]));
     assert_eq!(got.len(), 3, "no tombstone with tombstones = false");
 }
+
+/// PostgreSQL → Kafka in Avro with Sluice's registry, read back by confluent-kafka's
+/// `AvroDeserializer`: logical types, deletes as key + no value, and a column added mid-stream
+/// registered as a second, BACKWARD-compatible version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_records_decode_with_confluent_deserializers() {
+    let broker = KafkaBroker::start().unwrap_or_else(|e| panic!("cannot start a Kafka broker: {e}"));
+    let data = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry = format!("http://{}", listener.local_addr().unwrap());
+    let registry_dir = data.path().to_path_buf();
+    tokio::spawn(async move { sluice_registry::serve(listener, &registry_dir, std::future::pending()).await });
+    let env = Env::new(
+        "CREATE TABLE orders (id int PRIMARY KEY, item text NOT NULL, amount numeric(10,2), day date, at timestamptz);
+         INSERT INTO orders VALUES (1, 'one', 1.50, '2024-02-29', '2024-02-29 12:00:00.123456+00');",
+    )
+    .await;
+    let toml = format!(
+        "name = \"kavro\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\n[[sink]]\ntype = \"kafka\"\nbrokers = \"{}\"\n\
+         format = \"avro\"\nschema_registry = \"{registry}\"\n",
+        env.src_url,
+        broker.bootstrap()
+    );
+    let pipeline = start(sluice::parse(&toml, &|_| None).expect("valid config"));
+    let topic = "kavro.public.orders";
+    let read = || {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../sluice-kafka/tests/python/read_avro_topic.py");
+        let out =
+            Command::new("python3").args([script, &broker.bootstrap(), &registry, topic]).output().expect("python3");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect::<Vec<serde_json::Value>>()
+    };
+    wait_for("the snapshot row", CONVERGE, || async { (!read().is_empty()).then_some(()) }).await;
+    env.src
+        .batch_execute(
+            "UPDATE orders SET amount = -2.25 WHERE id = 1;
+             ALTER TABLE orders ADD COLUMN note text;
+             INSERT INTO orders VALUES (2, 'two', NULL, NULL, NULL, 'added');
+             DELETE FROM orders WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + CONVERGE;
+    let got = loop {
+        let r = read();
+        if r.len() >= 4 {
+            break r;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("{} records after {CONVERGE:?}: {r:#?}\npipeline finished: {}", r.len(), pipeline.is_finished());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    pipeline.stop().await;
+    let snap = &got[0];
+    assert_eq!(snap["key"], serde_json::json!({"id": 1}));
+    let v = &snap["value"];
+    assert_eq!((v["__op"].as_str(), v["item"].as_str(), v["amount"].as_str()), (Some("r"), Some("one"), Some("1.50")));
+    assert_eq!((v["day"].as_str(), v["at"].as_str()), (Some("2024-02-29"), Some("2024-02-29 12:00:00.123456+00:00")));
+    assert_eq!(got[1]["value"]["amount"], "-2.25");
+    assert_eq!(got[1]["value"]["__op"], "u");
+    assert!(got[1]["value"]["__source_ts_ms"].as_i64().is_some());
+    assert_eq!(got[2]["value"]["note"], "added", "the added column, in the second version");
+    assert_eq!(got[3]["key"], serde_json::json!({"id": 1}));
+    assert!(got[3]["value"].is_null(), "a delete is the key without a value");
+    // The registry holds both versions of the value schema.
+    let versions: Vec<u32> = {
+        let script = "import sys\nfrom confluent_kafka.schema_registry import SchemaRegistryClient\n\
+                      print(SchemaRegistryClient({'url': sys.argv[1]}).get_versions(sys.argv[2]))";
+        let out =
+            Command::new("python3").args(["-c", script, &registry, "kavro.public.orders-value"]).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    assert_eq!(versions, [1, 2]);
+}
