@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sluice_core::{SinkConnector, SinkSet, SourceConnector};
 
-pub use secret::{redact_url, Secret};
+pub use secret::{percent_decode, redact_url, Secret};
 
 /// Default for a source's `tables`.
 pub const DEFAULT_TABLES: &str = "public.*";

@@ -183,8 +183,6 @@ fn row_object(format: Format, table: &TableSchema, row: &Row) -> J {
 /// Context for the `source` block.
 pub struct SourceInfo<'a> {
     pub pipeline: &'a str,
-    /// The source connector's kind (`postgres`, `mysql`, ...)
-    pub connector: &'a str,
 }
 
 /// The record value; `None` only where the format has none (never for these formats).
@@ -256,7 +254,7 @@ pub fn value_bytes(r: &Record<'_>, format: Format, info: &SourceInfo<'_>, now_ms
                 "after": obj(r.after),
                 "source": {
                     "version": env!("CARGO_PKG_VERSION"),
-                    "connector": info.connector,
+                    "connector": "sluice",
                     "name": info.pipeline,
                     "ts_ms": ts_ms,
                     "snapshot": if r.op == "r" { "true" } else { "false" },
@@ -309,7 +307,7 @@ mod tests {
         let txn = TxnMeta { xid: 42, commit_ts_micros: 1_700_000_000_123_000, position: Position::Pg(Lsn(0x16B3748)) };
         let op = Op::Update { before: Some(row(1, "old")), after: row(1, "new") };
         let r = Record::change(&t, &op, Some(&txn));
-        let info = SourceInfo { pipeline: "shop", connector: "postgres" };
+        let info = SourceInfo { pipeline: "shop" };
         let v: J = serde_json::from_slice(&value_bytes(&r, Format::DebeziumJson, &info, 5)).unwrap();
         assert_eq!(v["op"], "u");
         assert_eq!(v["before"]["item"], "old");
@@ -329,7 +327,7 @@ mod tests {
         let txn = TxnMeta { xid: 1, commit_ts_micros: 1_639_633_094_670_000, position: Position::Pg(Lsn(1)) };
         let op = Op::Update { before: Some(row(1, "old")), after: row(1, "new") };
         let r = Record::change(&t, &op, Some(&txn));
-        let info = SourceInfo { pipeline: "shop", connector: "postgres" };
+        let info = SourceInfo { pipeline: "shop" };
         let v: J = serde_json::from_slice(&value_bytes(&r, Format::CanalJson, &info, 9)).unwrap();
         assert_eq!(v["type"], "UPDATE");
         assert_eq!(v["database"], "public");
@@ -354,7 +352,7 @@ mod tests {
         let t = table();
         let op = Op::Delete { before: row(7, "gone") };
         let r = Record::change(&t, &op, None);
-        let info = SourceInfo { pipeline: "shop", connector: "postgres" };
+        let info = SourceInfo { pipeline: "shop" };
         let v: J = serde_json::from_slice(&value_bytes(&r, Format::Json, &info, 0)).unwrap();
         assert_eq!(v["_op"], "d");
         assert_eq!(v["id"], 7);

@@ -73,8 +73,6 @@ pub struct KafkaSink {
     routes: HashMap<TableId, (String, Partitioner)>,
     in_txn: bool,
     txn: Option<TxnMeta>,
-    /// The source connector's kind, for the `source` block
-    source_kind: String,
     /// The `avro` format's schema ids
     avro: Option<crate::avro::AvroFormat>,
 }
@@ -92,7 +90,6 @@ impl KafkaSink {
             routes: HashMap::new(),
             in_txn: false,
             txn: None,
-            source_kind: "sluice".into(),
             avro: None,
         }
     }
@@ -154,7 +151,7 @@ impl KafkaSink {
     }
 
     /// Sends one record, waiting while librdkafka's queue is full.
-    fn send(
+    async fn send(
         &self,
         topic: &str,
         partition: Option<i32>,
@@ -177,7 +174,7 @@ impl KafkaSink {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    std::thread::sleep(Duration::from_millis(5));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((e, _)) => return Err(retryable("send a record")(e)),
             }
@@ -209,7 +206,7 @@ impl KafkaSink {
                 None => return Ok(()),
             },
             _ => {
-                let info = SourceInfo { pipeline: &self.pipeline, connector: &self.source_kind };
+                let info = SourceInfo { pipeline: &self.pipeline };
                 (format::key(&r, format), Some(format::value_bytes(&r, format, &info, now_ms)))
             }
         };
@@ -232,10 +229,10 @@ impl KafkaSink {
             }
         }
         .map(|p| p as i32);
-        self.send(&topic, partition, key.as_deref(), value.as_deref())?;
+        self.send(&topic, partition, key.as_deref(), value.as_deref()).await?;
         // (An Avro delete is itself the key with no value.)
         if r.op == "d" && self.cfg.tombstones && key.is_some() && value.is_some() {
-            self.send(&topic, partition, key.as_deref(), None)?;
+            self.send(&topic, partition, key.as_deref(), None).await?;
         }
         Ok(())
     }
@@ -384,7 +381,7 @@ impl Sink for KafkaSink {
             self.begin()?;
             let key = self.key();
             let offsets = self.cfg.offsets_topic.clone();
-            self.send(&offsets, Some(0), Some(key.as_bytes()), Some(checkpoint.to_json().as_bytes()))?;
+            self.send(&offsets, Some(0), Some(key.as_bytes()), Some(checkpoint.to_json().as_bytes())).await?;
             let p = self.producer()?;
             if self.cfg.exactly_once() {
                 tokio::task::block_in_place(|| p.commit_transaction(CALL_TIMEOUT)).map_err(retryable("commit"))?;

@@ -97,8 +97,8 @@ impl KafkaBroker {
     /// Starts a broker of `kind`.
     pub fn start_kind(kind: KafkaKind) -> Result<KafkaBroker, String> {
         use std::os::unix::process::CommandExt;
-        let mut dir =
-            tempfile::Builder::new().prefix("sluice-kafka-").tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let dir = tempfile::Builder::new().prefix("sluice-kafka-").tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let log = dir.path().join("broker.log");
         let mut last = String::new();
         for _ in 0..3 {
             let port = free_port();
@@ -117,49 +117,23 @@ impl KafkaBroker {
                     c
                 }
             };
-            let log = std::fs::File::create(dir.path().join("broker.log")).map_err(|e| format!("broker log: {e}"))?;
-            let err = log.try_clone().map_err(|e| format!("broker log: {e}"))?;
-            cmd.stdin(Stdio::null()).stdout(log).stderr(err).process_group(0);
-            let child = match cmd.spawn() {
+            let out = std::fs::File::create(&log).map_err(|e| format!("broker log: {e}"))?;
+            let err = out.try_clone().map_err(|e| format!("broker log: {e}"))?;
+            cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+            let mut child = match cmd.spawn() {
                 Ok(c) => c,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing(kind.name())),
                 Err(e) => return Err(format!("cannot start {}: {e}", kind.name())),
             };
-            let mut broker = KafkaBroker { kind, port, child: Some(child), dir };
-            match broker.wait_ready() {
-                Ok(()) => return Ok(broker),
+            match wait_ready(&mut child, port) {
+                Ok(()) => return Ok(KafkaBroker { kind, port, child: Some(child), dir }),
                 Err(e) => {
-                    last = e;
-                    broker.stop();
-                    dir = broker.take_dir()?;
+                    last = format!("{}: {e}:\n{}", kind.name(), tail(&log, 20));
+                    stop_group(child);
                 }
             }
         }
         Err(last)
-    }
-
-    fn take_dir(mut self) -> Result<tempfile::TempDir, String> {
-        let fresh = tempfile::Builder::new().prefix("sluice-kafka-").tempdir().map_err(|e| format!("temp dir: {e}"))?;
-        Ok(std::mem::replace(&mut self.dir, fresh))
-    }
-
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                return Err(format!("{} exited at start ({status}):\n{}", self.kind.name(), self.log_tail(20)));
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Err(format!(
-            "{} did not listen on port {} within {START_TIMEOUT:?}:\n{}",
-            self.kind.name(),
-            self.port,
-            self.log_tail(20)
-        ))
     }
 
     /// Which implementation this is.
@@ -174,30 +148,51 @@ impl KafkaBroker {
 
     /// The last `lines` lines of the broker's output.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.dir.path().join("broker.log"), lines)
     }
 
     /// Stops the broker's whole process group (SIGTERM, then SIGKILL after 10 s).
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let group = child.id() as libc::pid_t;
-        // SAFETY: signalling the process group our own child leads.
-        unsafe { libc::kill(-group, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                // SAFETY: as above; members that outlived the leader.
-                unsafe { libc::kill(-group, libc::SIGKILL) };
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = self.child.take() {
+            stop_group(child);
         }
-        // SAFETY: as above.
-        unsafe { libc::kill(-group, libc::SIGKILL) };
-        let _ = child.wait();
     }
+}
+
+/// Waits until the broker listens on `port`, or says why not.
+fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited at start ({status})"));
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err(format!("did not listen on port {port} within {START_TIMEOUT:?}"))
+}
+
+/// Stops the process group `child` leads: SIGTERM, then SIGKILL for what is left after the
+/// leader exits or 10 s pass.
+fn stop_group(mut child: Child) {
+    let group = child.id() as libc::pid_t;
+    // SAFETY: signalling the process group our own child leads.
+    unsafe { libc::kill(-group, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above; members that outlived the leader.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl Drop for KafkaBroker {

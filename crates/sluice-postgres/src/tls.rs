@@ -137,7 +137,7 @@ fn split_params(url: &str) -> (String, SslParams) {
                 continue;
             }
         };
-        *slot = Some(percent_decode(v));
+        *slot = Some(sluice_config::percent_decode(v));
     }
     let mut base = url[..q].to_string();
     if !kept.is_empty() {
@@ -145,25 +145,6 @@ fn split_params(url: &str) -> (String, SslParams) {
         base.push_str(&kept.join("&"));
     }
     (base, params)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Checks the TLS parameters of a URL without touching any file: for configuration validation.

@@ -68,24 +68,6 @@ fn base64(input: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(input)
 }
 
-/// `%XX` escapes undone (credentials in URLs are percent-encoded).
-fn unescape(s: &str) -> Result<String, RegistryError> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
-            out.push(hex.ok_or_else(|| RegistryError::Url("a % escape in the credentials is not %XX".into()))?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| RegistryError::Url("the credentials are not UTF-8".into()))
-}
-
 fn parse(url: &str) -> Result<Endpoint, RegistryError> {
     let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
         (true, r)
@@ -102,7 +84,8 @@ fn parse(url: &str) -> Result<Endpoint, RegistryError> {
     let auth = match userinfo {
         Some(u) => {
             let (user, secret) = u.split_once(':').unwrap_or((u, ""));
-            Some(format!("Basic {}", base64(format!("{}:{}", unescape(user)?, unescape(secret)?).as_bytes())))
+            let (user, secret) = (sluice_config::percent_decode(user), sluice_config::percent_decode(secret));
+            Some(format!("Basic {}", base64(format!("{user}:{secret}").as_bytes())))
         }
         None => None,
     };

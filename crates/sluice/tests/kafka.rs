@@ -10,8 +10,13 @@ use common::{start, Env, CONVERGE};
 use sluice_testkit::{wait_for, KafkaBroker};
 
 fn read_topic(bootstrap: &str, topic: &str) -> Vec<serde_json::Value> {
+    read_topic_with(bootstrap, topic, None)
+}
+
+/// Every record of `topic`, read committed by confluent-kafka; Avro through `registry` if given.
+fn read_topic_with(bootstrap: &str, topic: &str, registry: Option<&str>) -> Vec<serde_json::Value> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../sluice-kafka/tests/python/read_topic.py");
-    let out = Command::new("python3").args([script, bootstrap, topic]).output().expect("run python3");
+    let out = Command::new("python3").args([script, bootstrap, topic]).args(registry).output().expect("run python3");
     assert!(out.status.success(), "read {topic}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -273,16 +278,7 @@ async fn avro_records_decode_with_confluent_deserializers() {
     );
     let pipeline = start(sluice::parse(&toml, &|_| None).expect("valid config"));
     let topic = "kavro.public.orders";
-    let read = || {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../sluice-kafka/tests/python/read_avro_topic.py");
-        let out =
-            Command::new("python3").args([script, &broker.bootstrap(), &registry, topic]).output().expect("python3");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect::<Vec<serde_json::Value>>()
-    };
+    let read = || read_topic_with(&broker.bootstrap(), topic, Some(&registry));
     wait_for("the snapshot row", CONVERGE, || async { (!read().is_empty()).then_some(()) }).await;
     env.src
         .batch_execute(

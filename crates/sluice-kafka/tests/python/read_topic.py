@@ -1,8 +1,11 @@
 """Reads a topic to its end with confluent-kafka, read_committed (only committed transactions),
-and prints one JSON object per record: partition, offset, key and value (JSON-decoded where
-they are JSON, else text; the value null for a tombstone). A topic that does not exist prints nothing.
+and prints one JSON object per record: partition, offset, key and value (the value null for a
+tombstone). Without REGISTRY_URL, keys and values are decoded as JSON where they are JSON, else
+as text; with it, as Confluent-framed Avro by confluent-kafka's AvroDeserializer, which fetches
+each writer schema from the registry by the id in the message. A topic that does not exist
+prints nothing.
 
-Usage: read_topic.py BOOTSTRAP TOPIC
+Usage: read_topic.py BOOTSTRAP TOPIC [REGISTRY_URL]
 """
 import json
 import sys
@@ -11,14 +14,28 @@ import time
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 bootstrap, topic = sys.argv[1], sys.argv[2]
+registry = sys.argv[3] if len(sys.argv) > 3 else None
 
 
-def as_json(b):
+def as_json(b, _field):
     """JSON when the bytes are JSON, else their text."""
     try:
         return json.loads(b)
     except ValueError:
         return b.decode("utf-8", "replace")
+
+
+decode = as_json
+if registry:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    avro = AvroDeserializer(SchemaRegistryClient({"url": registry}))
+    fields = {"key": MessageField.KEY, "value": MessageField.VALUE}
+
+    def decode(b, field):
+        return avro(b, SerializationContext(topic, fields[field]))
 
 
 c = Consumer({"bootstrap.servers": bootstrap, "group.id": "sluice-test-reader", "enable.auto.commit": False,
@@ -43,9 +60,9 @@ while len(at_end) < len(parts):
             continue
         raise SystemExit(f"read {topic}: {m.error()}")
     at_end.discard(m.partition())
-    value = None if m.value() is None else as_json(m.value())
-    key = None if m.key() is None else as_json(m.key())
+    key = None if m.key() is None else decode(m.key(), "key")
+    value = None if m.value() is None else decode(m.value(), "value")
     out.append({"partition": m.partition(), "offset": m.offset(), "key": key, "value": value})
 c.close()
 for o in out:
-    print(json.dumps(o))
+    print(json.dumps(o, default=lambda v: v.hex() if isinstance(v, bytes) else str(v), sort_keys=True))

@@ -412,18 +412,17 @@ impl MySqlSink {
     }
 
     fn dests(&self) -> HashMap<TableId, Dest> {
-        self.targets
-            .iter()
-            .map(|(id, t)| {
-                let d = Dest {
-                    name: t.name.clone(),
-                    other_unique: t.other_unique,
-                    loadable: t.loadable,
-                    load_ok: self.load_ok.clone(),
-                };
-                (id.clone(), d)
-            })
-            .collect()
+        self.targets.keys().filter_map(|id| Some((id.clone(), self.dest(id)?))).collect()
+    }
+
+    /// Where `id`'s rows go.
+    fn dest(&self, id: &TableId) -> Option<Dest> {
+        self.targets.get(id).map(|t| Dest {
+            name: t.name.clone(),
+            other_unique: t.other_unique,
+            loadable: t.loadable,
+            load_ok: self.load_ok.clone(),
+        })
     }
 
     /// Buffers snapshot rows of `schema`'s table for the loaders, handing them over in blocks.
@@ -446,8 +445,7 @@ impl MySqlSink {
         if rows.is_empty() {
             return Ok(());
         }
-        let dest =
-            self.dests().remove(&schema.id).ok_or_else(|| MyError::Protocol(format!("no target for {}", schema.id)))?;
+        let dest = self.dest(&schema.id).ok_or_else(|| MyError::Protocol(format!("no target for {}", schema.id)))?;
         let dead = self.dead_letters(None);
         self.loaders.submit(dest, schema.clone(), rows, dead).await
     }
