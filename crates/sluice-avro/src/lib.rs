@@ -6,7 +6,7 @@
 //! | logical type | Avro |
 //! |---|---|
 //! | bool | `boolean` |
-//! | int8, int16, int32, uint8, uint16 | `int` |
+//! | int8, int16 (marked with `connect.type`), int32, uint8, uint16 | `int` |
 //! | int64, uint32 | `long` |
 //! | uint64 | `bytes` decimal(20, 0) |
 //! | float32, float64 | `float`, `double` |
@@ -26,8 +26,10 @@
 //! `[A-Za-z_][A-Za-z0-9_]*`) have each other character replaced by `_`, as Debezium's
 //! `sanitize.field.names` does; the original name is kept in the field's `sluice.name` property.
 
+pub mod decode;
 mod encode;
 mod schema;
 
+pub use decode::{DecodeError, Node, Reader};
 pub use encode::{encode_bytes, encode_long, encode_row, frame, unframe, EncodeError};
 pub use schema::{avro_name, record_schema, RecordNames};

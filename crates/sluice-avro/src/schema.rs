@@ -24,7 +24,10 @@ pub fn avro_name(s: &str) -> String {
 fn value_type(c: &ColumnSchema, t: &DataType) -> J {
     match t {
         DataType::Bool => json!("boolean"),
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 => json!("int"),
+        // Kafka Connect's marks, so readers (Sluice's too) get the width back
+        DataType::Int8 => json!({ "type": "int", "connect.type": "int8" }),
+        DataType::Int16 => json!({ "type": "int", "connect.type": "int16" }),
+        DataType::Int32 | DataType::UInt8 | DataType::UInt16 => json!("int"),
         DataType::Int64 | DataType::UInt32 => json!("long"),
         DataType::UInt64 => json!({ "type": "bytes", "logicalType": "decimal", "precision": 20, "scale": 0 }),
         DataType::Float32 => json!("float"),

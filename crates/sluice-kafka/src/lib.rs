@@ -5,7 +5,11 @@ pub mod avro;
 pub mod client;
 pub mod config;
 pub mod connector;
+pub mod decode;
 pub mod format;
 pub mod sink;
+pub mod source;
+pub mod source_config;
+pub mod text;
 
-pub use connector::{parse_sink, TYPE};
+pub use connector::{parse_sink, parse_source, TYPE};

@@ -26,7 +26,7 @@ pub fn registry() -> Registry {
     #[cfg(feature = "mysql")]
     let r = r.source(sluice_mysql::TYPE, sluice_mysql::parse_source).sink(sluice_mysql::TYPE, sluice_mysql::parse_sink);
     #[cfg(feature = "kafka")]
-    let r = r.sink(sluice_kafka::TYPE, sluice_kafka::parse_sink);
+    let r = r.sink(sluice_kafka::TYPE, sluice_kafka::parse_sink).source(sluice_kafka::TYPE, sluice_kafka::parse_source);
     r
 }
 

@@ -32,6 +32,29 @@ pub async fn connect(url: &str) -> Client {
 }
 
 impl Env {
+    /// What every session on both servers is doing (for a test that timed out waiting).
+    pub async fn activity(&self) -> String {
+        let sql = "SELECT datname, application_name, state, wait_event_type, wait_event, \
+                   left(query, 200), (now() - xact_start)::text FROM pg_stat_activity WHERE backend_type = 'client backend' \
+                   AND pid <> pg_backend_pid()";
+        let mut out = String::new();
+        for (name, c) in [("source", &self.src), ("target", &self.dst)] {
+            out.push_str(&format!("--- {name} sessions ---\n"));
+            match c.query(sql, &[]).await {
+                Ok(rows) => {
+                    for r in rows {
+                        let cols: Vec<String> =
+                            (0..r.len()).map(|i| r.get::<_, Option<String>>(i).unwrap_or_default()).collect();
+                        out.push_str(&cols.join(" | "));
+                        out.push('\n');
+                    }
+                }
+                Err(e) => out.push_str(&format!("({e})\n")),
+            }
+        }
+        out
+    }
+
     /// Two servers, database `app` on the source and `replica` on the target, and `setup` SQL
     /// run on the source.
     pub async fn new(setup: &str) -> Env {

@@ -18,7 +18,8 @@ pub fn spawn(config: &str, log: &std::path::Path) -> Sluice {
 pub fn spawn_with(config: &str, log: &std::path::Path, crash_at: Option<&str>) -> Sluice {
     let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.args(["run", config]).env("RUST_LOG", "info,tokio_postgres=warn").stdout(Stdio::null()).stderr(Stdio::from(f));
+    let level = std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info,tokio_postgres=warn".into());
+    cmd.args(["run", config]).env("RUST_LOG", level).stdout(Stdio::null()).stderr(Stdio::from(f));
     match crash_at {
         Some(point) => cmd.env(sluice_core::failpoint::CRASH_AT_ENV, point),
         None => cmd.env_remove(sluice_core::failpoint::CRASH_AT_ENV),
@@ -28,22 +29,53 @@ pub fn spawn_with(config: &str, log: &std::path::Path, crash_at: Option<&str>) -
 
 impl Sluice {
     /// Sends SIGTERM and waits for a clean exit.
-    pub async fn stop(mut self, log: &std::path::Path) {
+    pub async fn stop(self, log: &std::path::Path) {
+        self.stop_explained(log, async { String::new() }).await
+    }
+
+    /// As [`Sluice::stop`]; if it does not exit, the failure shows `explain` (what the servers'
+    /// sessions are doing, say).
+    pub async fn stop_explained(mut self, log: &std::path::Path, explain: impl std::future::Future<Output = String>) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let child = &mut self.child;
-        let status = wait_for("sluice to exit after SIGTERM", Duration::from_secs(60), || {
-            let s = child.try_wait().unwrap();
-            async move { s }
-        })
-        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let explained = explain.await;
+                // Where each thread of the hung process is, by its Sluice and lock frames.
+                let pid = self.child.id().to_string();
+                let stacks = Command::new("gdb")
+                    .args(["-p", &pid, "-batch", "-ex", "thread apply all bt"])
+                    .output()
+                    .map(|o| {
+                        String::from_utf8_lossy(&o.stdout)
+                            .lines()
+                            .filter(|l| l.starts_with("Thread ") || l.contains("sluice") || l.contains("mutex") || l.contains("futex"))
+                            .map(|l| l.chars().take(220).collect::<String>())
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .unwrap_or_else(|e| format!("(no gdb: {e})"));
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "sluice did not exit within 60s of SIGTERM\n--- log ---\n{}\n{explained}\n--- threads ---\n{stacks}",
+                    log_tail(log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert!(status.success(), "exit {status}:\n{}", log_tail(log));
     }
 }
 
 pub fn log_tail(log: &std::path::Path) -> String {
     let s = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = s.lines().collect();
+    // Per-commit debug lines would crowd out what happened.
+    let lines: Vec<&str> = s.lines().filter(|l| !l.contains("durable sink=") && !l.contains("wrote batch")).collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 

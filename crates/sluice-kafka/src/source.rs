@@ -1,0 +1,528 @@
+//! The Kafka source: a consumer in a group; each record becomes one source transaction whose
+//! position is its partition's next offset.
+//!
+//! ```text
+//!  subscribe ─▶ rebalance: assign each partition at the offset the sinks hold for it
+//!               (the meet over sinks), or at `start` when no sink holds one; never at the
+//!               group's committed offset, which may trail what the sinks made durable
+//!  record    ─▶ decode (format) ─▶ Begin ─ Change... ─ Commit { topic: { partition: offset + 1 } }
+//!               a record that says nothing (a tombstone after a delete) ─▶ Heartbeat
+//!               a record that cannot be decoded ─▶ dead-letter topic, then Heartbeat;
+//!               without one, the pipeline stops naming topic, partition and offset
+//!  confirmed ─▶ commit the group's offsets (for lag monitoring and other tools)
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use sluice_core::{
+    ColumnSchema, ConnectorError, ErrorClass, Event, KafkaOffsets, Op, Position, Resume, SchemaRef, Source,
+    SourceContext, TableId, TableSchema, TxnMeta, Value,
+};
+use tracing::{debug, info, warn};
+
+use crate::decode::{self, Change, Decoded, Kind};
+use crate::format::Format;
+use crate::source_config::KafkaSourceConfig;
+
+/// How long a broker call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where each assigned partition starts, shared with the rebalance callback.
+#[derive(Default)]
+struct Starts {
+    /// The offset the sinks hold per partition
+    held: KafkaOffsets,
+    /// `earliest` (true) or `latest` for partitions no sink holds
+    earliest: bool,
+    /// Partitions assigned now
+    assigned: BTreeSet<(String, i32)>,
+    /// The next offset expected per assigned partition (records below it are dropped)
+    expected: HashMap<(String, i32), i64>,
+}
+
+struct Rebalancing {
+    starts: Arc<Mutex<Starts>>,
+}
+
+impl ClientContext for Rebalancing {}
+
+impl ConsumerContext for Rebalancing {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let Ok(mut s) = self.starts.lock() else { return };
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut parts = Vec::new();
+                for e in tpl.elements() {
+                    parts.push((e.topic().to_string(), e.partition()));
+                }
+                for (topic, p) in parts {
+                    let start = match s.held.get(&topic, p) {
+                        Some(o) => {
+                            s.expected.insert((topic.clone(), p), o);
+                            Offset::Offset(o)
+                        }
+                        None if s.earliest => Offset::Beginning,
+                        None => Offset::End,
+                    };
+                    let _ = tpl.set_partition_offset(&topic, p, start);
+                    info!(topic = %topic, partition = p, start = ?start, "partition assigned");
+                    s.assigned.insert((topic, p));
+                }
+                if let Err(e) = consumer.assign(tpl) {
+                    warn!(error = %e, "cannot take the assigned partitions");
+                }
+            }
+            _ => {
+                for e in tpl.elements() {
+                    let k = (e.topic().to_string(), e.partition());
+                    info!(topic = %k.0, partition = k.1, "partition revoked");
+                    s.assigned.remove(&k);
+                    s.expected.remove(&k);
+                }
+                if let Err(e) = consumer.unassign() {
+                    warn!(error = %e, "cannot give up the revoked partitions");
+                }
+            }
+        }
+    }
+}
+
+/// The source.
+pub struct KafkaSource {
+    cfg: KafkaSourceConfig,
+    pipeline: String,
+}
+
+impl KafkaSource {
+    pub fn new(cfg: KafkaSourceConfig, pipeline: &str) -> KafkaSource {
+        KafkaSource { cfg, pipeline: pipeline.to_string() }
+    }
+}
+
+fn kafka_err(what: &str) -> impl Fn(KafkaError) -> ConnectorError + '_ {
+    move |e| ConnectorError::msg(ErrorClass::Transient, format!("kafka: {what}: {e}"))
+}
+
+/// A version no earlier shape of this process used (and, being time-based, none of an earlier
+/// process either).
+fn next_version() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+    let _ = NEXT.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The shapes of the tables seen, and how a record's columns map onto them.
+#[derive(Default)]
+struct Shapes {
+    tables: HashMap<TableId, SchemaRef>,
+}
+
+impl Shapes {
+    /// The table's shape covering `columns` (a new version when they add or change a column),
+    /// and for each of the table's columns the index in `columns` it comes from.
+    fn shape(&mut self, id: &TableId, columns: &[ColumnSchema]) -> (SchemaRef, Vec<Option<usize>>, bool) {
+        let has_key = columns.iter().any(|c| c.key);
+        let (merged, changed) = match self.tables.get(id) {
+            None => (columns.to_vec(), true),
+            Some(old) => {
+                let mut merged = old.columns.clone();
+                let mut changed = false;
+                for c in columns {
+                    match merged.iter_mut().find(|m| m.name == c.name) {
+                        Some(m) if m.same_type(c) && (m.key == c.key || !has_key) => {}
+                        Some(m) => {
+                            let key = if has_key { c.key } else { m.key };
+                            *m = c.clone();
+                            m.key = key;
+                            if key {
+                                m.nullable = false;
+                            }
+                            changed = true;
+                        }
+                        None => {
+                            merged.push(c.clone());
+                            changed = true;
+                        }
+                    }
+                }
+                (merged, changed)
+            }
+        };
+        let new = changed;
+        if changed {
+            let schema = Arc::new(TableSchema { id: id.clone(), columns: merged, version: next_version(), dialect: "kafka".into() });
+            self.tables.insert(id.clone(), schema);
+        }
+        let schema = self.tables[id].clone();
+        let map = schema.columns.iter().map(|c| columns.iter().position(|x| x.name == c.name)).collect();
+        (schema, map, new)
+    }
+}
+
+fn aligned(row: Option<Vec<Value>>, map: &[Option<usize>]) -> Option<Vec<Value>> {
+    row.map(|mut r| map.iter().map(|m| m.map_or(Value::Null, |i| std::mem::replace(&mut r[i], Value::Null))).collect())
+}
+
+/// Avro records: writer schemas fetched from the registry by id, once.
+struct AvroRecords {
+    registry: sluice_registry::RegistryClient,
+    nodes: HashMap<u32, Arc<sluice_avro::Node>>,
+}
+
+impl AvroRecords {
+    async fn node(&mut self, id: u32) -> Result<Arc<sluice_avro::Node>, String> {
+        if let Some(n) = self.nodes.get(&id) {
+            return Ok(n.clone());
+        }
+        let text = self.registry.schema(id).await.map_err(|e| format!("schema {id} from the registry: {e}"))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("schema {id}: {e}"))?;
+        let node = Arc::new(sluice_avro::Node::parse(&json).map_err(|e| format!("schema {id}: {e}"))?);
+        self.nodes.insert(id, node.clone());
+        Ok(node)
+    }
+
+    /// The fields of a framed record as `(record schema, values)`.
+    async fn read(&mut self, framed: &[u8]) -> Result<(sluice_avro::decode::Record, Vec<Value>), String> {
+        let (id, body) = sluice_avro::unframe(framed)?;
+        let node = self.node(id).await?;
+        let sluice_avro::Node::Record(rec) = &*node else {
+            return Err(format!("schema {id} is not a record"));
+        };
+        let mut r = sluice_avro::Reader::new(body);
+        let row = r.row(rec).map_err(|e| e.0)?;
+        Ok((rec.clone(), row))
+    }
+
+    async fn decode(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Option<Decoded>, String> {
+        let key_rec = match key {
+            Some(k) if !k.is_empty() => Some(self.read(k).await?),
+            _ => None,
+        };
+        let key_names: Vec<String> =
+            key_rec.as_ref().map(|(r, _)| r.fields.iter().map(|f| f.column.clone()).collect()).unwrap_or_default();
+        let Some(value) = value.filter(|v| !v.is_empty()) else {
+            // No value: a delete of the key (Debezium's unwrap, TiCDC, Sluice's avro format).
+            let Some((rec, row)) = key_rec else { return Ok(None) };
+            let columns: Vec<ColumnSchema> = rec.fields.iter().map(|f| f.node.column(&f.column).key()).collect();
+            return Ok(Some(Decoded {
+                schema: None,
+                table: None,
+                columns,
+                changes: vec![Change { kind: Kind::Delete, before: Some(row), after: None }],
+                ts_ms: None,
+            }));
+        };
+        let (id, body) = sluice_avro::unframe(value)?;
+        let node = self.node(id).await?;
+        let sluice_avro::Node::Record(rec) = &*node else { return Err(format!("schema {id} is not a record")) };
+        let envelope = rec.field("op").is_some() && (rec.field("after").is_some() || rec.field("before").is_some());
+        let mut r = sluice_avro::Reader::new(body);
+        let mark = |mut c: ColumnSchema| {
+            if key_names.contains(&c.name) {
+                c = c.key();
+            }
+            c
+        };
+        if envelope {
+            let mut columns: Vec<ColumnSchema> = Vec::new();
+            let (mut before, mut after, mut op, mut source, mut ts) = (None, None, String::new(), None, None);
+            for f in &rec.fields {
+                match f.name.as_str() {
+                    "before" | "after" => {
+                        let (inner, _) = f.node.non_null();
+                        let row = match &f.node {
+                            sluice_avro::Node::Union(branches) => match r.branch(branches).map_err(|e| e.0)? {
+                                sluice_avro::Node::Record(rr) => Some((rr, r.row(rr).map_err(|e| e.0)?)),
+                                other => {
+                                    r.skip(other).map_err(|e| e.0)?;
+                                    None
+                                }
+                            },
+                            sluice_avro::Node::Record(rr) => Some((rr, r.row(rr).map_err(|e| e.0)?)),
+                            other => {
+                                r.skip(other).map_err(|e| e.0)?;
+                                None
+                            }
+                        };
+                        if columns.is_empty() {
+                            if let sluice_avro::Node::Record(rr) = inner {
+                                columns = rr.fields.iter().map(|x| mark(x.node.column(&x.column))).collect();
+                            }
+                        }
+                        let row = row.map(|(_, v)| v);
+                        if f.name == "before" {
+                            before = row;
+                        } else {
+                            after = row;
+                        }
+                    }
+                    "op" => op = r.str().map_err(|e| e.0)?.to_string(),
+                    "source" => source = Some(r.json(&f.node).map_err(|e| e.0)?),
+                    "ts_ms" => {
+                        ts = match r.value(&f.node).map_err(|e| e.0)? {
+                            Value::Int(n) => Some(n),
+                            _ => None,
+                        }
+                    }
+                    _ => r.skip(&f.node).map_err(|e| e.0)?,
+                }
+            }
+            let kind = decode::flat_kind(Some(op.as_str()), false)?;
+            let s = |k: &str| source.as_ref().and_then(|s| s.get(k)).and_then(|v| v.as_str()).map(str::to_string);
+            let src_ts = source.as_ref().and_then(|s| s.get("ts_ms")).and_then(|v| v.as_i64());
+            return Ok(Some(Decoded {
+                schema: s("schema").or_else(|| s("db")),
+                table: s("table"),
+                columns,
+                changes: vec![Change { kind, before, after }],
+                ts_ms: src_ts.or(ts),
+            }));
+        }
+        // A flat row (Sluice's avro, Debezium's unwrap, TiCDC's avro).
+        let row = r.row(rec).map_err(|e| e.0)?;
+        let mut columns = Vec::new();
+        let mut values = Vec::new();
+        let (mut op, mut deleted, mut ts) = (None, false, None);
+        for (f, v) in rec.fields.iter().zip(row) {
+            match f.name.as_str() {
+                "__op" | "_tidb_op" => op = v.as_str().map(str::to_string),
+                "__deleted" => deleted = matches!(&v, Value::Bool(true)) || v.as_str() == Some("true"),
+                "__source_ts_ms" | "_tidb_commit_physical_time" => {
+                    if let Value::Int(n) = v {
+                        ts = Some(n)
+                    }
+                }
+                n if n.starts_with("_tidb_") || decode::FLAT_META.contains(&n) => {}
+                _ => {
+                    columns.push(mark(f.node.column(&f.column)));
+                    values.push(v);
+                }
+            }
+        }
+        let kind = decode::flat_kind(op.as_deref(), deleted)?;
+        let change = match kind {
+            Kind::Delete => Change { kind, before: Some(values), after: None },
+            Kind::Truncate => Change { kind, before: None, after: None },
+            _ => Change { kind, before: None, after: Some(values) },
+        };
+        // Names as `<prefix>.<schema>.<table>.Value` (Debezium, Sluice), or `<schema>.<table>`.
+        let parts: Vec<&str> = rec.name.split('.').collect();
+        let parts = match parts.last() {
+            Some(&"Value") | Some(&"Envelope") => &parts[..parts.len() - 1],
+            _ => &parts[..],
+        };
+        let (schema, table) = match parts {
+            [.., s, t] => (Some(s.to_string()), Some(t.to_string())),
+            [t] => (None, Some(t.to_string())),
+            [] => (None, None),
+        };
+        Ok(Some(Decoded { schema, table, columns, changes: vec![change], ts_ms: ts }))
+    }
+}
+
+/// Kafka Connect's dead-letter headers.
+fn dead_letter_headers(pipeline: &str, topic: &str, partition: i32, offset: i64, error: &str) -> OwnedHeaders {
+    let (p, o) = (partition.to_string(), offset.to_string());
+    OwnedHeaders::new()
+        .insert(Header { key: "__connect.errors.topic", value: Some(topic) })
+        .insert(Header { key: "__connect.errors.partition", value: Some(&p) })
+        .insert(Header { key: "__connect.errors.offset", value: Some(&o) })
+        .insert(Header { key: "__connect.errors.connector.name", value: Some(pipeline) })
+        .insert(Header { key: "__connect.errors.exception.class.name", value: Some("sluice.DecodeError") })
+        .insert(Header { key: "__connect.errors.exception.message", value: Some(error) })
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn run(&mut self, resume: Resume, ctx: SourceContext) -> Result<(), ConnectorError> {
+        let SourceContext { events, mut confirmed, mut stop, .. } = ctx;
+        let held = match resume.position() {
+            Some(Position::Kafka(o)) => o,
+            Some(other) => {
+                return Err(ConnectorError::msg(
+                    ErrorClass::Fatal,
+                    format!(
+                        "the sinks hold a {other} position, not Kafka offsets: this pipeline's source changed; give \
+                         the pipeline a new name (or reset its sinks) to consume from Kafka"
+                    ),
+                ))
+            }
+            None => KafkaOffsets::default(),
+        };
+        let starts = Arc::new(Mutex::new(Starts { held, earliest: self.cfg.start == "earliest", ..Default::default() }));
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &self.cfg.brokers)
+            .set("group.id", self.cfg.group(&self.pipeline))
+            .set("client.id", format!("sluice-{}", self.pipeline))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", if self.cfg.start == "earliest" { "earliest" } else { "latest" })
+            .set("enable.partition.eof", "false");
+        for (k, v) in &self.cfg.properties {
+            cc.set(k, v.expose());
+        }
+        let consumer: StreamConsumer<Rebalancing> = cc
+            .create_with_context(Rebalancing { starts: starts.clone() })
+            .map_err(kafka_err("create the consumer"))?;
+        let topics: Vec<&str> = self.cfg.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(kafka_err("subscribe"))?;
+        info!(topics = ?self.cfg.topics, group = %self.cfg.group(&self.pipeline), "kafka source subscribed");
+        let dead_letters: Option<FutureProducer> = match &self.cfg.dead_letter_topic {
+            Some(_) => {
+                let mut pc = crate::client::producer_config(&self.cfg.brokers);
+                for (k, v) in &self.cfg.properties {
+                    pc.set(k, v.expose());
+                }
+                Some(pc.create().map_err(kafka_err("create the dead-letter producer"))?)
+            }
+            None => None,
+        };
+        let mut avro = match (self.cfg.format(), &self.cfg.schema_registry) {
+            (Format::Avro, Some(url)) => Some(AvroRecords {
+                registry: sluice_registry::RegistryClient::new(url.expose())
+                    .map_err(|e| ConnectorError::msg(ErrorClass::Fatal, e.to_string()))?,
+                nodes: HashMap::new(),
+            }),
+            _ => None,
+        };
+        let mut shapes = Shapes::default();
+        let mut committed_group = KafkaOffsets::default();
+        let mut events = Some(events);
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let Some(tx) = events.as_ref() else { break };
+            tokio::select! {
+                biased;
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        events = None;
+                    }
+                }
+                c = confirmed.changed() => {
+                    if c.is_err() {
+                        break;
+                    }
+                    commit_group(&consumer, &starts, &confirmed.borrow().clone(), &mut committed_group);
+                }
+                _ = ticker.tick() => commit_group(&consumer, &starts, &confirmed.borrow().clone(), &mut committed_group),
+                m = consumer.recv() => {
+                    let m = m.map_err(kafka_err("receive"))?;
+                    let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
+                    {
+                        let mut s = starts.lock().map_err(|_| ConnectorError::msg(ErrorClass::Fatal, "poisoned"))?;
+                        let k = (topic.clone(), partition);
+                        match s.expected.get(&k) {
+                            Some(e) if offset < *e => continue, // before where the sinks stand
+                            _ => {}
+                        }
+                        s.expected.insert(k, offset + 1);
+                    }
+                    let decoded = match (&mut avro, self.cfg.format()) {
+                        (Some(a), _) => a.decode(m.key(), m.payload()).await,
+                        (None, Format::DebeziumJson) => decode::debezium(m.key(), m.payload()),
+                        (None, Format::CanalJson) => decode::canal(m.payload()),
+                        (None, _) => decode::flat(m.key(), m.payload()),
+                    };
+                    let mut at = KafkaOffsets::default();
+                    at.set(&topic, partition, offset);
+                    let mut next = KafkaOffsets::default();
+                    next.set(&topic, partition, offset + 1);
+                    let evs = match decoded {
+                        Ok(Some(d)) => {
+                            let id = self.cfg.table_for(&topic, d.schema.as_deref(), d.table.as_deref());
+                            let ts = d.ts_ms.or_else(|| m.timestamp().to_millis()).unwrap_or(0);
+                            let meta = TxnMeta { xid: offset as u64, commit_ts_micros: decode::ms_to_micros(ts), position: Position::Kafka(at) };
+                            let (schema, map, _) = shapes.shape(&id, &d.columns);
+                            let mut evs = vec![Event::Begin(meta.clone())];
+                            for ch in d.changes {
+                                let before = aligned(ch.before, &map);
+                                let after = aligned(ch.after, &map);
+                                let op = match (ch.kind, before, after) {
+                                    (Kind::Truncate, ..) => Op::Truncate,
+                                    (Kind::Delete, Some(before), _) | (Kind::Delete, None, Some(before)) => Op::Delete { before },
+                                    (Kind::Insert, _, Some(after)) => Op::Insert { after },
+                                    (Kind::Update, before, Some(after)) => Op::Update { before, after },
+                                    (_, Some(before), None) => Op::Delete { before },
+                                    _ => continue,
+                                };
+                                evs.push(Event::Change(sluice_core::Change { table: schema.clone(), op }));
+                            }
+                            evs.push(Event::Commit { meta, position: Position::Kafka(next) });
+                            evs
+                        }
+                        Ok(None) => vec![Event::Heartbeat { position: Position::Kafka(next) }],
+                        Err(e) => {
+                            let what = format!("the record at {topic} partition {partition} offset {offset} cannot be decoded as {}: {e}", self.cfg.format);
+                            match (&dead_letters, &self.cfg.dead_letter_topic) {
+                                (Some(p), Some(dlq)) => {
+                                    let headers = dead_letter_headers(&self.pipeline, &topic, partition, offset, &what);
+                                    let mut rec = FutureRecord::<[u8], [u8]>::to(dlq).headers(headers);
+                                    if let Some(k) = m.key() { rec = rec.key(k); }
+                                    if let Some(v) = m.payload() { rec = rec.payload(v); }
+                                    p.send(rec, CALL_TIMEOUT).await.map_err(|(e, _)| kafka_err("write to the dead-letter topic")(e))?;
+                                    warn!(topic = %topic, partition, offset, error = %e, dead_letter_topic = %dlq, "record sent to the dead-letter topic");
+                                    vec![Event::Heartbeat { position: Position::Kafka(next) }]
+                                }
+                                _ => return Err(ConnectorError::msg(ErrorClass::Fatal, format!(
+                                    "{what}. Fix the producer, or set dead_letter_topic to park such records and go on"
+                                ))),
+                            }
+                        }
+                    };
+                    for ev in evs {
+                        if tx.send(ev).await.is_err() {
+                            return Err(ConnectorError::msg(ErrorClass::Transient, "the pipeline stopped while the source was sending"));
+                        }
+                    }
+                }
+            }
+        }
+        // Stopped: keep confirming until the runtime is done, then commit what it confirmed.
+        drop(events);
+        while confirmed.changed().await.is_ok() {
+            commit_group(&consumer, &starts, &confirmed.borrow().clone(), &mut committed_group);
+        }
+        let last = confirmed.borrow().clone();
+        commit_group(&consumer, &starts, &last, &mut committed_group);
+        debug!("kafka source stopped");
+        Ok(())
+    }
+}
+
+/// Commits the group's offsets of the assigned partitions up to what every sink holds.
+fn commit_group(
+    consumer: &StreamConsumer<Rebalancing>,
+    starts: &Mutex<Starts>,
+    confirmed: &Option<Position>,
+    done: &mut KafkaOffsets,
+) {
+    let Some(Position::Kafka(at)) = confirmed else { return };
+    let Ok(s) = starts.lock() else { return };
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p) in &s.assigned {
+        if let Some(o) = at.get(topic, *p) {
+            if done.get(topic, *p) != Some(o) {
+                let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(o));
+                done.set(topic, *p, o);
+            }
+        }
+    }
+    drop(s);
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            debug!(error = %e, "group offset commit failed; the next one covers it");
+        }
+    }
+}
