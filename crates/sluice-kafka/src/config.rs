@@ -62,6 +62,11 @@ pub struct KafkaSinkConfig {
     /// `exactly_once` (Kafka transactions) or `at_least_once`
     #[serde(default = "default_delivery")]
     pub delivery: String,
+    /// `debezium-json` and `json`: wrap keys and values in Kafka Connect's
+    /// `{"schema": ..., "payload": ...}` (the JSON converter's `schemas.enable`), so readers get
+    /// the column types
+    #[serde(default)]
+    pub schemas: bool,
     /// A delete is followed by a record with the same key and no value
     #[serde(default = "yes")]
     pub tombstones: bool,

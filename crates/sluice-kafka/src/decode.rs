@@ -113,8 +113,9 @@ impl ConnectSchema {
         let mut c = ColumnSchema::new(name, self.data_type(), self.name.clone().unwrap_or_else(|| self.kind.clone()));
         c.nullable = self.optional;
         if c.data_type == DataType::Decimal {
-            c.scale = self.param("scale");
-            c.precision = self.param("connect.decimal.precision");
+            c.scale = self.param("scale").or_else(|| self.param("__debezium.source.column.scale"));
+            c.precision =
+                self.param("connect.decimal.precision").or_else(|| self.param("__debezium.source.column.length"));
         }
         c
     }
@@ -144,6 +145,15 @@ impl ConnectSchema {
             (_, "float" | "float32") => DataType::Float32,
             (_, "double" | "float64") => DataType::Float64,
             (_, "bytes") => DataType::Bytes,
+            // decimal.handling.mode=string, with column.propagate.source.type
+            (_, "string")
+                if self.parameters.as_ref().and_then(|p| p.get("__debezium.source.column.type")).is_some_and(|t| {
+                    let t = t.to_ascii_uppercase();
+                    t == "DECIMAL" || t == "NUMERIC"
+                }) =>
+            {
+                DataType::Decimal
+            }
             (_, "array") => DataType::List(Box::new(self.items.as_ref().map(|i| i.data_type()).unwrap_or(DataType::Text))),
             (_, "map" | "struct") => DataType::Json,
             _ => DataType::Text,
@@ -563,6 +573,57 @@ mod tests {
         assert_eq!(after[2], Value::Decimal(Decimal::parse("-1.23").unwrap()), "base64 0xff85 = -123 at scale 2");
         assert_eq!(debezium(None, None).unwrap(), None, "tombstones are skipped");
         assert!(debezium(None, Some(br#"{"id": 1}"#)).unwrap_err().contains("format = \"json\""));
+    }
+
+    /// What the sink writes with `schemas = true` decodes to the same columns and values.
+    #[test]
+    fn sluice_debezium_json_with_schemas_round_trips() {
+        use crate::format::{key, value_bytes, Format, Record, SourceInfo};
+        use sluice_core::{Date, Op, TableId, TableSchema, Timestamp, Uuid};
+        let mut amount = ColumnSchema::new("amount", DataType::Decimal, "numeric");
+        amount.precision = Some(10);
+        amount.scale = Some(2);
+        let t = TableSchema {
+            id: TableId::new("public", "orders"),
+            columns: vec![
+                ColumnSchema::new("id", DataType::Int32, "int4").key(),
+                ColumnSchema::new("item", DataType::Text, "text"),
+                amount,
+                ColumnSchema::new("day", DataType::Date, "date"),
+                ColumnSchema::new("at", DataType::TimestampTz, "timestamptz"),
+                ColumnSchema::new("local", DataType::Timestamp, "timestamp"),
+                ColumnSchema::new("u", DataType::Uuid, "uuid"),
+                ColumnSchema::new("flag", DataType::Bool, "bool"),
+            ],
+            version: 1,
+            dialect: "postgres".into(),
+        };
+        let row = vec![
+            Value::Int(7),
+            Value::Text(Text::from("x")),
+            Value::Decimal(Decimal::parse("12.50").unwrap()),
+            Value::Date(Date::from_ymd(2024, 2, 29).unwrap()),
+            Value::TimestampTz(Timestamp::from_micros(1_700_000_000_123_456)),
+            Value::Timestamp(Timestamp::from_micros(-1)),
+            Value::Uuid(Uuid::parse("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").unwrap()),
+            Value::Null,
+        ];
+        let op = Op::Insert { after: row.clone() };
+        let r = Record::change(&t, &op, None);
+        let info = SourceInfo { pipeline: "shop", schemas: true };
+        let v = value_bytes(&r, Format::DebeziumJson, &info, 0);
+        let k = key(&r, Format::DebeziumJson, true).unwrap();
+        let d = debezium(Some(&k), Some(&v)).unwrap().unwrap();
+        for (got, want) in d.columns.iter().zip(&t.columns) {
+            assert_eq!(
+                (&got.name, &got.data_type, got.key, got.precision, got.scale),
+                (&want.name, &want.data_type, want.key, want.precision, want.scale)
+            );
+        }
+        assert_eq!(d.changes[0].after.as_ref().unwrap(), &row);
+        let f = flat(Some(&k), Some(&value_bytes(&r, Format::Json, &info, 0))).unwrap().unwrap();
+        assert_eq!(f.columns.len(), t.columns.len(), "_op is not a column");
+        assert_eq!(f.columns[3].data_type, DataType::Date);
     }
 
     #[test]

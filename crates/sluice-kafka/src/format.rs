@@ -81,19 +81,116 @@ impl<'a> Record<'a> {
     }
 }
 
-/// The record key: the key columns as a JSON object, `None` without a key (or for a truncate).
-pub fn key(r: &Record<'_>, format: Format) -> Option<Vec<u8>> {
+/// The record key: the key columns as a JSON object (inside Kafka Connect's schema envelope
+/// with `schemas`), `None` without a key (or for a truncate).
+pub fn key(r: &Record<'_>, format: Format, schemas: bool) -> Option<Vec<u8>> {
     let keys = r.table.key_indexes();
     let row = r.keyed_row()?;
     if keys.is_empty() {
         return None;
     }
+    let values = if schemas && format == Format::Json { Format::DebeziumJson } else { format };
     let mut m = Map::new();
-    for i in keys {
+    for &i in &keys {
         let c = &r.table.columns[i];
-        m.insert(c.name.clone(), value(format, c, &row[i]));
+        m.insert(c.name.clone(), value(values, c, &row[i]));
     }
-    Some(J::Object(m).to_string().into_bytes())
+    let payload = J::Object(m);
+    let out = if schemas && format != Format::CanalJson {
+        let name = format!("{}.{}.Key", r.table.id.schema, r.table.id.name);
+        json!({ "schema": connect_struct(r.table, &keys, &name, false), "payload": payload })
+    } else {
+        payload
+    };
+    Some(out.to_string().into_bytes())
+}
+
+/// A column's Kafka Connect schema, as Debezium declares the values this module writes.
+fn connect_field(c: &ColumnSchema, t: &DataType) -> J {
+    let (kind, name) = match t {
+        DataType::Bool => ("boolean", None),
+        DataType::Int8 => ("int8", None),
+        DataType::Int16 | DataType::UInt8 => ("int16", None),
+        DataType::Int32 | DataType::UInt16 => ("int32", None),
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => ("int64", None),
+        DataType::Float32 => ("float", None),
+        DataType::Float64 => ("double", None),
+        DataType::Bytes => ("bytes", None),
+        DataType::Date => ("int32", Some("io.debezium.time.Date")),
+        DataType::Time => ("int64", Some("io.debezium.time.MicroTime")),
+        DataType::Timestamp => ("int64", Some("io.debezium.time.MicroTimestamp")),
+        DataType::TimestampTz => ("string", Some("io.debezium.time.ZonedTimestamp")),
+        DataType::Uuid => ("string", Some("io.debezium.data.Uuid")),
+        DataType::Json => ("string", Some("io.debezium.data.Json")),
+        DataType::List(inner) => {
+            return json!({ "type": "array", "optional": c.nullable, "items": connect_field(&ColumnSchema { nullable: true, ..c.clone() }, inner) })
+        }
+        _ => ("string", None),
+    };
+    let mut f = json!({ "type": kind, "optional": c.nullable });
+    if let Some(n) = name {
+        f["name"] = J::from(n);
+        f["version"] = J::from(1);
+    }
+    if *t == DataType::Decimal {
+        // Debezium's decimal.handling.mode=string with column.propagate.source.type
+        let mut p = Map::new();
+        p.insert("__debezium.source.column.type".into(), J::from("DECIMAL"));
+        if let Some(n) = c.precision {
+            p.insert("__debezium.source.column.length".into(), J::from(n.to_string()));
+        }
+        if let Some(n) = c.scale {
+            p.insert("__debezium.source.column.scale".into(), J::from(n.to_string()));
+        }
+        f["parameters"] = J::Object(p);
+    }
+    f
+}
+
+/// The Kafka Connect `struct` of `columns`, named `name`.
+fn connect_struct(table: &TableSchema, columns: &[usize], name: &str, optional: bool) -> J {
+    let fields: Vec<J> = columns
+        .iter()
+        .map(|&i| {
+            let c = &table.columns[i];
+            let mut f = connect_field(c, &c.data_type);
+            f["field"] = J::from(c.name.clone());
+            f
+        })
+        .collect();
+    json!({ "type": "struct", "fields": fields, "optional": optional, "name": name })
+}
+
+/// The schema block of a value in `format` (Kafka Connect's JSON converter, schemas enabled).
+fn value_schema(table: &TableSchema, format: Format, pipeline: &str) -> J {
+    let all: Vec<usize> = (0..table.columns.len()).collect();
+    let base = format!("{pipeline}.{}.{}", table.id.schema, table.id.name);
+    match format {
+        Format::DebeziumJson => {
+            let row = |field: &str| {
+                let mut s = connect_struct(table, &all, &format!("{base}.Value"), true);
+                s["field"] = J::from(field);
+                s
+            };
+            let f = |kind: &str, field: &str, optional: bool| json!({ "type": kind, "optional": optional, "field": field });
+            let source = json!({ "type": "struct", "optional": false, "field": "source", "name": "io.debezium.connector.sluice.Source",
+                "fields": [f("string", "version", false), f("string", "connector", false), f("string", "name", false),
+                           f("int64", "ts_ms", false), f("string", "snapshot", true), f("string", "db", false),
+                           f("string", "schema", false), f("string", "table", false), f("int64", "txId", true),
+                           f("string", "position", true)] });
+            let transaction = json!({ "type": "struct", "optional": true, "field": "transaction", "name": "event.block",
+                "fields": [f("string", "id", false), f("int64", "total_order", false), f("int64", "data_collection_order", false)] });
+            json!({ "type": "struct", "optional": false, "name": format!("{base}.Envelope"), "version": 1,
+                "fields": [row("before"), row("after"), source, f("string", "op", false), f("int64", "ts_ms", true), transaction] })
+        }
+        _ => {
+            let mut s = connect_struct(table, &all, &format!("{base}.Value"), false);
+            if let Some(J::Array(fields)) = s.get_mut("fields") {
+                fields.push(json!({ "type": "string", "optional": false, "field": "_op" }));
+            }
+            s
+        }
+    }
 }
 
 fn value(format: Format, c: &ColumnSchema, v: &Value) -> J {
@@ -183,6 +280,8 @@ fn row_object(format: Format, table: &TableSchema, row: &Row) -> J {
 /// Context for the `source` block.
 pub struct SourceInfo<'a> {
     pub pipeline: &'a str,
+    /// Wrap values in Kafka Connect's `{"schema": ..., "payload": ...}` (debezium-json, json)
+    pub schemas: bool,
 }
 
 /// The record value; `None` only where the format has none (never for these formats).
@@ -190,7 +289,9 @@ pub fn value_bytes(r: &Record<'_>, format: Format, info: &SourceInfo<'_>, now_ms
     let obj = |row: Option<&Row>| row.map_or(J::Null, |row| row_object(format, r.table, row));
     let v = match format {
         Format::Json | Format::Avro => {
-            let mut m = match obj(r.keyed_row()) {
+            // With a schema block, values take the forms it declares (Debezium's).
+            let values = if info.schemas { Format::DebeziumJson } else { format };
+            let mut m = match r.keyed_row().map_or(J::Null, |row| row_object(values, r.table, row)) {
                 J::Object(m) => m,
                 _ => Map::new(),
             };
@@ -270,6 +371,9 @@ pub fn value_bytes(r: &Record<'_>, format: Format, info: &SourceInfo<'_>, now_ms
             })
         }
     };
+    if info.schemas && matches!(format, Format::DebeziumJson | Format::Json) {
+        return json!({ "schema": value_schema(r.table, format, info.pipeline), "payload": v }).to_string().into_bytes();
+    }
     v.to_string().into_bytes()
 }
 
@@ -307,7 +411,7 @@ mod tests {
         let txn = TxnMeta { xid: 42, commit_ts_micros: 1_700_000_000_123_000, position: Position::Pg(Lsn(0x16B3748)) };
         let op = Op::Update { before: Some(row(1, "old")), after: row(1, "new") };
         let r = Record::change(&t, &op, Some(&txn));
-        let info = SourceInfo { pipeline: "shop" };
+        let info = SourceInfo { pipeline: "shop", schemas: false };
         let v: J = serde_json::from_slice(&value_bytes(&r, Format::DebeziumJson, &info, 5)).unwrap();
         assert_eq!(v["op"], "u");
         assert_eq!(v["before"]["item"], "old");
@@ -318,7 +422,7 @@ mod tests {
         assert_eq!(v["source"]["txId"], 42);
         assert_eq!(v["source"]["ts_ms"], 1_700_000_000_123i64);
         assert_eq!(v["ts_ms"], 5);
-        assert_eq!(key(&r, Format::DebeziumJson).unwrap(), br#"{"id":1}"#);
+        assert_eq!(key(&r, Format::DebeziumJson, false).unwrap(), br#"{"id":1}"#);
     }
 
     #[test]
@@ -327,7 +431,7 @@ mod tests {
         let txn = TxnMeta { xid: 1, commit_ts_micros: 1_639_633_094_670_000, position: Position::Pg(Lsn(1)) };
         let op = Op::Update { before: Some(row(1, "old")), after: row(1, "new") };
         let r = Record::change(&t, &op, Some(&txn));
-        let info = SourceInfo { pipeline: "shop" };
+        let info = SourceInfo { pipeline: "shop", schemas: false };
         let v: J = serde_json::from_slice(&value_bytes(&r, Format::CanalJson, &info, 9)).unwrap();
         assert_eq!(v["type"], "UPDATE");
         assert_eq!(v["database"], "public");
@@ -352,7 +456,7 @@ mod tests {
         let t = table();
         let op = Op::Delete { before: row(7, "gone") };
         let r = Record::change(&t, &op, None);
-        let info = SourceInfo { pipeline: "shop" };
+        let info = SourceInfo { pipeline: "shop", schemas: false };
         let v: J = serde_json::from_slice(&value_bytes(&r, Format::Json, &info, 0)).unwrap();
         assert_eq!(v["_op"], "d");
         assert_eq!(v["id"], 7);
@@ -361,6 +465,6 @@ mod tests {
         let r = Record::copied(&t, &copied);
         assert_eq!(serde_json::from_slice::<J>(&value_bytes(&r, Format::Json, &info, 0)).unwrap()["_op"], "r");
         let trunc = Op::Truncate;
-        assert_eq!(key(&Record::change(&t, &trunc, None), Format::Json), None);
+        assert_eq!(key(&Record::change(&t, &trunc, None), Format::Json, false), None);
     }
 }

@@ -206,8 +206,8 @@ impl KafkaSink {
                 None => return Ok(()),
             },
             _ => {
-                let info = SourceInfo { pipeline: &self.pipeline };
-                (format::key(&r, format), Some(format::value_bytes(&r, format, &info, now_ms)))
+                let info = SourceInfo { pipeline: &self.pipeline, schemas: self.cfg.schemas };
+                (format::key(&r, format, self.cfg.schemas), Some(format::value_bytes(&r, format, &info, now_ms)))
             }
         };
         let partition = match &partitioner {

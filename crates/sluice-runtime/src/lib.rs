@@ -561,15 +561,20 @@ impl Supervisor {
                             let _ = source_stop_tx.send(true);
                         }
                     }
-                    // A stop requested while a sink's queue was full (route saw it).
+                    // A stop requested while routing (whether or not route waited on a full
+                    // queue and saw it): the source must be told here too, or it streams on and
+                    // the pipeline never ends.
                     if end.is_none() && self.stopping() {
                         info!("stopping: draining sinks");
+                        self.board.set_state(RunState::Stopping);
                         end = Some(EpochEnd::Stop);
+                        let _ = source_stop_tx.send(true);
                     }
                 }
             }
         }
         // The source's stream has ended: on request, or because it failed.
+        debug!(requested = end.is_some(), "the source's stream ended");
         let winding = Winding { task, confirm: confirm_tx };
         if let Some(end) = end {
             return (end, winding);
@@ -849,6 +854,7 @@ impl Supervisor {
         };
         let deadline = Instant::now() + SINK_RESPONSE_TIMEOUT;
         let mut aborted = false;
+        debug!(sinks = waiting.len(), "waiting for the sinks to commit and finish");
         while !waiting.is_empty() {
             let msg = tokio::select! {
                 msg = self.from_sinks.recv() => msg,
@@ -887,6 +893,7 @@ impl Supervisor {
             self.confirm(c);
         }
         drop(confirm);
+        debug!("sinks finished; waiting for the source to confirm and exit");
         if let Some(task) = task {
             match tokio::time::timeout(SOURCE_STOP_TIMEOUT, task).await {
                 Ok(Ok(Ok(()))) => {}

@@ -632,3 +632,43 @@ fn backoff_doubles_to_its_limit_and_resets_after_a_long_run() {
     assert_eq!(d, [100, 200, 350, 350]);
     assert_eq!(b.after_failure(Duration::from_secs(6)).as_millis(), 100);
 }
+
+/// Requests the pipeline's stop from inside routing, the moment the first change passes.
+struct StopWhileRouting(Arc<Mutex<Option<watch::Sender<bool>>>>);
+
+impl Transform for StopWhileRouting {
+    fn name(&self) -> &str {
+        "stop-while-routing"
+    }
+    fn restore(&mut self, _: Option<&serde_json::Value>) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+    fn apply(&mut self, event: Event, out: &mut Vec<Event>) -> Result<(), ConnectorError> {
+        if matches!(event, Event::Change(_)) {
+            if let Some(tx) = self.0.lock().unwrap().take() {
+                let _ = tx.send(true);
+            }
+        }
+        out.push(event);
+        Ok(())
+    }
+    fn state(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// A stop that arrives while the runtime is routing (not waiting on the stop signal) still
+/// reaches the source: the pipeline ends instead of streaming on (seen as a crash-test hang).
+#[tokio::test]
+async fn a_stop_requested_while_routing_reaches_the_source() {
+    let w = world(5, 1);
+    let (tx, rx) = watch::channel(false);
+    let slot = Arc::new(Mutex::new(Some(tx)));
+    let mut p = pipeline(&w, 1);
+    let s = slot.clone();
+    p.transform = Arc::new(move || Box::new(StopWhileRouting(s.clone())) as Box<dyn Transform>);
+    let running = spawn(p, rx);
+    let ended = tokio::time::timeout(Duration::from_secs(10), running.task).await;
+    assert!(slot.lock().unwrap().is_none(), "the transform requested the stop");
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "the pipeline did not end after a stop requested while routing");
+}

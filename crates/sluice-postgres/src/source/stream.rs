@@ -178,8 +178,12 @@ impl<'a> Streamer<'a> {
                 }
             }
         }
-        // Phase 2: end the event stream, keep confirming until the runtime is done.
+        // Phase 2: end the event stream, keep confirming until the runtime is done. What the
+        // server still sends is read and dropped (it is sent again next time, as nothing past
+        // what the sinks hold is confirmed): a walsender whose socket is full reads no status
+        // updates, and the last one would never get through.
         self.events = None;
+        debug!("source stream ended; confirming until the sinks are done");
         loop {
             tokio::select! {
                 changed = self.confirmed_rx.changed() => {
@@ -189,6 +193,12 @@ impl<'a> Streamer<'a> {
                     self.take_confirmed();
                 }
                 _ = ticker.tick() => self.report(repl).await?,
+                msg = repl.recv() => {
+                    let msg = msg?;
+                    if msg.tag == b'd' && msg.body.first() == Some(&b'k') && msg.body.last() == Some(&1) {
+                        self.report(repl).await?;
+                    }
+                }
             }
         }
         self.report(repl).await?;
