@@ -49,6 +49,15 @@ pub struct Decoded {
     pub ts_ms: Option<i64>,
 }
 
+/// The JSON of a record: without the Confluent framing (magic byte 0 and a 4-byte schema id)
+/// that confluent-kafka's `JSONSerializer` puts before it (JSON text never starts with 0).
+pub fn json_body(b: &[u8]) -> &[u8] {
+    match b {
+        [0, _, _, _, _, rest @ ..] => rest,
+        _ => b,
+    }
+}
+
 /// A JSON object with its keys in the order written.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Ordered(pub Vec<(String, J)>);
@@ -236,6 +245,9 @@ pub fn key_names(key: Option<&[u8]>) -> Result<Vec<String>, String> {
     })
 }
 
+/// The native type of a column typed by what plain JSON held (no schema said).
+pub const INFERRED: &str = "json";
+
 /// Builds columns from the rows' fields (in first-seen order), typed by `schema` when given,
 /// else by the values; then the rows aligned to them.
 struct Shape {
@@ -254,11 +266,11 @@ impl Shape {
             if skip.contains(&k.as_str()) || self.columns.iter().any(|c| &c.name == k) {
                 continue;
             }
-            self.columns.push(ColumnSchema::new(k.clone(), text::inferred(v), "json"));
+            self.columns.push(ColumnSchema::new(k.clone(), text::inferred(v), INFERRED));
         }
         for c in self.columns.iter_mut() {
             // A column first seen as null is typed by a later record's value.
-            if c.native_type == "json" && c.data_type == DataType::Text {
+            if c.native_type == INFERRED && c.data_type == DataType::Text {
                 if let Some(v) = row.get(&c.name).filter(|v| !v.is_null()) {
                     c.data_type = text::inferred(v);
                 }
@@ -624,6 +636,13 @@ mod tests {
         let f = flat(Some(&k), Some(&value_bytes(&r, Format::Json, &info, 0))).unwrap().unwrap();
         assert_eq!(f.columns.len(), t.columns.len(), "_op is not a column");
         assert_eq!(f.columns[3].data_type, DataType::Date);
+    }
+
+    #[test]
+    fn confluent_framed_json_is_read_past_its_frame() {
+        let framed = [&[0u8, 0, 0, 0, 7][..], br#"{"id": 1, "v": "x"}"#].concat();
+        let d = flat(Some(json_body(br#"{"id": 1}"#)), Some(json_body(&framed))).unwrap().unwrap();
+        assert_eq!(d.changes[0].after.as_ref().unwrap(), &vec![Value::Int(1), Value::Text(Text::from("x"))]);
     }
 
     #[test]

@@ -141,6 +141,9 @@ impl Shapes {
                 for c in columns {
                     match merged.iter_mut().find(|m| m.name == c.name) {
                         Some(m) if m.same_type(c) && (m.key == c.key || !has_key) => {}
+                        // Types guessed from plain JSON stay as first guessed; values are
+                        // converted to them (see `coerce`).
+                        Some(m) if m.native_type == decode::INFERRED && c.native_type == decode::INFERRED => {}
                         Some(m) => {
                             let key = if has_key { c.key } else { m.key };
                             *m = c.clone();
@@ -161,6 +164,8 @@ impl Shapes {
         };
         let new = changed;
         if changed {
+            let names: Vec<&str> = merged.iter().map(|c| c.name.as_str()).collect();
+            info!(table = %id, columns = ?names, "table shape from the records");
             let schema = Arc::new(TableSchema { id: id.clone(), columns: merged, version: next_version(), dialect: "kafka".into() });
             self.tables.insert(id.clone(), schema);
         }
@@ -170,8 +175,33 @@ impl Shapes {
     }
 }
 
-fn aligned(row: Option<Vec<Value>>, map: &[Option<usize>]) -> Option<Vec<Value>> {
-    row.map(|mut r| map.iter().map(|m| m.map_or(Value::Null, |i| std::mem::replace(&mut r[i], Value::Null))).collect())
+fn aligned(row: Option<Vec<Value>>, map: &[Option<usize>], schema: &TableSchema) -> Option<Vec<Value>> {
+    row.map(|mut r| {
+        map.iter()
+            .zip(&schema.columns)
+            .map(|(m, c)| m.map_or(Value::Null, |i| coerce(std::mem::replace(&mut r[i], Value::Null), c)))
+            .collect()
+    })
+}
+
+/// A value of a column whose type was guessed from plain JSON, in that type: a number in a
+/// column first seen holding text becomes text, an integer in a float column a float.
+fn coerce(v: Value, c: &ColumnSchema) -> Value {
+    if c.native_type != decode::INFERRED {
+        return v;
+    }
+    match (&c.data_type, v) {
+        (_, Value::Null) => Value::Null,
+        (sluice_core::DataType::Text, Value::Text(t)) => Value::Text(t),
+        (sluice_core::DataType::Text, v) => {
+            let j = sluice_core::json::value_json(&v);
+            Value::Text(sluice_core::Text::from(j.as_str().map(str::to_string).unwrap_or_else(|| j.to_string()).as_str()))
+        }
+        (sluice_core::DataType::Float64, Value::Int(i)) => Value::Float64(i as f64),
+        (sluice_core::DataType::Json, v @ Value::Json(_)) => v,
+        (sluice_core::DataType::Json, v) => Value::Json(sluice_core::Text::from(sluice_core::json::value_json(&v).to_string().as_str())),
+        (_, v) => v,
+    }
 }
 
 /// Avro records: writer schemas fetched from the registry by id, once.
@@ -369,7 +399,9 @@ impl Source for KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", if self.cfg.start == "earliest" { "earliest" } else { "latest" })
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Topics subscribed before they exist are noticed within seconds, not minutes.
+            .set("topic.metadata.refresh.interval.ms", "5000");
         for (k, v) in &self.cfg.properties {
             cc.set(k, v.expose());
         }
@@ -418,7 +450,15 @@ impl Source for KafkaSource {
                 }
                 _ = ticker.tick() => commit_group(&consumer, &starts, &confirmed.borrow().clone(), &mut committed_group),
                 m = consumer.recv() => {
-                    let m = m.map_err(kafka_err("receive"))?;
+                    let m = match m {
+                        Ok(m) => m,
+                        // A subscribed topic that does not exist yet: it is picked up once created.
+                        Err(KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                            debug!("a subscribed topic does not exist yet");
+                            continue;
+                        }
+                        Err(e) => return Err(kafka_err("receive")(e)),
+                    };
                     let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
                     {
                         let mut s = starts.lock().map_err(|_| ConnectorError::msg(ErrorClass::Fatal, "poisoned"))?;
@@ -429,11 +469,12 @@ impl Source for KafkaSource {
                         }
                         s.expected.insert(k, offset + 1);
                     }
+                    let (key, payload) = (m.key().map(decode::json_body), m.payload().map(decode::json_body));
                     let decoded = match (&mut avro, self.cfg.format()) {
                         (Some(a), _) => a.decode(m.key(), m.payload()).await,
-                        (None, Format::DebeziumJson) => decode::debezium(m.key(), m.payload()),
-                        (None, Format::CanalJson) => decode::canal(m.payload()),
-                        (None, _) => decode::flat(m.key(), m.payload()),
+                        (None, Format::DebeziumJson) => decode::debezium(key, payload),
+                        (None, Format::CanalJson) => decode::canal(payload),
+                        (None, _) => decode::flat(key, payload),
                     };
                     let mut at = KafkaOffsets::default();
                     at.set(&topic, partition, offset);
@@ -447,8 +488,8 @@ impl Source for KafkaSource {
                             let (schema, map, _) = shapes.shape(&id, &d.columns);
                             let mut evs = vec![Event::Begin(meta.clone())];
                             for ch in d.changes {
-                                let before = aligned(ch.before, &map);
-                                let after = aligned(ch.after, &map);
+                                let before = aligned(ch.before, &map, &schema);
+                                let after = aligned(ch.after, &map, &schema);
                                 let op = match (ch.kind, before, after) {
                                     (Kind::Truncate, ..) => Op::Truncate,
                                     (Kind::Delete, Some(before), _) | (Kind::Delete, None, Some(before)) => Op::Delete { before },
