@@ -1,7 +1,9 @@
 //! Micro-benchmark: rows of the drain benchmark's shape (bigint key, int, 32-char text,
 //! timestamp(6), numeric(12,2)) encoded to Avro bodies, in rows per second: Sluice's encoder
 //! and, as the baseline in the same run, the Apache Avro implementation's `to_avro_datum` from
-//! its value tree. The ratio is printed at the end.
+//! its value tree. Then the same bodies decoded: Sluice's decoder (writer schema parsed once,
+//! values straight into Sluice's) against `from_avro_datum` into Apache Avro's value tree. The
+//! ratios are printed at the end.
 
 use std::time::Instant;
 
@@ -93,6 +95,28 @@ fn bench(c: &mut Criterion) {
     g.bench_function("encode_apache_avro_baseline", |b| {
         b.iter(|| data.iter().map(|r| apache_avro::to_avro_datum(&schema, tree(r)).unwrap().len()).sum::<usize>())
     });
+    let bodies: Vec<Vec<u8>> = data
+        .iter()
+        .map(|r| {
+            let mut out = Vec::new();
+            sluice_avro::encode_row(&t, &all, r, &mut out).unwrap();
+            out
+        })
+        .collect();
+    let node = sluice_avro::Node::parse(&sluice_avro::record_schema(&t, &all, &names)).unwrap();
+    let sluice_avro::Node::Record(record) = node else { unreachable!() };
+    let decode_ours = || bodies.iter().map(|b| sluice_avro::Reader::new(b).row(&record).unwrap().len()).sum::<usize>();
+    let decode_theirs = || {
+        bodies
+            .iter()
+            .map(|b| match apache_avro::from_avro_datum(&schema, &mut &b[..], None).unwrap() {
+                A::Record(f) => f.len(),
+                _ => 0,
+            })
+            .sum::<usize>()
+    };
+    g.bench_function("decode_sluice", |b| b.iter(decode_ours));
+    g.bench_function("decode_apache_avro_baseline", |b| b.iter(decode_theirs));
     g.finish();
 
     // The ratio, from one timed pass of each over the same rows.
@@ -115,6 +139,14 @@ fn bench(c: &mut Criterion) {
         time(&|| data.iter().map(|r| apache_avro::to_avro_datum(&schema, tree(r)).unwrap().len()).sum::<usize>());
     println!(
         "avro_encode rows_per_s={:.0} baseline_rows_per_s={:.0} ratio_vs_apache_avro={:.2}",
+        200.0 * N as f64 / ours,
+        200.0 * N as f64 / theirs,
+        theirs / ours
+    );
+    let (ours, _) = time(&decode_ours);
+    let (theirs, _) = time(&decode_theirs);
+    println!(
+        "avro_decode rows_per_s={:.0} baseline_rows_per_s={:.0} ratio_vs_apache_avro={:.2}",
         200.0 * N as f64 / ours,
         200.0 * N as f64 / theirs,
         theirs / ours

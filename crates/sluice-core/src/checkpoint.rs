@@ -212,4 +212,14 @@ mod tests {
         assert!(Checkpoint::from_json(r#"{"position":null}"#).is_err());
         assert!(Checkpoint::from_json("not json").is_err());
     }
+
+    #[test]
+    fn kafka_offsets_round_trip_through_the_stored_form() {
+        let mut o = crate::KafkaOffsets::default();
+        o.set("shop.public.orders", 0, 42);
+        o.set("shop.public.orders", 11, 7);
+        let cp = Checkpoint { position: Some(Position::Kafka(o)), ..Default::default() };
+        let back = Checkpoint::from_json(&cp.to_json()).expect("a Kafka position reads back");
+        assert_eq!(back.position, cp.position);
+    }
 }

@@ -330,10 +330,38 @@ impl BinlogPosition {
     }
 }
 
-/// Kafka: per topic and partition, the next offset to read.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(transparent)]
+/// Kafka: per topic and partition, the next offset to read. As JSON, `{"topic": {"0": 42}}`:
+/// partitions are object keys, written and read as text (serde cannot read integer keys back
+/// through the buffering that [`Position`]'s tagged form needs).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KafkaOffsets(pub BTreeMap<String, BTreeMap<i32, i64>>);
+
+impl Serialize for KafkaOffsets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text: BTreeMap<&str, BTreeMap<String, i64>> = self
+            .0
+            .iter()
+            .map(|(t, ps)| (t.as_str(), ps.iter().map(|(p, o)| (p.to_string(), *o)).collect()))
+            .collect();
+        text.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaOffsets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = BTreeMap::<String, BTreeMap<String, i64>>::deserialize(d)?;
+        let mut out = BTreeMap::new();
+        for (t, ps) in text {
+            let mut parts = BTreeMap::new();
+            for (p, o) in ps {
+                let p: i32 = p.parse().map_err(|_| serde::de::Error::custom(format!("partition {p:?} of {t}")))?;
+                parts.insert(p, o);
+            }
+            out.insert(t, parts);
+        }
+        Ok(KafkaOffsets(out))
+    }
+}
 
 impl KafkaOffsets {
     /// The next offset of `topic`/`partition`, if any record of it was delivered.

@@ -401,7 +401,14 @@ impl Source for KafkaSource {
             .set("auto.offset.reset", if self.cfg.start == "earliest" { "earliest" } else { "latest" })
             .set("enable.partition.eof", "false")
             // Topics subscribed before they exist are noticed within seconds, not minutes.
-            .set("topic.metadata.refresh.interval.ms", "5000");
+            .set("topic.metadata.refresh.interval.ms", "5000")
+            // A process that died leaves the group after 10 s (librdkafka's default is 45 s), so
+            // its restart, or another member, takes its partitions over soon.
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "3000")
+            // Static membership (KIP-345): a restarted process takes its predecessor's place in
+            // the group at once, instead of waiting for the group to give up on it.
+            .set("group.instance.id", self.cfg.instance(&self.pipeline));
         for (k, v) in &self.cfg.properties {
             cc.set(k, v.expose());
         }

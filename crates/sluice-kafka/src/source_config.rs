@@ -9,8 +9,14 @@ use sluice_core::TableId;
 use crate::format::Format;
 
 /// Properties the source sets itself.
-const OWN_PROPERTIES: &[&str] =
-    &["bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store", "isolation.level"];
+const OWN_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "group.instance.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+];
 
 /// The source's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,6 +30,11 @@ pub struct KafkaSourceConfig {
     /// partitions. Default: `sluice-<pipeline>`
     #[serde(default)]
     pub group: Option<String>,
+    /// This process's static member id in the group (`group.instance.id`): a restart with the
+    /// same id takes its place at once. Processes sharing a group need different ones.
+    /// Default: `<pipeline>-1`
+    #[serde(default)]
+    pub instance: Option<String>,
     /// `avro`, `debezium-json`, `canal-json` or `json`
     #[serde(default = "default_format")]
     pub format: String,
@@ -104,6 +115,10 @@ impl KafkaSourceConfig {
 
     pub fn group(&self, pipeline: &str) -> String {
         self.group.clone().unwrap_or_else(|| format!("sluice-{pipeline}"))
+    }
+
+    pub fn instance(&self, pipeline: &str) -> String {
+        self.instance.clone().unwrap_or_else(|| format!("{pipeline}-1"))
     }
 
     /// The table for a record of `topic` that names `schema` and `table` (either may be absent).

@@ -136,10 +136,12 @@ fn init_logs(format: LogFormat) {
 
 /// A watch that turns true on SIGINT or SIGTERM.
 fn stop_signal() -> watch::Receiver<bool> {
+    use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = watch::channel(false);
+    // Installed before returning (not in the task), so a signal that comes at once is caught.
+    let handlers = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
             eprintln!("error: cannot install signal handlers");
             return;
         };

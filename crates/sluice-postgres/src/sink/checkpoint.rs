@@ -237,9 +237,14 @@ impl CheckpointStore {
     /// Creates the checkpoint and dead-letter tables, or brings a first-release checkpoint
     /// table up to date.
     pub async fn prepare(&self, client: &Client) -> Result<(), PgError> {
+        // Two sinks opening against one database at once would race in `CREATE .. IF NOT
+        // EXISTS` (a unique violation in the catalog): a transaction-scoped lock, keyed by a
+        // hash of the schema's name, lets one create and the other find.
+        let key = self.schema.bytes().fold(0x5eed_0000_0000_0000_u64, |h, b| h.rotate_left(5) ^ b as u64) as i64;
         client
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TABLE IF NOT EXISTS {table} (\
+                "BEGIN; SELECT pg_advisory_xact_lock({key}); \
+                 CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TABLE IF NOT EXISTS {table} (\
                  pipeline text NOT NULL, sink text NOT NULL, position jsonb, snapshot_done boolean NOT NULL, \
                  updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, sink)); \
                  ALTER TABLE {table} ADD COLUMN IF NOT EXISTS state jsonb; \
@@ -249,7 +254,7 @@ impl CheckpointStore {
                  CREATE TABLE IF NOT EXISTS {quarantine} (pipeline text NOT NULL, sink text NOT NULL, \
                  source_schema text NOT NULL, source_table text NOT NULL, reason text NOT NULL, position text, \
                  since timestamptz NOT NULL DEFAULT now(), \
-                 PRIMARY KEY (pipeline, sink, source_schema, source_table))",
+                 PRIMARY KEY (pipeline, sink, source_schema, source_table)); COMMIT",
                 schema = quote_ident(&self.schema),
                 table = self.table(),
                 dead = self.dead_letters(),
