@@ -7,6 +7,7 @@
 
 mod common;
 mod drain;
+mod kafka;
 mod latency;
 mod mysql;
 mod snapshot;
@@ -34,6 +35,8 @@ enum Cmd {
     MysqlDrain(mysql::DrainArgs),
     /// MariaDB initial copy: Sluice vs mariadb-dump | mariadb
     MysqlSnapshot(mysql::SnapshotArgs),
+    /// PostgreSQL -> Kafka (Avro, exactly once) drain vs a raw rdkafka producer loop
+    KafkaProduce(kafka::ProduceArgs),
 }
 
 #[tokio::main]
@@ -46,5 +49,6 @@ async fn main() -> anyhow::Result<()> {
         Cmd::BigTxn(a) => drain::big_txn(a).await,
         Cmd::MysqlDrain(a) => mysql::drain(a).await,
         Cmd::MysqlSnapshot(a) => mysql::snapshot(a).await,
+        Cmd::KafkaProduce(a) => kafka::produce(a).await,
     }
 }
