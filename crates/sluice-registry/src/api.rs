@@ -122,9 +122,18 @@ fn id_param(id: &str) -> Result<u32, ApiError> {
     id.parse().map_err(|_| ApiError::schema_not_found(format!("with id {id:?}")))
 }
 
+/// `schemaType`, for a schema that is not Avro (Confluent leaves it out for Avro).
+fn with_type(state: &State, id: u32, mut body: Value) -> Value {
+    if let Some(t) = state.schema(id).and_then(|s| s.schema_type.clone()) {
+        body["schemaType"] = Value::String(t);
+    }
+    body
+}
+
 async fn schema_by_id(Extract(r): Extract<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let state = r.state.lock().await;
-    ok(json!({ "schema": schema_text(&state, id_param(&id)?)? }))
+    let id = id_param(&id)?;
+    ok(with_type(&state, id, json!({ "schema": schema_text(&state, id)? })))
 }
 
 async fn raw_schema_by_id(Extract(r): Extract<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -196,7 +205,7 @@ async fn versions(
 }
 
 fn version_body(state: &State, name: &str, v: &Version) -> Result<Value, ApiError> {
-    Ok(json!({ "subject": name, "version": v.version, "id": v.id, "schema": schema_text(state, v.id)? }))
+    Ok(with_type(state, v.id, json!({ "subject": name, "version": v.version, "id": v.id, "schema": schema_text(state, v.id)? })))
 }
 
 async fn version(

@@ -1,5 +1,6 @@
 //! Sluice's built-in Schema Registry, for single-machine use and tests: the subset of
-//! Confluent's REST API that producers, consumers and connectors use, for Avro schemas.
+//! Confluent's REST API that producers, consumers and connectors use, for Avro schemas (and JSON Schema
+//! subjects, stored as given with `schemaType: JSON` and not checked for compatibility).
 //!
 //! ```text
 //!  POST /subjects/{s}/versions      register (same schema: same id; else compatibility checked)

@@ -50,6 +50,9 @@ pub struct StoredSchema {
     pub id: u32,
     /// The schema as compact JSON (whitespace-insensitive identity; defaults and docs kept)
     pub schema: String,
+    /// `JSON` for a JSON Schema; absent for Avro (as Confluent's API leaves it out)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_type: Option<String>,
 }
 
 /// One version of a subject.
@@ -95,18 +98,35 @@ impl Default for State {
     }
 }
 
-/// A schema accepted for registration: its compact JSON and parsed form.
+/// A schema accepted for registration: its compact JSON and, for Avro, its parsed form.
 pub struct Candidate {
     pub text: String,
-    pub parsed: Schema,
+    /// The Avro schema; `None` for a JSON Schema
+    pub parsed: Option<Schema>,
+    /// `Some("JSON")` for a JSON Schema
+    pub schema_type: Option<String>,
 }
 
 impl Candidate {
-    /// Parses a schema sent by a client; only Avro is served.
+    /// Parses a schema sent by a client: Avro, or a JSON Schema (`schemaType: JSON`), which is
+    /// stored as given (its compatibility is not checked).
     pub fn parse(schema: &str, schema_type: Option<&str>, has_references: bool) -> Result<Candidate, ApiError> {
+        if let Some(t) = schema_type.filter(|t| t.eq_ignore_ascii_case("JSON")) {
+            let json: serde_json::Value = serde_json::from_str(schema)
+                .map_err(|e| ApiError::invalid_schema(format!("not a JSON Schema (not JSON): {e}")))?;
+            if !json.is_object() && !json.is_boolean() {
+                return Err(ApiError::invalid_schema(format!("not a JSON Schema: {t} schemas are objects or booleans")));
+            }
+            if has_references {
+                return Err(ApiError::invalid_schema(
+                    "schema references are not supported by Sluice's registry: inline the referenced schemas".into(),
+                ));
+            }
+            return Ok(Candidate { text: json.to_string(), parsed: None, schema_type: Some("JSON".into()) });
+        }
         if let Some(t) = schema_type.filter(|t| !t.eq_ignore_ascii_case("AVRO")) {
             return Err(ApiError::invalid_schema(format!(
-                "schema type {t} is not supported: Sluice's registry serves Avro schemas only"
+                "schema type {t} is not supported: Sluice's registry serves Avro and JSON Schema"
             )));
         }
         if has_references {
@@ -119,7 +139,7 @@ impl Candidate {
             .map_err(|e| ApiError::invalid_schema(format!("not JSON: {e}")))?;
         let parsed =
             Schema::parse(&json).map_err(|e| ApiError::invalid_schema(format!("not a valid Avro schema: {e}")))?;
-        Ok(Candidate { text: json.to_string(), parsed })
+        Ok(Candidate { text: json.to_string(), parsed: Some(parsed), schema_type: None })
     }
 }
 
@@ -153,8 +173,8 @@ impl State {
         self.schemas.iter().find(|s| s.id == id)
     }
 
-    fn id_of(&self, text: &str) -> Option<u32> {
-        self.schemas.iter().find(|s| s.schema == text).map(|s| s.id)
+    fn id_of(&self, c: &Candidate) -> Option<u32> {
+        self.schemas.iter().find(|s| s.schema == c.text && s.schema_type == c.schema_type).map(|s| s.id)
     }
 
     /// The level that applies to `subject`.
@@ -164,7 +184,7 @@ impl State {
 
     /// The subject's version whose schema is `c` (deleted ones only with `deleted`).
     pub fn lookup(&self, subject: &str, c: &Candidate, deleted: bool) -> Option<&Version> {
-        let id = self.id_of(&c.text)?;
+        let id = self.id_of(c)?;
         let s = self.subjects.get(subject)?;
         s.versions.iter().rev().find(|v| v.id == id && (deleted || !v.deleted))
     }
@@ -181,22 +201,38 @@ impl State {
             (None, false) => live.last().copied().into_iter().collect(),
         };
         let mut problems = Vec::new();
+        if let Some(v) = older.last() {
+            let old_type = self.schema(v.id).and_then(|s| s.schema_type.clone());
+            if old_type != c.schema_type {
+                let name = |t: &Option<String>| t.clone().unwrap_or_else(|| "AVRO".into());
+                return vec![format!(
+                    "version {} is a {} schema and this one a {} schema",
+                    v.version,
+                    name(&old_type),
+                    name(&c.schema_type)
+                )];
+            }
+        }
+        if c.schema_type.is_some() {
+            return problems; // JSON Schema: compatibility is not checked
+        }
         let Some(new) = base_types(&c.text) else { return vec!["the schema cannot be read again".into()] };
         let c = &new;
         for v in older {
             let Some(old) = self.schema(v.id).and_then(|s| base_types(&s.schema)) else {
                 continue;
             };
+            let (Some(old_parsed), Some(new_parsed)) = (&old.parsed, &c.parsed) else { continue };
             let mut check = |writer: &Schema, reader: &Schema, what: &str| {
                 if let Err(e) = SchemaCompatibility::can_read(writer, reader) {
                     problems.push(format!("{what} version {}: {e}", v.version));
                 }
             };
             if matches!(level, Level::Backward | Level::BackwardTransitive | Level::Full | Level::FullTransitive) {
-                check(&old.parsed, &c.parsed, "the new schema cannot read data written with");
+                check(old_parsed, new_parsed, "the new schema cannot read data written with");
             }
             if matches!(level, Level::Forward | Level::ForwardTransitive | Level::Full | Level::FullTransitive) {
-                check(&c.parsed, &old.parsed, "data written with the new schema cannot be read by");
+                check(new_parsed, old_parsed, "data written with the new schema cannot be read by");
             }
         }
         problems
@@ -218,11 +254,11 @@ impl State {
                 problems.join("; ")
             )));
         }
-        let id = match self.id_of(&c.text) {
+        let id = match self.id_of(c) {
             Some(id) => id,
             None => {
                 let id = self.schemas.iter().map(|s| s.id).max().unwrap_or(0) + 1;
-                self.schemas.push(StoredSchema { id, schema: c.text.clone() });
+                self.schemas.push(StoredSchema { id, schema: c.text.clone(), schema_type: c.schema_type.clone() });
                 id
             }
         };
@@ -312,7 +348,8 @@ mod tests {
         assert!(Candidate::parse("\"string\"", None, false).is_ok());
         assert!(Candidate::parse("string", None, false).is_ok(), "a bare primitive name");
         assert!(Candidate::parse("{}", None, false).is_err());
-        assert!(Candidate::parse("{\"type\":\"object\"}", Some("JSON"), false).is_err());
+        assert!(Candidate::parse("{\"type\":\"object\"}", Some("JSON"), false).is_ok(), "JSON Schema is kept as given");
+        assert!(Candidate::parse("{}", Some("PROTOBUF"), false).is_err());
     }
 
     #[test]
@@ -342,5 +379,21 @@ mod logical_tests {
         .unwrap();
         s.register("s", &v1).unwrap();
         assert_eq!(s.incompatibilities("s", &v2, None), Vec::<String>::new());
+    }
+
+    #[test]
+    fn json_schemas_are_kept_apart_from_avro() {
+        let mut state = State::default();
+        let json = Candidate::parse(r#"{"type": "object"}"#, Some("JSON"), false).unwrap();
+        let (id, changed) = state.register("events-value", &json).unwrap();
+        assert!(changed);
+        assert_eq!(state.schema(id).unwrap().schema_type.as_deref(), Some("JSON"));
+        assert_eq!(state.register("events-value", &json).unwrap(), (id, false), "the same schema again");
+        let avro = Candidate::parse(r#"{"type": "object"}"#, None, false);
+        assert!(avro.is_err(), "not an Avro schema");
+        let avro = Candidate::parse(r#"{"type":"record","name":"r","fields":[{"name": "a", "type": "int"}]}"#, None, false)
+            .unwrap();
+        let e = state.register("events-value", &avro).unwrap_err();
+        assert!(format!("{e:?}").contains("JSON schema"), "{e:?}");
     }
 }

@@ -95,8 +95,8 @@ async fn every_format_round_trips_into_an_exact_replica() {
     }
 }
 
-/// Avro written by confluent-kafka's `AvroSerializer` (through Sluice's registry) and plain JSON
-/// written by confluent-kafka decode into typed rows.
+/// Avro and JSON written by confluent-kafka's `AvroSerializer` and `JSONSerializer` (schemas
+/// registered in Sluice's registry, records in the Confluent framing) decode into rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_from_confluent_serializers_become_rows() {
     let broker = KafkaBroker::start().unwrap_or_else(|e| panic!("cannot start a Kafka broker: {e}"));
@@ -121,7 +121,11 @@ async fn records_from_confluent_serializers_become_rows() {
         );
         let p = start(sluice::parse(&toml, &|_| None).expect("valid config"));
         let table = topic.rsplit('.').next().unwrap();
-        let q = format!("SELECT row_::text FROM shop.{table} row_ ORDER BY 1");
+        // JSON as jsonb renders the same whatever spacing the producer used.
+        let q = match format {
+            "avro" => format!("SELECT row_::text FROM shop.{table} row_ ORDER BY 1"),
+            _ => format!("SELECT row(id, kind, n, meta::jsonb)::text FROM shop.{table} ORDER BY 1"),
+        };
         let rows = wait_for(&format!("{topic} in the replica"), Duration::from_secs(60), || {
             let replica = &replica;
             let q = q.clone();
@@ -141,7 +145,7 @@ async fn records_from_confluent_serializers_become_rows() {
                 "typed by the writer schema's logical types"
             ),
             // `meta` holds JSON as the record wrote it
-            _ => assert_eq!(rows, ["(1,click,3,\"{\"\"x\"\":1}\")", "(2,view,,)"]),
+            _ => assert_eq!(rows, ["(1,click,3,\"{\"\"x\"\": 1}\")", "(2,view,,)"]),
         }
     }
 }

@@ -4,17 +4,17 @@ usage: produce_confluent.py BOOTSTRAP REGISTRY AVRO_TOPIC JSON_TOPIC
 
 AVRO_TOPIC: AvroSerializer keys and values (record shop.orders, logical types), an update of
 id 1, and a delete of id 3 (its key without a value).
-JSON_TOPIC: plain JSON keys and values, as Kafka Connect's JsonConverter writes them without
-schemas.
+JSON_TOPIC: JSONSerializer keys and values (Confluent-framed JSON, JSON Schemas registered in
+Sluice's registry).
 """
 import datetime
 import decimal
-import json
 import sys
 
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.json_schema import JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 bootstrap, registry_url, avro_topic, json_topic = sys.argv[1:5]
@@ -47,9 +47,16 @@ avro({"id": 3}, {"id": 3, "name": "gone", "price": None, "day": None, "at": None
 avro({"id": 1}, {"id": 1, "name": "widget", "price": decimal.Decimal("12.50"), "day": datetime.date(2024, 2, 29), "at": at, "flag": True})
 avro({"id": 3}, None)
 
-# JSON as Kafka Connect's JsonConverter writes it without schemas (plain JSON text). Confluent's
-# JSONSerializer needs a registry that serves JSON Schema, which Sluice's does not yet.
+event_key = '{"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]}'
+event_value = """{"type": "object", "properties": {"id": {"type": "integer"}, "kind": {"type": "string"},
+  "n": {"type": ["integer", "null"]}, "meta": {"type": ["object", "null"]}}, "required": ["id", "kind"]}"""
+jkeys = JSONSerializer(event_key, registry)
+jvalues = JSONSerializer(event_value, registry)
 for key, value in [({"id": 1}, {"id": 1, "kind": "click", "n": 3, "meta": {"x": 1}}), ({"id": 2}, {"id": 2, "kind": "view", "n": None, "meta": None})]:
-    p.produce(json_topic, key=json.dumps(key).encode(), value=json.dumps(value).encode())
+    p.produce(
+        json_topic,
+        key=jkeys(key, SerializationContext(json_topic, MessageField.KEY)),
+        value=jvalues(value, SerializationContext(json_topic, MessageField.VALUE)),
+    )
 if p.flush(30) != 0:
     sys.exit("records not delivered")
