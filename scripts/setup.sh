@@ -46,11 +46,13 @@ if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; }; 
 fi
 
 # confluent-kafka: the third-party client the tests check Sluice's registry (and Kafka output) with.
-if ! python3 -c "import confluent_kafka.schema_registry.avro" >/dev/null 2>&1; then
-  echo "setup: installing the Python package confluent-kafka (with Avro and Schema Registry support)" >&2
-  python3 -m pip install --quiet --disable-pip-version-check "confluent-kafka[avro,schemaregistry]==2.16.1" >&2
+# Its serializers: Avro, and JSON Schema (which needs the `json` extra's jsonschema).
+ck_check="import confluent_kafka.schema_registry.avro, confluent_kafka.schema_registry.json_schema"
+if ! python3 -c "$ck_check" >/dev/null 2>&1; then
+  echo "setup: installing the Python package confluent-kafka (with Avro, JSON Schema and Schema Registry support)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "confluent-kafka[avro,json,schemaregistry]==2.16.1" >&2
 fi
-python3 -c "import confluent_kafka.schema_registry.avro" >/dev/null 2>&1 \
+python3 -c "$ck_check" >/dev/null 2>&1 \
   || { echo "setup: the Python package confluent-kafka is still missing after install" >&2; exit 1; }
 
 # Kafka-protocol brokers for the Kafka tests (no Apache Kafka distribution installs here): tansu,
