@@ -176,12 +176,15 @@ fn sample(bootstrap: &str, topic: &str) -> anyhow::Result<(usize, usize)> {
     tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
     c.assign(&tpl)?;
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last_error = None;
     while Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(500)) {
-            return Ok((m.key().map_or(0, |k| k.len()), m.payload().map_or(0, |v| v.len())));
+        match c.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => return Ok((m.key().map_or(0, |k| k.len()), m.payload().map_or(0, |v| v.len()))),
+            Some(Err(e)) => last_error = Some(e),
+            None => {}
         }
     }
-    bail!("no record in {topic}")
+    bail!("no record in {topic} within 30 s (last error: {last_error:?})")
 }
 
 fn raw_loop(bootstrap: &str, n: i64, key_size: usize, value_size: usize, partitions: i32) -> anyhow::Result<f64> {
