@@ -28,6 +28,9 @@ pub struct ProduceArgs {
     /// Partitions of the topic
     #[arg(long, default_value_t = 1)]
     partitions: i32,
+    /// Extra lines for the Kafka sink section (e.g. batch settings)
+    #[arg(long, default_value = "")]
+    sink_extra: String,
 }
 
 pub async fn produce(a: ProduceArgs) -> anyhow::Result<()> {
@@ -81,8 +84,8 @@ async fn produce_once(a: &ProduceArgs) -> anyhow::Result<(f64, f64, usize)> {
     let toml = format!(
         "name = \"kbench\"\n[source]\ntype = \"postgres\"\nurl = \"{src_url}\"\ntables = [\"public.t\"]\n\n\
          [[sink]]\ntype = \"kafka\"\nbrokers = \"{bootstrap}\"\nformat = \"avro\"\nschema_registry = \"{registry_url}\"\n\
-         topic_partitions = {}\n",
-        a.partitions
+         topic_partitions = {}\n{}\n",
+        a.partitions, a.sink_extra
     );
     // Sluice creates its slot (the table is empty), then stops before the backlog.
     let mut first = SluiceProc::start(&dir, &toml)?;
