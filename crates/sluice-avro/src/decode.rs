@@ -70,8 +70,13 @@ pub enum Node {
     Float,
     Double,
     /// `bytes`; a decimal when `decimal` is `Some((precision, scale))`
-    Bytes { decimal: Option<(Option<u32>, u32)> },
-    Fixed { size: usize, decimal: Option<(Option<u32>, u32)> },
+    Bytes {
+        decimal: Option<(Option<u32>, u32)>,
+    },
+    Fixed {
+        size: usize,
+        decimal: Option<(Option<u32>, u32)>,
+    },
     String(StrKind),
     Enum(Vec<String>),
     Array(Box<Node>),
@@ -176,9 +181,9 @@ impl Node {
             Node::Long(LongKind::MicroDuration) => DataType::Interval,
             Node::Float => DataType::Float32,
             Node::Double => DataType::Float64,
-            Node::Bytes { decimal: Some(_) } | Node::Fixed { decimal: Some(_), .. } | Node::String(StrKind::Decimal) => {
-                DataType::Decimal
-            }
+            Node::Bytes { decimal: Some(_) }
+            | Node::Fixed { decimal: Some(_), .. }
+            | Node::String(StrKind::Decimal) => DataType::Decimal,
             Node::Bytes { decimal: None } | Node::Fixed { decimal: None, .. } => DataType::Bytes,
             Node::String(StrKind::Text) => DataType::Text,
             Node::String(StrKind::Uuid) => DataType::Uuid,
@@ -307,8 +312,13 @@ fn primitive(t: &str, o: &Map<String, J>, ns: &str, named: &mut Vec<(String, Nod
         "record" | "error" => {
             let (full, inner_ns) = full_name(o, ns);
             let mut fields = Vec::new();
-            for f in o.get("fields").and_then(J::as_array).ok_or_else(|| DecodeError(format!("record {full} without fields")))? {
-                let name = f.get("name").and_then(J::as_str).ok_or_else(|| DecodeError("a field without a name".into()))?;
+            for f in o
+                .get("fields")
+                .and_then(J::as_array)
+                .ok_or_else(|| DecodeError(format!("record {full} without fields")))?
+            {
+                let name =
+                    f.get("name").and_then(J::as_str).ok_or_else(|| DecodeError("a field without a name".into()))?;
                 let ty = f.get("type").ok_or_else(|| DecodeError(format!("field {name} without a type")))?;
                 let node = parse(ty, &inner_ns, named)?;
                 let column = f
@@ -391,7 +401,10 @@ impl<'a> Reader<'a> {
     /// The branch of a union.
     pub fn branch<'n>(&mut self, branches: &'n [Node]) -> Result<&'n Node, DecodeError> {
         let i = self.long()?;
-        branches.get(i as usize).filter(|_| i >= 0).ok_or_else(|| DecodeError(format!("union branch {i} of {}", branches.len())))
+        branches
+            .get(i as usize)
+            .filter(|_| i >= 0)
+            .ok_or_else(|| DecodeError(format!("union branch {i} of {}", branches.len())))
     }
 
     /// Reads one value of `node` as a column value.
@@ -411,23 +424,19 @@ impl<'a> Reader<'a> {
                 let n = self.long()?;
                 match k {
                     LongKind::Int64 => Value::Int(n),
-                    LongKind::Instant(per) => Value::TimestampTz(timestamp(n, *per)),
-                    LongKind::Local(per) => Value::Timestamp(timestamp(n, *per)),
+                    LongKind::Instant(per) => Value::TimestampTz(Timestamp::from_units(n, *per)),
+                    LongKind::Local(per) => Value::Timestamp(Timestamp::from_units(n, *per)),
                     LongKind::TimeOfDay(per) => Value::Time(Time(n * 1_000_000 / per)),
                     LongKind::MicroDuration => Value::Interval(Interval { months: 0, days: 0, micros: n }),
                 }
             }
             Node::Float => Value::Float32(f32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"))),
             Node::Double => Value::Float64(f64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"))),
-            Node::Bytes { decimal } => {
-                let b = self.bytes()?;
-                match decimal {
-                    Some((_, scale)) => Value::Decimal(decimal_from_twos(b, *scale)),
-                    None => Value::Bytes(b.to_vec().into()),
-                }
-            }
-            Node::Fixed { size, decimal } => {
-                let b = self.take(*size)?;
+            Node::Bytes { decimal } | Node::Fixed { decimal, .. } => {
+                let b = match node {
+                    Node::Fixed { size, .. } => self.take(*size)?,
+                    _ => self.bytes()?,
+                };
                 match decimal {
                     Some((_, scale)) => Value::Decimal(decimal_from_twos(b, *scale)),
                     None => Value::Bytes(b.to_vec().into()),
@@ -446,7 +455,8 @@ impl<'a> Reader<'a> {
             }
             Node::Enum(labels) => {
                 let i = self.long()?;
-                let label = labels.get(i as usize).ok_or_else(|| DecodeError(format!("enum index {i} of {}", labels.len())))?;
+                let label =
+                    labels.get(i as usize).ok_or_else(|| DecodeError(format!("enum index {i} of {}", labels.len())))?;
                 Value::Enum(Text::from(label.as_str()))
             }
             Node::Array(items) => {
@@ -567,12 +577,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn timestamp(n: i64, per_second: i64) -> Timestamp {
-    let secs = n.div_euclid(per_second);
-    let sub = n.rem_euclid(per_second);
-    Timestamp::new(secs, (sub * (1_000_000_000 / per_second)) as u32)
-}
-
 /// An ISO 8601 instant with an offset (`2024-02-29T10:00:00.123456Z`, `...+02:00`).
 pub fn parse_instant(s: &str) -> Result<Timestamp, DecodeError> {
     let bad = || DecodeError(format!("{s:?} is not an ISO 8601 timestamp with an offset"));
@@ -580,7 +584,9 @@ pub fn parse_instant(s: &str) -> Result<Timestamp, DecodeError> {
     let mut d = date.splitn(3, '-');
     let (y, m, dd) = (d.next(), d.next(), d.next());
     let (y, m, dd): (i64, u32, u32) = match (y, m, dd) {
-        (Some(y), Some(m), Some(dd)) => (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, dd.parse().map_err(|_| bad())?),
+        (Some(y), Some(m), Some(dd)) => {
+            (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, dd.parse().map_err(|_| bad())?)
+        }
         _ => return Err(bad()),
     };
     let zone_at = rest.find(['Z', 'z', '+', '-']).ok_or_else(bad)?;
@@ -682,7 +688,10 @@ mod tests {
             let d = f.node.column(&f.column);
             assert_eq!((d.data_type.clone(), d.nullable), (c.data_type.clone(), c.nullable), "{}", c.name);
         }
-        assert_eq!((rec.fields[2].node.column("a").precision, rec.fields[2].node.column("a").scale), (Some(14), Some(2)));
+        assert_eq!(
+            (rec.fields[2].node.column("a").precision, rec.fields[2].node.column("a").scale),
+            (Some(14), Some(2))
+        );
         let row = vec![
             Value::Int(-9),
             Value::Int(300),
@@ -734,7 +743,14 @@ mod tests {
         let types: Vec<DataType> = v.fields.iter().map(|f| f.node.column(&f.name).data_type).collect();
         assert_eq!(
             types,
-            vec![DataType::Int32, DataType::Date, DataType::TimestampTz, DataType::Int16, DataType::Decimal, DataType::Timestamp]
+            vec![
+                DataType::Int32,
+                DataType::Date,
+                DataType::TimestampTz,
+                DataType::Int16,
+                DataType::Decimal,
+                DataType::Timestamp
+            ]
         );
         // after = {id 7, born 2 days, seen "2024-02-29T10:00:00.5+01:00", level 3, price -1.23, at 1s}
         let mut body = vec![0u8]; // before: null
@@ -769,11 +785,14 @@ mod tests {
 
     #[test]
     fn truncated_or_wrong_bodies_are_errors() {
-        let node = Node::parse(&json!({"type": "record", "name": "r", "fields": [{"name": "s", "type": "string"}]})).unwrap();
+        let node =
+            Node::parse(&json!({"type": "record", "name": "r", "fields": [{"name": "s", "type": "string"}]})).unwrap();
         let Node::Record(rec) = &node else { panic!() };
         let e = Reader::new(&[20, b'a']).row(rec).unwrap_err();
         assert!(e.0.contains("field s") && e.0.contains("short"), "{e}");
-        assert!(Node::parse(&json!({"type": "record", "name": "r", "fields": [{"name": "x", "type": "Nope"}]})).is_err());
+        assert!(
+            Node::parse(&json!({"type": "record", "name": "r", "fields": [{"name": "x", "type": "Nope"}]})).is_err()
+        );
         assert_eq!(decimal_from_twos(&[0x00, 0x80], 0), Decimal::parse("128").unwrap());
         assert_eq!(decimal_from_twos(&[0xff, 0x7f], 1), Decimal::parse("-12.9").unwrap());
     }

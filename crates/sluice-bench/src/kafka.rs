@@ -87,24 +87,16 @@ async fn produce_once(a: &ProduceArgs) -> anyhow::Result<(f64, f64, usize)> {
          topic_partitions = {}\n{}\n",
         a.partitions, a.sink_extra
     );
-    // Sluice creates its slot (the table is empty), then stops before the backlog.
+    // Sluice copies the (empty) table and commits its first checkpoint to the offsets topic,
+    // then stops before the backlog.
     let mut first = SluiceProc::start(&dir, &toml)?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let active: Option<bool> = src
-            .query_opt("SELECT confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = 'sluice_kbench'", &[])
-            .await?
-            .map(|r| r.get(0));
-        if active == Some(true) {
-            break;
-        }
-        first.check_alive()?;
-        if Instant::now() > deadline {
-            bail!("sluice did not create its slot");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let checkpointed = tokio::task::spawn_blocking({
+        let bootstrap = bootstrap.clone();
+        move || sample(&bootstrap, "_sluice_offsets", Duration::from_secs(120))
+    });
+    let checkpointed = checkpointed.await?;
+    first.check_alive()?;
+    checkpointed.context("the first checkpoint")?;
     first.stop()?;
     let t = Instant::now();
     exec(
@@ -143,7 +135,7 @@ async fn produce_once(a: &ProduceArgs) -> anyhow::Result<(f64, f64, usize)> {
     proc.stop()?;
 
     // A record of Sluice's, for the size of the raw loop's messages.
-    let (key_size, value_size) = sample(&bootstrap, "kbench.public.t")?;
+    let (key_size, value_size) = sample(&bootstrap, "kbench.public.t", Duration::from_secs(30))?;
 
     // The raw loop: the same number of messages of the same sizes, keyed like Sluice's.
     let raw = tokio::task::spawn_blocking({
@@ -168,8 +160,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Key and value sizes of the topic's first record.
-fn sample(bootstrap: &str, topic: &str) -> anyhow::Result<(usize, usize)> {
+/// Key and value sizes of the topic's first committed record, waiting up to `wait` for one.
+fn sample(bootstrap: &str, topic: &str, wait: Duration) -> anyhow::Result<(usize, usize)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "kbench-sample")
@@ -178,7 +170,7 @@ fn sample(bootstrap: &str, topic: &str) -> anyhow::Result<(usize, usize)> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
     c.assign(&tpl)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + wait;
     let mut last_error = None;
     while Instant::now() < deadline {
         match c.poll(Duration::from_millis(500)) {
@@ -187,7 +179,7 @@ fn sample(bootstrap: &str, topic: &str) -> anyhow::Result<(usize, usize)> {
             None => {}
         }
     }
-    bail!("no record in {topic} within 30 s (last error: {last_error:?})")
+    bail!("no record in {topic} within {wait:?} (last error: {last_error:?})")
 }
 
 fn raw_loop(bootstrap: &str, n: i64, key_size: usize, value_size: usize, partitions: i32) -> anyhow::Result<f64> {
@@ -213,7 +205,10 @@ fn raw_loop(bootstrap: &str, n: i64, key_size: usize, value_size: usize, partiti
         loop {
             match p.send(rec) {
                 Ok(()) => break,
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
                     rec = r;
                     std::thread::sleep(Duration::from_millis(1));
                 }

@@ -35,7 +35,7 @@ pub use event::{
 };
 pub use failpoint::crash_point;
 pub use position::{BinlogPosition, Gtid, GtidSet, InvalidPosition, KafkaOffsets, Lsn, Position};
-pub use schema::{ColumnSchema, DataType, Key, Row, SchemaRef, TableId, TableSchema};
+pub use schema::{next_version, ColumnSchema, DataType, Key, Row, SchemaRef, TableId, TableSchema};
 pub use traits::{
     Ack, AckIssuer, AckReport, BatchPolicy, Identity, Resume, Sink, SinkContext, SinkStats, Source, SourceContext,
     Transform,

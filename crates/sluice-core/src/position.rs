@@ -338,11 +338,8 @@ pub struct KafkaOffsets(pub BTreeMap<String, BTreeMap<i32, i64>>);
 
 impl Serialize for KafkaOffsets {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let text: BTreeMap<&str, BTreeMap<String, i64>> = self
-            .0
-            .iter()
-            .map(|(t, ps)| (t.as_str(), ps.iter().map(|(p, o)| (p.to_string(), *o)).collect()))
-            .collect();
+        let text: BTreeMap<&str, BTreeMap<String, i64>> =
+            self.0.iter().map(|(t, ps)| (t.as_str(), ps.iter().map(|(p, o)| (p.to_string(), *o)).collect())).collect();
         text.serialize(s)
     }
 }

@@ -269,6 +269,18 @@ pub type Key = Vec<Value>;
 /// Shared handle to a schema; changes point at the schema they were captured under.
 pub type SchemaRef = Arc<TableSchema>;
 
+/// A schema version never used before: unique in this process and, being seeded from the
+/// clock, larger than any an earlier process used. Versions only tell shapes apart (a sink
+/// reconciles its table when the version changes), so a source that rebuilds its shapes after a
+/// restart must not reuse one.
+pub fn next_version() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+    let _ = NEXT.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

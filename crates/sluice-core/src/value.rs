@@ -469,6 +469,12 @@ impl Timestamp {
         }
     }
 
+    /// From `n` units of `1 / per_second` seconds since 1970 (1_000 for milliseconds,
+    /// 1_000_000_000 for nanoseconds; `per_second` divides a billion).
+    pub fn from_units(n: i64, per_second: i64) -> Timestamp {
+        Timestamp::new(n.div_euclid(per_second), (n.rem_euclid(per_second) * (1_000_000_000 / per_second)) as u32)
+    }
+
     /// From microseconds since 1970.
     pub fn from_micros(micros: i64) -> Timestamp {
         Timestamp::new(micros.div_euclid(1_000_000), (micros.rem_euclid(1_000_000) * 1000) as u32)

@@ -30,7 +30,11 @@ pub fn parse_source(body: toml::Value, ctx: &ParseContext<'_>) -> Result<Arc<dyn
 }
 
 /// Asks the brokers for the cluster's metadata: the check of both the sink and the source.
-async fn probe_brokers(brokers: &str, properties: &std::collections::BTreeMap<String, sluice_config::Secret<String>>, name: String) -> CheckResult {
+async fn probe_brokers(
+    brokers: &str,
+    properties: &std::collections::BTreeMap<String, sluice_config::Secret<String>>,
+    name: String,
+) -> CheckResult {
     let mut c = rdkafka::ClientConfig::new();
     c.set("bootstrap.servers", brokers);
     for (k, v) in properties {
@@ -62,7 +66,10 @@ impl SourceConnector for KafkaSourceConnector {
     }
 
     async fn check(&self, _pipeline: &str) -> Vec<CheckResult> {
-        vec![probe_brokers(&self.0.brokers, &self.0.properties, format!("source: brokers {} reachable", self.0.brokers)).await]
+        vec![
+            probe_brokers(&self.0.brokers, &self.0.properties, format!("source: brokers {} reachable", self.0.brokers))
+                .await,
+        ]
     }
 
     fn describe(&self) -> String {
@@ -93,7 +100,10 @@ impl SinkConnector for KafkaSinkConnector {
 
     /// The brokers answer a metadata request.
     async fn check(&self, at: &str) -> Vec<CheckResult> {
-        vec![probe_brokers(&self.0.brokers, &self.0.properties, format!("{at}: brokers {} reachable", self.0.brokers)).await]
+        vec![
+            probe_brokers(&self.0.brokers, &self.0.properties, format!("{at}: brokers {} reachable", self.0.brokers))
+                .await,
+        ]
     }
 
     fn describe(&self) -> String {

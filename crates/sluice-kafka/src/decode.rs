@@ -14,7 +14,7 @@
 
 use serde::Deserialize;
 use serde_json::Value as J;
-use sluice_core::{ColumnSchema, DataType, Decimal, Text, Time, Value};
+use sluice_core::{ColumnSchema, DataType, Decimal, Text, Time, Timestamp, Value};
 
 use crate::text;
 
@@ -139,9 +139,10 @@ impl ConnectSchema {
                 | "org.apache.kafka.connect.data.Time",
                 _,
             ) => DataType::Time,
-            ("io.debezium.time.Timestamp" | "io.debezium.time.MicroTimestamp" | "io.debezium.time.NanoTimestamp", _) => {
-                DataType::Timestamp
-            }
+            (
+                "io.debezium.time.Timestamp" | "io.debezium.time.MicroTimestamp" | "io.debezium.time.NanoTimestamp",
+                _,
+            ) => DataType::Timestamp,
             ("io.debezium.time.ZonedTimestamp" | "org.apache.kafka.connect.data.Timestamp", _) => DataType::TimestampTz,
             ("org.apache.kafka.connect.data.Decimal", _) => DataType::Decimal,
             ("io.debezium.data.Json", _) => DataType::Json,
@@ -163,7 +164,9 @@ impl ConnectSchema {
             {
                 DataType::Decimal
             }
-            (_, "array") => DataType::List(Box::new(self.items.as_ref().map(|i| i.data_type()).unwrap_or(DataType::Text))),
+            (_, "array") => {
+                DataType::List(Box::new(self.items.as_ref().map(|i| i.data_type()).unwrap_or(DataType::Text)))
+            }
             (_, "map" | "struct") => DataType::Json,
             _ => DataType::Text,
         }
@@ -176,20 +179,24 @@ impl ConnectSchema {
         }
         let int = || v.as_i64().ok_or_else(|| format!("{v} is not an integer"));
         Ok(match self.name.as_deref().unwrap_or("") {
-            "io.debezium.time.Date" | "org.apache.kafka.connect.data.Date" => Value::Date(sluice_core::Date(int()? as i32)),
+            "io.debezium.time.Date" | "org.apache.kafka.connect.data.Date" => {
+                Value::Date(sluice_core::Date(int()? as i32))
+            }
             "io.debezium.time.Time" | "org.apache.kafka.connect.data.Time" => Value::Time(Time(int()? * 1_000)),
             "io.debezium.time.MicroTime" => Value::Time(Time(int()?)),
             "io.debezium.time.NanoTime" => Value::Time(Time(int()? / 1_000)),
-            "io.debezium.time.Timestamp" => Value::Timestamp(text::epoch(int()?, 1_000)),
-            "io.debezium.time.MicroTimestamp" => Value::Timestamp(text::epoch(int()?, 1_000_000)),
-            "io.debezium.time.NanoTimestamp" => Value::Timestamp(text::epoch(int()?, 1_000_000_000)),
-            "org.apache.kafka.connect.data.Timestamp" => Value::TimestampTz(text::epoch(int()?, 1_000)),
+            "io.debezium.time.Timestamp" => Value::Timestamp(Timestamp::from_units(int()?, 1_000)),
+            "io.debezium.time.MicroTimestamp" => Value::Timestamp(Timestamp::from_units(int()?, 1_000_000)),
+            "io.debezium.time.NanoTimestamp" => Value::Timestamp(Timestamp::from_units(int()?, 1_000_000_000)),
+            "org.apache.kafka.connect.data.Timestamp" => Value::TimestampTz(Timestamp::from_units(int()?, 1_000)),
             "io.debezium.time.ZonedTimestamp" => Value::TimestampTz(text::instant(v.as_str().unwrap_or_default())?),
             "org.apache.kafka.connect.data.Decimal" => match v {
                 // base64 of the unscaled two's complement (Debezium's decimal.handling.mode=precise)
                 J::String(s) if !s.contains('.') && Decimal::parse(s).is_err() => {
                     use base64::Engine;
-                    let b = base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| format!("decimal bytes: {e}"))?;
+                    let b = base64::engine::general_purpose::STANDARD
+                        .decode(s)
+                        .map_err(|e| format!("decimal bytes: {e}"))?;
                     Value::Decimal(sluice_avro::decode::decimal_from_twos(&b, self.param("scale").unwrap_or(0)))
                 }
                 J::String(s) => Value::Decimal(Decimal::parse(s).map_err(|e| e.0)?),
@@ -341,7 +348,8 @@ pub fn debezium(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Option<Decod
 }
 
 /// Fields of the flat formats that carry metadata, not columns.
-pub const FLAT_META: &[&str] = &["_op", "__op", "__deleted", "__source_ts_ms", "__ts_ms", "__table", "__db", "__schema"];
+pub const FLAT_META: &[&str] =
+    &["_op", "__op", "__deleted", "__source_ts_ms", "__ts_ms", "__table", "__db", "__schema"];
 
 /// The op a flat row carries (`_op`/`__op`, or `__deleted = "true"`), insert when none.
 pub fn flat_kind(op: Option<&str>, deleted: bool) -> Result<Kind, String> {
@@ -566,7 +574,8 @@ mod tests {
             "op": "c", "ts_ms": 5,
             "source": {"db": "inventory", "table": "customers", "ts_ms": 4}
         }});
-        let key = json!({"schema": {"type": "struct", "fields": [{"type": "int32", "field": "id"}]}, "payload": {"id": 7}});
+        let key =
+            json!({"schema": {"type": "struct", "fields": [{"type": "int32", "field": "id"}]}, "payload": {"id": 7}});
         let d = debezium(Some(key.to_string().as_bytes()), Some(value.to_string().as_bytes())).unwrap().unwrap();
         assert_eq!((d.schema.as_deref(), d.table.as_deref(), d.ts_ms), (Some("inventory"), Some("customers"), Some(4)));
         let types: Vec<_> = d.columns.iter().map(|c| (c.name.as_str(), c.data_type.clone(), c.key)).collect();
@@ -647,9 +656,12 @@ mod tests {
 
     #[test]
     fn schemaless_debezium_and_flat_rows_keep_column_order() {
-        let d = debezium(Some(br#"{"z": 1}"#), Some(br#"{"before": null, "after": {"z": 1, "a": "x", "m": null}, "op": "r"}"#))
-            .unwrap()
-            .unwrap();
+        let d = debezium(
+            Some(br#"{"z": 1}"#),
+            Some(br#"{"before": null, "after": {"z": 1, "a": "x", "m": null}, "op": "r"}"#),
+        )
+        .unwrap()
+        .unwrap();
         let names: Vec<_> = d.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, vec!["z", "a", "m"]);
         assert_eq!(d.changes[0].kind, Kind::Insert);

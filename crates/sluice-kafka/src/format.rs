@@ -172,7 +172,8 @@ fn value_schema(table: &TableSchema, format: Format, pipeline: &str) -> J {
                 s["field"] = J::from(field);
                 s
             };
-            let f = |kind: &str, field: &str, optional: bool| json!({ "type": kind, "optional": optional, "field": field });
+            let f =
+                |kind: &str, field: &str, optional: bool| json!({ "type": kind, "optional": optional, "field": field });
             let source = json!({ "type": "struct", "optional": false, "field": "source", "name": "io.debezium.connector.sluice.Source",
                 "fields": [f("string", "version", false), f("string", "connector", false), f("string", "name", false),
                            f("int64", "ts_ms", false), f("string", "snapshot", true), f("string", "db", false),
@@ -372,7 +373,9 @@ pub fn value_bytes(r: &Record<'_>, format: Format, info: &SourceInfo<'_>, now_ms
         }
     };
     if info.schemas && matches!(format, Format::DebeziumJson | Format::Json) {
-        return json!({ "schema": value_schema(r.table, format, info.pipeline), "payload": v }).to_string().into_bytes();
+        return json!({ "schema": value_schema(r.table, format, info.pipeline), "payload": v })
+            .to_string()
+            .into_bytes();
     }
     v.to_string().into_bytes()
 }

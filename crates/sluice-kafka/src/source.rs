@@ -112,16 +112,6 @@ fn kafka_err(what: &str) -> impl Fn(KafkaError) -> ConnectorError + '_ {
     move |e| ConnectorError::msg(ErrorClass::Transient, format!("kafka: {what}: {e}"))
 }
 
-/// A version no earlier shape of this process used (and, being time-based, none of an earlier
-/// process either).
-fn next_version() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
-    let _ = NEXT.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
 /// The shapes of the tables seen, and how a record's columns map onto them.
 #[derive(Default)]
 struct Shapes {
@@ -131,7 +121,7 @@ struct Shapes {
 impl Shapes {
     /// The table's shape covering `columns` (a new version when they add or change a column),
     /// and for each of the table's columns the index in `columns` it comes from.
-    fn shape(&mut self, id: &TableId, columns: &[ColumnSchema]) -> (SchemaRef, Vec<Option<usize>>, bool) {
+    fn shape(&mut self, id: &TableId, columns: &[ColumnSchema]) -> (SchemaRef, Vec<Option<usize>>) {
         let has_key = columns.iter().any(|c| c.key);
         let (merged, changed) = match self.tables.get(id) {
             None => (columns.to_vec(), true),
@@ -162,16 +152,20 @@ impl Shapes {
                 (merged, changed)
             }
         };
-        let new = changed;
         if changed {
             let names: Vec<&str> = merged.iter().map(|c| c.name.as_str()).collect();
             info!(table = %id, columns = ?names, "table shape from the records");
-            let schema = Arc::new(TableSchema { id: id.clone(), columns: merged, version: next_version(), dialect: "kafka".into() });
+            let schema = Arc::new(TableSchema {
+                id: id.clone(),
+                columns: merged,
+                version: sluice_core::next_version(),
+                dialect: "kafka".into(),
+            });
             self.tables.insert(id.clone(), schema);
         }
         let schema = self.tables[id].clone();
         let map = schema.columns.iter().map(|c| columns.iter().position(|x| x.name == c.name)).collect();
-        (schema, map, new)
+        (schema, map)
     }
 }
 
@@ -195,48 +189,52 @@ fn coerce(v: Value, c: &ColumnSchema) -> Value {
         (sluice_core::DataType::Text, Value::Text(t)) => Value::Text(t),
         (sluice_core::DataType::Text, v) => {
             let j = sluice_core::json::value_json(&v);
-            Value::Text(sluice_core::Text::from(j.as_str().map(str::to_string).unwrap_or_else(|| j.to_string()).as_str()))
+            Value::Text(sluice_core::Text::from(
+                j.as_str().map(str::to_string).unwrap_or_else(|| j.to_string()).as_str(),
+            ))
         }
         (sluice_core::DataType::Float64, Value::Int(i)) => Value::Float64(i as f64),
         (sluice_core::DataType::Json, v @ Value::Json(_)) => v,
-        (sluice_core::DataType::Json, v) => Value::Json(sluice_core::Text::from(sluice_core::json::value_json(&v).to_string().as_str())),
+        (sluice_core::DataType::Json, v) => {
+            Value::Json(sluice_core::Text::from(sluice_core::json::value_json(&v).to_string().as_str()))
+        }
         (_, v) => v,
     }
 }
 
-/// Avro records: writer schemas fetched from the registry by id, once.
+/// Avro records: writer schemas fetched from the registry by id, once; only record schemas
+/// are kept (a key or value of another type is refused when first seen).
 struct AvroRecords {
     registry: sluice_registry::RegistryClient,
-    nodes: HashMap<u32, Arc<sluice_avro::Node>>,
+    records: HashMap<u32, Arc<sluice_avro::decode::Record>>,
 }
 
 impl AvroRecords {
-    async fn node(&mut self, id: u32) -> Result<Arc<sluice_avro::Node>, String> {
-        if let Some(n) = self.nodes.get(&id) {
-            return Ok(n.clone());
+    /// The writer's record schema of a framed record, and its Avro body.
+    async fn record<'b>(&mut self, framed: &'b [u8]) -> Result<(Arc<sluice_avro::decode::Record>, &'b [u8]), String> {
+        let (id, body) = sluice_avro::unframe(framed)?;
+        if let Some(r) = self.records.get(&id) {
+            return Ok((r.clone(), body));
         }
         let text = self.registry.schema(id).await.map_err(|e| format!("schema {id} from the registry: {e}"))?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("schema {id}: {e}"))?;
-        let node = Arc::new(sluice_avro::Node::parse(&json).map_err(|e| format!("schema {id}: {e}"))?);
-        self.nodes.insert(id, node.clone());
-        Ok(node)
-    }
-
-    /// The fields of a framed record as `(record schema, values)`.
-    async fn read(&mut self, framed: &[u8]) -> Result<(sluice_avro::decode::Record, Vec<Value>), String> {
-        let (id, body) = sluice_avro::unframe(framed)?;
-        let node = self.node(id).await?;
-        let sluice_avro::Node::Record(rec) = &*node else {
+        let sluice_avro::Node::Record(rec) =
+            sluice_avro::Node::parse(&json).map_err(|e| format!("schema {id}: {e}"))?
+        else {
             return Err(format!("schema {id} is not a record"));
         };
-        let mut r = sluice_avro::Reader::new(body);
-        let row = r.row(rec).map_err(|e| e.0)?;
-        Ok((rec.clone(), row))
+        let rec = Arc::new(rec);
+        self.records.insert(id, rec.clone());
+        Ok((rec, body))
     }
 
     async fn decode(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Option<Decoded>, String> {
         let key_rec = match key {
-            Some(k) if !k.is_empty() => Some(self.read(k).await?),
+            Some(k) if !k.is_empty() => {
+                let (rec, body) = self.record(k).await?;
+                let row = sluice_avro::Reader::new(body).row(&rec).map_err(|e| e.0)?;
+                Some((rec, row))
+            }
             _ => None,
         };
         let key_names: Vec<String> =
@@ -253,9 +251,7 @@ impl AvroRecords {
                 ts_ms: None,
             }));
         };
-        let (id, body) = sluice_avro::unframe(value)?;
-        let node = self.node(id).await?;
-        let sluice_avro::Node::Record(rec) = &*node else { return Err(format!("schema {id} is not a record")) };
+        let (rec, body) = self.record(value).await?;
         let envelope = rec.field("op").is_some() && (rec.field("after").is_some() || rec.field("before").is_some());
         let mut r = sluice_avro::Reader::new(body);
         let mark = |mut c: ColumnSchema| {
@@ -320,7 +316,7 @@ impl AvroRecords {
             }));
         }
         // A flat row (Sluice's avro, Debezium's unwrap, TiCDC's avro).
-        let row = r.row(rec).map_err(|e| e.0)?;
+        let row = r.row(&rec).map_err(|e| e.0)?;
         let mut columns = Vec::new();
         let mut values = Vec::new();
         let (mut op, mut deleted, mut ts) = (None, false, None);
@@ -390,7 +386,8 @@ impl Source for KafkaSource {
             }
             None => KafkaOffsets::default(),
         };
-        let starts = Arc::new(Mutex::new(Starts { held, earliest: self.cfg.start == "earliest", ..Default::default() }));
+        let starts =
+            Arc::new(Mutex::new(Starts { held, earliest: self.cfg.start == "earliest", ..Default::default() }));
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &self.cfg.brokers)
             .set("group.id", self.cfg.group(&self.pipeline))
@@ -412,9 +409,8 @@ impl Source for KafkaSource {
         for (k, v) in &self.cfg.properties {
             cc.set(k, v.expose());
         }
-        let consumer: StreamConsumer<Rebalancing> = cc
-            .create_with_context(Rebalancing { starts: starts.clone() })
-            .map_err(kafka_err("create the consumer"))?;
+        let consumer: StreamConsumer<Rebalancing> =
+            cc.create_with_context(Rebalancing { starts: starts.clone() }).map_err(kafka_err("create the consumer"))?;
         let topics: Vec<&str> = self.cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_err("subscribe"))?;
         info!(topics = ?self.cfg.topics, group = %self.cfg.group(&self.pipeline), "kafka source subscribed");
@@ -432,7 +428,7 @@ impl Source for KafkaSource {
             (Format::Avro, Some(url)) => Some(AvroRecords {
                 registry: sluice_registry::RegistryClient::new(url.expose())
                     .map_err(|e| ConnectorError::msg(ErrorClass::Fatal, e.to_string()))?,
-                nodes: HashMap::new(),
+                records: HashMap::new(),
             }),
             _ => None,
         };
@@ -492,7 +488,7 @@ impl Source for KafkaSource {
                             let id = self.cfg.table_for(&topic, d.schema.as_deref(), d.table.as_deref());
                             let ts = d.ts_ms.or_else(|| m.timestamp().to_millis()).unwrap_or(0);
                             let meta = TxnMeta { xid: offset as u64, commit_ts_micros: decode::ms_to_micros(ts), position: Position::Kafka(at) };
-                            let (schema, map, _) = shapes.shape(&id, &d.columns);
+                            let (schema, map) = shapes.shape(&id, &d.columns);
                             let mut evs = vec![Event::Begin(meta.clone())];
                             for ch in d.changes {
                                 let before = aligned(ch.before, &map, &schema);

@@ -101,10 +101,16 @@ impl KafkaSourceConfig {
             return Err(invalid(format!("{at}.start"), format!("{:?}: expected \"earliest\" or \"latest\"", c.start)));
         }
         if !c.table.contains('.') {
-            return Err(invalid(format!("{at}.table"), "must be schema.table, e.g. \"{schema}.{table}\" or \"app.{table}\""));
+            return Err(invalid(
+                format!("{at}.table"),
+                "must be schema.table, e.g. \"{schema}.{table}\" or \"app.{table}\"",
+            ));
         }
         if let Some(k) = c.properties.keys().find(|k| OWN_PROPERTIES.contains(&k.as_str())) {
-            return Err(invalid(format!("{at}.properties.{k}"), "is set by the source itself; remove it from properties"));
+            return Err(invalid(
+                format!("{at}.properties.{k}"),
+                "is set by the source itself; remove it from properties",
+            ));
         }
         Ok(c)
     }

@@ -31,7 +31,8 @@ pub fn clock_micros(s: &str) -> Result<i64, String> {
     if p.next().is_some() || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
-    let micros: i64 = if frac.is_empty() { 0 } else { format!("{:0<6}", &frac[..frac.len().min(6)]).parse().map_err(|_| bad())? };
+    let micros: i64 =
+        if frac.is_empty() { 0 } else { format!("{:0<6}", &frac[..frac.len().min(6)]).parse().map_err(|_| bad())? };
     let v = (h * 3600 + m * 60 + sec) * 1_000_000 + micros;
     Ok(if neg { -v } else { v })
 }
@@ -48,9 +49,9 @@ pub fn datetime(s: &str) -> Result<Timestamp, String> {
 /// An instant: with an offset (`...Z`, `...+02:00`), or UTC when it has none.
 pub fn instant(s: &str) -> Result<Timestamp, String> {
     let t = s.trim();
-    let has_zone = t.ends_with(['Z', 'z'])
-        || t.rfind(['+', '-']).is_some_and(|i| t[..i].contains(':') || t[..i].contains(['T', ' ']) && i > 10);
-    if has_zone {
+    // An offset can only follow the time of day (the date has its own '-').
+    let clock = t.split_once(['T', ' ']).map_or("", |(_, c)| c);
+    if clock.contains(['Z', 'z', '+', '-']) {
         sluice_avro::decode::parse_instant(&t.replacen(' ', "T", 1)).map_err(|e| e.0)
     } else {
         datetime(t)
@@ -121,7 +122,10 @@ pub fn from_json(ty: &DataType, v: &J) -> Result<Value, String> {
         (DataType::Bytes, J::String(s)) => {
             use base64::Engine;
             Value::Bytes(
-                base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| format!("bytes not in base64: {e}"))?.into(),
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_err(|e| format!("bytes not in base64: {e}"))?
+                    .into(),
             )
         }
         (DataType::Date, J::Number(n)) => Value::Date(Date(n.as_i64().unwrap_or(0) as i32)),
@@ -130,18 +134,16 @@ pub fn from_json(ty: &DataType, v: &J) -> Result<Value, String> {
     })
 }
 
-/// Epoch `n` in `per_second` units as a timestamp.
-pub fn epoch(n: i64, per_second: i64) -> Timestamp {
-    Timestamp::new(n.div_euclid(per_second), (n.rem_euclid(per_second) * (1_000_000_000 / per_second)) as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn canal_text_forms_parse() {
-        assert_eq!(from_text(&DataType::Date, "2024-02-29").unwrap(), Value::Date(Date::from_ymd(2024, 2, 29).unwrap()));
+        assert_eq!(
+            from_text(&DataType::Date, "2024-02-29").unwrap(),
+            Value::Date(Date::from_ymd(2024, 2, 29).unwrap())
+        );
         assert_eq!(from_text(&DataType::Time, "-838:59:59").unwrap(), Value::Time(Time(-3_020_399_000_000)));
         assert_eq!(
             from_text(&DataType::Timestamp, "1970-01-01 00:00:01.000001").unwrap(),

@@ -2,7 +2,6 @@
 //! shapes (`TableSchema`) built from `information_schema` (snapshot) or a table map (stream).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
@@ -20,17 +19,7 @@ pub const DIALECT: &str = "mysql";
 /// Databases that are never replicated.
 const SYSTEM_SCHEMAS: &[&str] = &["mysql", "information_schema", "performance_schema", "sys"];
 
-/// A new schema version, unique in this process and increasing across restarts.
-pub fn next_version() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1),
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
+pub use sluice_core::next_version;
 
 /// Connects with the session settings every Sluice connection uses: UTC for TIMESTAMP values
 /// and utf8mb4 results.

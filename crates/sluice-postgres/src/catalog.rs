@@ -388,13 +388,7 @@ impl TypeCache {
     }
 }
 
-/// A schema version never used before in this process. Versions only tell shapes apart (a sink
-/// reconciles its table when the version changes), so they must differ across restarts of the
-/// source, which rebuilds every shape.
-pub fn next_version() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
+pub use sluice_core::next_version;
 
 /// The dialect name PostgreSQL schemas carry.
 pub const DIALECT: &str = "postgres";

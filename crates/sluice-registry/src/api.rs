@@ -205,7 +205,11 @@ async fn versions(
 }
 
 fn version_body(state: &State, name: &str, v: &Version) -> Result<Value, ApiError> {
-    Ok(with_type(state, v.id, json!({ "subject": name, "version": v.version, "id": v.id, "schema": schema_text(state, v.id)? })))
+    Ok(with_type(
+        state,
+        v.id,
+        json!({ "subject": name, "version": v.version, "id": v.id, "schema": schema_text(state, v.id)? }),
+    ))
 }
 
 async fn version(

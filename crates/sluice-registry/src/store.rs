@@ -115,7 +115,9 @@ impl Candidate {
             let json: serde_json::Value = serde_json::from_str(schema)
                 .map_err(|e| ApiError::invalid_schema(format!("not a JSON Schema (not JSON): {e}")))?;
             if !json.is_object() && !json.is_boolean() {
-                return Err(ApiError::invalid_schema(format!("not a JSON Schema: {t} schemas are objects or booleans")));
+                return Err(ApiError::invalid_schema(format!(
+                    "not a JSON Schema: {t} schemas are objects or booleans"
+                )));
             }
             if has_references {
                 return Err(ApiError::invalid_schema(
@@ -391,8 +393,9 @@ mod logical_tests {
         assert_eq!(state.register("events-value", &json).unwrap(), (id, false), "the same schema again");
         let avro = Candidate::parse(r#"{"type": "object"}"#, None, false);
         assert!(avro.is_err(), "not an Avro schema");
-        let avro = Candidate::parse(r#"{"type":"record","name":"r","fields":[{"name": "a", "type": "int"}]}"#, None, false)
-            .unwrap();
+        let avro =
+            Candidate::parse(r#"{"type":"record","name":"r","fields":[{"name": "a", "type": "int"}]}"#, None, false)
+                .unwrap();
         let e = state.register("events-value", &avro).unwrap_err();
         assert!(format!("{e:?}").contains("JSON schema"), "{e:?}");
     }

@@ -24,10 +24,7 @@ INSERT INTO tags SELECT g, 't' || (g % 7) FROM generate_series(1, 3000) g;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_leaves_an_exact_replica() {
     // A new kill schedule every run; a failure prints the seed that reproduces it.
-    let seed: u64 = std::env::var("SLUICE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(42, |d| d.as_nanos() as u64)
-    });
-    println!("crash test seed: {seed} (rerun with SLUICE_CRASH_SEED={seed})");
+    let seed = common::crash_seed();
     let env = Env::new(SETUP).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pipeline.toml");

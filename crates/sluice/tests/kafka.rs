@@ -6,20 +6,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::kafka::{read_topic, read_topic_with};
 use common::{start, Env, CONVERGE};
 use sluice_testkit::{wait_for, KafkaBroker};
-
-fn read_topic(bootstrap: &str, topic: &str) -> Vec<serde_json::Value> {
-    read_topic_with(bootstrap, topic, None)
-}
-
-/// Every record of `topic`, read committed by confluent-kafka; Avro through `registry` if given.
-fn read_topic_with(bootstrap: &str, topic: &str, registry: Option<&str>) -> Vec<serde_json::Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../sluice-kafka/tests/python/read_topic.py");
-    let out = Command::new("python3").args([script, bootstrap, topic]).args(registry).output().expect("run python3");
-    assert!(out.status.success(), "read {topic}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
 
 /// `op:id` per record (`~:id` for a tombstone), in offset order per partition.
 fn ops(records: &[serde_json::Value]) -> Vec<String> {
@@ -110,10 +99,7 @@ async fn postgres_changes_reach_kafka_once_in_order() {
 async fn sigkill_mid_stream_leaves_every_change_once() {
     use sluice_playground::scenario::Rng;
     use sluice_testkit::KafkaKind;
-    let seed: u64 = std::env::var("SLUICE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(42, |d| d.as_nanos() as u64)
-    });
-    println!("crash test seed: {seed} (rerun with SLUICE_CRASH_SEED={seed})");
+    let seed = common::crash_seed();
     let broker = KafkaBroker::start_kind(KafkaKind::Noida).unwrap_or_else(|e| panic!("cannot start noida-db: {e}"));
     let env = Env::new("CREATE TABLE events (id int PRIMARY KEY, n int NOT NULL)").await;
     let dir = tempfile::tempdir().unwrap();
@@ -261,10 +247,7 @@ async fn canal_json_messages_carry_rows_as_text() {
 async fn avro_records_decode_with_confluent_deserializers() {
     let broker = KafkaBroker::start().unwrap_or_else(|e| panic!("cannot start a Kafka broker: {e}"));
     let data = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let registry = format!("http://{}", listener.local_addr().unwrap());
-    let registry_dir = data.path().to_path_buf();
-    tokio::spawn(async move { sluice_registry::serve(listener, &registry_dir, std::future::pending()).await });
+    let registry = common::kafka::registry(data.path()).await;
     let env = Env::new(
         "CREATE TABLE orders (id int PRIMARY KEY, item text NOT NULL, amount numeric(10,2), day date, at timestamptz);
          INSERT INTO orders VALUES (1, 'one', 1.50, '2024-02-29', '2024-02-29 12:00:00.123456+00');",

@@ -6,6 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::kafka::{read_topic, registry};
 use common::{converge_with, start, Env};
 use sluice_testkit::{wait_for, KafkaBroker};
 
@@ -22,15 +23,6 @@ DELETE FROM items WHERE id = 2;
 UPDATE items SET id = 30 WHERE id = 3;
 UPDATE items SET day = NULL, flag = NULL WHERE id = 4;
 ";
-
-/// Starts Sluice's registry on a free port; returns its URL.
-async fn registry(dir: &std::path::Path) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let dir = dir.to_path_buf();
-    tokio::spawn(async move { sluice_registry::serve(listener, &dir, std::future::pending()).await });
-    url
-}
 
 /// Each format, through a broker, into a replica equal to the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,10 +150,7 @@ async fn records_from_confluent_serializers_become_rows() {
 async fn sigkill_of_either_pipeline_leaves_an_exact_replica() {
     use sluice_playground::scenario::Rng;
     use sluice_testkit::KafkaKind;
-    let seed: u64 = std::env::var("SLUICE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(42, |d| d.as_nanos() as u64)
-    });
-    println!("crash test seed: {seed} (rerun with SLUICE_CRASH_SEED={seed})");
+    let seed = common::crash_seed();
     // noida-db: tansu 0.6.0 commits fenced transactions (see crates/sluice-kafka/tests/compliance.rs).
     let broker = KafkaBroker::start_kind(KafkaKind::Noida).unwrap_or_else(|e| panic!("cannot start noida-db: {e}"));
     let env = Env::new("CREATE TABLE events (id int PRIMARY KEY, n int NOT NULL, note text)").await;
@@ -205,12 +194,18 @@ async fn sigkill_of_either_pipeline_leaves_an_exact_replica() {
             let mut sql = String::from("BEGIN;");
             for _ in 0..rng.range(1, 5) {
                 match rng.range(0, 6) {
-                    0 | 1 if next > 10 => {
-                        sql.push_str(&format!("UPDATE events SET n = n + 1 WHERE id = {};", rng.range(1, (next - 1) as i32)))
+                    0 | 1 if next > 10 => sql.push_str(&format!(
+                        "UPDATE events SET n = n + 1 WHERE id = {};",
+                        rng.range(1, (next - 1) as i32)
+                    )),
+                    2 if next > 10 => {
+                        sql.push_str(&format!("DELETE FROM events WHERE id = {};", rng.range(1, (next - 1) as i32)))
                     }
-                    2 if next > 10 => sql.push_str(&format!("DELETE FROM events WHERE id = {};", rng.range(1, (next - 1) as i32))),
                     _ => {
-                        sql.push_str(&format!("INSERT INTO events VALUES ({next}, 0, repeat('x', {}));", rng.range(0, 50)));
+                        sql.push_str(&format!(
+                            "INSERT INTO events VALUES ({next}, 0, repeat('x', {}));",
+                            rng.range(0, 50)
+                        ));
                         next += 1;
                     }
                 }
@@ -234,8 +229,10 @@ async fn sigkill_of_either_pipeline_leaves_an_exact_replica() {
         cons.child.wait().unwrap();
         cons = common::process::spawn(&consumer, &clog);
     }
-    let starts = |log: &std::path::Path| std::fs::read_to_string(log).unwrap_or_default().matches("pipeline starting").count();
-    wait_for("the last consumer to start", Duration::from_secs(30), || async { (starts(&clog) >= 4).then_some(()) }).await;
+    let starts =
+        |log: &std::path::Path| std::fs::read_to_string(log).unwrap_or_default().matches("pipeline starting").count();
+    wait_for("the last consumer to start", Duration::from_secs(30), || async { (starts(&clog) >= 4).then_some(()) })
+        .await;
     cons.stop(&clog).await;
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(rng.range(400, 2000) as u64)).await;
@@ -257,7 +254,8 @@ async fn sigkill_of_either_pipeline_leaves_an_exact_replica() {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let a: Vec<String> = env.src.query(q, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
-        let b: Vec<String> = replica.query(q, &[]).await.map(|r| r.iter().map(|r| r.get(0)).collect()).unwrap_or_default();
+        let b: Vec<String> =
+            replica.query(q, &[]).await.map(|r| r.iter().map(|r| r.get(0)).collect()).unwrap_or_default();
         if a == b {
             break;
         }
@@ -267,11 +265,8 @@ async fn sigkill_of_either_pipeline_leaves_an_exact_replica() {
                 .await
                 .map(|r| r.iter().map(|r| r.get(0)).collect())
                 .unwrap_or_default();
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../sluice-kafka/tests/python/read_topic.py");
-            let out = Command::new("python3").args([script, &broker.bootstrap(), "kprod.public.events"]).output().unwrap();
             let mut ends = std::collections::BTreeMap::new();
-            for l in String::from_utf8_lossy(&out.stdout).lines() {
-                let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            for r in read_topic(&broker.bootstrap(), "kprod.public.events") {
                 ends.insert(r["partition"].as_i64().unwrap(), r["offset"].as_i64().unwrap() + 1);
             }
             panic!(
@@ -286,12 +281,7 @@ async fn sigkill_of_either_pipeline_leaves_an_exact_replica() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // Every change the topic holds is in the changelog once: no record applied twice.
-    let topic: Vec<serde_json::Value> = {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../sluice-kafka/tests/python/read_topic.py");
-        let out = Command::new("python3").args([script, &broker.bootstrap(), "kprod.public.events"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    };
+    let topic = read_topic(&broker.bootstrap(), "kprod.public.events");
     let changes = topic.iter().filter(|r| !r["value"].is_null()).count() as i64;
     let logged = wait_for("the changelog to hold every change", Duration::from_secs(60), || {
         let replica = &replica;
@@ -330,7 +320,8 @@ async fn undecodable_records_go_to_the_dead_letter_topic() {
     let toml = format!("name = \"dlqstop\"\n{base}\n[[sink]]\ntype = \"postgres\"\nurl = \"{stop_url}\"\n");
     let (_keep, never) = tokio::sync::watch::channel(false);
     let cfg = sluice::parse(&toml, &|_| None).unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(90), sluice::run(&cfg, never)).await.expect("the pipeline stops");
+    let result =
+        tokio::time::timeout(Duration::from_secs(90), sluice::run(&cfg, never)).await.expect("the pipeline stops");
     let err = sluice::chain(&result.expect_err("an undecodable record stops the pipeline"));
     assert!(err.contains("dlq.app.t partition 0 offset 1") && err.contains("dead_letter_topic"), "{err}");
     // With one: the record is parked there and the others arrive.
@@ -360,6 +351,9 @@ async fn undecodable_records_go_to_the_dead_letter_topic() {
     let dead: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(dead["value"], "not json");
     let h = &dead["headers"];
-    assert_eq!((h["__connect.errors.topic"].as_str(), h["__connect.errors.offset"].as_str()), (Some("dlq.app.t"), Some("1")));
+    assert_eq!(
+        (h["__connect.errors.topic"].as_str(), h["__connect.errors.offset"].as_str()),
+        (Some("dlq.app.t"), Some("1"))
+    );
     assert!(h["__connect.errors.exception.message"].as_str().is_some_and(|m| m.contains("cannot be decoded")), "{h}");
 }

@@ -2,6 +2,7 @@
 //! in-process or as the real binary, and row-by-row comparison with a readable diff.
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod process;
 
 use std::time::Duration;
@@ -286,4 +287,14 @@ impl Drop for Gate {
         self.close();
         self.task.abort();
     }
+}
+
+/// The seed of a randomized crash test: `SLUICE_CRASH_SEED`, else a new one each run; printed
+/// so a failure can be rerun.
+pub fn crash_seed() -> u64 {
+    let seed = std::env::var("SLUICE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(42, |d| d.as_nanos() as u64)
+    });
+    println!("crash test seed: {seed} (rerun with SLUICE_CRASH_SEED={seed})");
+    seed
 }

@@ -53,7 +53,12 @@ impl Sluice {
                     .map(|o| {
                         String::from_utf8_lossy(&o.stdout)
                             .lines()
-                            .filter(|l| l.starts_with("Thread ") || l.contains("sluice") || l.contains("mutex") || l.contains("futex"))
+                            .filter(|l| {
+                                l.starts_with("Thread ")
+                                    || l.contains("sluice")
+                                    || l.contains("mutex")
+                                    || l.contains("futex")
+                            })
                             .map(|l| l.chars().take(220).collect::<String>())
                             .collect::<Vec<_>>()
                             .join("\n")
