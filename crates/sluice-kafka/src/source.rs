@@ -369,23 +369,31 @@ fn dead_letter_headers(pipeline: &str, topic: &str, partition: i32, offset: i64,
         .insert(Header { key: "__connect.errors.exception.message", value: Some(error) })
 }
 
+/// Where the running sinks stand together: per partition, the lowest next offset among them.
+/// A running sink that holds nothing has read nothing, so then no partition has a held offset
+/// and each starts where `start` says (the meet of the others would skip what it never got).
+fn held_offsets(resume: &Resume) -> Result<KafkaOffsets, ConnectorError> {
+    if resume.sinks.iter().flatten().any(|c| c.position.is_none()) {
+        return Ok(KafkaOffsets::default());
+    }
+    match resume.position() {
+        Some(Position::Kafka(o)) => Ok(o),
+        Some(other) => Err(ConnectorError::msg(
+            ErrorClass::Fatal,
+            format!(
+                "the sinks hold a {other} position, not Kafka offsets: this pipeline's source changed; give the \
+                 pipeline a new name (or reset its sinks) to consume from Kafka"
+            ),
+        )),
+        None => Ok(KafkaOffsets::default()),
+    }
+}
+
 #[async_trait]
 impl Source for KafkaSource {
     async fn run(&mut self, resume: Resume, ctx: SourceContext) -> Result<(), ConnectorError> {
         let SourceContext { events, mut confirmed, mut stop, .. } = ctx;
-        let held = match resume.position() {
-            Some(Position::Kafka(o)) => o,
-            Some(other) => {
-                return Err(ConnectorError::msg(
-                    ErrorClass::Fatal,
-                    format!(
-                        "the sinks hold a {other} position, not Kafka offsets: this pipeline's source changed; give \
-                         the pipeline a new name (or reset its sinks) to consume from Kafka"
-                    ),
-                ))
-            }
-            None => KafkaOffsets::default(),
-        };
+        let held = held_offsets(&resume)?;
         let starts =
             Arc::new(Mutex::new(Starts { held, earliest: self.cfg.start == "earliest", ..Default::default() }));
         let mut cc = ClientConfig::new();
@@ -568,5 +576,32 @@ fn commit_group(
         if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
             debug!(error = %e, "group offset commit failed; the next one covers it");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::Checkpoint;
+
+    fn offsets(at: &[(i32, i64)]) -> KafkaOffsets {
+        let mut k = KafkaOffsets::default();
+        for (p, o) in at {
+            k.set("t", *p, *o);
+        }
+        k
+    }
+
+    fn at(o: &[(i32, i64)]) -> Checkpoint {
+        Checkpoint { position: Some(Position::Kafka(offsets(o))), ..Default::default() }
+    }
+
+    #[test]
+    fn a_running_sink_that_holds_nothing_reads_every_partition_from_the_start() {
+        let resume = Resume { sinks: vec![Some(Checkpoint::default()), Some(at(&[(2, 30)]))] };
+        assert_eq!(held_offsets(&resume).unwrap(), KafkaOffsets::default());
+        // A sink that is down does not count; the running ones meet per partition.
+        let resume = Resume { sinks: vec![None, Some(at(&[(0, 5), (1, 9)])), Some(at(&[(0, 7)]))] };
+        assert_eq!(held_offsets(&resume).unwrap(), offsets(&[(0, 5)]));
     }
 }
