@@ -87,7 +87,77 @@ struct StoredTable {
     progress: TableProgress,
 }
 
+/// A commit refused because another process of the pipeline moved a partition this one
+/// wrote past where this process last knew it (see [`Checkpoint::merge_shared`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{topic} partition {partition} is stored at offset {stored} in the target, past this process's {known}: another \
+     process of this pipeline took the partition over and applied it. This commit is dropped and the sink restarts \
+     from the stored offsets"
+)]
+pub struct Overtaken {
+    /// The topic
+    pub topic: String,
+    /// The partition
+    pub partition: i32,
+    /// Its next offset in the stored checkpoint
+    pub stored: i64,
+    /// Its next offset as this process knew it before the commit (`none` if it never had one)
+    pub known: String,
+}
+
 impl Checkpoint {
+    /// The checkpoint to store for a commit of a sink that several processes write side by
+    /// side, each owning some of a Kafka source's partitions. `self` is this process's
+    /// checkpoint, `stored` the one in the target (read under a row lock), `known` this
+    /// process's position before the commit (what it opened with or last stored).
+    ///
+    /// The commit covers the partitions whose offset moved since `known`. If the stored offset
+    /// of any of them is past `known`, another process applied that partition meanwhile (it was
+    /// moved by a rebalance): the commit is refused, so nothing is applied twice. Otherwise every
+    /// partition keeps the greater offset, so no process moves another's partitions backwards.
+    /// Table progress is the union; the transform state is this process's. Positions other than
+    /// Kafka offsets are not shared: `self` is stored as it is.
+    pub fn merge_shared(&self, stored: &Checkpoint, known: Option<&Position>) -> Result<Checkpoint, Overtaken> {
+        let (Some(Position::Kafka(mine)), Some(Position::Kafka(theirs))) = (&self.position, &stored.position) else {
+            return Ok(self.clone());
+        };
+        let known = match known {
+            Some(Position::Kafka(k)) => Some(k),
+            _ => None,
+        };
+        for (topic, parts) in &mine.0 {
+            for (&partition, &next) in parts {
+                let before = known.and_then(|k| k.get(topic, partition));
+                if before == Some(next) {
+                    continue; // not written by this commit
+                }
+                if let Some(s) = theirs.get(topic, partition) {
+                    if before.is_none_or(|b| s > b) {
+                        return Err(Overtaken {
+                            topic: topic.clone(),
+                            partition,
+                            stored: s,
+                            known: before.map_or_else(|| "none".to_string(), |b| b.to_string()),
+                        });
+                    }
+                }
+            }
+        }
+        let mut out = self.clone();
+        let mut position = stored.position.clone().expect("matched above");
+        position.advance(self.position.as_ref().expect("matched above"));
+        out.position = Some(position);
+        for (t, p) in &stored.tables {
+            out.tables.entry(t.clone()).or_insert_with(|| p.clone());
+        }
+        for (t, id) in &stored.table_ids {
+            out.table_ids.entry(t.clone()).or_insert_with(|| id.clone());
+        }
+        out.all_tables_copied |= stored.all_tables_copied;
+        Ok(out)
+    }
+
     /// Whether `table` is fully copied in this sink.
     pub fn is_copied(&self, table: &TableId) -> bool {
         self.all_tables_copied || matches!(self.tables.get(table), Some(TableProgress::Copied))
@@ -171,6 +241,32 @@ impl Checkpoint {
 
 #[cfg(test)]
 mod tests {
+    fn kafka(at: &[(i32, i64)]) -> Checkpoint {
+        let mut k = crate::KafkaOffsets::default();
+        for (p, o) in at {
+            k.set("t", *p, *o);
+        }
+        Checkpoint { position: Some(Position::Kafka(k)), ..Default::default() }
+    }
+
+    #[test]
+    fn shared_commits_keep_each_partitions_greater_offset_and_refuse_an_overtaken_one() {
+        // This process owns partition 0 (known 10, now 15); another stored partition 1 at 40.
+        let known = kafka(&[(0, 10), (1, 20)]).position;
+        let mine = kafka(&[(0, 15), (1, 20)]);
+        let merged = mine.merge_shared(&kafka(&[(0, 10), (1, 40)]), known.as_ref()).unwrap();
+        assert_eq!(merged.position, kafka(&[(0, 15), (1, 40)]).position);
+        // Another process applied partition 0 past 10 meanwhile: refused, naming it.
+        let e = mine.merge_shared(&kafka(&[(0, 12), (1, 40)]), known.as_ref()).unwrap_err();
+        assert_eq!((e.partition, e.stored, e.known.as_str()), (0, 12, "10"));
+        // A partition this process never knew that another stored: refused as well.
+        let e = kafka(&[(2, 5)]).merge_shared(&kafka(&[(2, 3)]), None).unwrap_err();
+        assert_eq!((e.partition, e.known.as_str()), (2, "none"));
+        // A partition nobody stored yet is taken as it is.
+        let merged = kafka(&[(2, 5)]).merge_shared(&kafka(&[(1, 3)]), None).unwrap();
+        assert_eq!(merged.position, kafka(&[(1, 3), (2, 5)]).position);
+    }
+
     use super::*;
     use crate::value::Value;
 

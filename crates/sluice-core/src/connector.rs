@@ -115,6 +115,13 @@ pub trait SourceConnector: Send + Sync + fmt::Debug {
     /// from it).
     fn build(&self, pipeline: &str) -> Box<dyn Source>;
 
+    /// Whether several processes of one pipeline may run this source side by side, each
+    /// reading some of its partitions (a Kafka consumer group). Their sinks then write one
+    /// target together ([`crate::SinkContext::shared`]).
+    fn shares_partitions(&self) -> bool {
+        false
+    }
+
     /// Preflight checks against the server, each with a fix on failure.
     async fn check(&self, pipeline: &str) -> Vec<CheckResult>;
 

@@ -84,6 +84,13 @@ impl SinkSet {
         self.0 |= 1u64 << i;
     }
 
+    /// Takes sink `i` out.
+    pub fn remove(&mut self, i: usize) {
+        if i < 64 {
+            self.0 &= !(1u64 << i);
+        }
+    }
+
     /// Whether sink `i` is in the set.
     pub fn contains(self, i: usize) -> bool {
         i < 64 && self.0 & (1u64 << i) != 0
@@ -321,6 +328,19 @@ pub enum Event {
     },
     /// Copying a table's existing rows.
     Copy(Copy),
+    /// The source takes over the parts of its stream that `scope` names (for Kafka, the
+    /// partitions a rebalance just assigned, offsets ignored), which another process of the
+    /// pipeline may have delivered into the same targets meanwhile. It comes between
+    /// transactions. Each running sink first makes everything it accepted durable, then adopts
+    /// what its target now holds for `scope` ([`crate::Sink::adopt`]); the runtime answers the
+    /// source with every running sink's position on [`crate::SourceContext::claims`], under the
+    /// same `id`, and the source reads the scope from their meet. Transforms never see it.
+    Claim {
+        /// Names the answer
+        id: u64,
+        /// The parts of the stream taken over
+        scope: Position,
+    },
 }
 
 impl Event {

@@ -27,7 +27,7 @@ mod schema;
 mod traits;
 mod value;
 
-pub use checkpoint::{Checkpoint, CheckpointError, TableProgress, CHECKPOINT_VERSION};
+pub use checkpoint::{Checkpoint, CheckpointError, Overtaken, TableProgress, CHECKPOINT_VERSION};
 pub use connector::{CheckResult, SinkConnector, SinkTable, SinkTableState, SourceConnector};
 pub use error::{ConnectorError, ErrorClass};
 pub use event::{
@@ -37,8 +37,8 @@ pub use failpoint::crash_point;
 pub use position::{BinlogPosition, Gtid, GtidSet, InvalidPosition, KafkaOffsets, Lsn, Position};
 pub use schema::{next_version, ColumnSchema, DataType, Key, Row, SchemaRef, TableId, TableSchema};
 pub use traits::{
-    Ack, AckIssuer, AckReport, BatchPolicy, Identity, Resume, Sink, SinkContext, SinkStats, Source, SourceContext,
-    Transform,
+    Ack, AckIssuer, AckReport, BatchPolicy, Claimed, Identity, Resume, Sink, SinkContext, SinkStats, Source,
+    SourceContext, Transform,
 };
 pub use value::{
     civil_from_days, days_from_civil, days_in_month, Date, Decimal, DecimalKind, Interval, Text, Time, TimeTz,

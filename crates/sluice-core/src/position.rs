@@ -371,7 +371,19 @@ impl KafkaOffsets {
         self.0.entry(topic.to_string()).or_default().insert(partition, next);
     }
 
-    fn entries(&self) -> impl Iterator<Item = (&String, i32, i64)> {
+    /// The offsets of the partitions that `scope` names (its offsets are ignored).
+    pub fn only(&self, scope: &KafkaOffsets) -> KafkaOffsets {
+        let mut out = KafkaOffsets::default();
+        for (topic, p, o) in self.entries() {
+            if scope.get(topic, p).is_some() {
+                out.set(topic, p, o);
+            }
+        }
+        out
+    }
+
+    /// Every (topic, partition, next offset).
+    pub fn entries(&self) -> impl Iterator<Item = (&String, i32, i64)> {
         self.0.iter().flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t, *p, *o)))
     }
 }
@@ -442,6 +454,15 @@ impl Position {
                 }
             }
             (me, other) => *me = other.clone(),
+        }
+    }
+
+    /// The part of this position that `scope` names: for Kafka, the partitions in `scope`
+    /// (its offsets are ignored); other families are one stream, kept whole.
+    pub fn within(&self, scope: &Position) -> Position {
+        match (self, scope) {
+            (Position::Kafka(k), Position::Kafka(s)) => Position::Kafka(k.only(s)),
+            _ => self.clone(),
         }
     }
 

@@ -85,6 +85,19 @@ pub struct SourceContext {
     pub stop: watch::Receiver<bool>,
     /// Bulk formats at least one sink accepts; the source may send copied rows in one of them.
     pub accepted: Vec<BulkFormat>,
+    /// Answers to the source's [`Event::Claim`]s, in the order they were sent.
+    pub claims: mpsc::UnboundedReceiver<Claimed>,
+}
+
+/// The runtime's answer to an [`Event::Claim`].
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The claim's id
+    pub id: u64,
+    /// Per sink, as in [`Resume`]: a running sink's checkpoint after it adopted what its target
+    /// holds for the claimed scope (its position is what matters), or `None` for a sink that
+    /// is down or failed meanwhile. The source reads the scope from their meet.
+    pub sinks: Resume,
 }
 
 /// A change source (PostgreSQL logical replication, MySQL binlog, a Kafka topic, ...).
@@ -127,6 +140,13 @@ pub struct SinkStats {
 pub struct SinkContext {
     /// Counters the sink updates
     pub stats: Arc<SinkStats>,
+    /// Other processes of this pipeline may write this sink's target at the same time, each
+    /// owning some of the source's partitions (a Kafka consumer group; see
+    /// [`crate::SourceConnector::shares_partitions`]). A sink that supports it then takes no
+    /// exclusive lock, and each commit merges its position into the stored one with
+    /// [`Checkpoint::merge_shared`] under a row lock. A sink that does not keeps one writer at a
+    /// time.
+    pub shared: bool,
 }
 
 /// What becomes of a commit: reported through the [`Ack`] it was given.
@@ -253,6 +273,18 @@ pub trait Sink: Send {
     /// after this returns; the sink then keeps later writes from overtaking it. `Err` (or a
     /// failed ack) means nothing not yet acknowledged may be assumed durable.
     async fn commit(&mut self, checkpoint: Checkpoint, ack: Ack) -> Result<(), ConnectorError>;
+
+    /// For a sink whose target other processes of the pipeline write too
+    /// ([`SinkContext::shared`]), at an [`Event::Claim`]: reads the position stored in the
+    /// target and, for the parts of the stream `scope` names, takes the stored position as this
+    /// process's own from then on (another process may have delivered them since this one last
+    /// did). Called only at a boundary with every commit acknowledged. Returns the stored
+    /// position, or `None` when nobody else writes the target (what the sink accepted is then
+    /// what it holds). `Err` fails the sink like a failed commit.
+    async fn adopt(&mut self, scope: &Position) -> Result<Option<Position>, ConnectorError> {
+        let _ = scope;
+        Ok(None)
+    }
 
     /// Completes background work; every [`Ack`] it was given has been sent when this returns.
     /// Uncommitted events are discarded (they will be replayed).

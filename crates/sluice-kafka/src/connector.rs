@@ -65,6 +65,10 @@ impl SourceConnector for KafkaSourceConnector {
         Box::new(KafkaSource::new(self.0.clone(), pipeline))
     }
 
+    fn shares_partitions(&self) -> bool {
+        true
+    }
+
     async fn check(&self, _pipeline: &str) -> Vec<CheckResult> {
         vec![
             probe_brokers(&self.0.brokers, &self.0.properties, format!("source: brokers {} reachable", self.0.brokers))

@@ -2,9 +2,12 @@
 //! position is its partition's next offset.
 //!
 //! ```text
-//!  subscribe ─▶ rebalance: assign each partition at the offset the sinks hold for it
-//!               (the meet over sinks), or at `start` when no sink holds one; never at the
-//!               group's committed offset, which may trail what the sinks made durable
+//!  subscribe ─▶ rebalance: partitions handed to this process are claimed (Event::Claim):
+//!               every sink makes what it accepted durable and reads what its target holds
+//!               now (another process of the pipeline may have applied the partition since);
+//!               then each partition is assigned at the meet of the sinks' offsets, or at
+//!               `start` when no sink holds one; never at the group's committed offset, which
+//!               may trail what the sinks made durable
 //!  record    ─▶ decode (format) ─▶ Begin ─ Change... ─ Commit { topic: { partition: offset + 1 } }
 //!               a record that says nothing (a tombstone after a delete) ─▶ Heartbeat
 //!               a record that cannot be decoded ─▶ dead-letter topic, then Heartbeat;
@@ -12,21 +15,22 @@
 //!  confirmed ─▶ commit the group's offsets (for lag monitoring and other tools)
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use sluice_core::{
-    ColumnSchema, ConnectorError, ErrorClass, Event, KafkaOffsets, Op, Position, Resume, SchemaRef, Source,
+    Claimed, ColumnSchema, ConnectorError, ErrorClass, Event, KafkaOffsets, Op, Position, Resume, SchemaRef, Source,
     SourceContext, TableId, TableSchema, TxnMeta, Value,
 };
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::decode::{self, Change, Decoded, Kind};
@@ -36,64 +40,65 @@ use crate::source_config::KafkaSourceConfig;
 /// How long a broker call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where each assigned partition starts, shared with the rebalance callback.
+/// The partitions of this process, shared with the rebalance callback.
 #[derive(Default)]
 struct Starts {
-    /// The offset the sinks hold per partition
-    held: KafkaOffsets,
-    /// `earliest` (true) or `latest` for partitions no sink holds
-    earliest: bool,
-    /// Partitions assigned now
-    assigned: BTreeSet<(String, i32)>,
+    /// Partitions the group handed to this process that are not claimed and assigned yet
+    handed: Vec<(String, i32)>,
+    /// Partitions assigned now, with the offset each started at (`None`: at `start`)
+    assigned: BTreeMap<(String, i32), Option<i64>>,
     /// The next offset expected per assigned partition (records below it are dropped)
     expected: HashMap<(String, i32), i64>,
 }
 
 struct Rebalancing {
     starts: Arc<Mutex<Starts>>,
+    /// Woken when partitions are handed over, so they are claimed without waiting for a record
+    handed: Arc<Notify>,
 }
 
 impl ClientContext for Rebalancing {}
 
 impl ConsumerContext for Rebalancing {
+    /// Partitions handed over are not assigned here: the source claims them first (which
+    /// needs the sinks, asynchronously) and assigns them at the offsets the sinks hold. The
+    /// group waits meanwhile (librdkafka keeps heart-beating until the assign call).
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let Ok(mut s) = self.starts.lock() else { return };
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut parts = Vec::new();
                 for e in tpl.elements() {
-                    parts.push((e.topic().to_string(), e.partition()));
+                    info!(topic = %e.topic(), partition = e.partition(), "partition handed to this process");
+                    s.handed.push((e.topic().to_string(), e.partition()));
                 }
-                for (topic, p) in parts {
-                    let start = match s.held.get(&topic, p) {
-                        Some(o) => {
-                            s.expected.insert((topic.clone(), p), o);
-                            Offset::Offset(o)
-                        }
-                        None if s.earliest => Offset::Beginning,
-                        None => Offset::End,
-                    };
-                    let _ = tpl.set_partition_offset(&topic, p, start);
-                    info!(topic = %topic, partition = p, start = ?start, "partition assigned");
-                    s.assigned.insert((topic, p));
-                }
-                if let Err(e) = consumer.assign(tpl) {
-                    warn!(error = %e, "cannot take the assigned partitions");
-                }
+                self.handed.notify_one();
             }
             _ => {
                 for e in tpl.elements() {
                     let k = (e.topic().to_string(), e.partition());
                     info!(topic = %k.0, partition = k.1, "partition revoked");
+                    s.handed.retain(|h| *h != k);
                     s.assigned.remove(&k);
                     s.expected.remove(&k);
                 }
-                if let Err(e) = consumer.unassign() {
+                let done = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+                    _ => consumer.unassign(),
+                };
+                if let Err(e) = done {
                     warn!(error = %e, "cannot give up the revoked partitions");
                 }
             }
         }
     }
+}
+
+/// How a claim ended.
+enum ClaimEnd {
+    /// The partitions are assigned at the offsets the sinks hold.
+    Assigned,
+    /// The pipeline is stopping; the partitions stay unassigned.
+    Stopping,
 }
 
 /// The source.
@@ -389,13 +394,102 @@ fn held_offsets(resume: &Resume) -> Result<KafkaOffsets, ConnectorError> {
     }
 }
 
+impl KafkaSource {
+    /// Claims the partitions handed to this process and assigns them at the offsets the sinks
+    /// hold once they have adopted what their targets hold (see [`Event::Claim`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn claim(
+        &self,
+        consumer: &StreamConsumer<Rebalancing>,
+        starts: &Mutex<Starts>,
+        events: &mpsc::Sender<Event>,
+        claims: &mut mpsc::UnboundedReceiver<Claimed>,
+        stop: &mut watch::Receiver<bool>,
+        last_id: &mut u64,
+    ) -> Result<ClaimEnd, ConnectorError> {
+        let handed = std::mem::take(&mut starts.lock().map_err(|_| poisoned())?.handed);
+        if handed.is_empty() {
+            return Ok(ClaimEnd::Assigned);
+        }
+        *last_id += 1;
+        let id = *last_id;
+        let mut scope = KafkaOffsets::default();
+        for (t, p) in &handed {
+            scope.set(t, *p, 0);
+        }
+        if events.send(Event::Claim { id, scope: Position::Kafka(scope) }).await.is_err() {
+            return Err(ConnectorError::msg(
+                ErrorClass::Transient,
+                "the pipeline stopped while the source was sending",
+            ));
+        }
+        let answer = loop {
+            tokio::select! {
+                a = claims.recv() => match a {
+                    Some(a) if a.id == id => break a,
+                    Some(_) => continue,
+                    None => return Err(ConnectorError::msg(ErrorClass::Transient, "the pipeline stopped during a claim")),
+                },
+                changed = stop.changed() => if changed.is_err() || *stop.borrow() {
+                    return Ok(ClaimEnd::Stopping);
+                },
+            }
+        };
+        let held = held_offsets(&answer.sinks)?;
+        let mut s = starts.lock().map_err(|_| poisoned())?;
+        // Partitions revoked while the sinks answered are not assigned.
+        let still: Vec<(String, i32)> =
+            handed.into_iter().filter(|h| !s.assigned.contains_key(h) && !s.handed.contains(h)).collect();
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p) in still {
+            let at = held.get(&topic, p);
+            let start = match at {
+                Some(o) => Offset::Offset(o),
+                None if self.cfg.start == "earliest" => Offset::Beginning,
+                None => Offset::End,
+            };
+            tpl.add_partition_offset(&topic, p, start).map_err(kafka_err("list the claimed partitions"))?;
+            info!(topic = %topic, partition = p, start = ?start, "partition assigned");
+            if let Some(o) = at {
+                s.expected.insert((topic.clone(), p), o);
+            }
+            s.assigned.insert((topic, p), at);
+        }
+        // With the eager protocol an assignment is always whole: this one replaces nothing,
+        // since every revocation unassigned everything.
+        let done = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(&tpl),
+            _ => {
+                let mut whole = TopicPartitionList::new();
+                for ((topic, p), at) in &s.assigned {
+                    let start = match s.expected.get(&(topic.clone(), *p)).copied().or(*at) {
+                        Some(o) => Offset::Offset(o),
+                        None if self.cfg.start == "earliest" => Offset::Beginning,
+                        None => Offset::End,
+                    };
+                    whole.add_partition_offset(topic, *p, start).map_err(kafka_err("list the assigned partitions"))?;
+                }
+                consumer.assign(&whole)
+            }
+        };
+        done.map_err(kafka_err("take the claimed partitions"))?;
+        Ok(ClaimEnd::Assigned)
+    }
+}
+
+fn poisoned() -> ConnectorError {
+    ConnectorError::msg(ErrorClass::Fatal, "the Kafka source's partition state was poisoned by a panic")
+}
+
 #[async_trait]
 impl Source for KafkaSource {
     async fn run(&mut self, resume: Resume, ctx: SourceContext) -> Result<(), ConnectorError> {
-        let SourceContext { events, mut confirmed, mut stop, .. } = ctx;
-        let held = held_offsets(&resume)?;
-        let starts =
-            Arc::new(Mutex::new(Starts { held, earliest: self.cfg.start == "earliest", ..Default::default() }));
+        let SourceContext { events, mut confirmed, mut stop, mut claims, .. } = ctx;
+        // Where the sinks stand is asked again as partitions are handed over (claims); here
+        // only that they hold Kafka offsets at all.
+        held_offsets(&resume)?;
+        let starts = Arc::new(Mutex::new(Starts::default()));
+        let handed = Arc::new(Notify::new());
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &self.cfg.brokers)
             .set("group.id", self.cfg.group(&self.pipeline))
@@ -410,15 +504,18 @@ impl Source for KafkaSource {
             // A process that died leaves the group after 10 s (librdkafka's default is 45 s), so
             // its restart, or another member, takes its partitions over soon.
             .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "3000")
-            // Static membership (KIP-345): a restarted process takes its predecessor's place in
-            // the group at once, instead of waiting for the group to give up on it.
-            .set("group.instance.id", self.cfg.instance(&self.pipeline));
+            .set("heartbeat.interval.ms", "3000");
+        // Static membership (KIP-345): a restarted process takes its predecessor's place in the
+        // group at once, instead of waiting for the group to give up on it.
+        if let Some(id) = self.cfg.instance() {
+            cc.set("group.instance.id", id);
+        }
         for (k, v) in &self.cfg.properties {
             cc.set(k, v.expose());
         }
-        let consumer: StreamConsumer<Rebalancing> =
-            cc.create_with_context(Rebalancing { starts: starts.clone() }).map_err(kafka_err("create the consumer"))?;
+        let consumer: StreamConsumer<Rebalancing> = cc
+            .create_with_context(Rebalancing { starts: starts.clone(), handed: handed.clone() })
+            .map_err(kafka_err("create the consumer"))?;
         let topics: Vec<&str> = self.cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_err("subscribe"))?;
         info!(topics = ?self.cfg.topics, group = %self.cfg.group(&self.pipeline), "kafka source subscribed");
@@ -444,8 +541,15 @@ impl Source for KafkaSource {
         let mut committed_group = KafkaOffsets::default();
         let mut events = Some(events);
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let mut claim_id = 0u64;
         loop {
             let Some(tx) = events.as_ref() else { break };
+            if let ClaimEnd::Stopping =
+                self.claim(&consumer, &starts, tx, &mut claims, &mut stop, &mut claim_id).await?
+            {
+                events = None;
+                continue;
+            }
             tokio::select! {
                 biased;
                 changed = stop.changed() => {
@@ -453,6 +557,8 @@ impl Source for KafkaSource {
                         events = None;
                     }
                 }
+                // Partitions were handed over: claimed at the top of the loop.
+                _ = handed.notified() => {}
                 c = confirmed.changed() => {
                     if c.is_err() {
                         break;
@@ -472,8 +578,11 @@ impl Source for KafkaSource {
                     };
                     let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
                     {
-                        let mut s = starts.lock().map_err(|_| ConnectorError::msg(ErrorClass::Fatal, "poisoned"))?;
+                        let mut s = starts.lock().map_err(|_| poisoned())?;
                         let k = (topic.clone(), partition);
+                        if !s.assigned.contains_key(&k) {
+                            continue; // revoked since it was fetched
+                        }
                         match s.expected.get(&k) {
                             Some(e) if offset < *e => continue, // before where the sinks stand
                             _ => {}
@@ -563,8 +672,10 @@ fn commit_group(
     let Some(Position::Kafka(at)) = confirmed else { return };
     let Ok(s) = starts.lock() else { return };
     let mut tpl = TopicPartitionList::new();
-    for (topic, p) in &s.assigned {
-        if let Some(o) = at.get(topic, *p) {
+    for ((topic, p), start) in &s.assigned {
+        // Only offsets at or past where this process took the partition: what the sinks held
+        // before may be older than what another process committed for the group.
+        if let Some(o) = at.get(topic, *p).filter(|o| start.is_none_or(|s| *o >= s)) {
             if done.get(topic, *p) != Some(o) {
                 let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(o));
                 done.set(topic, *p, o);

@@ -31,8 +31,9 @@ pub struct KafkaSourceConfig {
     #[serde(default)]
     pub group: Option<String>,
     /// This process's static member id in the group (`group.instance.id`): a restart with the
-    /// same id takes its place at once. Processes sharing a group need different ones.
-    /// Default: `<pipeline>-1`
+    /// same id takes its place at once. Processes sharing a group need different ones (a second
+    /// process with the same id fences the first out of the group). Default: none (dynamic
+    /// membership: a process that died leaves the group after the 10 s session timeout).
     #[serde(default)]
     pub instance: Option<String>,
     /// `avro`, `debezium-json`, `canal-json` or `json`
@@ -123,8 +124,8 @@ impl KafkaSourceConfig {
         self.group.clone().unwrap_or_else(|| format!("sluice-{pipeline}"))
     }
 
-    pub fn instance(&self, pipeline: &str) -> String {
-        self.instance.clone().unwrap_or_else(|| format!("{pipeline}-1"))
+    pub fn instance(&self) -> Option<&str> {
+        self.instance.as_deref()
     }
 
     /// The table for a record of `topic` that names `schema` and `table` (either may be absent).

@@ -40,8 +40,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{
-    BulkFormat, Checkpoint, ConnectorError, ErrorClass, Event, Position, Resume, Sink, SinkConnector, SinkContext,
-    SinkSet, SinkStats, SourceConnector, SourceContext, Transform,
+    BulkFormat, Checkpoint, Claimed, ConnectorError, ErrorClass, Event, Position, Resume, Sink, SinkConnector,
+    SinkContext, SinkSet, SinkStats, SourceConnector, SourceContext, Transform,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -221,6 +221,15 @@ enum EpochEnd {
     Restart(Duration),
 }
 
+/// A claim of the source's ([`Event::Claim`]) that some sink has not answered yet.
+struct PendingClaim {
+    id: u64,
+    /// The sinks it was sent to that have not answered (a sink that fails is taken out)
+    waiting: SinkSet,
+    /// The answers so far, per sink
+    sinks: Vec<Option<Checkpoint>>,
+}
+
 /// The source of an epoch that has stopped emitting but may still be confirming.
 struct Winding {
     task: JoinHandle<Result<(), ConnectorError>>,
@@ -240,6 +249,9 @@ struct Supervisor {
     source_backoff: Backoff,
     /// Events routed since the status last counted them.
     routed: u64,
+    /// The running epoch's claims that wait for answers, and where its source reads them.
+    claims: Vec<PendingClaim>,
+    claims_tx: Option<mpsc::UnboundedSender<Claimed>>,
 }
 
 fn fail(component: &str, error: ConnectorError) -> PipelineError {
@@ -279,6 +291,8 @@ impl Supervisor {
             next_generation: 0,
             source_backoff,
             routed: 0,
+            claims: Vec::new(),
+            claims_tx: None,
         }
     }
 
@@ -354,7 +368,7 @@ impl Supervisor {
         slot.life = Life::Opening { generation };
         let connector = slot.connector.clone();
         let name = self.p.name.clone();
-        let ctx = SinkContext { stats: slot.stats.clone() };
+        let ctx = SinkContext { stats: slot.stats.clone(), shared: self.p.source.shares_partitions() };
         let tx = self.opened_tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -499,7 +513,10 @@ impl Supervisor {
         let (confirm_tx, confirm_rx) = watch::channel(None);
         self.confirm(&confirm_tx);
         let (source_stop_tx, source_stop_rx) = watch::channel(false);
-        let ctx = SourceContext { events: events_tx, confirmed: confirm_rx, stop: source_stop_rx, accepted };
+        let (claims_tx, claims) = mpsc::unbounded_channel();
+        self.claims.clear();
+        self.claims_tx = Some(claims_tx);
+        let ctx = SourceContext { events: events_tx, confirmed: confirm_rx, stop: source_stop_rx, accepted, claims };
         info!(position = ?resume.position(), live = ?live, "source starting");
         let mut transform = (self.p.transform)();
         let meet = resume.position();
@@ -609,7 +626,8 @@ impl Supervisor {
         let (i, generation) = match &msg {
             FromSink::Durable { sink, generation, .. }
             | FromSink::Failed { sink, generation, .. }
-            | FromSink::Finished { sink, generation } => (*sink, *generation),
+            | FromSink::Finished { sink, generation }
+            | FromSink::Claimed { sink, generation, .. } => (*sink, *generation),
         };
         let current = match self.slots[i].life {
             Life::Live { generation: g, .. } => g == generation,
@@ -625,7 +643,21 @@ impl Supervisor {
                 }
                 None
             }
+            FromSink::Claimed { id, checkpoint, .. } if current => {
+                if let Some(c) = self.claims.iter_mut().find(|c| c.id == id) {
+                    c.waiting.remove(i);
+                    c.sinks[i] = Some(checkpoint);
+                }
+                self.answer_claims();
+                None
+            }
             FromSink::Failed { error, .. } if current => {
+                // The claims it was asked are answered without it: it replays from its own
+                // checkpoint when it is back.
+                for c in &mut self.claims {
+                    c.waiting.remove(i);
+                }
+                self.answer_claims();
                 let name = self.slots[i].name.clone();
                 self.board.error(&name, error.class(), chain(&error), Some(i));
                 if error.class() != ErrorClass::Transient {
@@ -663,7 +695,11 @@ impl Supervisor {
     ) -> Result<(), ConnectorError> {
         let mut out: Vec<Event> = Vec::with_capacity(incoming.len());
         for ev in incoming.drain(..) {
-            transform.apply(ev, &mut out)?;
+            match ev {
+                // The runtime's business, between transactions: not the transform's.
+                Event::Claim { .. } => out.push(ev),
+                ev => transform.apply(ev, &mut out)?,
+            }
         }
         let live = self.live();
         let mut batches: Vec<Vec<Routed>> = self.slots.iter().map(|_| Vec::new()).collect();
@@ -672,6 +708,11 @@ impl Supervisor {
             let mut boundary = false;
             match &ev {
                 Event::Tables { selected } => self.board.tables(selected),
+                Event::Claim { id, .. } => self.claims.push(PendingClaim {
+                    id: *id,
+                    waiting: live,
+                    sinks: self.slots.iter().map(|_| None).collect(),
+                }),
                 Event::Commit { position, .. } | Event::Heartbeat { position } => {
                     boundary = true;
                     self.board.events(self.routed + 1, position);
@@ -700,6 +741,8 @@ impl Supervisor {
                 batches[i].push((ev.clone(), state.clone()));
             }
         }
+        // A claim while no sink runs has nobody to wait for.
+        self.answer_claims();
         for (i, batch) in batches.into_iter().enumerate() {
             if batch.is_empty() {
                 continue;
@@ -750,6 +793,16 @@ impl Supervisor {
             }
         }
         Ok(())
+    }
+
+    /// Answers the claims every sink asked has answered.
+    fn answer_claims(&mut self) {
+        while let Some(pos) = self.claims.iter().position(|c| c.waiting.is_empty()) {
+            let c = self.claims.remove(pos);
+            if let Some(tx) = &self.claims_tx {
+                let _ = tx.send(Claimed { id: c.id, sinks: Resume { sinks: c.sinks } });
+            }
+        }
     }
 
     /// Lets a stopped source finish: no more confirmations for it.
@@ -884,6 +937,7 @@ impl Supervisor {
                     error.get_or_insert(fail(&name, e));
                 }
                 FromSink::Finished { sink, generation } => waiting.retain(|w| *w != (sink, generation)),
+                FromSink::Claimed { .. } => {}
             }
         }
         for i in 0..self.slots.len() {

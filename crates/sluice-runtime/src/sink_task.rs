@@ -62,6 +62,9 @@ pub(crate) enum FromSink {
     Failed { sink: usize, generation: u64, error: ConnectorError },
     /// The task ended after its queue closed, having committed what it could.
     Finished { sink: usize, generation: u64 },
+    /// The sink answered an [`Event::Claim`]: everything before it is durable and `checkpoint`
+    /// holds what the target holds for the claimed scope.
+    Claimed { sink: usize, generation: u64, id: u64, checkpoint: Checkpoint },
 }
 
 pub(crate) struct SinkTask {
@@ -322,8 +325,44 @@ impl Driver {
             }
             // A transaction's events go to the sink in runs (`on_batch`).
             Event::Begin(_) | Event::Change(_) | Event::Commit { .. } => {}
+            Event::Claim { id, scope } => self.claim(*id, scope).await?,
             Event::Copy(c) => self.on_copy(ev, c).await?,
         }
+        Ok(())
+    }
+
+    /// Answers a claim: commits what was accepted and waits until it is durable, so the target
+    /// holds no work of this process that is not in its stored position; then adopts what the
+    /// target holds for `scope` (another process may have delivered it meanwhile) as accepted,
+    /// so replays of it are skipped, and reports the result.
+    async fn claim(&mut self, id: u64, scope: &sluice_core::Position) -> Result<(), ConnectorError> {
+        if !self.at_boundary() {
+            return Err(ConnectorError::msg(
+                ErrorClass::Fatal,
+                format!("{} was sent a claim inside a transaction or copy (a source bug)", self.sink.name()),
+            ));
+        }
+        self.commit().await?;
+        while !self.pending.is_empty() {
+            match self.ack_rx.recv().await {
+                Some(r) => self.on_ack(r)?,
+                None => break,
+            }
+        }
+        if let Some(stored) = self.sink.adopt(scope).await? {
+            let stored = stored.within(scope);
+            match &mut self.accepted.position {
+                Some(p) => p.advance(&stored),
+                None => self.accepted.position = Some(stored),
+            }
+        }
+        debug!(sink = %self.sink.name(), id, position = ?self.accepted.position, "claim answered");
+        let _ = self.out.send(FromSink::Claimed {
+            sink: self.index,
+            generation: self.generation,
+            id,
+            checkpoint: self.accepted.clone(),
+        });
         Ok(())
     }
 

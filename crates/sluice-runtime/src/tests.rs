@@ -672,3 +672,202 @@ async fn a_stop_requested_while_routing_reaches_the_source() {
     assert!(slot.lock().unwrap().is_none(), "the transform requested the stop");
     assert!(matches!(ended, Ok(Ok(Ok(())))), "the pipeline did not end after a stop requested while routing");
 }
+
+/// Claims: a Kafka-like source on topic `t` that streams partition 0, claims partition 1, then
+/// replays partition 1 from its start (as a source that assigned it too early would).
+#[derive(Default)]
+struct ClaimWorld {
+    /// Per sink: offsets another process stored for partition 1 (what `adopt` finds)
+    elsewhere: Vec<Option<i64>>,
+    /// Per sink: the position its target held when `adopt` was called
+    held_at_adopt: Vec<Option<Position>>,
+    /// Per sink: the offsets of the records it committed, by partition
+    applied: Vec<Vec<(i32, i64)>>,
+    /// The runtime's answer to the claim
+    answer: Option<Claimed>,
+}
+
+type ClaimShared = Arc<Mutex<ClaimWorld>>;
+
+fn offsets(at: &[(i32, i64)]) -> Position {
+    let mut k = KafkaOffsets::default();
+    for (p, o) in at {
+        k.set("t", *p, *o);
+    }
+    Position::Kafka(k)
+}
+
+#[derive(Debug)]
+struct ClaimSourceConn(Arc<Mutex<ClaimWorld>>);
+
+impl std::fmt::Debug for ClaimWorld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClaimWorld")
+    }
+}
+
+#[async_trait]
+impl SourceConnector for ClaimSourceConn {
+    fn kind(&self) -> &'static str {
+        "claims"
+    }
+    fn build(&self, _pipeline: &str) -> Box<dyn Source> {
+        Box::new(ClaimSource(self.0.clone()))
+    }
+    async fn check(&self, _pipeline: &str) -> Vec<CheckResult> {
+        Vec::new()
+    }
+    fn describe(&self) -> String {
+        "claims".into()
+    }
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+struct ClaimSource(ClaimShared);
+
+#[async_trait]
+impl Source for ClaimSource {
+    async fn run(&mut self, _resume: Resume, ctx: SourceContext) -> Result<(), ConnectorError> {
+        let SourceContext { events, mut confirmed, mut stop, mut claims, .. } = ctx;
+        let record = |p: i32, o: i64| {
+            let meta = TxnMeta { xid: o as u64, commit_ts_micros: 0, position: offsets(&[(p, o)]) };
+            vec![
+                Event::Begin(meta.clone()),
+                Event::Change(Change { table: schema(), op: Op::Insert { after: row(o, &format!("p{p}")) } }),
+                Event::Commit { meta, position: offsets(&[(p, o + 1)]) },
+            ]
+        };
+        let closed = |_| ConnectorError::msg(ErrorClass::Transient, "closed");
+        for o in 0..5 {
+            for ev in record(0, o) {
+                events.send(ev).await.map_err(closed)?;
+            }
+        }
+        events.send(Event::Claim { id: 1, scope: offsets(&[(1, 0)]) }).await.map_err(closed)?;
+        let answer = claims.recv().await.expect("an answer");
+        self.0.lock().unwrap().answer = Some(answer);
+        for o in 0..10 {
+            for ev in record(1, o) {
+                events.send(ev).await.map_err(closed)?;
+            }
+        }
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+        drop(events);
+        while confirmed.changed().await.is_ok() {}
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct ClaimSinkConn(usize, ClaimShared);
+
+#[async_trait]
+impl SinkConnector for ClaimSinkConn {
+    fn kind(&self) -> &'static str {
+        "claims"
+    }
+    fn build(&self, _pipeline: &str, _index: usize) -> Box<dyn Sink> {
+        Box::new(ClaimSink { i: self.0, w: self.1.clone(), pending: Vec::new(), stored: None })
+    }
+    async fn check(&self, _at: &str) -> Vec<CheckResult> {
+        Vec::new()
+    }
+    fn describe(&self) -> String {
+        format!("claims {}", self.0)
+    }
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+/// Sink 0 shares its target with another process (which stored partition 1 at
+/// `elsewhere[0]`); sink 1 is its target's only writer (the default `adopt`).
+struct ClaimSink {
+    i: usize,
+    w: ClaimShared,
+    pending: Vec<(i32, i64)>,
+    stored: Option<Position>,
+}
+
+#[async_trait]
+impl Sink for ClaimSink {
+    fn name(&self) -> &str {
+        "claims"
+    }
+    fn batch_policy(&self) -> BatchPolicy {
+        // Large batches: only the claim makes partition 0's records durable before it.
+        BatchPolicy { max_rows: 1000, max_delay: Duration::from_secs(60) }
+    }
+    async fn open(&mut self, _ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {
+        Ok(None)
+    }
+    async fn write(&mut self, event: &Event) -> Result<(), ConnectorError> {
+        if let Event::Begin(m) = event {
+            if let Position::Kafka(k) = &m.position {
+                self.pending.extend(k.entries().map(|(_, p, o)| (p, o)));
+            }
+        }
+        Ok(())
+    }
+    async fn commit(&mut self, checkpoint: Checkpoint, ack: Ack) -> Result<(), ConnectorError> {
+        self.w.lock().unwrap().applied[self.i].append(&mut self.pending);
+        self.stored = checkpoint.position;
+        ack.durable();
+        Ok(())
+    }
+    async fn adopt(&mut self, _scope: &Position) -> Result<Option<Position>, ConnectorError> {
+        let mut w = self.w.lock().unwrap();
+        w.held_at_adopt[self.i] = self.stored.clone();
+        let Some(o) = w.elsewhere[self.i] else { return Ok(None) };
+        let mut stored = self.stored.clone().unwrap_or_else(|| offsets(&[]));
+        stored.advance(&offsets(&[(1, o)]));
+        Ok(Some(stored))
+    }
+}
+
+/// A claim reaches each sink after everything sent before it, which is durable before the sink
+/// adopts what its target holds; the source is answered with each sink's position, including
+/// the offsets another process stored for the claimed partition; a replay of what that process
+/// applied is skipped.
+#[tokio::test]
+async fn a_claim_makes_earlier_work_durable_then_adopts_what_the_target_holds() {
+    let w: ClaimShared = Arc::new(Mutex::new(ClaimWorld {
+        elsewhere: vec![Some(7), None],
+        held_at_adopt: vec![None, None],
+        applied: vec![Vec::new(), Vec::new()],
+        answer: None,
+    }));
+    let p = Pipeline {
+        name: "claims".into(),
+        source: Arc::new(ClaimSourceConn(w.clone())),
+        sinks: (0..2).map(|i| Arc::new(ClaimSinkConn(i, w.clone())) as Arc<dyn SinkConnector>).collect(),
+        transform: Arc::new(|| Box::new(Identity) as Box<dyn Transform>),
+        retry: RetryPolicy::default(),
+    };
+    let (tx, rx) = watch::channel(false);
+    let running = spawn(p, rx);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while w.lock().unwrap().answer.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the claim was never answered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(stop(tx, running).await.is_ok());
+    let w = w.lock().unwrap();
+    for i in 0..2 {
+        assert_eq!(w.held_at_adopt[i], Some(offsets(&[(0, 5)])), "sink {i}: partition 0 durable before adopting");
+    }
+    let answer = w.answer.as_ref().unwrap();
+    assert_eq!(answer.id, 1);
+    let positions: Vec<Option<Position>> =
+        answer.sinks.sinks.iter().map(|c| c.as_ref().and_then(|c| c.position.clone())).collect();
+    assert_eq!(positions, vec![Some(offsets(&[(0, 5), (1, 7)])), Some(offsets(&[(0, 5)]))]);
+    let p1 = |i: usize| w.applied[i].iter().filter(|(p, _)| *p == 1).map(|(_, o)| *o).collect::<Vec<_>>();
+    assert_eq!(p1(0), (7..10).collect::<Vec<_>>(), "sink 0 skipped what the other process applied");
+    assert_eq!(p1(1), (0..10).collect::<Vec<_>>(), "sink 1 holds partition 1 only from this process");
+}

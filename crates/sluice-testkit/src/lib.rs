@@ -54,7 +54,19 @@ pub async fn database(server: &PgServer, db: &str) -> (String, tokio_postgres::C
 }
 
 /// Polls `cond` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    match poll_until(timeout, cond).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Polls `cond` until it returns `Some`; `None` after `timeout` (the caller says what failed).
+pub async fn poll_until<T, F, Fut>(timeout: Duration, mut cond: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -62,10 +74,10 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = cond().await {
-            return v;
+            return Some(v);
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -61,7 +61,7 @@ impl Source for MySqlSource {
 
 impl MySqlSource {
     async fn run_inner(&mut self, resume: Resume, ctx: SourceContext) -> Result<(), MyError> {
-        let SourceContext { events, confirmed, stop, accepted: _ } = ctx;
+        let SourceContext { events, confirmed, stop, .. } = ctx;
         let url = self.cfg.url.expose().clone();
         let mut conn = catalog::connect(&url, "source").await?;
         let info = catalog::server_info(&mut conn).await?;

@@ -50,13 +50,70 @@ pub(crate) struct CheckpointWrite {
     position: Option<String>,
     snapshot_done: bool,
     state: String,
+    /// Set when other processes write this sink too: the checkpoint is merged into the stored
+    /// one (see `Checkpoint::merge_shared`) instead of replacing it.
+    shared: Option<Shared>,
+}
+
+/// A shared sink's commit: this process's checkpoint and its position before the commit.
+struct Shared {
+    checkpoint: Checkpoint,
+    known: Option<Position>,
 }
 
 impl CheckpointWrite {
+    /// Makes this a shared sink's write (see [`sluice_core::SinkContext::shared`]): merged into
+    /// the stored checkpoint, refused if another process applied one of the partitions this
+    /// commit covers past `known` (this process's position before it).
+    pub fn shared(mut self, checkpoint: &Checkpoint, known: Option<Position>) -> CheckpointWrite {
+        self.shared = Some(Shared { checkpoint: checkpoint.clone(), known });
+        self
+    }
+
+    /// A shared sink's write: the stored row is locked and merged with, or inserted if there is
+    /// none (a concurrent first insert by another process is waited for and then merged with).
+    async fn execute_shared(&self, client: &Client, shared: &Shared) -> Result<(), PgError> {
+        let lock = format!(
+            "SELECT position::text, snapshot_done, state::text FROM {} WHERE pipeline = $1 AND sink = $2 FOR UPDATE",
+            self.table
+        );
+        for _ in 0..3 {
+            let row = client.query_opt(&lock, &[&self.pipeline, &self.sink]).await.ctx("read the stored checkpoint")?;
+            let Some(r) = row else {
+                let insert = self.sql.replace(CONFLICT_UPDATE, "ON CONFLICT (pipeline, sink) DO NOTHING");
+                let n = client
+                    .execute(&insert, &[&self.pipeline, &self.sink, &self.position, &self.snapshot_done, &self.state])
+                    .await
+                    .ctx("store checkpoint")?;
+                if n == 1 {
+                    return Ok(());
+                }
+                continue; // another process stored its first checkpoint meanwhile
+            };
+            let stored = parse_row(r.get(0), r.get(1), r.get(2))
+                .map_err(|e| PgError::Setup(format!("the stored checkpoint in {} cannot be read: {e}", self.table)))?;
+            let merged = shared
+                .checkpoint
+                .merge_shared(&stored, shared.known.as_ref())
+                .map_err(|e| PgError::Retry(e.to_string()))?;
+            let position = merged.position.as_ref().and_then(|p| serde_json::to_string(p).ok());
+            let done = snapshot_done(&merged);
+            client
+                .execute(&self.sql, &[&self.pipeline, &self.sink, &position, &done, &merged.to_json()])
+                .await
+                .ctx("store checkpoint")?;
+            return Ok(());
+        }
+        Err(PgError::Retry(format!("the checkpoint row in {} kept changing under this process", self.table)))
+    }
+
     /// Stores the checkpoint, inside the caller's transaction. Refuses to move the stored
     /// position backwards: a stored position past this one means another sluice process wrote
     /// this sink after this one (fencing's second line, behind the sink's advisory lock).
     pub async fn execute(&self, client: &Client) -> Result<(), PgError> {
+        if let Some(shared) = &self.shared {
+            return self.execute_shared(client, shared).await;
+        }
         if let Some(new) = &self.position {
             let stored: Option<String> = client
                 .query_opt(&self.lock_sql, &[&self.pipeline, &self.sink])
@@ -81,6 +138,27 @@ impl CheckpointWrite {
             .await
             .ctx("store checkpoint")?;
         Ok(())
+    }
+}
+
+/// How a write replaces the stored row.
+const CONFLICT_UPDATE: &str = "ON CONFLICT (pipeline, sink) DO UPDATE SET position = EXCLUDED.position, \
+     snapshot_done = EXCLUDED.snapshot_done, state = EXCLUDED.state, updated_at = now()";
+
+/// No table is being copied.
+fn snapshot_done(cp: &Checkpoint) -> bool {
+    !cp.tables.values().any(|t| matches!(t, TableProgress::Copying { .. }))
+}
+
+/// A checkpoint row: the versioned state, or a first-release position and flag.
+fn parse_row(
+    position: Option<String>,
+    snapshot_done: bool,
+    state: Option<String>,
+) -> Result<Checkpoint, sluice_core::CheckpointError> {
+    match &state {
+        Some(s) => Checkpoint::from_json(s),
+        None => Checkpoint::from_v1(position.as_deref(), snapshot_done),
     }
 }
 
@@ -277,12 +355,7 @@ impl CheckpointStore {
             .await
             .ctx("read checkpoint")?;
         let Some(r) = row else { return Ok(None) };
-        let (position, snapshot_done, state): (Option<String>, bool, Option<String>) = (r.get(0), r.get(1), r.get(2));
-        let cp = match &state {
-            Some(s) => Checkpoint::from_json(s),
-            None => Checkpoint::from_v1(position.as_deref(), snapshot_done),
-        };
-        cp.map(Some).map_err(|e| {
+        parse_row(r.get(0), r.get(1), r.get(2)).map(Some).map_err(|e| {
             ConnectorError::new(
                 ErrorClass::Fatal,
                 format!(
@@ -300,9 +373,7 @@ impl CheckpointStore {
         CheckpointWrite {
             sql: format!(
                 "INSERT INTO {} (pipeline, sink, position, snapshot_done, state, updated_at) \
-                 VALUES ($1, $2, $3::text::jsonb, $4, $5::text::jsonb, now()) ON CONFLICT (pipeline, sink) DO UPDATE \
-                 SET position = EXCLUDED.position, snapshot_done = EXCLUDED.snapshot_done, state = EXCLUDED.state, \
-                 updated_at = now()",
+                 VALUES ($1, $2, $3::text::jsonb, $4, $5::text::jsonb, now()) {CONFLICT_UPDATE}",
                 self.table()
             ),
             lock_sql: format!(
@@ -313,8 +384,9 @@ impl CheckpointStore {
             pipeline: self.pipeline.clone(),
             sink: self.sink.clone(),
             position: cp.position.as_ref().and_then(|p| serde_json::to_string(p).ok()),
-            snapshot_done: !cp.tables.values().any(|t| matches!(t, TableProgress::Copying { .. })),
+            snapshot_done: snapshot_done(cp),
             state: cp.to_json(),
+            shared: None,
         }
     }
 }

@@ -41,8 +41,8 @@ use async_trait::async_trait;
 use rustc_hash::FxHashMap;
 use sluice_core::collapse::{Added, KeyedBatch, NetOp};
 use sluice_core::{
-    Ack, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyMode, CopyStep, ErrorClass, Event, Op, Row,
-    SchemaRef, Sink, SinkContext, SinkStats, SinkTable, TableId, TableSchema, TxnMeta,
+    Ack, BatchPolicy, BulkFormat, Checkpoint, ConnectorError, Copy, CopyMode, CopyStep, ErrorClass, Event, Op,
+    Position, Row, SchemaRef, Sink, SinkContext, SinkStats, SinkTable, TableId, TableSchema, TxnMeta,
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
@@ -104,6 +104,12 @@ pub struct PgSink {
     ready: Option<SchemaRef>,
     /// Tables in quarantine (and why): their changes and copies are skipped.
     quarantine: FxHashMap<TableId, String>,
+    /// Other processes of the pipeline write this target too (`SinkContext::shared`).
+    shared: bool,
+    /// A shared sink's own position before the next commit: what it opened with or last
+    /// stored, with the offsets of partitions it adopted since ([`Sink::adopt`]). A partition
+    /// whose stored offset is past this one was applied by another process.
+    known: Option<Position>,
 }
 
 /// How a background commit ended.
@@ -179,6 +185,17 @@ impl PgSink {
             loading: None,
             ready: None,
             quarantine: FxHashMap::default(),
+            shared: false,
+            known: None,
+        }
+    }
+
+    /// The statement storing `checkpoint`; for a shared sink, merged into the stored one.
+    fn checkpoint_write(&self, checkpoint: &Checkpoint) -> CheckpointWrite {
+        let write = self.store.write(checkpoint);
+        match self.shared {
+            true => write.shared(checkpoint, self.known.clone()),
+            false => write,
         }
     }
 
@@ -572,7 +589,7 @@ impl PgSink {
             Event::Change(c) => self.accept_change(&c.table, Cow::Borrowed(&c.op)).await?,
             Event::Commit { .. } => self.txn = None,
             Event::Copy(c) => self.copy(c).await?,
-            Event::Tables { .. } | Event::StreamStart { .. } | Event::Heartbeat { .. } => {}
+            Event::Tables { .. } | Event::StreamStart { .. } | Event::Heartbeat { .. } | Event::Claim { .. } => {}
         }
         Ok(())
     }
@@ -583,7 +600,7 @@ impl PgSink {
         self.write_all().await?;
         self.begin().await?;
         let client = self.client()?;
-        self.store.write(checkpoint).execute(&client).await?;
+        self.checkpoint_write(checkpoint).execute(&client).await?;
         sluice_core::crash_point("sink.before_commit");
         client.batch_execute("COMMIT").await.ctx("commit target transaction")?;
         sluice_core::crash_point("sink.after_commit");
@@ -611,7 +628,7 @@ impl PgSink {
         let job = Job {
             client,
             steps,
-            checkpoint: self.store.write(checkpoint),
+            checkpoint: self.checkpoint_write(checkpoint),
             tables,
             dead: self.dead_letters(),
             encoding: self.cfg.encoding,
@@ -716,7 +733,11 @@ impl Sink for PgSink {
             .await
             .ctx("configure sink session")
             .map_err(ConnectorError::from)?;
-        self.store.fence(&client, FENCE_WAIT).await?;
+        // A shared sink's processes write side by side; each commit is fenced per partition.
+        self.shared = ctx.shared;
+        if !self.shared {
+            self.store.fence(&client, FENCE_WAIT).await?;
+        }
         self.store.prepare(&client).await?;
         let cp = self.store.read(&client).await?;
         self.quarantine = self.store.quarantined(&client).await?.into_iter().map(|q| (q.table, q.reason)).collect();
@@ -725,6 +746,7 @@ impl Sink for PgSink {
         }
         self.client = Some(Arc::new(client));
         self.stored = cp.clone();
+        self.known = cp.as_ref().and_then(|c| c.position.clone());
         info!(sink = %self.name, position = ?cp.as_ref().and_then(|c| c.position.as_ref()), "sink opened");
         Ok(cp)
     }
@@ -773,10 +795,26 @@ impl Sink for PgSink {
         } else {
             self.commit_in_background(&checkpoint, ack).await?;
         }
+        self.known = checkpoint.position.clone();
         self.stored = Some(checkpoint);
         self.stored_at = std::time::Instant::now();
         self.dirty = false;
         Ok(())
+    }
+
+    async fn adopt(&mut self, scope: &Position) -> Result<Option<Position>, ConnectorError> {
+        if !self.shared {
+            return Ok(None);
+        }
+        self.settle().await?;
+        let client = self.client()?;
+        let Some(stored) = self.store.read(&client).await?.and_then(|c| c.position) else { return Ok(None) };
+        let adopted = stored.within(scope);
+        match &mut self.known {
+            Some(k) => k.advance(&adopted),
+            None => self.known = Some(adopted),
+        }
+        Ok(Some(stored))
     }
 
     async fn close(&mut self) -> Result<(), ConnectorError> {

@@ -155,6 +155,12 @@ pub(crate) async fn reconcile(
     defer_key: bool,
 ) -> Result<Target, PgError> {
     let name = qualified(tid);
+    // Processes of one pipeline sharing this target (a Kafka source's consumer group) may meet
+    // a new table or shape at once: one changes it, the others then see the result.
+    client
+        .execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&format!("sluice table {name}")])
+        .await
+        .ctx(format!("lock {tid} for a change of its shape"))?;
     let existing = target_columns(client, &name).await?;
     if existing.is_empty() {
         client

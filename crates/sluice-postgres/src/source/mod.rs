@@ -100,7 +100,7 @@ struct SlotInfo {
 
 impl PgSource {
     async fn run_inner(&mut self, resume: Resume, ctx: SourceContext) -> Result<(), PgError> {
-        let SourceContext { events, confirmed, stop, accepted } = ctx;
+        let SourceContext { events, confirmed, stop, accepted, .. } = ctx;
         let url = self.cfg.url.expose().clone();
         let catalog = catalog::connect(&url, "source").await?;
         let mut tables = self.selected_tables(&catalog).await?;
