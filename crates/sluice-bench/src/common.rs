@@ -102,9 +102,16 @@ pub struct SluiceProc {
 
 impl SluiceProc {
     pub fn start(dir: &tempfile::TempDir, toml: &str) -> anyhow::Result<SluiceProc> {
-        let config = dir.path().join("pipeline.toml");
+        let level = std::env::var("BENCH_SLUICE_LOG").unwrap_or_else(|_| "warn".into());
+        SluiceProc::start_named(dir, "pipeline", toml, &level)
+    }
+
+    /// Starts `sluice run` on `toml`, written to `DIR/NAME.toml`, logging at `level` to
+    /// `DIR/NAME.log` (several pipelines can share one directory).
+    pub fn start_named(dir: &tempfile::TempDir, name: &str, toml: &str, level: &str) -> anyhow::Result<SluiceProc> {
+        let config = dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, toml)?;
-        let log = dir.path().join("sluice.log");
+        let log = dir.path().join(if name == "pipeline" { "sluice.log".to_string() } else { format!("{name}.log") });
         // BENCH_SLUICE_WRAP runs sluice under a profiler, e.g. "valgrind --tool=callgrind".
         let wrap = std::env::var("BENCH_SLUICE_WRAP").unwrap_or_default();
         let mut words = wrap.split_whitespace();
@@ -119,7 +126,7 @@ impl SluiceProc {
         let child = cmd
             .arg("run")
             .arg(&config)
-            .env("RUST_LOG", std::env::var("BENCH_SLUICE_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(&log)?))
             .spawn()
@@ -291,4 +298,25 @@ pub async fn backend_cpu_secs(client: &Client, query: &str) -> f64 {
         Ok(rows) => rows.iter().filter_map(|r| r.get::<_, Option<i32>>(0)).map(proc_cpu_secs).sum(),
         Err(_) => 0.0,
     }
+}
+
+/// BENCH_PERF=FILE records a CPU profile of sluice while it works (perf record -p).
+pub fn perf_start(p: &SluiceProc) -> anyhow::Result<Option<std::process::Child>> {
+    let Ok(out) = std::env::var("BENCH_PERF") else { return Ok(None) };
+    let child = Command::new("perf")
+        .args(["record", "-F", "999", "-g", "-o", &out, "-p", &p.child.id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start perf")?;
+    Ok(Some(child))
+}
+
+pub fn perf_stop(perf: Option<std::process::Child>) -> anyhow::Result<()> {
+    if let Some(mut perf) = perf {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+        perf.wait()?;
+    }
+    Ok(())
 }

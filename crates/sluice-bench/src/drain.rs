@@ -16,12 +16,12 @@ use crate::common::{
     backend_cpu_secs, bench_server, connect, copied, digest, exec, median, top_statements, until_true, Pair, SluiceProc,
 };
 
-const TABLES: &str = "
+pub(crate) const TABLES: &str = "
 CREATE TABLE t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, c timestamptz NOT NULL, d numeric(12,2) NOT NULL);
 CREATE TABLE marker (id int PRIMARY KEY, at timestamptz NOT NULL);
 ";
 
-const BACKLOG: &str = r#"
+pub(crate) const BACKLOG: &str = r#"
 CREATE PROCEDURE backlog(n_ins bigint, n_upd bigint, n_del bigint) LANGUAGE plpgsql AS $$
 DECLARE i bigint; n int;
 BEGIN

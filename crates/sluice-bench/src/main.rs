@@ -37,6 +37,8 @@ enum Cmd {
     MysqlSnapshot(mysql::SnapshotArgs),
     /// PostgreSQL -> Kafka (Avro, exactly once) drain vs a raw rdkafka producer loop
     KafkaProduce(kafka::ProduceArgs),
+    /// Kafka -> PostgreSQL replica drain (Avro, through the registry) next to PostgreSQL -> PostgreSQL
+    KafkaConsume(kafka::ConsumeArgs),
 }
 
 #[tokio::main]
@@ -50,5 +52,6 @@ async fn main() -> anyhow::Result<()> {
         Cmd::MysqlDrain(a) => mysql::drain(a).await,
         Cmd::MysqlSnapshot(a) => mysql::snapshot(a).await,
         Cmd::KafkaProduce(a) => kafka::produce(a).await,
+        Cmd::KafkaConsume(a) => kafka::consume(a).await,
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use sluice_playground::{MariaDbOptions, MariaDbServer};
 
-use crate::common::{median, proc_cpu_secs, SluiceProc};
+use crate::common::{median, perf_start, perf_stop, proc_cpu_secs, SluiceProc};
 
 const TABLES: &str = "CREATE TABLE t (id BIGINT PRIMARY KEY, a INT NOT NULL, b VARCHAR(64) NOT NULL, \
                       c DATETIME(6) NOT NULL, d DECIMAL(12,2) NOT NULL); \
@@ -91,27 +91,6 @@ fn until(s: &MariaDbServer, db: &str, sql: &str, want: &str, from: Instant, limi
 }
 
 const DIGEST: &str = "SELECT COUNT(*), COALESCE(SUM(CRC32(CONCAT_WS('|', id, a, b, c, d))), 0) FROM t";
-
-/// BENCH_PERF=FILE records a CPU profile of sluice while it works (perf record -p).
-fn perf_start(p: &SluiceProc) -> anyhow::Result<Option<std::process::Child>> {
-    let Ok(out) = std::env::var("BENCH_PERF") else { return Ok(None) };
-    let child = Command::new("perf")
-        .args(["record", "-F", "999", "-g", "-o", &out, "-p", &p.child.id().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start perf")?;
-    Ok(Some(child))
-}
-
-fn perf_stop(perf: Option<std::process::Child>) -> anyhow::Result<()> {
-    if let Some(mut perf) = perf {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
-        perf.wait()?;
-    }
-    Ok(())
-}
 
 pub async fn drain(a: DrainArgs) -> anyhow::Result<()> {
     let changes = (a.inserts + a.updates + a.deletes) as f64;

@@ -28,7 +28,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use sluice_core::{
     Ack, BatchPolicy, Checkpoint, ConnectorError, CopyStep, ErrorClass, Event, Op, Sink, SinkContext, TableId, TxnMeta,
 };
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::config::{KafkaSinkConfig, Partitioner};
 use crate::format::{self, Format, Record, SourceInfo};
@@ -174,11 +174,31 @@ impl KafkaSink {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 Err((e, _)) => return Err(retryable("send a record")(e)),
             }
         }
+    }
+
+    /// Waits until every record sent is acknowledged by the brokers (or failed), without
+    /// blocking a runtime thread. rdkafka's own `flush` (which `commit_transaction` also calls)
+    /// polls in slices of 100 ms that it always sleeps out, so every commit with records in flight
+    /// took at least 100 ms (measured); the producer's polling thread serves the delivery
+    /// reports, so watching the count is enough, and the commit's own flush then finds nothing.
+    async fn delivered(&self) -> Result<(), ConnectorError> {
+        let producer = self.producer()?;
+        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+        while producer.in_flight_count() > 0 {
+            if std::time::Instant::now() > deadline {
+                return Err(ConnectorError::msg(
+                    ErrorClass::Transient,
+                    format!("kafka: records not acknowledged within {CALL_TIMEOUT:?}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
     }
 
     fn begin(&mut self) -> Result<(), ConnectorError> {
@@ -244,8 +264,16 @@ impl KafkaSink {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
+            // The end of the partition is what it waits for: the broker need not hold a fetch
+            // back for more data (librdkafka's 500 ms default made every open take a second).
+            .set("fetch.wait.max.ms", "10")
             .set("auto.offset.reset", "earliest");
         let consumer: BaseConsumer = c.create().map_err(retryable("create the offsets reader"))?;
+        // With the partition's leader known before the assignment, the start offset is asked at
+        // once; otherwise librdkafka retries it on a 500 ms timer (measured: 515 ms vs 70 ms).
+        consumer
+            .fetch_metadata(Some(&self.cfg.offsets_topic), CALL_TIMEOUT)
+            .map_err(retryable("read the offsets topic's metadata"))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.cfg.offsets_topic, 0, Offset::Beginning).map_err(retryable("assign"))?;
         consumer.assign(&tpl).map_err(retryable("read the offsets topic"))?;
@@ -325,13 +353,21 @@ impl Sink for KafkaSink {
         self.in_txn = false;
         let offsets = self.cfg.offsets_topic.clone();
         self.topic(&offsets, true).await?;
+        let started = std::time::Instant::now();
         if self.cfg.exactly_once() {
             // Fences an older process with the same transactional.id and aborts what it left open.
             let p = self.producer()?;
             tokio::task::block_in_place(|| p.init_transactions(CALL_TIMEOUT))
                 .map_err(retryable("initialise transactions"))?;
         }
+        let initialised = started.elapsed();
         let cp = tokio::task::block_in_place(|| self.read_checkpoint())?;
+        debug!(
+            sink = %self.name,
+            init_transactions_ms = initialised.as_millis() as u64,
+            read_offsets_ms = (started.elapsed() - initialised).as_millis() as u64,
+            "opened"
+        );
         info!(sink = %self.name, brokers = %self.cfg.brokers, position = ?cp.as_ref().and_then(|c| c.position.as_ref()).map(|p| p.to_string()), "sink opened");
         Ok(cp)
     }
@@ -377,11 +413,13 @@ impl Sink for KafkaSink {
     }
 
     async fn commit(&mut self, checkpoint: Checkpoint, ack: Ack) -> Result<(), ConnectorError> {
+        let started = std::time::Instant::now();
         let result = async {
             self.begin()?;
             let key = self.key();
             let offsets = self.cfg.offsets_topic.clone();
             self.send(&offsets, Some(0), Some(key.as_bytes()), Some(checkpoint.to_json().as_bytes())).await?;
+            self.delivered().await?;
             let p = self.producer()?;
             if self.cfg.exactly_once() {
                 tokio::task::block_in_place(|| p.commit_transaction(CALL_TIMEOUT)).map_err(retryable("commit"))?;
@@ -397,6 +435,7 @@ impl Sink for KafkaSink {
         .await;
         match result {
             Ok(()) => {
+                debug!(sink = %self.name, ms = started.elapsed().as_secs_f64() * 1e3, "committed");
                 ack.durable();
                 Ok(())
             }

@@ -141,6 +141,11 @@ impl KafkaBroker {
         self.kind
     }
 
+    /// The broker's process id (for CPU accounting in benchmarks), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)

@@ -38,22 +38,7 @@ pub struct ReplicationConn {
     stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    /// In CopyBoth mode: bytes returned by the last read.
-    last_read: usize,
-    streaming: bool,
 }
-
-/// A streaming read smaller than this is followed by a short pause before the next one.
-const SMALL_READ_BYTES: usize = 32 * 1024;
-/// The pause. The walsender writes and flushes every message separately; a reader that keeps
-/// up gets one message per read, and both sides then spend their CPU on system calls and
-/// wake-ups (measured: 2.7x the CPU on both, a third of the throughput). Pausing lets messages
-/// gather and, with the small receive buffer of a same-host connection (see
-/// `LOCAL_RECV_BUFFER_BYTES`), lets the TCP window close, which is when the walsender's sends
-/// become cheap. 2 ms fills a 64 KiB window at any rate worth coalescing, and is far below the
-/// time a full window takes to process, so a busy stream is not throttled; it adds at most 2 ms
-/// of latency to a quiet one.
-const COALESCE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 const WHAT: &str = "replication connection";
 
@@ -78,13 +63,7 @@ impl ReplicationConn {
                 Stream::Unix(UnixStream::connect(path).await.map_err(io)?)
             }
         };
-        let mut conn = ReplicationConn {
-            stream,
-            rbuf: BytesMut::with_capacity(64 * 1024),
-            wbuf: BytesMut::new(),
-            last_read: 0,
-            streaming: false,
-        };
+        let mut conn = ReplicationConn { stream, rbuf: BytesMut::with_capacity(64 * 1024), wbuf: BytesMut::new() };
         let user = cfg.get_user().unwrap_or("postgres").to_string();
         let db = cfg.get_dbname().unwrap_or(&user).to_string();
         let params = [
@@ -222,10 +201,6 @@ impl ReplicationConn {
             if let Some(m) = self.try_parse() {
                 return Ok(m);
             }
-            if self.streaming && self.last_read > 0 && self.last_read < SMALL_READ_BYTES {
-                self.last_read = 0;
-                tokio::time::sleep(COALESCE_PAUSE).await;
-            }
             if self.rbuf.capacity() - self.rbuf.len() < 8192 {
                 self.rbuf.reserve(64 * 1024);
             }
@@ -238,7 +213,6 @@ impl ReplicationConn {
             if n == 0 {
                 return Err(io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed the connection")));
             }
-            self.last_read = n;
         }
     }
 
@@ -267,7 +241,6 @@ impl ReplicationConn {
             let m = self.recv().await?;
             match m.tag {
                 b'W' => {
-                    self.streaming = true;
                     match &self.stream {
                         Stream::Tcp(s) => size_local_receive_buffer(s),
                         Stream::Tls(s) => size_local_receive_buffer(s.get_ref().0),

@@ -24,6 +24,9 @@ use crate::replication::{ReplicationConn, PG_EPOCH_OFFSET_MICROS};
 /// The pipeline is stopping: the current event was not delivered.
 pub(super) struct Stopping;
 
+/// Shortest time between two reports of a new durable position (besides the status interval).
+const CONFIRM_EVERY: Duration = Duration::from_millis(50);
+
 /// How long a stop request waits for the transaction being streamed to end, so the sinks can
 /// commit it instead of replaying it next time.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -156,6 +159,12 @@ impl<'a> Streamer<'a> {
         let interval = Duration::from_millis(self.cfg.status_interval_ms);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A new durable position is reported soon (not only at the next status interval), so
+        // the server releases WAL and monitoring sees the slot move as the sinks commit; at most
+        // one report per CONFIRM_EVERY.
+        let mut confirm_open = true;
+        let mut report_at: Option<tokio::time::Instant> = None;
+        let mut last_report = tokio::time::Instant::now();
         // Phase 1: stream until asked to stop (at the end of the transaction being streamed).
         while !self.must_stop() {
             if self.between_transactions(repl, interval).await?.is_err() {
@@ -167,7 +176,20 @@ impl<'a> Streamer<'a> {
                 _ = sleep_until_opt(self.stop_deadline) => {}
                 _ = ticker.tick() => {
                     self.report(repl).await?;
+                    last_report = tokio::time::Instant::now();
+                    report_at = None;
                     self.discover().await?;
+                }
+                changed = self.confirmed_rx.changed(), if confirm_open && report_at.is_none() => {
+                    match changed {
+                        Ok(()) => report_at = Some((last_report + CONFIRM_EVERY).max(tokio::time::Instant::now())),
+                        Err(_) => confirm_open = false,
+                    }
+                }
+                _ = sleep_until_opt(report_at) => {
+                    self.report(repl).await?;
+                    last_report = tokio::time::Instant::now();
+                    report_at = None;
                 }
                 Some((id, r)) = self.backfill.result() => self.backfill.on_result(id, r)?,
                 msg = repl.recv() => {
