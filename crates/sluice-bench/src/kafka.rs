@@ -380,7 +380,7 @@ async fn consume_once(a: &ConsumeArgs) -> anyhow::Result<ConsumeRun> {
     let prod_toml = format!(
         "name = \"kprod\"\n[source]\ntype = \"postgres\"\nurl = \"{src_url}\"\n{tables}\n\n\
          [[sink]]\ntype = \"kafka\"\nbrokers = \"{bootstrap}\"\nformat = \"avro\"\nschema_registry = \"{registry_url}\"\n\
-         topic_partitions = 1\ndispatchers = [{{ matcher = [\"*.*\"], topic = \"bench_all\", partition = \"table\" }}]\n"
+         topic_partitions = 1\nsubject_name_strategy = \"topic_record\"\ndispatchers = [{{ matcher = [\"*.*\"], topic = \"bench_all\", partition = \"table\" }}]\n"
     );
     let cons_toml = format!(
         "name = \"kcons\"\n[source]\ntype = \"kafka\"\nbrokers = \"{bootstrap}\"\ntopics = [\"bench_all\"]\n\
@@ -476,9 +476,26 @@ async fn consume_once(a: &ConsumeArgs) -> anyhow::Result<ConsumeRun> {
         bail!("the PostgreSQL -> PostgreSQL replica differs from the source");
     }
     if digest(&kreplica, "t").await? != want {
-        bail!("the Kafka -> PostgreSQL replica differs from the source");
+        bail!(
+            "the Kafka -> PostgreSQL replica differs from the source: {} rows vs {}; first rows {:?} vs {:?}",
+            row_count(&kreplica).await,
+            row_count(&src).await,
+            first_rows(&kreplica).await,
+            first_rows(&src).await
+        );
     }
     let _ = registry.0.kill();
     drop(broker);
     Ok(ConsumeRun { consume, join: assigned, pg: pg_secs, rss_mb })
+}
+
+async fn row_count(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM t", &[]).await.map(|r| r.get::<_, i64>(0)).unwrap_or(-1)
+}
+
+async fn first_rows(c: &tokio_postgres::Client) -> Vec<String> {
+    c.query("SELECT r::text FROM t r ORDER BY id LIMIT 3", &[])
+        .await
+        .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        .unwrap_or_default()
 }

@@ -5,6 +5,9 @@
 //! - key: a record `<pipeline>.<schema>.<table>.Key` of the key columns, subject `<topic>-key`;
 //! - value: a record `<pipeline>.<schema>.<table>.Value` of every column, then `__op` (`c`, `u`,
 //!   `r`) and `__source_ts_ms` (the commit time, ms), subject `<topic>-value`;
+//! - subjects as Confluent's `TopicNameStrategy` names them, or with `subject_name_strategy` as
+//!   `RecordNameStrategy` (the record's full name) or `TopicRecordNameStrategy`
+//!   (`<topic>-<full name>`), for topics that carry several tables;
 //! - a delete is the key with no value (a tombstone), as with `delete.handling.mode=none`;
 //!   truncates are not sent (Avro consumers have no record for them).
 //!
@@ -23,7 +26,18 @@ use crate::format::Record;
 /// Schema ids per table shape.
 pub struct AvroFormat {
     registry: RegistryClient,
+    strategy: String,
     ids: HashMap<(TableId, u64, String), (Option<u32>, u32)>,
+}
+
+/// The subject of a key (`key`) or value schema in `topic` for the record `names`.
+fn subject(strategy: &str, topic: &str, key: bool, names: &RecordNames) -> String {
+    let full = format!("{}.{}", names.namespace, names.name);
+    match strategy {
+        "record" => full,
+        "topic_record" => format!("{topic}-{full}"),
+        _ => format!("{topic}-{}", if key { "key" } else { "value" }),
+    }
 }
 
 fn names(pipeline: &str, t: &TableSchema, record: &str) -> RecordNames {
@@ -42,8 +56,9 @@ fn value_schema(pipeline: &str, t: &TableSchema) -> serde_json::Value {
 }
 
 impl AvroFormat {
-    pub fn new(registry: RegistryClient) -> AvroFormat {
-        AvroFormat { registry, ids: HashMap::new() }
+    /// `strategy`: `topic`, `record` or `topic_record` (see the module's comment).
+    pub fn new(registry: RegistryClient, strategy: &str) -> AvroFormat {
+        AvroFormat { registry, strategy: strategy.to_string(), ids: HashMap::new() }
     }
 
     /// The key and value schema ids of `t` in `topic` (registered on first use).
@@ -75,11 +90,12 @@ impl AvroFormat {
         let key_id = if keys.is_empty() {
             None
         } else {
-            let subject = format!("{topic}-key");
-            let schema = record_schema(t, &keys, &names(pipeline, t, "Key")).to_string();
+            let names = names(pipeline, t, "Key");
+            let subject = subject(&self.strategy, topic, true, &names);
+            let schema = record_schema(t, &keys, &names).to_string();
             Some(self.registry.register(&subject, &schema).await.map_err(refused(subject))?)
         };
-        let subject = format!("{topic}-value");
+        let subject = subject(&self.strategy, topic, false, &names(pipeline, t, "Value"));
         let schema = value_schema(pipeline, t).to_string();
         let value_id = self.registry.register(&subject, &schema).await.map_err(refused(subject))?;
         self.ids.insert(slot, (key_id, value_id));
@@ -143,5 +159,19 @@ impl AvroFormat {
             None => body.push(0),
         }
         Ok(Some((key, Some(frame(value_id, &body)))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_follow_confluents_three_strategies() {
+        let n = RecordNames { name: "Value".into(), namespace: "p.public.orders".into() };
+        assert_eq!(subject("topic", "t1", false, &n), "t1-value");
+        assert_eq!(subject("topic", "t1", true, &n), "t1-key");
+        assert_eq!(subject("record", "t1", false, &n), "p.public.orders.Value");
+        assert_eq!(subject("topic_record", "t1", false, &n), "t1-p.public.orders.Value");
     }
 }

@@ -54,6 +54,11 @@ pub struct KafkaSinkConfig {
     /// The Schema Registry (`avro`): `http[s]://[key:secret@]host:port`
     #[serde(default)]
     pub schema_registry: Option<Secret<String>>,
+    /// How `avro` subjects are named, as Confluent's serializers' `subject.name.strategy`:
+    /// `topic` (`<topic>-key`/`<topic>-value`: one table per topic), `record` (the record's full
+    /// name) or `topic_record` (`<topic>-<record full name>`: several tables in one topic)
+    #[serde(default = "default_subject_strategy")]
+    pub subject_name_strategy: String,
     /// Default topic template
     #[serde(default = "default_topic")]
     pub topic: String,
@@ -93,6 +98,9 @@ pub struct KafkaSinkConfig {
 fn default_format() -> String {
     "debezium-json".into()
 }
+fn default_subject_strategy() -> String {
+    "topic".into()
+}
 fn default_topic() -> String {
     DEFAULT_TOPIC.into()
 }
@@ -126,6 +134,10 @@ impl KafkaSinkConfig {
         if Format::parse(&c.format).is_none() {
             let why = format!("{:?}: expected \"avro\", \"debezium-json\", \"canal-json\" or \"json\"", c.format);
             return Err(invalid(format!("{at}.format"), why));
+        }
+        if !["topic", "record", "topic_record"].contains(&c.subject_name_strategy.as_str()) {
+            let why = format!("{:?}: expected \"topic\", \"record\" or \"topic_record\"", c.subject_name_strategy);
+            return Err(invalid(format!("{at}.subject_name_strategy"), why));
         }
         if c.format == "avro" {
             match &c.schema_registry {

@@ -347,7 +347,7 @@ impl Sink for KafkaSink {
         if let Some(url) = &self.cfg.schema_registry {
             let client = sluice_registry::RegistryClient::new(url.expose())
                 .map_err(|e| ConnectorError::msg(ErrorClass::Fatal, e.to_string()))?;
-            self.avro = Some(crate::avro::AvroFormat::new(client));
+            self.avro = Some(crate::avro::AvroFormat::new(client, &self.cfg.subject_name_strategy));
         }
         self.partitions.clear();
         self.in_txn = false;

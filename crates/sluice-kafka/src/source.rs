@@ -248,9 +248,11 @@ impl AvroRecords {
             // No value: a delete of the key (Debezium's unwrap, TiCDC, Sluice's avro format).
             let Some((rec, row)) = key_rec else { return Ok(None) };
             let columns: Vec<ColumnSchema> = rec.fields.iter().map(|f| f.node.column(&f.column).key()).collect();
+            // The key record's name says the table (a topic may carry several).
+            let (schema, table) = table_of(&rec.name);
             return Ok(Some(Decoded {
-                schema: None,
-                table: None,
+                schema,
+                table,
                 columns,
                 changes: vec![Change { kind: Kind::Delete, before: Some(row), after: None }],
                 ts_ms: None,
@@ -347,18 +349,23 @@ impl AvroRecords {
             Kind::Truncate => Change { kind, before: None, after: None },
             _ => Change { kind, before: None, after: Some(values) },
         };
-        // Names as `<prefix>.<schema>.<table>.Value` (Debezium, Sluice), or `<schema>.<table>`.
-        let parts: Vec<&str> = rec.name.split('.').collect();
-        let parts = match parts.last() {
-            Some(&"Value") | Some(&"Envelope") => &parts[..parts.len() - 1],
-            _ => &parts[..],
-        };
-        let (schema, table) = match parts {
-            [.., s, t] => (Some(s.to_string()), Some(t.to_string())),
-            [t] => (None, Some(t.to_string())),
-            [] => (None, None),
-        };
+        let (schema, table) = table_of(&rec.name);
         Ok(Some(Decoded { schema, table, columns, changes: vec![change], ts_ms: ts }))
+    }
+}
+
+/// The schema and table an Avro record's full name gives: `<prefix>.<schema>.<table>.Value`
+/// (or `.Key`, `.Envelope`: Debezium, Sluice), or `<schema>.<table>`, or just `<table>`.
+fn table_of(record: &str) -> (Option<String>, Option<String>) {
+    let parts: Vec<&str> = record.split('.').collect();
+    let parts = match parts.last() {
+        Some(&"Value") | Some(&"Key") | Some(&"Envelope") => &parts[..parts.len() - 1],
+        _ => &parts[..],
+    };
+    match parts {
+        [.., s, t] => (Some(s.to_string()), Some(t.to_string())),
+        [t] => (None, Some(t.to_string())),
+        [] => (None, None),
     }
 }
 
@@ -705,6 +712,15 @@ mod tests {
 
     fn at(o: &[(i32, i64)]) -> Checkpoint {
         Checkpoint { position: Some(Position::Kafka(offsets(o))), ..Default::default() }
+    }
+
+    #[test]
+    fn avro_record_names_give_the_table() {
+        let t = |s: &str, t: &str| (Some(s.to_string()), Some(t.to_string()));
+        assert_eq!(table_of("kprod.public.orders.Key"), t("public", "orders"));
+        assert_eq!(table_of("dbserver1.inventory.customers.Envelope"), t("inventory", "customers"));
+        assert_eq!(table_of("shop.items"), t("shop", "items"));
+        assert_eq!(table_of("items"), (None, Some("items".into())));
     }
 
     #[test]
