@@ -42,8 +42,9 @@ pub struct Decoded {
     /// Schema and table, when the record names them
     pub schema: Option<String>,
     pub table: Option<String>,
-    /// The row's shape as this record has it (key columns marked)
-    pub columns: Vec<ColumnSchema>,
+    /// The row's shape as this record has it (key columns marked); shared by the records of
+    /// one writer schema where the decoder can tell
+    pub columns: std::sync::Arc<Vec<ColumnSchema>>,
     pub changes: Vec<Change>,
     /// Source commit time, milliseconds since the epoch
     pub ts_ms: Option<i64>,
@@ -341,7 +342,7 @@ pub fn debezium(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Option<Decod
     Ok(Some(Decoded {
         schema: s("schema").or_else(|| s("db")),
         table: s("table"),
-        columns: shape.columns,
+        columns: std::sync::Arc::new(shape.columns),
         changes: vec![change],
         ts_ms: source.and_then(|s| s.get("ts_ms")).and_then(J::as_i64).or(p.ts_ms),
     }))
@@ -377,7 +378,7 @@ pub fn flat(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Option<Decoded>,
         return Ok(Some(Decoded {
             schema: None,
             table: None,
-            columns: shape.columns,
+            columns: std::sync::Arc::new(shape.columns),
             changes: vec![Change { kind: Kind::Delete, before: Some(before), after: None }],
             ts_ms: None,
         }));
@@ -402,7 +403,7 @@ pub fn flat(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Option<Decoded>,
     Ok(Some(Decoded {
         schema: meta("__schema").or_else(|| meta("__db")),
         table: meta("__table"),
-        columns: shape.columns,
+        columns: std::sync::Arc::new(shape.columns),
         changes: vec![change],
         ts_ms: row.get("__source_ts_ms").and_then(J::as_i64),
     }))
@@ -536,7 +537,13 @@ pub fn canal(value: Option<&[u8]>) -> Result<Option<Decoded>, String> {
             }
         });
     }
-    Ok(Some(Decoded { schema: m.database, table: m.table, columns, changes, ts_ms: m.es }))
+    Ok(Some(Decoded {
+        schema: m.database,
+        table: m.table,
+        columns: std::sync::Arc::new(columns),
+        changes,
+        ts_ms: m.es,
+    }))
 }
 
 /// A timestamp in milliseconds as Sluice's commit time (microseconds).

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -45,10 +46,33 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 struct Starts {
     /// Partitions the group handed to this process that are not claimed and assigned yet
     handed: Vec<(String, i32)>,
-    /// Partitions assigned now, with the offset each started at (`None`: at `start`)
-    assigned: BTreeMap<(String, i32), Option<i64>>,
-    /// The next offset expected per assigned partition (records below it are dropped)
-    expected: HashMap<(String, i32), i64>,
+    /// Partitions assigned now, by topic (looked up by `&str` for every record)
+    assigned: HashMap<String, BTreeMap<i32, Part>>,
+}
+
+/// An assigned partition.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    /// The offset it started at (`None`: at `start`)
+    start: Option<i64>,
+    /// The next offset expected (records below it are dropped)
+    expected: Option<i64>,
+}
+
+impl Starts {
+    fn part(&self, topic: &str, partition: i32) -> Option<&Part> {
+        self.assigned.get(topic).and_then(|p| p.get(&partition))
+    }
+
+    fn revoke(&mut self, topic: &str, partition: i32) {
+        if let Some(parts) = self.assigned.get_mut(topic) {
+            parts.remove(&partition);
+        }
+    }
+
+    fn parts(&self) -> impl Iterator<Item = (&String, i32, &Part)> {
+        self.assigned.iter().flat_map(|(t, ps)| ps.iter().map(move |(p, part)| (t, *p, part)))
+    }
 }
 
 struct Rebalancing {
@@ -78,8 +102,7 @@ impl ConsumerContext for Rebalancing {
                     let k = (e.topic().to_string(), e.partition());
                     info!(topic = %k.0, partition = k.1, "partition revoked");
                     s.handed.retain(|h| *h != k);
-                    s.assigned.remove(&k);
-                    s.expected.remove(&k);
+                    s.revoke(&k.0, k.1);
                 }
                 let done = match consumer.rebalance_protocol() {
                     RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
@@ -121,12 +144,27 @@ fn kafka_err(what: &str) -> impl Fn(KafkaError) -> ConnectorError + '_ {
 #[derive(Default)]
 struct Shapes {
     tables: HashMap<TableId, SchemaRef>,
+    /// Per table, the last record shape seen and where its columns go in the table's shape
+    /// then: records of one writer schema skip the work below.
+    last: HashMap<TableId, (Arc<Vec<ColumnSchema>>, SchemaRef, Arc<[Option<usize>]>)>,
 }
 
 impl Shapes {
     /// The table's shape covering `columns` (a new version when they add or change a column),
     /// and for each of the table's columns the index in `columns` it comes from.
-    fn shape(&mut self, id: &TableId, columns: &[ColumnSchema]) -> (SchemaRef, Vec<Option<usize>>) {
+    fn shape(&mut self, id: &TableId, columns: &Arc<Vec<ColumnSchema>>) -> (SchemaRef, Arc<[Option<usize>]>) {
+        if let (Some((cols, schema, map)), Some(current)) = (self.last.get(id), self.tables.get(id)) {
+            if Arc::ptr_eq(schema, current) && (Arc::ptr_eq(cols, columns) || cols == columns) {
+                return (schema.clone(), map.clone());
+            }
+        }
+        let (schema, map) = self.merge(id, columns);
+        let map: Arc<[Option<usize>]> = map.into();
+        self.last.insert(id.clone(), (columns.clone(), schema.clone(), map.clone()));
+        (schema, map)
+    }
+
+    fn merge(&mut self, id: &TableId, columns: &[ColumnSchema]) -> (SchemaRef, Vec<Option<usize>>) {
         let has_key = columns.iter().any(|c| c.key);
         let (merged, changed) = match self.tables.get(id) {
             None => (columns.to_vec(), true),
@@ -208,18 +246,82 @@ fn coerce(v: Value, c: &ColumnSchema) -> Value {
 }
 
 /// Avro records: writer schemas fetched from the registry by id, once; only record schemas
-/// are kept (a key or value of another type is refused when first seen).
+/// are kept (a key or value of another type is refused when first seen). What a pair of writer
+/// schemas says about the row (its columns, the table its names give) is worked out once per
+/// pair, not per record.
 struct AvroRecords {
     registry: sluice_registry::RegistryClient,
     records: HashMap<u32, Arc<sluice_avro::decode::Record>>,
+    shapes: HashMap<(Option<u32>, Option<u32>), Arc<AvroShape>>,
+}
+
+/// What a (key schema, value schema) pair says about the rows of its records.
+struct AvroShape {
+    columns: Arc<Vec<ColumnSchema>>,
+    /// The table the record's name gives (flat rows and deletes; an envelope names it in its
+    /// `source` block instead)
+    schema: Option<String>,
+    table: Option<String>,
+    /// The value is a Debezium envelope (`before`, `after`, `op`)
+    envelope: bool,
+}
+
+impl AvroShape {
+    /// The shape of records written with `key` (a record schema, if any) and `value` (`None`:
+    /// deletes carrying only a key).
+    fn new(key: Option<&sluice_avro::decode::Record>, value: Option<&sluice_avro::decode::Record>) -> AvroShape {
+        let key_names: Vec<&str> =
+            key.map(|r| r.fields.iter().map(|f| f.column.as_str()).collect()).unwrap_or_default();
+        let mark = |mut c: ColumnSchema| {
+            if key_names.contains(&c.name.as_str()) {
+                c = c.key();
+            }
+            c
+        };
+        let Some(rec) = value else {
+            let columns =
+                key.map(|k| k.fields.iter().map(|f| f.node.column(&f.column).key()).collect()).unwrap_or_default();
+            // A key record named as Debezium and Sluice name them (`<prefix>.<schema>.<table>.Key`)
+            // says the table; any other key name (`shop.OrderKey`) says nothing, and the topic does.
+            let (schema, table) =
+                key.filter(|k| k.name.ends_with(".Key")).map(|k| table_of(&k.name)).unwrap_or((None, None));
+            return AvroShape { columns: Arc::new(columns), schema, table, envelope: false };
+        };
+        let envelope = rec.field("op").is_some() && (rec.field("after").is_some() || rec.field("before").is_some());
+        if envelope {
+            let inner = rec.fields.iter().filter(|f| f.name == "after" || f.name == "before").find_map(|f| {
+                match f.node.non_null().0 {
+                    sluice_avro::Node::Record(r) => Some(r),
+                    _ => None,
+                }
+            });
+            let columns =
+                inner.map(|r| r.fields.iter().map(|x| mark(x.node.column(&x.column))).collect()).unwrap_or_default();
+            return AvroShape { columns: Arc::new(columns), schema: None, table: None, envelope };
+        }
+        let columns =
+            rec.fields.iter().filter(|f| !is_flat_meta(&f.name)).map(|f| mark(f.node.column(&f.column))).collect();
+        let (schema, table) = table_of(&rec.name);
+        AvroShape { columns: Arc::new(columns), schema, table, envelope }
+    }
+}
+
+/// Fields of flat Avro rows that carry metadata, not columns.
+fn is_flat_meta(name: &str) -> bool {
+    matches!(name, "__op" | "_tidb_op" | "__deleted" | "__source_ts_ms" | "_tidb_commit_physical_time")
+        || name.starts_with("_tidb_")
+        || decode::FLAT_META.contains(&name)
 }
 
 impl AvroRecords {
-    /// The writer's record schema of a framed record, and its Avro body.
-    async fn record<'b>(&mut self, framed: &'b [u8]) -> Result<(Arc<sluice_avro::decode::Record>, &'b [u8]), String> {
+    /// The writer's record schema of a framed record, its id and its Avro body.
+    async fn record<'b>(
+        &mut self,
+        framed: &'b [u8],
+    ) -> Result<(u32, Arc<sluice_avro::decode::Record>, &'b [u8]), String> {
         let (id, body) = sluice_avro::unframe(framed)?;
         if let Some(r) = self.records.get(&id) {
-            return Ok((r.clone(), body));
+            return Ok((id, r.clone(), body));
         }
         let text = self.registry.schema(id).await.map_err(|e| format!("schema {id} from the registry: {e}"))?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("schema {id}: {e}"))?;
@@ -230,70 +332,63 @@ impl AvroRecords {
         };
         let rec = Arc::new(rec);
         self.records.insert(id, rec.clone());
-        Ok((rec, body))
+        Ok((id, rec, body))
+    }
+
+    fn shape(
+        &mut self,
+        key: Option<(u32, &sluice_avro::decode::Record)>,
+        value: Option<(u32, &sluice_avro::decode::Record)>,
+    ) -> Arc<AvroShape> {
+        self.shapes
+            .entry((key.map(|k| k.0), value.map(|v| v.0)))
+            .or_insert_with(|| Arc::new(AvroShape::new(key.map(|k| k.1), value.map(|v| v.1))))
+            .clone()
     }
 
     async fn decode(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Option<Decoded>, String> {
         let key_rec = match key {
             Some(k) if !k.is_empty() => {
-                let (rec, body) = self.record(k).await?;
+                let (id, rec, body) = self.record(k).await?;
                 let row = sluice_avro::Reader::new(body).row(&rec).map_err(|e| e.0)?;
-                Some((rec, row))
+                Some((id, rec, row))
             }
             _ => None,
         };
-        let key_names: Vec<String> =
-            key_rec.as_ref().map(|(r, _)| r.fields.iter().map(|f| f.column.clone()).collect()).unwrap_or_default();
         let Some(value) = value.filter(|v| !v.is_empty()) else {
             // No value: a delete of the key (Debezium's unwrap, TiCDC, Sluice's avro format).
-            let Some((rec, row)) = key_rec else { return Ok(None) };
-            let columns: Vec<ColumnSchema> = rec.fields.iter().map(|f| f.node.column(&f.column).key()).collect();
-            // The key record's name says the table (a topic may carry several).
-            let (schema, table) = table_of(&rec.name);
+            let Some((id, rec, row)) = key_rec else { return Ok(None) };
+            let shape = self.shape(Some((id, &rec)), None);
             return Ok(Some(Decoded {
-                schema,
-                table,
-                columns,
+                schema: shape.schema.clone(),
+                table: shape.table.clone(),
+                columns: shape.columns.clone(),
                 changes: vec![Change { kind: Kind::Delete, before: Some(row), after: None }],
                 ts_ms: None,
             }));
         };
-        let (rec, body) = self.record(value).await?;
-        let envelope = rec.field("op").is_some() && (rec.field("after").is_some() || rec.field("before").is_some());
+        let (vid, rec, body) = self.record(value).await?;
+        let shape = self.shape(key_rec.as_ref().map(|(id, r, _)| (*id, &**r)), Some((vid, &rec)));
         let mut r = sluice_avro::Reader::new(body);
-        let mark = |mut c: ColumnSchema| {
-            if key_names.contains(&c.name) {
-                c = c.key();
-            }
-            c
-        };
-        if envelope {
-            let mut columns: Vec<ColumnSchema> = Vec::new();
+        if shape.envelope {
             let (mut before, mut after, mut op, mut source, mut ts) = (None, None, String::new(), None, None);
             for f in &rec.fields {
                 match f.name.as_str() {
                     "before" | "after" => {
-                        let (inner, _) = f.node.non_null();
                         let row = match &f.node {
                             sluice_avro::Node::Union(branches) => match r.branch(branches).map_err(|e| e.0)? {
-                                sluice_avro::Node::Record(rr) => Some((rr, r.row(rr).map_err(|e| e.0)?)),
+                                sluice_avro::Node::Record(rr) => Some(r.row(rr).map_err(|e| e.0)?),
                                 other => {
                                     r.skip(other).map_err(|e| e.0)?;
                                     None
                                 }
                             },
-                            sluice_avro::Node::Record(rr) => Some((rr, r.row(rr).map_err(|e| e.0)?)),
+                            sluice_avro::Node::Record(rr) => Some(r.row(rr).map_err(|e| e.0)?),
                             other => {
                                 r.skip(other).map_err(|e| e.0)?;
                                 None
                             }
                         };
-                        if columns.is_empty() {
-                            if let sluice_avro::Node::Record(rr) = inner {
-                                columns = rr.fields.iter().map(|x| mark(x.node.column(&x.column))).collect();
-                            }
-                        }
-                        let row = row.map(|(_, v)| v);
                         if f.name == "before" {
                             before = row;
                         } else {
@@ -317,15 +412,14 @@ impl AvroRecords {
             return Ok(Some(Decoded {
                 schema: s("schema").or_else(|| s("db")),
                 table: s("table"),
-                columns,
+                columns: shape.columns.clone(),
                 changes: vec![Change { kind, before, after }],
                 ts_ms: src_ts.or(ts),
             }));
         }
         // A flat row (Sluice's avro, Debezium's unwrap, TiCDC's avro).
         let row = r.row(&rec).map_err(|e| e.0)?;
-        let mut columns = Vec::new();
-        let mut values = Vec::new();
+        let mut values = Vec::with_capacity(shape.columns.len());
         let (mut op, mut deleted, mut ts) = (None, false, None);
         for (f, v) in rec.fields.iter().zip(row) {
             match f.name.as_str() {
@@ -336,11 +430,8 @@ impl AvroRecords {
                         ts = Some(n)
                     }
                 }
-                n if n.starts_with("_tidb_") || decode::FLAT_META.contains(&n) => {}
-                _ => {
-                    columns.push(mark(f.node.column(&f.column)));
-                    values.push(v);
-                }
+                n if is_flat_meta(n) => {}
+                _ => values.push(v),
             }
         }
         let kind = decode::flat_kind(op.as_deref(), deleted)?;
@@ -349,8 +440,13 @@ impl AvroRecords {
             Kind::Truncate => Change { kind, before: None, after: None },
             _ => Change { kind, before: None, after: Some(values) },
         };
-        let (schema, table) = table_of(&rec.name);
-        Ok(Some(Decoded { schema, table, columns, changes: vec![change], ts_ms: ts }))
+        Ok(Some(Decoded {
+            schema: shape.schema.clone(),
+            table: shape.table.clone(),
+            columns: shape.columns.clone(),
+            changes: vec![change],
+            ts_ms: ts,
+        }))
     }
 }
 
@@ -401,6 +497,112 @@ fn held_offsets(resume: &Resume) -> Result<KafkaOffsets, ConnectorError> {
     }
 }
 
+/// Most records taken from the consumer's queue at once, between looks at everything else.
+const BURST: usize = 256;
+
+/// Turns records into events: decoding, table names, shapes, dead letters.
+struct Records<'a> {
+    cfg: &'a KafkaSourceConfig,
+    pipeline: &'a str,
+    avro: Option<AvroRecords>,
+    dead_letters: Option<FutureProducer>,
+    shapes: Shapes,
+    /// The table of the last record, by the names that gave it (consecutive records mostly go
+    /// to one table).
+    last_table: Option<(String, Option<String>, Option<String>, TableId)>,
+}
+
+impl Records<'_> {
+    /// Appends the events of record `m` to `out`: a transaction of its changes, or a heartbeat
+    /// for a record that says nothing (or went to the dead-letter topic); nothing for a record
+    /// of a partition no longer assigned or before where the sinks stand.
+    async fn events(
+        &mut self,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+        starts: &Mutex<Starts>,
+        out: &mut Vec<Event>,
+    ) -> Result<(), ConnectorError> {
+        let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+        {
+            let mut s = starts.lock().map_err(|_| poisoned())?;
+            let Some(part) = s.assigned.get_mut(topic).and_then(|p| p.get_mut(&partition)) else {
+                return Ok(()); // revoked since it was fetched
+            };
+            match part.expected {
+                Some(e) if offset < e => return Ok(()), // before where the sinks stand
+                _ => part.expected = Some(offset + 1),
+            }
+        }
+        let (key, payload) = (m.key().map(decode::json_body), m.payload().map(decode::json_body));
+        let decoded = match (&mut self.avro, self.cfg.format()) {
+            (Some(a), _) => a.decode(m.key(), m.payload()).await,
+            (None, Format::DebeziumJson) => decode::debezium(key, payload),
+            (None, Format::CanalJson) => decode::canal(payload),
+            (None, _) => decode::flat(key, payload),
+        };
+        let mut next = KafkaOffsets::default();
+        next.set(topic, partition, offset + 1);
+        let d = match decoded {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                out.push(Event::Heartbeat { position: Position::Kafka(next) });
+                return Ok(());
+            }
+            Err(e) => {
+                let what = format!(
+                    "the record at {topic} partition {partition} offset {offset} cannot be decoded as {}: {e}",
+                    self.cfg.format
+                );
+                let (Some(p), Some(dlq)) = (&self.dead_letters, &self.cfg.dead_letter_topic) else {
+                    return Err(ConnectorError::msg(
+                        ErrorClass::Fatal,
+                        format!("{what}. Fix the producer, or set dead_letter_topic to park such records and go on"),
+                    ));
+                };
+                let headers = dead_letter_headers(self.pipeline, topic, partition, offset, &what);
+                let mut rec = FutureRecord::<[u8], [u8]>::to(dlq).headers(headers);
+                if let Some(k) = m.key() {
+                    rec = rec.key(k);
+                }
+                if let Some(v) = m.payload() {
+                    rec = rec.payload(v);
+                }
+                p.send(rec, CALL_TIMEOUT).await.map_err(|(e, _)| kafka_err("write to the dead-letter topic")(e))?;
+                warn!(topic = %topic, partition, offset, error = %e, dead_letter_topic = %dlq, "record sent to the dead-letter topic");
+                out.push(Event::Heartbeat { position: Position::Kafka(next) });
+                return Ok(());
+            }
+        };
+        let hit = matches!(&self.last_table, Some((t, s, n, _)) if t == topic && *s == d.schema && *n == d.table);
+        if !hit {
+            let id = self.cfg.table_for(topic, d.schema.as_deref(), d.table.as_deref());
+            self.last_table = Some((topic.to_string(), d.schema.clone(), d.table.clone(), id));
+        }
+        let Some((.., id)) = &self.last_table else { unreachable!("set above") };
+        let ts = d.ts_ms.or_else(|| m.timestamp().to_millis()).unwrap_or(0);
+        let txn = |position| TxnMeta { xid: offset as u64, commit_ts_micros: decode::ms_to_micros(ts), position };
+        let mut at = KafkaOffsets::default();
+        at.set(topic, partition, offset);
+        let (schema, map) = self.shapes.shape(id, &d.columns);
+        out.push(Event::Begin(txn(Position::Kafka(at.clone()))));
+        for ch in d.changes {
+            let before = aligned(ch.before, &map, &schema);
+            let after = aligned(ch.after, &map, &schema);
+            let op = match (ch.kind, before, after) {
+                (Kind::Truncate, ..) => Op::Truncate,
+                (Kind::Delete, Some(before), _) | (Kind::Delete, None, Some(before)) => Op::Delete { before },
+                (Kind::Insert, _, Some(after)) => Op::Insert { after },
+                (Kind::Update, before, Some(after)) => Op::Update { before, after },
+                (_, Some(before), None) => Op::Delete { before },
+                _ => continue,
+            };
+            out.push(Event::Change(sluice_core::Change { table: schema.clone(), op }));
+        }
+        out.push(Event::Commit { meta: txn(Position::Kafka(at)), position: Position::Kafka(next) });
+        Ok(())
+    }
+}
+
 impl KafkaSource {
     /// Claims the partitions handed to this process and assigns them at the offsets the sinks
     /// hold once they have adopted what their targets hold (see [`Event::Claim`]).
@@ -445,8 +647,10 @@ impl KafkaSource {
         let held = held_offsets(&answer.sinks)?;
         let mut s = starts.lock().map_err(|_| poisoned())?;
         // Partitions revoked while the sinks answered are not assigned.
-        let still: Vec<(String, i32)> =
-            handed.into_iter().filter(|h| !s.assigned.contains_key(h) && !s.handed.contains(h)).collect();
+        let still: Vec<(String, i32)> = handed
+            .into_iter()
+            .filter(|(t, p)| s.part(t, *p).is_none() && !s.handed.contains(&(t.clone(), *p)))
+            .collect();
         let mut tpl = TopicPartitionList::new();
         for (topic, p) in still {
             let at = held.get(&topic, p);
@@ -457,10 +661,7 @@ impl KafkaSource {
             };
             tpl.add_partition_offset(&topic, p, start).map_err(kafka_err("list the claimed partitions"))?;
             info!(topic = %topic, partition = p, start = ?start, "partition assigned");
-            if let Some(o) = at {
-                s.expected.insert((topic.clone(), p), o);
-            }
-            s.assigned.insert((topic, p), at);
+            s.assigned.entry(topic).or_default().insert(p, Part { start: at, expected: at });
         }
         // With the eager protocol an assignment is always whole: this one replaces nothing,
         // since every revocation unassigned everything.
@@ -468,13 +669,13 @@ impl KafkaSource {
             RebalanceProtocol::Cooperative => consumer.incremental_assign(&tpl),
             _ => {
                 let mut whole = TopicPartitionList::new();
-                for ((topic, p), at) in &s.assigned {
-                    let start = match s.expected.get(&(topic.clone(), *p)).copied().or(*at) {
+                for (topic, p, part) in s.parts() {
+                    let start = match part.expected.or(part.start) {
                         Some(o) => Offset::Offset(o),
                         None if self.cfg.start == "earliest" => Offset::Beginning,
                         None => Offset::End,
                     };
-                    whole.add_partition_offset(topic, *p, start).map_err(kafka_err("list the assigned partitions"))?;
+                    whole.add_partition_offset(topic, p, start).map_err(kafka_err("list the assigned partitions"))?;
                 }
                 consumer.assign(&whole)
             }
@@ -536,19 +737,28 @@ impl Source for KafkaSource {
             }
             None => None,
         };
-        let mut avro = match (self.cfg.format(), &self.cfg.schema_registry) {
+        let avro = match (self.cfg.format(), &self.cfg.schema_registry) {
             (Format::Avro, Some(url)) => Some(AvroRecords {
                 registry: sluice_registry::RegistryClient::new(url.expose())
                     .map_err(|e| ConnectorError::msg(ErrorClass::Fatal, e.to_string()))?,
                 records: HashMap::new(),
+                shapes: HashMap::new(),
             }),
             _ => None,
         };
-        let mut shapes = Shapes::default();
+        let mut records = Records {
+            cfg: &self.cfg,
+            pipeline: &self.pipeline,
+            avro,
+            dead_letters,
+            shapes: Shapes::default(),
+            last_table: None,
+        };
         let mut committed_group = KafkaOffsets::default();
         let mut events = Some(events);
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         let mut claim_id = 0u64;
+        let mut out: Vec<Event> = Vec::with_capacity(3 * BURST);
         loop {
             let Some(tx) = events.as_ref() else { break };
             if let ClaimEnd::Stopping =
@@ -574,84 +784,30 @@ impl Source for KafkaSource {
                 }
                 _ = ticker.tick() => commit_group(&consumer, &starts, &confirmed.borrow().clone(), &mut committed_group),
                 m = consumer.recv() => {
-                    let m = match m {
-                        Ok(m) => m,
-                        // A subscribed topic that does not exist yet: it is picked up once created.
-                        Err(KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {
-                            debug!("a subscribed topic does not exist yet");
-                            continue;
+                    // This record, then those already fetched (up to BURST), without going
+                    // through the select for each.
+                    let mut next = Some(m);
+                    let mut n = 0;
+                    while let Some(m) = next.take() {
+                        match m {
+                            Ok(m) => records.events(&m, &starts, &mut out).await?,
+                            // A subscribed topic that does not exist yet: picked up once created.
+                            Err(KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                                debug!("a subscribed topic does not exist yet");
+                            }
+                            Err(e) => return Err(kafka_err("receive")(e)),
                         }
-                        Err(e) => return Err(kafka_err("receive")(e)),
-                    };
-                    let (topic, partition, offset) = (m.topic().to_string(), m.partition(), m.offset());
-                    {
-                        let mut s = starts.lock().map_err(|_| poisoned())?;
-                        let k = (topic.clone(), partition);
-                        if !s.assigned.contains_key(&k) {
-                            continue; // revoked since it was fetched
+                        n += 1;
+                        if n < BURST {
+                            next = consumer.recv().now_or_never();
                         }
-                        match s.expected.get(&k) {
-                            Some(e) if offset < *e => continue, // before where the sinks stand
-                            _ => {}
-                        }
-                        s.expected.insert(k, offset + 1);
                     }
-                    let (key, payload) = (m.key().map(decode::json_body), m.payload().map(decode::json_body));
-                    let decoded = match (&mut avro, self.cfg.format()) {
-                        (Some(a), _) => a.decode(m.key(), m.payload()).await,
-                        (None, Format::DebeziumJson) => decode::debezium(key, payload),
-                        (None, Format::CanalJson) => decode::canal(payload),
-                        (None, _) => decode::flat(key, payload),
-                    };
-                    let mut at = KafkaOffsets::default();
-                    at.set(&topic, partition, offset);
-                    let mut next = KafkaOffsets::default();
-                    next.set(&topic, partition, offset + 1);
-                    let evs = match decoded {
-                        Ok(Some(d)) => {
-                            let id = self.cfg.table_for(&topic, d.schema.as_deref(), d.table.as_deref());
-                            let ts = d.ts_ms.or_else(|| m.timestamp().to_millis()).unwrap_or(0);
-                            let meta = TxnMeta { xid: offset as u64, commit_ts_micros: decode::ms_to_micros(ts), position: Position::Kafka(at) };
-                            let (schema, map) = shapes.shape(&id, &d.columns);
-                            let mut evs = vec![Event::Begin(meta.clone())];
-                            for ch in d.changes {
-                                let before = aligned(ch.before, &map, &schema);
-                                let after = aligned(ch.after, &map, &schema);
-                                let op = match (ch.kind, before, after) {
-                                    (Kind::Truncate, ..) => Op::Truncate,
-                                    (Kind::Delete, Some(before), _) | (Kind::Delete, None, Some(before)) => Op::Delete { before },
-                                    (Kind::Insert, _, Some(after)) => Op::Insert { after },
-                                    (Kind::Update, before, Some(after)) => Op::Update { before, after },
-                                    (_, Some(before), None) => Op::Delete { before },
-                                    _ => continue,
-                                };
-                                evs.push(Event::Change(sluice_core::Change { table: schema.clone(), op }));
-                            }
-                            evs.push(Event::Commit { meta, position: Position::Kafka(next) });
-                            evs
-                        }
-                        Ok(None) => vec![Event::Heartbeat { position: Position::Kafka(next) }],
-                        Err(e) => {
-                            let what = format!("the record at {topic} partition {partition} offset {offset} cannot be decoded as {}: {e}", self.cfg.format);
-                            match (&dead_letters, &self.cfg.dead_letter_topic) {
-                                (Some(p), Some(dlq)) => {
-                                    let headers = dead_letter_headers(&self.pipeline, &topic, partition, offset, &what);
-                                    let mut rec = FutureRecord::<[u8], [u8]>::to(dlq).headers(headers);
-                                    if let Some(k) = m.key() { rec = rec.key(k); }
-                                    if let Some(v) = m.payload() { rec = rec.payload(v); }
-                                    p.send(rec, CALL_TIMEOUT).await.map_err(|(e, _)| kafka_err("write to the dead-letter topic")(e))?;
-                                    warn!(topic = %topic, partition, offset, error = %e, dead_letter_topic = %dlq, "record sent to the dead-letter topic");
-                                    vec![Event::Heartbeat { position: Position::Kafka(next) }]
-                                }
-                                _ => return Err(ConnectorError::msg(ErrorClass::Fatal, format!(
-                                    "{what}. Fix the producer, or set dead_letter_topic to park such records and go on"
-                                ))),
-                            }
-                        }
-                    };
-                    for ev in evs {
-                        if tx.send(ev).await.is_err() {
-                            return Err(ConnectorError::msg(ErrorClass::Transient, "the pipeline stopped while the source was sending"));
+                    if !out.is_empty() {
+                        let permits = tx.reserve_many(out.len()).await.map_err(|_| {
+                            ConnectorError::msg(ErrorClass::Transient, "the pipeline stopped while the source was sending")
+                        })?;
+                        for (permit, ev) in permits.zip(out.drain(..)) {
+                            permit.send(ev);
                         }
                     }
                 }
@@ -679,13 +835,13 @@ fn commit_group(
     let Some(Position::Kafka(at)) = confirmed else { return };
     let Ok(s) = starts.lock() else { return };
     let mut tpl = TopicPartitionList::new();
-    for ((topic, p), start) in &s.assigned {
+    for (topic, p, part) in s.parts() {
         // Only offsets at or past where this process took the partition: what the sinks held
         // before may be older than what another process committed for the group.
-        if let Some(o) = at.get(topic, *p).filter(|o| start.is_none_or(|s| *o >= s)) {
-            if done.get(topic, *p) != Some(o) {
-                let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(o));
-                done.set(topic, *p, o);
+        if let Some(o) = at.get(topic, p).filter(|o| part.start.is_none_or(|s| *o >= s)) {
+            if done.get(topic, p) != Some(o) {
+                let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
+                done.set(topic, p, o);
             }
         }
     }
