@@ -115,8 +115,9 @@ impl AvroFormat {
         }
         let t = r.table;
         let (key_id, value_id) = self.ids(pipeline, topic, t).await?;
+        // This record is bad, not the pipeline: Definite, so a dead-letter topic can take it.
         let bad = |e: sluice_avro::EncodeError| {
-            ConnectorError::msg(ErrorClass::Fatal, format!("{}: {e} (the Avro format cannot carry it)", t.id))
+            ConnectorError::msg(ErrorClass::Definite, format!("{}: {e} (the Avro format cannot carry it)", t.id))
         };
         let row = r
             .after

@@ -75,6 +75,11 @@ pub struct KafkaSinkConfig {
     /// A delete is followed by a record with the same key and no value
     #[serde(default = "yes")]
     pub tombstones: bool,
+    /// Where a change goes that the format cannot carry (an Avro decimal NaN, say), as
+    /// Debezium JSON with the error in its headers, in the same transaction as the rest; without
+    /// it such a change stops the sink, naming the table and column
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
     /// Where the sink keeps its position (compacted, created when missing)
     #[serde(default = "default_offsets_topic")]
     pub offsets_topic: String,

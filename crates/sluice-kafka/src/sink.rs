@@ -75,6 +75,8 @@ pub struct KafkaSink {
     txn: Option<TxnMeta>,
     /// The `avro` format's schema ids
     avro: Option<crate::avro::AvroFormat>,
+    /// Counters for the pipeline's status
+    stats: std::sync::Arc<sluice_core::SinkStats>,
 }
 
 impl KafkaSink {
@@ -91,6 +93,7 @@ impl KafkaSink {
             in_txn: false,
             txn: None,
             avro: None,
+            stats: Default::default(),
         }
     }
 
@@ -221,9 +224,20 @@ impl KafkaSink {
         let format = self.cfg.format();
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let (key, value) = match self.avro.as_mut() {
-            Some(avro) if format == Format::Avro => match avro.encode(&self.pipeline, &topic, &r).await? {
-                Some(kv) => kv,
-                None => return Ok(()),
+            Some(avro) if format == Format::Avro => match avro.encode(&self.pipeline, &topic, &r).await {
+                Ok(Some(kv)) => kv,
+                Ok(None) => return Ok(()),
+                Err(e) if e.class() == ErrorClass::Definite && self.cfg.dead_letter_topic.is_some() => {
+                    return self.dead_letter(&r, &topic, &e.to_string(), now_ms).await;
+                }
+                Err(e) => {
+                    let fix = if e.class() == ErrorClass::Definite {
+                        ". Set dead_letter_topic to park such changes and go on"
+                    } else {
+                        ""
+                    };
+                    return Err(ConnectorError::msg(ErrorClass::Fatal, format!("{e}{fix}")));
+                }
             },
             _ => {
                 let info = SourceInfo { pipeline: &self.pipeline, schemas: self.cfg.schemas };
@@ -254,6 +268,51 @@ impl KafkaSink {
         if r.op == "d" && self.cfg.tombstones && key.is_some() && value.is_some() {
             self.send(&topic, partition, key.as_deref(), None).await?;
         }
+        Ok(())
+    }
+
+    /// Sends a change the format cannot carry to the dead-letter topic, as Debezium JSON (which
+    /// carries any value), with Kafka Connect's error headers and the topic it was meant for;
+    /// inside the open transaction, so it is parked exactly once.
+    async fn dead_letter(
+        &mut self,
+        r: &Record<'_>,
+        topic: &str,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<(), ConnectorError> {
+        let Some(dlq) = self.cfg.dead_letter_topic.clone() else { return Ok(()) };
+        self.topic(&dlq, false).await?;
+        let info = SourceInfo { pipeline: &self.pipeline, schemas: false };
+        let key = format::key(r, Format::DebeziumJson, false);
+        let value = format::value_bytes(r, Format::DebeziumJson, &info, now_ms);
+        let table = r.table.id.to_string();
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header { key: "__connect.errors.topic", value: Some(topic) })
+            .insert(rdkafka::message::Header { key: "__sluice.errors.table", value: Some(&table) })
+            .insert(rdkafka::message::Header { key: "__connect.errors.connector.name", value: Some(&self.pipeline) })
+            .insert(rdkafka::message::Header {
+                key: "__connect.errors.exception.class.name",
+                value: Some("sluice.EncodeError"),
+            })
+            .insert(rdkafka::message::Header { key: "__connect.errors.exception.message", value: Some(error) });
+        let producer = self.producer()?;
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&dlq).payload(value.as_slice()).headers(headers);
+        if let Some(k) = key.as_deref() {
+            record = record.key(k);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => return Err(retryable("send to the dead-letter topic")(e)),
+            }
+        }
+        self.stats.dead_letters.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(sink = %self.name, table = %r.table.id, dead_letter_topic = %dlq, error, "change sent to the dead-letter topic");
         Ok(())
     }
 
@@ -329,7 +388,8 @@ impl Sink for KafkaSink {
         BatchPolicy { max_rows: self.cfg.batch.max_rows, max_delay: Duration::from_millis(self.cfg.batch.max_delay_ms) }
     }
 
-    async fn open(&mut self, _ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {
+    async fn open(&mut self, ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {
+        self.stats = ctx.stats;
         let mut c = self.client_config();
         c.set("enable.idempotence", "true")
             .set("acks", "all")

@@ -305,3 +305,52 @@ async fn avro_records_decode_with_confluent_deserializers() {
     };
     assert_eq!(versions, [1, 2]);
 }
+
+/// A change the Avro format cannot carry (a numeric NaN in a decimal column) goes to the sink's
+/// dead-letter topic as Debezium JSON with the error in its headers, once; the changes around
+/// it go on to their topic. Without a dead-letter topic the pipeline stops naming the table,
+/// the column and the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_format_cannot_carry_goes_to_the_dead_letter_topic() {
+    let broker = KafkaBroker::start().unwrap_or_else(|e| panic!("cannot start a Kafka broker: {e}"));
+    let data = tempfile::tempdir().unwrap();
+    let registry = common::kafka::registry(data.path()).await;
+    let env = Env::new(
+        "CREATE TABLE prices (id int PRIMARY KEY, amount numeric(10,2)); INSERT INTO prices VALUES (1, 1.50);",
+    )
+    .await;
+    let toml = |name: &str, extra: &str| {
+        format!(
+            "name = \"{name}\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\n[[sink]]\ntype = \"kafka\"\nbrokers = \"{}\"\n\
+             format = \"avro\"\nschema_registry = \"{registry}\"\n{extra}\n",
+            env.src_url,
+            broker.bootstrap()
+        )
+    };
+    let parked = start(sluice::parse(&toml("kdlq", "dead_letter_topic = \"kdlq.errors\""), &|_| None).unwrap());
+    let read = |topic: &str| read_topic_with(&broker.bootstrap(), topic, Some(&registry));
+    wait_for("the snapshot row", CONVERGE, || async { (!read("kdlq.public.prices").is_empty()).then_some(()) }).await;
+    env.src.batch_execute("INSERT INTO prices VALUES (2, 'NaN'); INSERT INTO prices VALUES (3, 2.00);").await.unwrap();
+    let rows = wait_for("id 3 in the topic", CONVERGE, || async {
+        let r = read("kdlq.public.prices");
+        (r.len() >= 2).then_some(r)
+    })
+    .await;
+    let ids: Vec<i64> = rows.iter().map(|r| r["key"]["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, [1, 3], "the NaN row is not in the data topic");
+    let parked_rows = read_topic(&broker.bootstrap(), "kdlq.errors");
+    assert_eq!(parked_rows.len(), 1, "{parked_rows:#?}");
+    let r = &parked_rows[0];
+    assert_eq!((r["value"]["op"].as_str(), r["value"]["after"]["id"].as_i64()), (Some("c"), Some(2)));
+    assert_eq!(r["value"]["after"]["amount"], "NaN");
+    assert_eq!(r["headers"]["__connect.errors.topic"], "kdlq.public.prices");
+    let msg = r["headers"]["__connect.errors.exception.message"].as_str().unwrap_or_default();
+    assert!(msg.contains("public.prices") && msg.contains("amount"), "{msg}");
+    parked.stop().await;
+
+    // Without a dead-letter topic: the pipeline stops, saying what and how to fix it.
+    let stopped = start(sluice::parse(&toml("knodlq", ""), &|_| None).unwrap());
+    let ended = tokio::time::timeout(CONVERGE, stopped.handle).await.expect("the pipeline stops by itself");
+    let e = sluice::chain(&ended.expect("no panic").expect_err("a change it cannot carry stops it"));
+    assert!(e.contains("public.prices") && e.contains("amount") && e.contains("dead_letter_topic"), "{e}");
+}

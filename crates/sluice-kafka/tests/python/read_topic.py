@@ -1,6 +1,6 @@
 """Reads a topic to its end with confluent-kafka, read_committed (only committed transactions),
-and prints one JSON object per record: partition, offset, key and value (the value null for a
-tombstone). Without REGISTRY_URL, keys and values are decoded as JSON where they are JSON, else
+and prints one JSON object per record: partition, offset, key, value (null for a tombstone) and
+headers. Without REGISTRY_URL, keys and values are decoded as JSON where they are JSON, else
 as text; with it, as Confluent-framed Avro by confluent-kafka's AvroDeserializer, which fetches
 each writer schema from the registry by the id in the message. A topic that does not exist
 prints nothing.
@@ -62,7 +62,8 @@ while len(at_end) < len(parts):
     at_end.discard(m.partition())
     key = None if m.key() is None else decode(m.key(), "key")
     value = None if m.value() is None else decode(m.value(), "value")
-    out.append({"partition": m.partition(), "offset": m.offset(), "key": key, "value": value})
+    headers = {k: (None if v is None else v.decode("utf-8", "replace")) for k, v in (m.headers() or [])}
+    out.append({"partition": m.partition(), "offset": m.offset(), "key": key, "value": value, "headers": headers})
 c.close()
 for o in out:
     print(json.dumps(o, default=lambda v: v.hex() if isinstance(v, bytes) else str(v), sort_keys=True))
