@@ -354,3 +354,71 @@ async fn a_change_the_format_cannot_carry_goes_to_the_dead_letter_topic() {
     let e = sluice::chain(&ended.expect("no panic").expect_err("a change it cannot carry stops it"));
     assert!(e.contains("public.prices") && e.contains("amount") && e.contains("dead_letter_topic"), "{e}");
 }
+
+/// TiCDC's example dispatch rule: every table to `tidb_{schema}_{table}`, partitioned by the
+/// key's hash (`index-value`), so all changes of one row land in one partition, in order; read
+/// back by confluent-kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticdc_dispatch_rule_sends_each_table_to_its_topic_and_each_key_to_one_partition() {
+    let broker = KafkaBroker::start().unwrap_or_else(|e| panic!("cannot start a Kafka broker: {e}"));
+    let env = Env::new(
+        "CREATE TABLE orders (id int PRIMARY KEY, v int NOT NULL);
+         CREATE TABLE users (name text PRIMARY KEY, v int NOT NULL);",
+    )
+    .await;
+    let toml = format!(
+        "name = \"kdisp\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\n[[sink]]\ntype = \"kafka\"\nbrokers = \"{}\"\n\
+         format = \"json\"\ntopic_partitions = 4\n\
+         dispatchers = [{{ matcher = [\"*.*\"], topic = \"tidb_{{schema}}_{{table}}\", partition = \"index-value\" }}]\n",
+        env.src_url,
+        broker.bootstrap()
+    );
+    let pipeline = start(sluice::parse(&toml, &|_| None).expect("valid config"));
+    // Both (empty) tables copied: the checkpoint in the offsets topic says so.
+    wait_for("the copy of both tables", CONVERGE, || async {
+        read_topic(&broker.bootstrap(), "_sluice_offsets")
+            .iter()
+            .filter(|r| r["key"] == "kdisp/0")
+            .any(|r| {
+                let tables = r["value"]["tables"].as_array().cloned().unwrap_or_default();
+                tables.iter().filter(|t| t["state"] == "copied").count() == 2
+            })
+            .then_some(())
+    })
+    .await;
+    // Ten keys per table, each written five times (v = 1..5), interleaved.
+    for v in 1..=5 {
+        let mut sql = String::new();
+        for k in 0..10 {
+            sql.push_str(&format!(
+                "INSERT INTO orders VALUES ({k}, {v}) ON CONFLICT (id) DO UPDATE SET v = {v};
+                 INSERT INTO users VALUES ('user{k}', {v}) ON CONFLICT (name) DO UPDATE SET v = {v};"
+            ));
+        }
+        env.src.batch_execute(&sql).await.unwrap();
+    }
+    for (topic, key) in [("tidb_public_orders", "id"), ("tidb_public_users", "name")] {
+        let got = wait_for(&format!("50 records in {topic}"), CONVERGE, || async {
+            let r = read_topic(&broker.bootstrap(), topic);
+            (r.len() >= 50).then_some(r)
+        })
+        .await;
+        assert_eq!(got.len(), 50, "{topic}");
+        let mut per_key: std::collections::BTreeMap<String, (i64, Vec<i64>)> = Default::default();
+        let mut partitions = std::collections::BTreeSet::new();
+        for r in &got {
+            let k = r["key"][key].to_string();
+            let p = r["partition"].as_i64().unwrap();
+            partitions.insert(p);
+            let e = per_key.entry(k.clone()).or_insert((p, Vec::new()));
+            assert_eq!(e.0, p, "{topic}: key {k} in partitions {} and {p}", e.0);
+            e.1.push(r["value"]["v"].as_i64().unwrap());
+        }
+        assert_eq!(per_key.len(), 10, "{topic}");
+        for (k, (_, vs)) in &per_key {
+            assert_eq!(vs, &[1, 2, 3, 4, 5], "{topic}: key {k}'s changes in order");
+        }
+        assert!(partitions.len() > 1, "{topic}: ten keys spread over the 4 partitions, got {partitions:?}");
+    }
+    pipeline.stop().await;
+}
