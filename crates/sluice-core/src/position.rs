@@ -466,6 +466,27 @@ impl Position {
         }
     }
 
+    /// This position as text that sorts in stream order as a plain string, for change logs and
+    /// files (`_position`): PostgreSQL LSNs as 16 hex digits; binlog coordinates as the file's
+    /// name with its numeric suffix widened to 10 digits, then the offset as 20 digits; Kafka
+    /// offsets as `topic/partition/offset` with both numbers widened (these sort in order
+    /// within a partition, the only order a topic has).
+    pub fn sortable(&self) -> String {
+        match self {
+            Position::Pg(l) => format!("{:016X}", l.0),
+            Position::MySql(b) => {
+                let (base, n) = match b.file.rsplit_once('.') {
+                    Some((base, n)) if !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) => (base, n),
+                    _ => (b.file.as_str(), ""),
+                };
+                format!("{base}.{n:0>10}:{:020}", b.pos)
+            }
+            Position::Kafka(k) => {
+                k.entries().map(|(t, p, o)| format!("{t}/{p:010}/{o:020}")).collect::<Vec<_>>().join(",")
+            }
+        }
+    }
+
     /// The greatest position that both `self` and `other` have reached. `None` when they are of
     /// different families (a source changed under the sinks).
     pub fn meet(&self, other: &Position) -> Option<Position> {
@@ -532,6 +553,18 @@ mod tests {
 
     fn pg(s: &str) -> Position {
         Position::Pg(s.parse().unwrap())
+    }
+
+    #[test]
+    fn sortable_text_sorts_in_stream_order() {
+        let bin = |f: &str, p: u64| Position::MySql(BinlogPosition { file: f.into(), pos: p, gtids: None });
+        let ordered = [pg("0/FFFFFF"), pg("1/0"), pg("10/0")];
+        let texts: Vec<String> = ordered.iter().map(Position::sortable).collect();
+        assert!(texts.windows(2).all(|w| w[0] < w[1]), "{texts:?}");
+        let ordered = [bin("mysql-bin.000009", 900), bin("mysql-bin.000010", 4), bin("mysql-bin.000010", 10)];
+        let texts: Vec<String> = ordered.iter().map(Position::sortable).collect();
+        assert!(texts.windows(2).all(|w| w[0] < w[1]), "{texts:?}");
+        assert!(kafka(&[("t", 1, 9)]).sortable() < kafka(&[("t", 1, 10)]).sortable());
     }
 
     fn kafka(entries: &[(&str, i32, i64)]) -> Position {

@@ -242,6 +242,12 @@ pub trait Sink: Send {
     /// When the runtime should commit.
     fn batch_policy(&self) -> BatchPolicy;
 
+    /// Whether the sink asks to commit at the next boundary before [`Sink::batch_policy`] says
+    /// so: its buffers hold more bytes than it wants to keep (the analytical sinks' size limit).
+    fn wants_commit(&self) -> bool {
+        false
+    }
+
     /// The bulk formats the sink takes copied rows in as they are. It is only ever sent
     /// [`crate::CopyStep::Bulk`] rows in these formats; the runtime decodes the others.
     fn accepted_formats(&self) -> Vec<BulkFormat> {

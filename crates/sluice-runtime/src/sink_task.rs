@@ -282,7 +282,8 @@ impl Driver {
     fn commit_due(&self) -> bool {
         self.at_boundary()
             && (self.uncommitted >= self.policy.max_rows
-                || self.oldest.is_some_and(|t| t.elapsed() >= self.policy.max_delay))
+                || self.oldest.is_some_and(|t| t.elapsed() >= self.policy.max_delay)
+                || (self.uncommitted > 0 && self.sink.wants_commit()))
     }
 
     async fn on_event(&mut self, ev: &Event, state: Option<Arc<serde_json::Value>>) -> Result<(), ConnectorError> {

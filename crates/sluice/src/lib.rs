@@ -27,6 +27,8 @@ pub fn registry() -> Registry {
     let r = r.source(sluice_mysql::TYPE, sluice_mysql::parse_source).sink(sluice_mysql::TYPE, sluice_mysql::parse_sink);
     #[cfg(feature = "kafka")]
     let r = r.sink(sluice_kafka::TYPE, sluice_kafka::parse_sink).source(sluice_kafka::TYPE, sluice_kafka::parse_source);
+    #[cfg(feature = "duckdb")]
+    let r = r.sink(sluice_duckdb::TYPE, sluice_duckdb::parse_sink);
     r
 }
 

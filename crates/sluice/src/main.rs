@@ -53,6 +53,17 @@ enum Cmd {
         #[arg(long)]
         sink: Option<usize>,
     },
+    /// Run SQL against what a sink wrote (a DuckDB file), also while the pipeline runs: the
+    /// query reads between the sink's commits.
+    Query {
+        /// Pipeline file (TOML)
+        pipeline: PathBuf,
+        /// The SQL, e.g. "SELECT count(*) FROM public.orders"
+        sql: String,
+        /// The sink to query (its index in the file); default: the first that can be queried
+        #[arg(long)]
+        sink: Option<usize>,
+    },
     /// Start a local source and replica with sample data and a workload, and watch the replica
     /// follow. Needs only the PostgreSQL server packages (scripts/setup.sh installs them).
     Playground(sluice::playground::Args),
@@ -83,6 +94,7 @@ fn main() -> ExitCode {
             Cmd::Run { pipeline } => run(pipeline, cli.log_format).await,
             Cmd::Check { pipeline } => check(pipeline).await,
             Cmd::Tables { pipeline, release, sink } => tables(pipeline, release, sink).await,
+            Cmd::Query { pipeline, sql, sink } => query(pipeline, sql, sink).await,
             #[cfg(feature = "registry")]
             Cmd::Registry { listen, data } => registry(listen, data).await,
             Cmd::Playground(args) => match sluice::playground::run(args, stop_signal()).await {
@@ -181,6 +193,25 @@ async fn run(path: PathBuf, logs: LogFormat) -> ExitCode {
         Ok(Err(e)) => fail(sluice::chain(&e)),
         Err(e) => fail(format!("the pipeline task failed: {e}")),
     }
+}
+
+async fn query(path: PathBuf, sql: String, only: Option<usize>) -> ExitCode {
+    let cfg = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut last = None;
+    for (i, s) in cfg.sinks.iter().enumerate().filter(|(i, _)| only.is_none_or(|o| o == *i)) {
+        match s.query(&sql).await {
+            Ok(table) => {
+                println!("{table}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => last = Some(format!("sink[{i}]: {e}")),
+        }
+    }
+    eprintln!("error: {}", last.unwrap_or_else(|| "the pipeline has no such sink".into()));
+    ExitCode::FAILURE
 }
 
 async fn tables(path: PathBuf, release: Option<String>, only: Option<usize>) -> ExitCode {

@@ -1,0 +1,40 @@
+//! `sluice query PIPELINE.toml "SQL"`: runs SQL against a DuckDB sink's file while the pipeline
+//! runs. The sink holds the file only while it writes a batch, so the query opens it read-only
+//! between batches (waiting while a batch is being written) and lets go when done.
+
+use std::time::{Duration, Instant};
+
+use duckdb::{AccessMode, Config, Connection};
+
+use crate::db::{Ctx, DbError};
+
+/// Opens `path` read-only, waiting up to `wait` while a writer holds it.
+fn open_read_only(path: &str, wait: Duration) -> Result<Connection, DbError> {
+    let started = Instant::now();
+    loop {
+        let config = Config::default().access_mode(AccessMode::ReadOnly).ctx("configure")?;
+        match Connection::open_with_flags(path, config).ctx(format!("open {path} read-only")) {
+            Ok(c) => return Ok(c),
+            Err(e) if e.locked() && started.elapsed() < wait => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs `sql` on the file at `path` and returns its result as a text table.
+pub fn query(path: &str, sql: &str, wait: Duration) -> Result<String, DbError> {
+    if !std::path::Path::new(path).exists() {
+        return Err(DbError { what: format!("open {path}"), source: duckdb::Error::InvalidPath(path.into()) });
+    }
+    let claim = crate::db::Claim::take(path, wait)?;
+    let conn = open_read_only(path, wait)?;
+    let mut stmt = conn.prepare(sql).ctx("prepare the query")?;
+    let batches: Vec<duckdb::arrow::record_batch::RecordBatch> = stmt.query_arrow([]).ctx("run the query")?.collect();
+    let text = duckdb::arrow::util::pretty::pretty_format_batches(&batches)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|e| format!("(cannot print the result: {e})"));
+    drop(stmt);
+    let _ = conn.close();
+    drop(claim);
+    Ok(text)
+}
