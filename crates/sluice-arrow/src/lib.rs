@@ -368,6 +368,9 @@ fn text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
         Value::Int(i) => Cow::Owned(i.to_string()),
         Value::UInt(i) => Cow::Owned(i.to_string()),
         Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+        // Each field on its own (a month has no fixed days, a day no fixed microseconds), in
+        // words DuckDB and PostgreSQL both read back exactly.
+        Value::Interval(i) => Cow::Owned(format!("{} months {} days {} microseconds", i.months, i.days, i.micros)),
         _ => return None,
     })
 }

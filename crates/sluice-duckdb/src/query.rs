@@ -24,7 +24,10 @@ fn open_read_only(path: &str, wait: Duration) -> Result<Connection, DbError> {
 /// Runs `sql` on the file at `path` and returns its result as a text table.
 pub fn query(path: &str, sql: &str, wait: Duration) -> Result<String, DbError> {
     if !std::path::Path::new(path).exists() {
-        return Err(DbError { what: format!("open {path}"), source: duckdb::Error::InvalidPath(path.into()) });
+        return Err(DbError {
+            what: format!("the DuckDB file {path} does not exist (yet): the pipeline creates it with its first commit"),
+            source: duckdb::Error::InvalidPath(path.into()),
+        });
     }
     let claim = crate::db::Claim::take(path, wait)?;
     let conn = open_read_only(path, wait)?;

@@ -525,7 +525,7 @@ fn batch_of<'r>(
     extra: &[Field],
     rows: impl Iterator<Item = (&'r Row, Option<Value>)>,
 ) -> Result<RecordBatch, DuckDbError> {
-    let mut fields: Vec<Field> = columns.iter().map(sluice_arrow::field).collect();
+    let mut fields: Vec<Field> = columns.iter().map(staging_field).collect();
     fields.extend(extra.iter().cloned());
     let mut b = Rows::new(Arc::new(arrow_schema::Schema::new(fields)));
     for (row, x) in rows {
@@ -533,6 +533,22 @@ fn batch_of<'r>(
             .map_err(|e| DuckDbError::Value { table: table.clone(), reason: e.to_string() })?;
     }
     b.finish().map_err(|e| DuckDbError::Setup(format!("{table}: {e}")))
+}
+
+/// The Arrow field a column is staged as: its own, except intervals, which travel as text
+/// (`N months N days N microseconds`, cast back on insert). duckdb-rs 1.10506 rebuilds interval
+/// arrays without their null bitmap, so a NULL interval would arrive as a zero one.
+fn staging_field(c: &ColumnSchema) -> Field {
+    fn text_intervals(t: &A) -> A {
+        match t {
+            A::Interval(_) => A::Utf8,
+            A::List(f) => A::List(Arc::new(Field::new(f.name(), text_intervals(f.data_type()), true))),
+            other => other.clone(),
+        }
+    }
+    let f = sluice_arrow::field(c);
+    let t = text_intervals(f.data_type());
+    f.with_data_type(t)
 }
 
 /// Steps applying a table's net operations: one MERGE of the whole rows and deletes, and an

@@ -3,7 +3,6 @@
 //! between commits, which is what lets another process read it.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use async_trait::async_trait;
 use sluice_config::ParseContext;
@@ -17,38 +16,6 @@ struct Harness {
     cfg: DuckDbSinkConfig,
     changelog: bool,
     _dir: tempfile::TempDir,
-}
-
-/// Runs `sql` on the file with Python's duckdb (read-only, waiting while the sink writes);
-/// one line per row, values tab-separated, `NULL` for null.
-pub fn read(path: &std::path::Path, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
-    let script = r#"
-import sys, time, duckdb
-path, sql = sys.argv[1], sys.argv[2]
-deadline = time.time() + 30
-while True:
-    try:
-        c = duckdb.connect(path, read_only=True)
-        break
-    except duckdb.IOException as e:
-        if 'lock' not in str(e).lower() or time.time() > deadline:
-            raise
-        time.sleep(0.02)
-try:
-    rows = c.execute(sql).fetchall()
-except duckdb.CatalogException:
-    rows = []
-for r in rows:
-    print('\t'.join('NULL' if v is None else str(v) for v in r))
-"#;
-    let out = Command::new("python3").args(["-c", script]).arg(path).arg(sql).output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.split('\t').map(|v| (v != "NULL").then(|| v.to_string())).collect())
-        .collect())
 }
 
 #[async_trait]
@@ -75,7 +42,9 @@ impl SinkHarness for Harness {
         if !self.path.exists() {
             return Vec::new();
         }
-        read(&self.path, &sql).unwrap_or_else(|e| panic!("read {name}: {e}"))
+        sluice_testkit::duckdb::duckdb_query(&self.path, &sql)
+            .unwrap_or_else(|e| panic!("read {name}: {e}"))
+            .unwrap_or_default()
     }
 }
 

@@ -3,6 +3,7 @@
 //! release binary does not link it.
 
 pub mod compliance;
+pub mod duckdb;
 pub mod tls;
 
 use std::time::{Duration, Instant};
