@@ -343,3 +343,103 @@ async fn sluice_query_reads_the_replica_while_the_pipeline_runs() {
     assert!(text.contains("300"), "{text}");
     run.stop(&log).await;
 }
+
+const CRASH_SETUP: &str = "
+CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance numeric(14,2) NOT NULL, note text);
+ALTER TABLE accounts ALTER COLUMN note SET STORAGE EXTERNAL;
+INSERT INTO accounts SELECT g, 'owner-' || g, g % 1000, CASE WHEN g % 10 = 0 THEN repeat('n', 3000) END
+  FROM generate_series(1, 20000) g;
+";
+
+const ACCOUNTS: &[(&str, &str)] = &[
+    ("id::text", "CAST(id AS VARCHAR)"),
+    ("owner", "owner"),
+    ("balance::text", "CAST(balance AS VARCHAR)"),
+    ("md5(coalesce(note, '-'))", "md5(coalesce(note, '-'))"),
+];
+
+/// Updates (of rows with unchanged TOASTed notes among them), inserts, deletes and key changes
+/// until told to stop.
+fn workload(
+    client: tokio_postgres::Client,
+    seed: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut rng = sluice_playground::scenario::Rng::new(seed);
+        let (mut txns, mut next) = (0u64, 100_000i64);
+        while !*stop.borrow() {
+            let mut sql = String::from("BEGIN;");
+            for _ in 0..rng.range(1, 8) {
+                let id = rng.range(1, 20_000) as i64;
+                next += 1;
+                sql.push_str(&match rng.range(1, 8) {
+                    1..=4 => {
+                        format!("UPDATE accounts SET balance = balance + 1, owner = owner || '.' WHERE id = {id};")
+                    }
+                    5 => format!("INSERT INTO accounts VALUES ({next}, 'new', 0, repeat('m', 3000));"),
+                    6 => format!("DELETE FROM accounts WHERE id = {id};"),
+                    _ => format!("UPDATE accounts SET id = -{next} WHERE id = {id};"),
+                });
+            }
+            sql.push_str("COMMIT;");
+            client.batch_execute(&sql).await.expect("workload transaction");
+            txns += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        txns
+    })
+}
+
+/// A DuckDB replica under a workload, crashed at every named point of the core (the process
+/// aborts there), then killed with SIGKILL at random moments while streaming: after a clean
+/// run it equals the source, row for row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_at_every_point_and_sigkills_leave_an_exact_duckdb_replica() {
+    let seed = common::crash_seed();
+    let env = Env::new(CRASH_SETUP).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.duckdb");
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"duckcrash\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\nslot_takeover_secs = 1\n\n[[sink]]\n\
+             type = \"duckdb\"\npath = \"{}\"\nbuffer = {{ count_records = 300, flush_time_s = 0.05 }}\n",
+            env.src_url,
+            path.display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let log = dir.path().join("sluice.log");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let load = workload(common::connect(&env.src_url).await, seed, stop_rx);
+    for (point, hit) in [
+        ("snapshot.mid_table", 2),
+        ("sink.before_commit", 4),
+        ("sink.after_commit", 4),
+        ("source.before_confirm", 3),
+        ("source.after_confirm", 3),
+    ] {
+        eprintln!("crash point {point}, hit {hit}");
+        common::process::crash_there(&config, &log, point, hit).await;
+    }
+    let mut rng = sluice_playground::scenario::Rng::new(seed);
+    let mut sluice = common::process::spawn(&config, &log);
+    for _ in 0..3 {
+        // Deliberately random kill moments, not a wait for a condition.
+        tokio::time::sleep(Duration::from_millis(rng.range(300, 2000) as u64)).await;
+        if let Ok(Some(status)) = sluice.child.try_wait() {
+            panic!("sluice exited by itself ({status}):\n{}", common::process::log_tail(&log));
+        }
+        sluice.child.kill().expect("SIGKILL");
+        sluice.child.wait().unwrap();
+        sluice = common::process::spawn(&config, &log);
+    }
+    let _ = stop_tx.send(true);
+    assert!(load.await.unwrap() > 20, "the workload ran");
+    converge(&env, &path, "accounts", ACCOUNTS, "id").await;
+    sluice.stop(&log).await;
+    converge(&env, &path, "accounts", ACCOUNTS, "id").await;
+}
