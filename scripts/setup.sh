@@ -90,9 +90,10 @@ fi
 
 # DuckDB's Python package (the same version): the independent reader the tests check what the
 # duckdb and parquet sinks wrote with.
-if ! python3 -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$DUCKDB_VERSION')" >/dev/null 2>&1; then
-  echo "setup: installing the Python package duckdb $DUCKDB_VERSION" >&2
-  python3 -m pip install --quiet --disable-pip-version-check "duckdb==$DUCKDB_VERSION" >&2
+# (pytz: DuckDB's Python package needs it to return TIMESTAMPTZ values.)
+if ! python3 -c "import duckdb, pytz, sys; sys.exit(duckdb.__version__ != '$DUCKDB_VERSION')" >/dev/null 2>&1; then
+  echo "setup: installing the Python packages duckdb $DUCKDB_VERSION and pytz" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "duckdb==$DUCKDB_VERSION" pytz >&2
 fi
 python3 -c "import duckdb" >/dev/null 2>&1 || { echo "setup: the Python package duckdb is still missing after install" >&2; exit 1; }
 

@@ -106,7 +106,15 @@ pub struct DuckDbSink {
     /// Tables put in quarantine since the last commit (recorded with it).
     quarantined: Vec<(TableId, String)>,
     stats: Arc<SinkStats>,
+    /// The checkpoint last stored, and when.
+    stored: Option<Checkpoint>,
+    stored_at: std::time::Instant,
 }
+
+/// How often a position reached only by heartbeats is stored (a binlog source resumes from the
+/// sink's checkpoint alone, so it must not fall far behind while the tables are idle; storing
+/// it every second would write and hold the file for nothing).
+const POSITION_STORE_EVERY: Duration = Duration::from_secs(10);
 
 impl DuckDbSink {
     pub fn new(cfg: DuckDbSinkConfig, pipeline: &str, index: usize) -> DuckDbSink {
@@ -126,6 +134,8 @@ impl DuckDbSink {
             quarantine: HashMap::new(),
             quarantined: Vec::new(),
             stats: Arc::default(),
+            stored: None,
+            stored_at: std::time::Instant::now(),
             cfg,
         }
     }
@@ -703,6 +713,8 @@ impl Sink for DuckDbSink {
             })?),
             None => None,
         };
+        self.stored = cp.clone();
+        self.stored_at = std::time::Instant::now();
         info!(sink = %self.name, path = %self.cfg.path, position = ?cp.as_ref().and_then(|c| c.position.as_ref()).map(|p| p.to_string()), "sink opened");
         Ok(cp)
     }
@@ -727,6 +739,25 @@ impl Sink for DuckDbSink {
             ack.fail(ConnectorError::msg(ErrorClass::Transient, e.to_string()));
             return Err(e.into());
         }
+        // Only heartbeats since the last commit: nothing the file must hold changed.
+        let only_position = !self.in_tx
+            && self.steps.is_empty()
+            && self.quarantined.is_empty()
+            && self.buffered == 0
+            && self.stored_at.elapsed() < POSITION_STORE_EVERY
+            && self.stored.as_ref().is_some_and(|s| {
+                s.tables == checkpoint.tables
+                    && s.table_ids == checkpoint.table_ids
+                    && s.transform == checkpoint.transform
+                    && s.all_tables_copied == checkpoint.all_tables_copied
+            })
+            && self.targets.values().all(|t| t.rows.is_empty() && t.batch.as_ref().is_none_or(KeyedBatch::is_empty));
+        if only_position {
+            ack.durable();
+            return Ok(());
+        }
+        self.stored = Some(checkpoint.clone());
+        self.stored_at = std::time::Instant::now();
         let job = match self.commit_job(&checkpoint) {
             Ok(job) => job,
             Err(e) => {
