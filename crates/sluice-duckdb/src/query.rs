@@ -41,3 +41,33 @@ pub fn query(path: &str, sql: &str, wait: Duration) -> Result<String, DbError> {
     drop(claim);
     Ok(text)
 }
+
+/// Runs `sql` on the file at `path` and returns its rows with every value as text (`None` for
+/// NULL), for programs that read a live replica (the playground).
+pub fn values(path: &str, sql: &str, wait: Duration) -> Result<Vec<Vec<Option<String>>>, DbError> {
+    use duckdb::arrow::array::Array;
+    use duckdb::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let claim = crate::db::Claim::take(path, wait)?;
+    let conn = open_read_only(path, wait)?;
+    let mut stmt = conn.prepare(sql).ctx("prepare the query")?;
+    let batches: Vec<duckdb::arrow::record_batch::RecordBatch> = stmt.query_arrow([]).ctx("run the query")?.collect();
+    let mut rows = Vec::new();
+    let options = FormatOptions::default();
+    for b in &batches {
+        let formatters: Vec<ArrayFormatter<'_>> =
+            b.columns().iter().filter_map(|c| ArrayFormatter::try_new(c.as_ref(), &options).ok()).collect();
+        for i in 0..b.num_rows() {
+            rows.push(
+                b.columns()
+                    .iter()
+                    .zip(&formatters)
+                    .map(|(c, f)| (!c.is_null(i)).then(|| f.value(i).to_string()))
+                    .collect(),
+            );
+        }
+    }
+    drop(stmt);
+    let _ = conn.close();
+    drop(claim);
+    Ok(rows)
+}

@@ -20,10 +20,92 @@ pub struct Args {
     /// Workload transactions per second
     #[arg(long, default_value_t = 50)]
     pub rate: u32,
-    /// The source database: `postgres`, or `mysql` (a MariaDB server; the replica stays
+    /// The source database: `postgres`, or `mysql` (a MariaDB server; the replica is then
     /// PostgreSQL)
     #[arg(long, default_value = "postgres")]
     pub source: String,
+    /// The replica of a PostgreSQL source: `duckdb` (a DuckDB file, queried live next to the
+    /// lag; the default) or `postgres` (a second PostgreSQL server). A MariaDB source's replica
+    /// is PostgreSQL.
+    #[arg(long)]
+    pub sink: Option<String>,
+}
+
+/// The playground's replica by default: DuckDB when this build has it.
+#[cfg(feature = "duckdb")]
+const DEFAULT_SINK: &str = "duckdb";
+#[cfg(not(feature = "duckdb"))]
+const DEFAULT_SINK: &str = "postgres";
+
+/// Where the playground's replica is, and how it is read.
+enum Replica {
+    Postgres(Client),
+    #[cfg(feature = "duckdb")]
+    DuckDb(std::path::PathBuf),
+}
+
+/// Per table, a column the live view sums (a figure the workload keeps changing).
+const SUMS: &[(&str, &str)] = &[
+    ("warehouse", "w_ytd"),
+    ("district", "d_ytd"),
+    ("customer", "c_balance"),
+    ("item", "i_price"),
+    ("orders", "o_ol_cnt"),
+    ("order_line", "ol_amount"),
+];
+
+/// Row count and the table's sum, as text, per table of [`SUMS`] (`None` where the database
+/// has no such table yet).
+async fn figures(replica: &Replica) -> Vec<Option<(String, String)>> {
+    let sql = |prefix: &str| {
+        SUMS.iter()
+            .map(|(t, c)| {
+                format!(
+                    "SELECT '{t}', CAST(count(*) AS VARCHAR), CAST(coalesce(sum({c}), 0) AS VARCHAR) FROM {prefix}{t}"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    };
+    let rows: Vec<Vec<Option<String>>> = match replica {
+        Replica::Postgres(c) => return pg_figures(c).await,
+        #[cfg(feature = "duckdb")]
+        Replica::DuckDb(path) => {
+            let (path, sql) = (path.display().to_string(), sql("public."));
+            if !std::path::Path::new(&path).exists() {
+                return SUMS.iter().map(|_| None).collect();
+            }
+            match tokio::task::spawn_blocking(move || sluice_duckdb::query::values(&path, &sql, Duration::from_secs(5)))
+                .await
+            {
+                Ok(Ok(rows)) => rows,
+                _ => return SUMS.iter().map(|_| None).collect(),
+            }
+        }
+    };
+    per_table(rows)
+}
+
+/// [`figures`] of a PostgreSQL database, one query per table (some may not exist yet).
+async fn pg_figures(c: &Client) -> Vec<Option<(String, String)>> {
+    let mut out = Vec::new();
+    for (t, col) in SUMS {
+        let q = format!("SELECT '{t}', count(*)::text, coalesce(sum({col}), 0)::text FROM {t}");
+        if let Ok(r) = c.query_one(&q, &[]).await {
+            out.push((0..3).map(|i| r.get::<_, Option<String>>(i)).collect());
+        }
+    }
+    per_table(out)
+}
+
+fn per_table(rows: Vec<Vec<Option<String>>>) -> Vec<Option<(String, String)>> {
+    SUMS.iter()
+        .map(|(t, _)| {
+            rows.iter()
+                .find(|r| r.first().and_then(|v| v.as_deref()) == Some(t))
+                .and_then(|r| Some((r.get(1)?.clone()?, r.get(2)?.clone()?)))
+        })
+        .collect()
 }
 
 async fn connect(server: &PgServer, db: &str) -> anyhow::Result<Client> {
@@ -32,27 +114,61 @@ async fn connect(server: &PgServer, db: &str) -> anyhow::Result<Client> {
 
 /// Runs the playground until `stop` (Ctrl-C) or `args.duration`.
 pub async fn run(args: Args, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    match args.source.as_str() {
-        "postgres" => run_postgres(args, stop).await,
-        "mysql" => run_mysql(args, stop).await,
-        other => bail!("--source {other}: expected postgres or mysql"),
+    match (args.source.as_str(), args.sink.as_deref()) {
+        ("postgres", _) => run_postgres(args, stop).await,
+        ("mysql", None | Some("postgres")) => run_mysql(args, stop).await,
+        ("mysql", Some(other)) => bail!("--sink {other}: the MariaDB playground's replica is PostgreSQL"),
+        (other, _) => bail!("--source {other}: expected postgres or mysql"),
     }
 }
 
 async fn run_postgres(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    println!("Starting a source and a target PostgreSQL server in temporary directories...");
+    let (duck, pg) = match args.sink.as_deref().unwrap_or(DEFAULT_SINK) {
+        "postgres" => (false, true),
+        #[cfg(feature = "duckdb")]
+        "duckdb" => (true, false),
+        other => bail!("--sink {other}: expected duckdb or postgres (this build has: {DEFAULT_SINK}, postgres)"),
+    };
+    println!(
+        "Starting a source PostgreSQL server{} in temporary directories...",
+        if pg { " and a target one" } else { " and a DuckDB replica" }
+    );
     let source = PgServer::start().map_err(anyhow::Error::msg)?;
-    let target = PgServer::start().map_err(anyhow::Error::msg)?;
+    let target = if pg { Some(PgServer::start().map_err(anyhow::Error::msg)?) } else { None };
+    let files = tempfile::tempdir().context("a temporary directory for the DuckDB replica")?;
     let src_url = source.create_database("app").await.map_err(anyhow::Error::msg)?;
-    let dst_url = target.create_database("replica").await.map_err(anyhow::Error::msg)?;
     let src = connect(&source, "app").await?;
-    let dst = connect(&target, "replica").await?;
     create_sample(&src).await.context("create the sample schema and data")?;
-    println!("source: {src_url}\ntarget: {dst_url}");
+    let (sink_toml, replica) = match &target {
+        Some(target) => {
+            let dst_url = target.create_database("replica").await.map_err(anyhow::Error::msg)?;
+            println!("source: {src_url}\ntarget: {dst_url}");
+            (
+                format!("type = \"postgres\"\nurl = \"{dst_url}\"\nmode = \"replica\""),
+                Replica::Postgres(connect(target, "replica").await?),
+            )
+        }
+        None => {
+            let path = files.path().join("replica.duckdb");
+            println!("source: {src_url}\nreplica: {} (query it: sluice query PIPELINE.toml \"SQL\")", path.display());
+            let _ = duck;
+            #[cfg(feature = "duckdb")]
+            let replica = Replica::DuckDb(path.clone());
+            #[cfg(not(feature = "duckdb"))]
+            let replica: Replica = unreachable!("--sink duckdb was refused above");
+            (
+                format!(
+                    "type = \"duckdb\"\npath = \"{}\"\nmode = \"replica\"\nbuffer = {{ flush_time_s = 0.2 }}",
+                    path.display()
+                ),
+                replica,
+            )
+        }
+    };
 
     let toml = format!(
         "name = \"playground\"\n\n[source]\ntype = \"postgres\"\nurl = \"{src_url}\"\ntables = [\"public.*\"]\n\
-         snapshot = \"initial\"\n\n[[sink]]\ntype = \"postgres\"\nurl = \"{dst_url}\"\nmode = \"replica\"\n"
+         snapshot = \"initial\"\n\n[[sink]]\n{sink_toml}\n"
     );
     let cfg = crate::parse(&toml, &|_| None).context("playground pipeline config")?;
     println!("pipeline:\n{toml}");
@@ -91,7 +207,7 @@ async fn run_postgres(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Re
         if pipeline.is_finished() || workload.is_finished() {
             break;
         }
-        show(&src, &dst, &handle, started, tty).await?;
+        show(&src, &replica, &handle, started, tty).await?;
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
@@ -108,12 +224,19 @@ async fn run_postgres(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Re
     println!("\nWorkload stopped after {txns} transactions; waiting for the replica to converge...");
     let converge_deadline = Instant::now() + Duration::from_secs(60);
     let converged = loop {
-        let mut same = true;
-        for (t, key) in TABLES {
-            if digest(&src, t, key).await? != digest(&dst, t, key).await.unwrap_or_default() {
-                same = false;
+        let same = match &replica {
+            Replica::Postgres(dst) => {
+                let mut same = true;
+                for (t, key) in TABLES {
+                    if digest(&src, t, key).await? != digest(dst, t, key).await.unwrap_or_default() {
+                        same = false;
+                    }
+                }
+                same
             }
-        }
+            #[cfg(feature = "duckdb")]
+            Replica::DuckDb(_) => pg_figures(&src).await == figures(&replica).await,
+        };
         if same {
             break true;
         }
@@ -122,16 +245,21 @@ async fn run_postgres(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    show(&src, &dst, &handle, started, false).await?;
+    show(&src, &replica, &handle, started, false).await?;
     let _ = pipe_stop_tx.send(true);
     match pipeline.await.context("pipeline task")? {
         Ok(()) => {}
         Err(e) => bail!("pipeline failed: {}", crate::chain(&e)),
     }
-    drop((src, dst));
-    drop((source, target));
+    let how = match &replica {
+        Replica::Postgres(_) => "row counts and content digests match",
+        #[cfg(feature = "duckdb")]
+        Replica::DuckDb(_) => "row counts and the sum of a column per table match, read in DuckDB",
+    };
+    drop((src, replica));
+    drop((source, target, files));
     if converged {
-        println!("Replica is identical to the source (row counts and content digests match). Servers stopped.");
+        println!("Replica is identical to the source ({how}). Servers stopped.");
         Ok(())
     } else {
         bail!("replica did not converge within 60s")
@@ -140,7 +268,7 @@ async fn run_postgres(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Re
 
 async fn show(
     src: &Client,
-    dst: &Client,
+    replica: &Replica,
     handle: &sluice_runtime::PipelineHandle,
     started: Instant,
     redraw: bool,
@@ -159,23 +287,36 @@ async fn show(
         .and_then(|r| r.get(0));
     let status = handle.status();
     let sink = status.sinks.first();
+    let kind = match replica {
+        Replica::Postgres(_) => "PostgreSQL",
+        #[cfg(feature = "duckdb")]
+        Replica::DuckDb(_) => "DuckDB",
+    };
     out.push_str(&format!(
-        "sluice playground  t={:>4}s  slot lag: {}  replica lag: {}  {:.0} rows/s   (Ctrl-C to stop)\n",
+        "sluice playground (PostgreSQL -> {kind})  t={:>4}s  slot lag: {}  replica lag: {}  {:.0} rows/s   (Ctrl-C to stop)\n",
         started.elapsed().as_secs(),
         lag.map_or("slot not created yet".to_string(), |b| format!("{b} bytes of WAL")),
         sink.and_then(|s| s.lag_ms).map_or("-".to_string(), |ms| format!("{ms} ms")),
         sink.map_or(0.0, |s| s.rows_per_sec),
     ));
-    out.push_str(&format!("{:<12} {:>10} {:>10} {:>10}\n", "table", "source", "replica", "behind"));
-    for (t, _) in TABLES {
-        let q = format!("SELECT count(*) FROM {t}");
-        let s: i64 = src.query_one(&q, &[]).await?.get(0);
-        let r: Option<i64> = dst.query_one(&q, &[]).await.ok().map(|r| r.get(0));
-        let (rs, behind) = match r {
-            Some(r) => (r.to_string(), (s - r).to_string()),
-            None => ("-".into(), "-".into()),
+    out.push_str(&format!(
+        "{:<12} {:>10} {:>10} {:>8}   {:>16} {:>16}\n",
+        "table",
+        "source",
+        "replica",
+        "behind",
+        "sum (source)",
+        format!("sum ({kind})")
+    ));
+    let (s, r) = (pg_figures(src).await, figures(replica).await);
+    for (((t, col), s), r) in SUMS.iter().zip(s).zip(r) {
+        let (sc, ss) = s.unwrap_or_else(|| ("-".into(), "-".into()));
+        let (rc, rs) = r.unwrap_or_else(|| ("-".into(), "-".into()));
+        let behind = match (sc.parse::<i64>(), rc.parse::<i64>()) {
+            (Ok(a), Ok(b)) => (a - b).to_string(),
+            _ => "-".into(),
         };
-        out.push_str(&format!("{t:<12} {s:>10} {rs:>10} {behind:>10}\n"));
+        out.push_str(&format!("{t:<12} {sc:>10} {rc:>10} {behind:>8}   {:>16} {:>16}  ({col})\n", ss, rs));
     }
     print!("{out}");
     Ok(())

@@ -229,14 +229,22 @@ async fn run_until_converged(
     (status, all)
 }
 
-/// `sluice playground` on each source runs its workload and ends with a replica identical to
-/// the source (the command checks that itself and fails otherwise).
+/// `sluice playground` on each source and replica runs its workload and ends with a replica
+/// identical to the source (the command checks that itself and fails otherwise): PostgreSQL
+/// into DuckDB (the default, read live in DuckDB) and into PostgreSQL, MariaDB into PostgreSQL.
 #[test]
-fn the_playground_converges_on_both_sources() {
-    for source in ["postgres", "mysql"] {
-        let o = sluice(&["playground", "--source", source, "--duration", "3", "--rate", "20"]);
+fn the_playground_converges_on_every_source_and_replica() {
+    for (args, replica) in [
+        (&["--source", "postgres"][..], "PostgreSQL -> DuckDB"),
+        (&["--source", "postgres", "--sink", "postgres"][..], "PostgreSQL -> PostgreSQL"),
+        (&["--source", "mysql"][..], "MariaDB -> PostgreSQL"),
+    ] {
+        let mut all = vec!["playground", "--duration", "3", "--rate", "20"];
+        all.extend_from_slice(args);
+        let o = sluice(&all);
         let out = text(&o);
-        assert!(o.status.success(), "playground --source {source} failed:\n{out}");
-        assert!(out.contains("Replica is identical to the source"), "{source}: {out}");
+        assert!(o.status.success(), "playground {args:?} failed:\n{out}");
+        assert!(out.contains(replica), "{args:?}: the view names {replica}:\n{out}");
+        assert!(out.contains("Replica is identical to the source"), "{args:?}: {out}");
     }
 }
