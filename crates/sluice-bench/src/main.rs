@@ -7,6 +7,7 @@
 
 mod common;
 mod drain;
+mod duckdb;
 mod kafka;
 mod latency;
 mod mysql;
@@ -39,6 +40,10 @@ enum Cmd {
     KafkaProduce(kafka::ProduceArgs),
     /// Kafka -> PostgreSQL replica drain (Avro, through the registry) next to PostgreSQL -> PostgreSQL
     KafkaConsume(kafka::ConsumeArgs),
+    /// PostgreSQL -> DuckDB load of one table: Sluice vs dlt (connectorx)
+    DuckdbLoad(duckdb::LoadArgs),
+    /// A backlog of updates drained into a DuckDB replica, next to a PostgreSQL replica
+    DuckdbDrain(duckdb::DrainArgs),
 }
 
 #[tokio::main]
@@ -53,5 +58,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::MysqlSnapshot(a) => mysql::snapshot(a).await,
         Cmd::KafkaProduce(a) => kafka::produce(a).await,
         Cmd::KafkaConsume(a) => kafka::consume(a).await,
+        Cmd::DuckdbLoad(a) => duckdb::load(a).await,
+        Cmd::DuckdbDrain(a) => duckdb::drain(a).await,
     }
 }

@@ -125,11 +125,13 @@ pub struct Db {
     threads: Option<u32>,
     /// The connection, and this process's claim on the file (dropped after it)
     conn: Option<(Connection, Claim)>,
+    /// The file's catalog name, once known
+    catalog: Option<String>,
 }
 
 impl Db {
     pub fn new(path: &str, memory_limit: Option<String>, threads: Option<u32>) -> Db {
-        Db { path: path.to_string(), memory_limit, threads, conn: None }
+        Db { path: path.to_string(), memory_limit, threads, conn: None, catalog: None }
     }
 
     /// The open connection, opening the file first (waiting up to [`OPEN_WAIT`] while another
@@ -166,6 +168,23 @@ impl Db {
             config = config.threads(i64::from(t)).ctx("set threads")?;
         }
         Connection::open_with_flags(&self.path, config).ctx(format!("open {}", self.path))
+    }
+
+    /// The name DuckDB gives the file's catalog (after the file's name).
+    pub fn catalog(&mut self) -> Result<String, DbError> {
+        if self.catalog.is_none() {
+            let name: String =
+                self.conn()?.query_row("SELECT current_database()", [], |r| r.get(0)).ctx("read the catalog's name")?;
+            self.catalog = Some(name);
+        }
+        Ok(self.catalog.clone().unwrap_or_default())
+    }
+
+    /// Whether an error may go away by trying again (the file is held, the disk is full);
+    /// errors of the statement itself (binder, catalog, conversion) do not.
+    pub fn transient(e: &DbError) -> bool {
+        let m = e.source.to_string();
+        e.locked() || m.starts_with("IO Error") || m.contains("Out of Memory")
     }
 
     /// Closes the file (DuckDB checkpoints its write-ahead log into it), so others can open it.

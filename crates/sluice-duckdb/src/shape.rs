@@ -34,7 +34,8 @@ pub fn reconcile(
     in_tx: bool,
 ) -> Result<Option<String>, DbError> {
     let _ = in_tx;
-    let name = qualified(&schema.id.schema, &schema.id.name);
+    let catalog = db.catalog()?;
+    let name = qualified(&catalog, &schema.id.schema, &schema.id.name);
     let replica = !cfg.changelog();
     if replica && schema.key_indexes().is_empty() {
         return Ok(Some(format!(
@@ -46,7 +47,7 @@ pub fn reconcile(
     }
     let columns: Vec<ColumnSchema> =
         if replica { schema.columns.clone() } else { log_columns(schema, cfg.changelog_format) };
-    let existing = target_columns(db, &schema.id.schema, &schema.id.name)?;
+    let existing = target_columns(db, &catalog, &schema.id.schema, &schema.id.name)?;
     if existing.is_empty() {
         let mut defs: Vec<String> = columns
             .iter()
@@ -59,7 +60,8 @@ pub fn reconcile(
             defs.push(format!("PRIMARY KEY ({})", keys.join(", ")));
         }
         db.execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {name} ({})",
+            "CREATE SCHEMA IF NOT EXISTS {}.{}; CREATE TABLE IF NOT EXISTS {name} ({})",
+            quote(&catalog),
             quote(&schema.id.schema),
             defs.join(", ")
         ))?;
@@ -153,16 +155,16 @@ pub fn reconcile(
 }
 
 /// The table's columns and their DuckDB types, in order; empty when there is no such table.
-fn target_columns(db: &mut Db, schema: &str, table: &str) -> Result<Vec<(String, String)>, DbError> {
+fn target_columns(db: &mut Db, catalog: &str, schema: &str, table: &str) -> Result<Vec<(String, String)>, DbError> {
     let conn = db.conn()?;
     let mut stmt = conn
         .prepare(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = ? AND table_name = ? \
-             ORDER BY ordinal_position",
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_catalog = ? AND table_schema = ? \
+             AND table_name = ? ORDER BY ordinal_position",
         )
         .ctx("read a table's columns")?;
     let rows = stmt
-        .query_map(duckdb::params![schema, table], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .query_map(duckdb::params![catalog, schema, table], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
         .ctx("read a table's columns")?;
     rows.collect::<Result<Vec<_>, _>>().ctx("read a table's columns")
 }

@@ -60,8 +60,9 @@ pub enum DuckDbError {
 impl From<DuckDbError> for ConnectorError {
     fn from(e: DuckDbError) -> ConnectorError {
         let class = match &e {
-            DuckDbError::Db(d) if d.locked() => ErrorClass::Transient,
-            DuckDbError::Db(_) | DuckDbError::Worker(_) => ErrorClass::Transient,
+            DuckDbError::Db(d) if Db::transient(d) => ErrorClass::Transient,
+            DuckDbError::Db(_) => ErrorClass::Fatal,
+            DuckDbError::Worker(_) => ErrorClass::Transient,
             DuckDbError::Value { .. } | DuckDbError::Setup(_) => ErrorClass::Fatal,
         };
         ConnectorError::new(class, e.to_string(), e)
@@ -106,6 +107,8 @@ pub struct DuckDbSink {
     /// Tables put in quarantine since the last commit (recorded with it).
     quarantined: Vec<(TableId, String)>,
     stats: Arc<SinkStats>,
+    /// The DuckDB catalog of the file (named after it)
+    catalog: String,
     /// The checkpoint last stored, and when.
     stored: Option<Checkpoint>,
     stored_at: std::time::Instant,
@@ -134,6 +137,7 @@ impl DuckDbSink {
             quarantine: HashMap::new(),
             quarantined: Vec::new(),
             stats: Arc::default(),
+            catalog: String::new(),
             stored: None,
             stored_at: std::time::Instant::now(),
             cfg,
@@ -141,11 +145,11 @@ impl DuckDbSink {
     }
 
     fn checkpoint_table(&self) -> String {
-        qualified(&self.cfg.checkpoint_schema, "checkpoints")
+        qualified(&self.catalog, &self.cfg.checkpoint_schema, "checkpoints")
     }
 
     fn quarantine_table(&self) -> String {
-        qualified(&self.cfg.checkpoint_schema, "quarantine")
+        qualified(&self.catalog, &self.cfg.checkpoint_schema, "quarantine")
     }
 
     /// Waits for a background job and takes the file back.
@@ -195,7 +199,7 @@ impl DuckDbSink {
                     return Ok(None);
                 }
                 None => {
-                    let name = qualified(&schema.id.schema, &schema.id.name);
+                    let name = qualified(&self.catalog, &schema.id.schema, &schema.id.name);
                     let replica = !self.cfg.changelog();
                     let t = self.targets.entry(schema.id.clone()).or_insert_with(|| Target {
                         schema: schema.clone(),
@@ -656,13 +660,15 @@ impl Sink for DuckDbSink {
             })?;
         }
         self.db = Some(Db::new(&self.cfg.path, self.cfg.memory_limit.clone(), self.cfg.threads));
+        self.catalog = self.blocking(|db| db.catalog()).await?;
         let schema = self.cfg.checkpoint_schema.clone();
         let (table, qtable) = (self.checkpoint_table(), self.quarantine_table());
         let (pipeline, index) = (self.pipeline.clone(), self.index.clone());
+        let catalog = quote(&self.catalog);
         let (state, quarantined) = self
             .blocking(move |db| {
                 db.execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {s}; \
+                    "CREATE SCHEMA IF NOT EXISTS {catalog}.{s}; \
                      CREATE TABLE IF NOT EXISTS {table} (pipeline VARCHAR NOT NULL, sink VARCHAR NOT NULL, \
                        position JSON, state JSON NOT NULL, updated_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (pipeline, sink)); \
                      CREATE TABLE IF NOT EXISTS {qtable} (pipeline VARCHAR NOT NULL, sink VARCHAR NOT NULL, \
@@ -772,7 +778,10 @@ impl Sink for DuckDbSink {
             let r = if in_tx { db.commit_open(job) } else { db.run(job) };
             match &r {
                 Ok(()) => ack.durable(),
-                Err(e) => ack.fail(ConnectorError::msg(ErrorClass::Transient, e.to_string())),
+                Err(e) => {
+                    let class = if Db::transient(e) { ErrorClass::Transient } else { ErrorClass::Fatal };
+                    ack.fail(ConnectorError::msg(class, e.to_string()))
+                }
             }
             db.release();
             (db, r)
@@ -804,9 +813,10 @@ pub fn tables(
     index: usize,
 ) -> Result<Vec<sluice_core::SinkTable>, DuckDbError> {
     let mut db = Db::new(&cfg.path, cfg.memory_limit.clone(), cfg.threads);
+    let catalog = db.catalog()?;
     let conn = db.conn()?;
-    let table = qualified(&cfg.checkpoint_schema, "checkpoints");
-    let qtable = qualified(&cfg.checkpoint_schema, "quarantine");
+    let table = qualified(&catalog, &cfg.checkpoint_schema, "checkpoints");
+    let qtable = qualified(&catalog, &cfg.checkpoint_schema, "quarantine");
     let index = index.to_string();
     let state: Option<String> = conn
         .query_row(
@@ -835,8 +845,9 @@ pub fn tables(
 /// next run copies it again.
 pub fn release(cfg: &DuckDbSinkConfig, pipeline: &str, index: usize, t: &TableId) -> Result<bool, DuckDbError> {
     let mut db = Db::new(&cfg.path, cfg.memory_limit.clone(), cfg.threads);
-    let qtable = qualified(&cfg.checkpoint_schema, "quarantine");
-    let table = qualified(&cfg.checkpoint_schema, "checkpoints");
+    let catalog = db.catalog()?;
+    let qtable = qualified(&catalog, &cfg.checkpoint_schema, "quarantine");
+    let table = qualified(&catalog, &cfg.checkpoint_schema, "checkpoints");
     let index = index.to_string();
     let conn = db.conn()?;
     let n = conn

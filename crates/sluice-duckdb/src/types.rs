@@ -10,9 +10,11 @@ pub fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `"schema"."table"`.
-pub fn qualified(schema: &str, table: &str) -> String {
-    format!("{}.{}", quote(schema), quote(table))
+/// `"catalog"."schema"."table"`. Always with the catalog: DuckDB names a file's catalog after
+/// the file (`sluice.duckdb` is `sluice`), and a schema of that name would make two-part names
+/// ambiguous.
+pub fn qualified(catalog: &str, schema: &str, table: &str) -> String {
+    format!("{}.{}.{}", quote(catalog), quote(schema), quote(table))
 }
 
 /// The DuckDB type of a replica column.
@@ -119,7 +121,7 @@ mod tests {
         assert_eq!(column_type(&d), "VARCHAR");
         let l = ColumnSchema::new("l", DataType::List(Box::new(DataType::TimestampTz)), "x");
         assert_eq!(column_type(&l), "TIMESTAMPTZ[]");
-        assert_eq!(qualified("public", "a\"b"), "\"public\".\"a\"\"b\"");
+        assert_eq!(qualified("w", "public", "a\"b"), "\"w\".\"public\".\"a\"\"b\"");
         assert!(same_type("INTEGER", "integer") && same_type("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"));
         assert!(!same_type("INTEGER", "BIGINT"));
     }

@@ -251,7 +251,8 @@ async fn duckdb_replica_follows_schema_changes() {
 async fn duckdb_changelog_holds_each_change_with_its_metadata() {
     let env = Env::new("CREATE TABLE o (id int PRIMARY KEY, item text); INSERT INTO o VALUES (1, 'one');").await;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log.duckdb");
+    // Named like the checkpoint schema: DuckDB names the file's catalog `sluice` too.
+    let path = dir.path().join("sluice.duckdb");
     let pipeline =
         start(sluice::parse(&toml(&env, "ducklog", &path, "mode = \"changelog\""), &|_| None).expect("valid config"));
     wait_for("the snapshot row in the log", CONVERGE, || async {
