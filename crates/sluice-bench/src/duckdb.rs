@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::common::{bench_server, connect, copied, exec, median, until_true, SluiceProc};
+use crate::common::{bench_server, connect, copied, exec, median, perf_start, perf_stop, until_true, SluiceProc};
 
 const TABLE: &str = "CREATE TABLE t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, c timestamptz NOT NULL, d numeric(12,2) NOT NULL)";
 
@@ -114,6 +114,7 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
         );
         let t = Instant::now();
         let mut proc = SluiceProc::start(&dir, &toml)?;
+        let perf = perf_start(&proc)?;
         let config = dir.path().join("pipeline.toml");
         let started = Instant::now();
         loop {
@@ -127,6 +128,7 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let sluice_secs = t.elapsed().as_secs_f64();
+        perf_stop(perf)?;
         rss.push(proc.peak_rss_mb());
         cpus.push(proc.cpu_secs());
         proc.stop()?;

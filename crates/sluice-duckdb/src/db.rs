@@ -100,6 +100,9 @@ pub enum Step {
     Sql(String),
     /// Rows inserted into `table` (`batch` holds `columns`, in order).
     Insert { table: String, columns: Vec<ColumnSchema>, batch: RecordBatch },
+    /// Rows appended to a table whose columns are exactly the batch's, in order and type (a
+    /// consistent snapshot's table, made by the sink): no staging, no casts.
+    Append { catalog: String, schema: String, table: String, batch: RecordBatch },
     /// Rows merged into `table` by key: the batch holds `columns` then `_sluice_delete`; a row
     /// marked deleted removes its key, any other replaces or adds the row.
     Merge { table: String, columns: Vec<ColumnSchema>, batch: RecordBatch },
@@ -248,6 +251,12 @@ fn apply(conn: &Connection, job: Job) -> Result<(), DbError> {
                 let values = columns.iter().map(|c| cast("s", c)).collect::<Vec<_>>().join(", ");
                 let sql = format!("INSERT INTO {table} ({names}) SELECT {values} FROM temp.main._sluice_stage s");
                 conn.execute_batch(&sql).ctx(format!("insert into {table}"))?;
+            }
+            Step::Append { catalog, schema, table, batch } => {
+                let mut app =
+                    conn.appender_to_catalog_and_db(&table, &catalog, &schema).ctx(format!("append to {table}"))?;
+                app.append_record_batch(batch).ctx(format!("append to {table}"))?;
+                app.flush().ctx(format!("append to {table}"))?;
             }
             Step::Merge { table, columns, batch } => {
                 stage(conn, &batch)?;

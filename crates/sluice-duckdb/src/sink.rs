@@ -241,12 +241,31 @@ impl DuckDbSink {
     fn drain_table(&mut self, id: &TableId) -> Result<(), DuckDbError> {
         let changelog = self.cfg.changelog();
         let format = self.cfg.changelog_format;
+        let catalog = self.catalog.clone();
         let Some(t) = self.targets.get_mut(id) else { return Ok(()) };
         if !t.rows.is_empty() {
             let rows = std::mem::take(&mut t.rows);
             let columns = if changelog { log_columns(&t.schema, format) } else { t.schema.columns.clone() };
             let batch = batch_of(&t.schema.id, &columns, &[], rows.iter().map(|r| (r, None)))?;
-            self.steps.push(Step::Insert { table: t.name.clone(), columns, batch });
+            // A snapshot's table was made by the sink with exactly these columns: the batch goes
+            // in as it is when every Arrow type is the column's own.
+            let direct = t.loading
+                && batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .zip(&columns)
+                    .all(|(f, c)| crate::types::staging_type(f.data_type()) == crate::types::column_type(c));
+            if direct {
+                self.steps.push(Step::Append {
+                    catalog,
+                    schema: t.schema.id.schema.clone(),
+                    table: t.schema.id.name.clone(),
+                    batch,
+                });
+            } else {
+                self.steps.push(Step::Insert { table: t.name.clone(), columns, batch });
+            }
         }
         if let Some(b) = t.batch.as_mut().filter(|b| !b.is_empty()) {
             let schema = b.schema().clone();
@@ -259,11 +278,33 @@ impl DuckDbSink {
     /// Writes what is buffered into the open DuckDB transaction (a source transaction or a
     /// snapshot copy too large to hold in memory); nothing commits.
     async fn write_out(&mut self) -> Result<(), DuckDbError> {
+        // Only the rows of consistent snapshots pending, outside any transaction: those commit
+        // at once. DuckDB keeps an open transaction's rows in memory (350 MB for a million of
+        // these rows, measured), and a snapshot cut short is loaded again from an emptied
+        // table anyway, while the checkpoint still says the copy is not done.
+        let snapshot_only = self.txn.is_none()
+            && !self.in_tx
+            && self.steps.iter().all(|s| matches!(s, Step::Insert { .. } | Step::Append { .. } | Step::Sql(_)))
+            && self
+                .targets
+                .values()
+                .all(|t| (t.rows.is_empty() || t.loading) && t.batch.as_ref().is_none_or(KeyedBatch::is_empty));
         self.drain_buffers()?;
         if self.steps.is_empty() {
             return Ok(());
         }
         let steps = std::mem::take(&mut self.steps);
+        if snapshot_only {
+            // In the background, so the next rows are decoded while DuckDB stores these; the
+            // next use of the file waits for it.
+            self.settle().await?;
+            let mut db = self.db.take().ok_or_else(|| DuckDbError::Worker("the sink was used before open".into()))?;
+            self.inflight = Some(tokio::task::spawn_blocking(move || {
+                let r = db.run(Job { steps, checkpoint: None });
+                (db, r)
+            }));
+            return Ok(());
+        }
         let begin = !self.in_tx;
         self.blocking(move |db| {
             if begin {
@@ -331,7 +372,21 @@ impl DuckDbSink {
                     t.rows.clear();
                     t.loading = *mode == CopyMode::Snapshot;
                     let name = t.name.clone();
-                    self.steps.push(Step::Sql(format!("DELETE FROM {name}")));
+                    if t.loading {
+                        // A consistent snapshot fills an empty table before anything streams:
+                        // the table is made again without its key, which is added once the rows
+                        // are in (maintaining the index row by row doubled the load's time).
+                        let cols = t
+                            .schema
+                            .columns
+                            .iter()
+                            .map(|c| format!("{} {}", quote(&c.name), crate::types::column_type(c)))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        self.steps.push(Step::Sql(format!("CREATE OR REPLACE TABLE {name} ({cols})")));
+                    } else {
+                        self.steps.push(Step::Sql(format!("DELETE FROM {name}")));
+                    }
                 }
             }
             CopyStep::Rows(rows) => {
@@ -365,7 +420,22 @@ impl DuckDbSink {
                     let id = t.schema.id.clone();
                     self.drain_table(&id)?;
                     if let Some(t) = self.targets.get_mut(&c.table.id) {
-                        t.loading = false;
+                        if std::mem::take(&mut t.loading) {
+                            let keys: Vec<String> =
+                                t.schema.columns.iter().filter(|c| c.key).map(|c| quote(&c.name)).collect();
+                            let name = t.name.clone();
+                            let not_null: String = t
+                                .schema
+                                .columns
+                                .iter()
+                                .filter(|c| c.key)
+                                .map(|c| format!("ALTER TABLE {name} ALTER COLUMN {} SET NOT NULL; ", quote(&c.name)))
+                                .collect();
+                            self.steps.push(Step::Sql(format!(
+                                "{not_null}ALTER TABLE {name} ADD PRIMARY KEY ({})",
+                                keys.join(", ")
+                            )));
+                        }
                     }
                 }
             }
