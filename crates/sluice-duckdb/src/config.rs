@@ -97,12 +97,21 @@ pub struct DuckDbSinkConfig {
     /// Where the checkpoint and quarantine tables live
     #[serde(default = "default_checkpoint_schema")]
     pub checkpoint_schema: String,
-    /// DuckDB's `memory_limit` (e.g. `"2GB"`); DuckDB's default when unset (80% of RAM)
-    #[serde(default)]
+    /// DuckDB's `memory_limit` (e.g. `"2GB"`)
+    #[serde(default = "default_memory_limit")]
     pub memory_limit: Option<String>,
     /// DuckDB's worker threads; DuckDB's default (the cores) when unset
     #[serde(default)]
     pub threads: Option<u32>,
+}
+
+/// Default of `memory_limit`: DuckDB's own default (80% of the machine's memory, kept as a
+/// cache) suits a database, not a sink inside a replication process; loads ran as fast with 256 MB
+/// (BENCHMARKS.md).
+pub const DEFAULT_MEMORY_LIMIT: &str = "512MB";
+
+fn default_memory_limit() -> Option<String> {
+    Some(DEFAULT_MEMORY_LIMIT.into())
 }
 
 fn default_mode() -> String {
