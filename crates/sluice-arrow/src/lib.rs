@@ -83,6 +83,17 @@ pub fn field(c: &ColumnSchema) -> Field {
     Field::new(&c.name, arrow_type(&c.data_type, c.precision, c.scale), c.nullable || !c.key)
 }
 
+/// `t` with intervals (at any list depth) as text, `N months N days N microseconds`, which
+/// DuckDB and PostgreSQL cast back exactly: for writers that have no lossless interval (Parquet's
+/// INTERVAL holds unsigned milliseconds; arrow-rs writes no MonthDayNano) or lose its nulls.
+pub fn intervals_as_text(t: &A) -> A {
+    match t {
+        A::Interval(_) => A::Utf8,
+        A::List(f) => A::List(Arc::new(Field::new(f.name(), intervals_as_text(f.data_type()), true))),
+        other => other.clone(),
+    }
+}
+
 /// The Arrow schema of `t`'s columns followed by `extra`.
 pub fn schema(t: &TableSchema, extra: &[Field]) -> Arc<Schema> {
     let mut fields: Vec<Field> = t.columns.iter().map(field).collect();
@@ -468,13 +479,13 @@ fn validate(t: &A, v: &Value, column: &str) -> Result<(), Refused> {
         (_, Value::Null) => true,
         (_, Value::Unchanged) => return Err(refuse(column, "an unchanged value has no content to write")),
         (A::Boolean, Value::Bool(_)) => true,
-        (A::Int8, Value::Int(x)) => i8::try_from(*x).is_ok() || return Err(out_of_range(column, x)),
-        (A::Int16, Value::Int(x)) => i16::try_from(*x).is_ok() || return Err(out_of_range(column, x)),
-        (A::Int32, Value::Int(x)) => i32::try_from(*x).is_ok() || return Err(out_of_range(column, x)),
+        (A::Int8, Value::Int(x)) => i8::try_from(*x).map(|_| true).map_err(|_| out_of_range(column, x))?,
+        (A::Int16, Value::Int(x)) => i16::try_from(*x).map(|_| true).map_err(|_| out_of_range(column, x))?,
+        (A::Int32, Value::Int(x)) => i32::try_from(*x).map(|_| true).map_err(|_| out_of_range(column, x))?,
         (A::Int64, Value::Int(_)) => true,
-        (A::UInt8, Value::UInt(x)) => u8::try_from(*x).is_ok() || return Err(out_of_range(column, x)),
-        (A::UInt16, Value::UInt(x)) => u16::try_from(*x).is_ok() || return Err(out_of_range(column, x)),
-        (A::UInt32, Value::UInt(x)) => u32::try_from(*x).is_ok() || return Err(out_of_range(column, x)),
+        (A::UInt8, Value::UInt(x)) => u8::try_from(*x).map(|_| true).map_err(|_| out_of_range(column, x))?,
+        (A::UInt16, Value::UInt(x)) => u16::try_from(*x).map(|_| true).map_err(|_| out_of_range(column, x))?,
+        (A::UInt32, Value::UInt(x)) => u32::try_from(*x).map(|_| true).map_err(|_| out_of_range(column, x))?,
         (A::UInt64, Value::UInt(_)) => true,
         (A::Float32, Value::Float32(_)) => true,
         (A::Float64, Value::Float64(_) | Value::Float32(_)) => true,

@@ -1,68 +1,10 @@
 //! `[[sink]]` with `type = "duckdb"`.
 
 use serde::{Deserialize, Serialize};
-use sluice_config::{invalid, typed, ConfigError, ParseContext, SchemaChanges};
+use sluice_config::{invalid, typed, BufferConfig, ConfigError, ParseContext, SchemaChanges};
 
-/// Default of `buffer.count_records`.
-pub const DEFAULT_COUNT_RECORDS: usize = 100_000;
-/// Default of `buffer.flush_time_s`.
-pub const DEFAULT_FLUSH_TIME_S: f64 = 1.0;
-/// Default of `buffer.size_bytes`.
-pub const DEFAULT_SIZE_BYTES: usize = 64 * 1024 * 1024;
 /// Default of `checkpoint_schema`.
 pub const DEFAULT_CHECKPOINT_SCHEMA: &str = "sluice";
-
-/// When buffered changes are written: whichever limit is reached first (the Snowflake
-/// connector's `buffer.count.records`, `buffer.flush.time` and `buffer.size.bytes`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BufferConfig {
-    /// Changes (or copied rows) buffered before a flush
-    #[serde(default = "default_count_records")]
-    pub count_records: usize,
-    /// Seconds the oldest buffered change may wait
-    #[serde(default = "default_flush_time_s")]
-    pub flush_time_s: f64,
-    /// Bytes of buffered row data (approximate) before a flush
-    #[serde(default = "default_size_bytes")]
-    pub size_bytes: usize,
-}
-
-impl Default for BufferConfig {
-    fn default() -> Self {
-        BufferConfig {
-            count_records: DEFAULT_COUNT_RECORDS,
-            flush_time_s: DEFAULT_FLUSH_TIME_S,
-            size_bytes: DEFAULT_SIZE_BYTES,
-        }
-    }
-}
-
-fn default_count_records() -> usize {
-    DEFAULT_COUNT_RECORDS
-}
-fn default_flush_time_s() -> f64 {
-    DEFAULT_FLUSH_TIME_S
-}
-fn default_size_bytes() -> usize {
-    DEFAULT_SIZE_BYTES
-}
-
-impl BufferConfig {
-    /// Checks the limits; `at` is the sink's key.
-    pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        if self.count_records == 0 {
-            return Err(invalid(format!("{at}.buffer.count_records"), "must be > 0"));
-        }
-        if !(self.flush_time_s > 0.0 && self.flush_time_s <= 86_400.0) {
-            return Err(invalid(format!("{at}.buffer.flush_time_s"), "must be > 0 and at most 86400 (a day)"));
-        }
-        if self.size_bytes < 1024 {
-            return Err(invalid(format!("{at}.buffer.size_bytes"), "must be at least 1024"));
-        }
-        Ok(())
-    }
-}
 
 /// How a change log holds each change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -623,15 +623,8 @@ fn batch_of<'r>(
 /// (`N months N days N microseconds`, cast back on insert). duckdb-rs 1.10506 rebuilds interval
 /// arrays without their null bitmap, so a NULL interval would arrive as a zero one.
 fn staging_field(c: &ColumnSchema) -> Field {
-    fn text_intervals(t: &A) -> A {
-        match t {
-            A::Interval(_) => A::Utf8,
-            A::List(f) => A::List(Arc::new(Field::new(f.name(), text_intervals(f.data_type()), true))),
-            other => other.clone(),
-        }
-    }
     let f = sluice_arrow::field(c);
-    let t = text_intervals(f.data_type());
+    let t = sluice_arrow::intervals_as_text(f.data_type());
     f.with_data_type(t)
 }
 

@@ -165,7 +165,7 @@ impl KafkaBroker {
 }
 
 /// Waits until the broker listens on `port`, or says why not.
-fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
+pub(crate) fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
@@ -181,7 +181,7 @@ fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
 
 /// Stops the process group `child` leads: SIGTERM, then SIGKILL for what is left after the
 /// leader exits or 10 s pass.
-fn stop_group(mut child: Child) {
+pub(crate) fn stop_group(mut child: Child) {
     let group = child.id() as libc::pid_t;
     // SAFETY: signalling the process group our own child leads.
     unsafe { libc::kill(-group, libc::SIGTERM) };
@@ -194,7 +194,7 @@ fn stop_group(mut child: Child) {
     let _ = child.wait();
 }
 
-fn tail(path: &std::path::Path, lines: usize) -> String {
+pub(crate) fn tail(path: &std::path::Path, lines: usize) -> String {
     let log = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = log.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

@@ -12,9 +12,11 @@
 mod kafka;
 mod mariadb;
 pub mod mysql_scenario;
+mod s3;
 pub mod scenario;
 mod server;
 
 pub use kafka::{KafkaBroker, KafkaKind};
 pub use mariadb::{MariaDbOptions, MariaDbServer};
+pub use s3::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
 pub use server::{free_port, pg_bindir, PgOptions, PgServer};

@@ -29,6 +29,8 @@ pub fn registry() -> Registry {
     let r = r.sink(sluice_kafka::TYPE, sluice_kafka::parse_sink).source(sluice_kafka::TYPE, sluice_kafka::parse_source);
     #[cfg(feature = "duckdb")]
     let r = r.sink(sluice_duckdb::TYPE, sluice_duckdb::parse_sink);
+    #[cfg(feature = "parquet")]
+    let r = r.sink(sluice_parquet::TYPE, sluice_parquet::parse_sink);
     r
 }
 

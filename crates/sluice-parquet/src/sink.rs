@@ -1,0 +1,616 @@
+//! The Parquet sink: every change, and every copied row, as a row of a Parquet file, on local
+//! disk or S3 (object_store), in Hive-style partitions.
+//!
+//! ```text
+//!  <url>/table=<schema.table>/date=<YYYY-MM-DD>/part-<pipeline>-<sink>-<start>-<n>.parquet
+//!        columns: the table's (typed), _op (c u d t r), _position, _commit_ts, _unchanged
+//!  <url>/_sluice/<pipeline>-<sink>/checkpoint.json    the position the files reach
+//!  <url>/_sluice/<pipeline>-<sink>/pending.json       the files of a commit under way
+//! ```
+//!
+//! A commit writes `pending.json` (the files it is about to write, and the position it starts
+//! from), then each file (visible only when complete: a local rename, an S3 single PUT or a
+//! completed multipart upload), then `checkpoint.json`, then removes `pending.json`. Files are
+//! named by the position their commit starts from, so a replay after a crash writes the same
+//! names; and opening removes the files of a commit that did not reach its checkpoint (what
+//! `pending.json` lists, when it starts where the checkpoint stands), so a replay that cuts its
+//! batches differently leaves no duplicates either.
+//!
+//! Memory stays bounded for any transaction: when the buffer reaches its row or byte limit
+//! before the runtime can commit (inside a transaction, or a long copy), the rows go to files
+//! under `_sluice/<pipeline>-<sink>/spill/`, which the commit moves to their place (and opening
+//! removes, after a crash).
+//!
+//! `_position` sorts in change order as plain text (a source position, then the change's place
+//! in its transaction): the current state of a table is, per key, the row with the greatest
+//! `_position`, unless it is a delete, counting only rows after the last truncate
+//! (docs/parquet.md has the query). Values the source did not resend (PostgreSQL's unchanged
+//! TOAST values) are NULL and named in `_unchanged`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_schema::{DataType as A, Field, TimeUnit};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::file::properties::WriterProperties;
+use sluice_arrow::Rows;
+use sluice_core::{
+    Ack, BatchPolicy, Checkpoint, ConnectorError, CopyMode, CopyStep, ErrorClass, Event, Op, Position, Row, SchemaRef,
+    Sink, SinkContext, SinkStats, TableId, Timestamp, TxnMeta, Value,
+};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::ParquetSinkConfig;
+
+/// A failure of the sink.
+#[derive(Debug, thiserror::Error)]
+pub enum ParquetError {
+    /// The store failed (retried from the checkpoint).
+    #[error("{what}: {source}")]
+    Store {
+        what: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// A value the file's type cannot hold, or the store's configuration.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl From<ParquetError> for ConnectorError {
+    fn from(e: ParquetError) -> ConnectorError {
+        let class = match &e {
+            ParquetError::Store { .. } => ErrorClass::Transient,
+            ParquetError::Fatal(_) => ErrorClass::Fatal,
+        };
+        ConnectorError::new(class, e.to_string(), e)
+    }
+}
+
+pub(crate) fn store_err(what: impl Into<String>) -> impl FnOnce(object_store::Error) -> ParquetError {
+    let what = what.into();
+    move |source| ParquetError::Store { what, source }
+}
+
+/// How often a position reached only by heartbeats is stored.
+const POSITION_STORE_EVERY: Duration = Duration::from_secs(10);
+
+/// One row of a file: the row image and what the change was.
+struct LogRow {
+    values: Row,
+    op: &'static str,
+    position: String,
+    commit: Option<Timestamp>,
+    unchanged: Vec<String>,
+}
+
+/// The rows buffered for one table, by shape version and date.
+type Buffered = BTreeMap<(TableId, u64, String), (SchemaRef, Vec<LogRow>)>;
+
+/// The sink.
+pub struct ParquetSink {
+    name: String,
+    cfg: ParquetSinkConfig,
+    pipeline: String,
+    index: usize,
+    store: Option<Arc<dyn ObjectStore>>,
+    /// The prefix files go under
+    root: Path,
+    rows: Buffered,
+    txn: Option<TxnMeta>,
+    seq: u64,
+    /// Files of the unit of work so far, per table and date (numbers the next one)
+    counts: BTreeMap<(TableId, String), usize>,
+    /// Files written ahead of the commit: where each is, and where the commit moves it
+    spilled: Vec<(Path, Path)>,
+    /// The position of the last transaction seen: where a copy of a live table stands.
+    last_position: Option<Position>,
+    /// What names the next commit's files: [`start_of`] the last stored checkpoint.
+    base: String,
+    inflight: Option<JoinHandle<Result<(), ParquetError>>>,
+    buffered: usize,
+    bytes: usize,
+    stats: Arc<SinkStats>,
+    stored: Option<Checkpoint>,
+    stored_at: std::time::Instant,
+}
+
+/// `date=` of an instant (UTC), or of now.
+fn date_of(t: Option<Timestamp>) -> String {
+    let secs = t.map(|t| t.secs()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    });
+    let (y, m, d) = sluice_core::civil_from_days(secs.div_euclid(86_400));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The text that names files from a position (and orders `_position`).
+fn base_of(p: Option<&Position>) -> String {
+    p.map_or_else(|| "0".to_string(), Position::sortable)
+}
+
+/// What names the files of the commit after `c`: where the source position stands, and a
+/// digest of the whole checkpoint, since commits of a snapshot or of a live table's copy share
+/// a position (their tables' progress differs). The same checkpoint gives the same names, so a
+/// commit replayed after a crash writes the files it would have.
+fn start_of(c: Option<&Checkpoint>) -> String {
+    match c {
+        None => "0".to_string(),
+        Some(c) => format!("{}-{:016x}", file_stem(&base_of(c.position.as_ref())), fnv(&c.to_json())),
+    }
+}
+
+/// `base` as part of a file name: as it is when short and plain (a PostgreSQL LSN, a binlog
+/// coordinate), else a digest of it (Kafka offsets of many partitions hold `/` and `,`).
+fn file_stem(base: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_';
+    if base.len() <= 48 && base.chars().all(|c| plain(c) || c == ':') {
+        return base.replace(':', "_");
+    }
+    format!("h{:016x}", fnv(base))
+}
+
+/// FNV-1a, 64 bits: a digest stable across builds and machines (names must repeat after a
+/// restart).
+pub(crate) fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+impl ParquetSink {
+    pub fn new(cfg: ParquetSinkConfig, pipeline: &str, index: usize) -> ParquetSink {
+        ParquetSink {
+            name: format!("sink[{index}] parquet"),
+            cfg,
+            pipeline: pipeline.to_string(),
+            index,
+            store: None,
+            root: Path::default(),
+            rows: BTreeMap::new(),
+            txn: None,
+            seq: 0,
+            counts: BTreeMap::new(),
+            spilled: Vec::new(),
+            last_position: None,
+            base: "0".into(),
+            inflight: None,
+            buffered: 0,
+            bytes: 0,
+            stats: Arc::default(),
+            stored: None,
+            stored_at: std::time::Instant::now(),
+        }
+    }
+
+    fn state_dir(&self) -> Path {
+        self.root.clone().join("_sluice").join(format!("{}-{}", self.pipeline, self.index))
+    }
+
+    fn spill_dir(&self) -> Path {
+        self.state_dir().join("spill")
+    }
+
+    /// Writes what is buffered to spill files when it reached a limit of `buffer` (the runtime
+    /// commits only between transactions).
+    async fn spill_if_full(&mut self) -> Result<(), ParquetError> {
+        if self.buffered < self.cfg.buffer.count_records && self.bytes < self.cfg.buffer.size_bytes {
+            return Ok(());
+        }
+        let store = self.store()?;
+        let files = self.files()?;
+        let spill = self.spill_dir();
+        for (path, bytes) in files {
+            let at = spill.clone().join(path.as_ref().replace('/', "~"));
+            put(&store, &at, bytes).await?;
+            self.spilled.push((at, path));
+        }
+        debug!(sink = %self.name, files = self.spilled.len(), "spilled the buffer ahead of the commit");
+        Ok(())
+    }
+
+    fn store(&self) -> Result<Arc<dyn ObjectStore>, ParquetError> {
+        self.store.clone().ok_or_else(|| ParquetError::Fatal("the parquet sink was used before open".into()))
+    }
+
+    async fn settle(&mut self) -> Result<(), ParquetError> {
+        if let Some(job) = self.inflight.take() {
+            job.await.map_err(|e| ParquetError::Fatal(format!("the commit task stopped: {e}")))??;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, table: &SchemaRef, row: LogRow) {
+        let date = date_of(row.commit);
+        self.bytes += row.values.iter().map(value_bytes).sum::<usize>() + 48;
+        self.buffered += 1;
+        self.rows
+            .entry((table.id.clone(), table.version, date))
+            .or_insert_with(|| (table.clone(), Vec::new()))
+            .1
+            .push(row);
+    }
+
+    fn change(&mut self, table: &SchemaRef, op: &Op) {
+        let (op, image) = match op {
+            Op::Insert { after } => ("c", Some(after)),
+            Op::Update { before: Some(before), after } if key_moved(table, before, after) => {
+                // A new key: the old row is gone and a new one is there (as Debezium logs it), so
+                // that the current state per key needs nothing but the rows of that key.
+                self.log_row(table, "d", Some(before));
+                ("c", Some(after))
+            }
+            Op::Update { after, .. } => ("u", Some(after)),
+            Op::Delete { before } => ("d", Some(before)),
+            Op::Truncate => ("t", None),
+        };
+        self.log_row(table, op, image);
+    }
+
+    fn log_row(&mut self, table: &SchemaRef, op: &'static str, image: Option<&Row>) {
+        let txn = self.txn.as_ref();
+        let position = format!("{}-{:010}", base_of(txn.map(|t| &t.position)), self.seq);
+        self.seq += 1;
+        let commit = txn.map(|t| Timestamp::from_micros(t.commit_ts_micros));
+        let mut unchanged = Vec::new();
+        let values: Row = match image {
+            Some(r) => r
+                .iter()
+                .zip(&table.columns)
+                .map(|(v, c)| {
+                    if *v == Value::Unchanged {
+                        unchanged.push(c.name.clone());
+                        Value::Null
+                    } else {
+                        v.clone()
+                    }
+                })
+                .collect(),
+            None => vec![Value::Null; table.columns.len()],
+        };
+        self.push(table, LogRow { values, op, position, commit, unchanged });
+    }
+
+    fn copy(&mut self, c: &sluice_core::Copy) {
+        match &c.step {
+            CopyStep::Begin { mode, .. } => {
+                if *mode == CopyMode::Replace {
+                    // What the files held of the table before is void from here on.
+                    let position = format!("{}-b", base_of(self.last_position.as_ref()));
+                    let values = vec![Value::Null; c.table.columns.len()];
+                    self.push(&c.table, LogRow { values, op: "t", position, commit: None, unchanged: Vec::new() });
+                }
+            }
+            CopyStep::Rows(rows) => {
+                for row in rows {
+                    // A snapshot's rows come before every change; a live copy's at its place in
+                    // the stream, after the transaction before it.
+                    let position = match self.last_position.as_ref() {
+                        None => format!("0-r-{:010}", self.seq),
+                        Some(p) => format!("{}-c{:010}", p.sortable(), self.seq),
+                    };
+                    self.seq += 1;
+                    self.push(
+                        &c.table,
+                        LogRow { values: row.clone(), op: "r", position, commit: None, unchanged: Vec::new() },
+                    );
+                }
+            }
+            CopyStep::Bulk(_) | CopyStep::Progress { .. } | CopyStep::End => {}
+        }
+    }
+
+    /// The files of what is buffered: path and Parquet bytes, in a deterministic order.
+    fn files(&mut self) -> Result<Vec<(Path, Bytes)>, ParquetError> {
+        let mut out = Vec::new();
+        for ((id, _, date), (schema, rows)) in std::mem::take(&mut self.rows) {
+            let k = self.counts.entry((id.clone(), date.clone())).or_default();
+            let name = format!("part-{}-{}-{}-{}.parquet", self.pipeline, self.index, self.base, k);
+            *k += 1;
+            let path = self
+                .root
+                .clone()
+                .join(format!("table={}.{}", id.schema, id.name))
+                .join(format!("date={date}"))
+                .join(name);
+            out.push((path, self.encode(&schema, &rows)?));
+        }
+        self.buffered = 0;
+        self.bytes = 0;
+        Ok(out)
+    }
+
+    fn props(&self) -> WriterProperties {
+        let compression = match self.cfg.compression.as_str() {
+            "zstd" => parquet::basic::Compression::ZSTD(Default::default()),
+            "none" => parquet::basic::Compression::UNCOMPRESSED,
+            _ => parquet::basic::Compression::SNAPPY,
+        };
+        WriterProperties::builder().set_compression(compression).build()
+    }
+
+    /// One Parquet file of `rows`.
+    fn encode(&self, schema: &SchemaRef, rows: &[LogRow]) -> Result<Bytes, ParquetError> {
+        let extra = [
+            Field::new("_op", A::Utf8, false),
+            Field::new("_position", A::Utf8, false),
+            Field::new("_commit_ts", A::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+            Field::new("_unchanged", A::List(Arc::new(Field::new("item", A::Utf8, true))), false),
+        ];
+        // Every table column is nullable in a change file: a delete may carry only the key,
+        // and a truncate marker carries no columns at all. Intervals are text (docs/types.md).
+        let field = |c| {
+            let f = sluice_arrow::field(c);
+            let t = sluice_arrow::intervals_as_text(f.data_type());
+            f.with_data_type(t).with_nullable(true)
+        };
+        let mut fields: Vec<Field> = schema.columns.iter().map(field).collect();
+        fields.extend(extra);
+        let mut b = Rows::new(Arc::new(arrow_schema::Schema::new(fields)));
+        for r in rows {
+            let meta = [
+                Value::Text(r.op.into()),
+                Value::Text(r.position.as_str().into()),
+                r.commit.map_or(Value::Null, Value::TimestampTz),
+                Value::List(r.unchanged.iter().map(|c| Value::Text(c.as_str().into())).collect()),
+            ];
+            b.push(r.values.iter().chain(meta.iter()))
+                .map_err(|e| ParquetError::Fatal(format!("{}: {e} (a Parquet file cannot hold it)", schema.id)))?;
+        }
+        let batch = b.finish().map_err(|e| ParquetError::Fatal(format!("{}: {e}", schema.id)))?;
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(self.props()))
+            .map_err(|e| ParquetError::Fatal(format!("{}: {e}", schema.id)))?;
+        w.write(&batch).map_err(|e| ParquetError::Fatal(format!("{}: {e}", schema.id)))?;
+        w.close().map_err(|e| ParquetError::Fatal(format!("{}: {e}", schema.id)))?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// Whether an update gave its row a new key (`before` holds a complete old key that differs).
+fn key_moved(table: &SchemaRef, before: &Row, after: &Row) -> bool {
+    let (old, new) = (table.key_of(before), table.key_of(after));
+    !old.is_empty() && old.iter().all(|v| !matches!(v, Value::Null | Value::Unchanged)) && old != new
+}
+
+fn value_bytes(v: &Value) -> usize {
+    16 + match v {
+        Value::Text(t) | Value::Json(t) | Value::Enum(t) | Value::Other(t) => t.as_str().len(),
+        Value::Bytes(b) => b.len(),
+        Value::Decimal(d) => d.as_str().len(),
+        Value::List(l) => l.iter().map(value_bytes).sum(),
+        _ => 0,
+    }
+}
+
+/// Writes one object, visible only when complete (multipart above 10 MB).
+pub(crate) async fn put(store: &Arc<dyn ObjectStore>, path: &Path, bytes: Bytes) -> Result<(), ParquetError> {
+    use tokio::io::AsyncWriteExt;
+    if bytes.len() < 10 * 1024 * 1024 {
+        store.put(path, PutPayload::from(bytes)).await.map_err(store_err(format!("write {path}")))?;
+        return Ok(());
+    }
+    let mut w = object_store::buffered::BufWriter::new(store.clone(), path.clone());
+    let io = |e: std::io::Error| ParquetError::Fatal(format!("write {path}: {e}"));
+    w.write_all(&bytes).await.map_err(io)?;
+    w.shutdown().await.map_err(io)
+}
+
+/// What `pending.json` holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Pending {
+    /// The position the commit starts from (as in the files' names)
+    start: String,
+    files: Vec<String>,
+}
+
+#[async_trait]
+impl Sink for ParquetSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn batch_policy(&self) -> BatchPolicy {
+        BatchPolicy {
+            max_rows: self.cfg.buffer.count_records,
+            max_delay: Duration::from_secs_f64(self.cfg.buffer.flush_time_s),
+        }
+    }
+
+    fn wants_commit(&self) -> bool {
+        self.bytes >= self.cfg.buffer.size_bytes
+    }
+
+    async fn open(&mut self, ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {
+        self.stats = ctx.stats;
+        let (store, root) = crate::store::open(&self.cfg)?;
+        self.store = Some(store.clone());
+        self.root = root;
+        let dir = self.state_dir();
+        let checkpoint = match store.get(&dir.clone().join("checkpoint.json")).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(store_err("read the checkpoint")).map_err(ConnectorError::from)?;
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                Some(Checkpoint::from_json(&text).map_err(|e| {
+                    ConnectorError::msg(
+                        ErrorClass::Fatal,
+                        format!("the checkpoint in {dir}/checkpoint.json cannot be read: {e}"),
+                    )
+                })?)
+            }
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(store_err("read the checkpoint")(e).into()),
+        };
+        self.base = start_of(checkpoint.as_ref());
+        // A commit that did not reach its checkpoint: its files are not part of the output.
+        let pending = dir.clone().join("pending.json");
+        match store.get(&pending).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(store_err("read pending.json")).map_err(ConnectorError::from)?;
+                if let Ok(p) = serde_json::from_slice::<Pending>(&bytes) {
+                    if p.start == self.base {
+                        for f in &p.files {
+                            match store.delete(&Path::from(f.as_str())).await {
+                                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                                Err(e) => return Err(store_err(format!("remove {f}"))(e).into()),
+                            }
+                        }
+                        info!(sink = %self.name, files = p.files.len(), "removed the files of a commit that did not complete");
+                    }
+                }
+                match store.delete(&pending).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(store_err("remove pending.json")(e).into()),
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_err("read pending.json")(e).into()),
+        }
+        crate::compact::recover(&store, &dir).await?;
+        // Spill files of a unit of work that did not commit.
+        let spill = self.spill_dir();
+        let stale: Vec<Path> = store
+            .list(Some(&spill))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(store_err("list the spill files"))
+            .map_err(ConnectorError::from)?;
+        for p in stale {
+            match store.delete(&p).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err(format!("remove {p}"))(e).into()),
+            }
+        }
+        self.rows.clear();
+        self.counts.clear();
+        self.spilled.clear();
+        self.buffered = 0;
+        self.bytes = 0;
+        self.last_position = checkpoint.as_ref().and_then(|c| c.position.clone());
+        self.stored = checkpoint.clone();
+        self.stored_at = std::time::Instant::now();
+        info!(sink = %self.name, url = %self.cfg.url, position = ?checkpoint.as_ref().and_then(|c| c.position.as_ref()).map(|p| p.to_string()), "sink opened");
+        Ok(checkpoint)
+    }
+
+    async fn write(&mut self, event: &Event) -> Result<(), ConnectorError> {
+        match event {
+            Event::Begin(meta) => {
+                self.txn = Some(meta.clone());
+                self.seq = 0;
+            }
+            Event::Change(c) => self.change(&c.table, &c.op),
+            Event::Commit { meta, .. } => {
+                self.last_position = Some(meta.position.clone());
+                self.txn = None;
+            }
+            Event::Copy(c) => self.copy(c),
+            _ => {}
+        }
+        Ok(self.spill_if_full().await?)
+    }
+
+    async fn commit(&mut self, checkpoint: Checkpoint, ack: Ack) -> Result<(), ConnectorError> {
+        if let Err(e) = self.settle().await {
+            ack.fail(ConnectorError::msg(ErrorClass::Transient, e.to_string()));
+            return Err(e.into());
+        }
+        let only_position = self.rows.is_empty()
+            && self.spilled.is_empty()
+            && self.stored_at.elapsed() < POSITION_STORE_EVERY
+            && self
+                .stored
+                .as_ref()
+                .is_some_and(|s| s.tables == checkpoint.tables && s.table_ids == checkpoint.table_ids);
+        if only_position {
+            ack.durable();
+            return Ok(());
+        }
+        let files = match self.files() {
+            Ok(f) => f,
+            Err(e) => {
+                ack.fail(ConnectorError::msg(ErrorClass::Fatal, e.to_string()));
+                return Err(e.into());
+            }
+        };
+        let store = self.store()?;
+        let dir = self.state_dir();
+        let spilled = std::mem::take(&mut self.spilled);
+        self.counts.clear();
+        let pending = Pending {
+            start: self.base.clone(),
+            files: spilled.iter().map(|(_, p)| p.to_string()).chain(files.iter().map(|(p, _)| p.to_string())).collect(),
+        };
+        let pending_json = serde_json::to_vec(&pending).unwrap_or_default();
+        let state = checkpoint.to_json();
+        self.base = start_of(Some(&checkpoint));
+        self.stored = Some(checkpoint);
+        self.stored_at = std::time::Instant::now();
+        let name = self.name.clone();
+        let compaction = self.cfg.compaction.map(|c| {
+            let mut parts: Vec<Path> =
+                pending.files.iter().filter_map(|f| f.rsplit_once('/').map(|(dir, _)| Path::from(dir))).collect();
+            parts.sort();
+            parts.dedup();
+            (c, parts, self.props(), format!("{}-{}", self.pipeline, self.index))
+        });
+        self.inflight = Some(tokio::spawn(async move {
+            let r = async {
+                let (pending_path, checkpoint_path) =
+                    (dir.clone().join("pending.json"), dir.clone().join("checkpoint.json"));
+                let n = spilled.len() + files.len();
+                if n > 0 {
+                    put(&store, &pending_path, Bytes::from(pending_json)).await?;
+                }
+                for (from, to) in spilled {
+                    store.rename(&from, &to).await.map_err(store_err(format!("move {from} to {to}")))?;
+                }
+                for (path, bytes) in files {
+                    put(&store, &path, bytes).await?;
+                    sluice_core::crash_point("sink.mid_files");
+                }
+                sluice_core::crash_point("sink.before_commit");
+                put(&store, &checkpoint_path, Bytes::from(state)).await?;
+                sluice_core::crash_point("sink.after_commit");
+                if n > 0 {
+                    match store.delete(&pending_path).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(store_err("remove pending.json")(e)),
+                    }
+                }
+                debug!(sink = %name, files = n, "committed");
+                Ok(())
+            }
+            .await;
+            match &r {
+                Ok(()) => ack.durable(),
+                Err(e) => {
+                    let class =
+                        if matches!(e, ParquetError::Store { .. }) { ErrorClass::Transient } else { ErrorClass::Fatal };
+                    ack.fail(ConnectorError::msg(class, e.to_string()))
+                }
+            }
+            r?;
+            // After the acknowledgement: merging never holds the source back. A failure leaves
+            // the small files as they were (and compact.json for the next open).
+            if let Some((cfg, parts, props, owner)) = compaction {
+                for part in parts {
+                    if let Err(e) = crate::compact::partition(&store, &dir, &part, &owner, &cfg, &props).await {
+                        warn!(sink = %name, partition = %part, error = %e, "compaction failed; the small files stay");
+                    }
+                }
+            }
+            Ok(())
+        }));
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), ConnectorError> {
+        Ok(self.settle().await?)
+    }
+}
