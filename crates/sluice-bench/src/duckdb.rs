@@ -5,6 +5,10 @@
 //! (`sql_database` source with its fastest backend, connectorx, into dlt's duckdb destination).
 //! Both files are checked with DuckDB's Python package (row count and sums).
 //!
+//! `parquet-load`: the same table into Parquet files in a local directory, by Sluice's parquet
+//! sink and by dlt's filesystem destination (`loader_file_format="parquet"`), both read back
+//! with DuckDB's Python package.
+//!
 //! `duckdb-drain`: a backlog of updates written while nothing consumes it, drained by Sluice
 //! into a DuckDB replica and, in the same run from its own slot, into a PostgreSQL replica. Done
 //! is a marker row committed after the backlog, visible in the replica.
@@ -18,6 +22,13 @@ use crate::common::{bench_server, connect, copied, exec, median, perf_start, per
 
 const TABLE: &str = "CREATE TABLE t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, c timestamptz NOT NULL, d numeric(12,2) NOT NULL)";
 
+/// Where a load goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    DuckDb,
+    Parquet,
+}
+
 #[derive(clap::Args)]
 pub struct LoadArgs {
     /// Rows in the table
@@ -26,7 +37,7 @@ pub struct LoadArgs {
     /// Repetitions; medians are reported
     #[arg(long, default_value_t = 1)]
     runs: usize,
-    /// Extra TOML lines for the DuckDB sink
+    /// Extra TOML lines for the sink
     #[arg(long, default_value = "")]
     sink_extra: String,
 }
@@ -42,6 +53,24 @@ fn duck_figures(path: &std::path::Path, table: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// `count(*)`, `sum(a)`, `sum(d)` over the Parquet files under `dir`, read by DuckDB's Python
+/// package.
+fn parquet_figures(dir: &std::path::Path) -> anyhow::Result<String> {
+    let script = "import sys, duckdb\nprint('|'.join(str(v) for v in duckdb.execute(\n\
+                  f\"SELECT count(*), sum(a), CAST(sum(d) AS DECIMAL(38,2)) FROM read_parquet('{sys.argv[1]}/**/*.parquet', union_by_name = true)\").fetchone()))";
+    let out = Command::new("python3").args(["-c", script]).arg(dir).output()?;
+    if !out.status.success() {
+        bail!("read the Parquet files in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Whether the parquet sink's checkpoint under `dir` has the copy of its table committed.
+fn copied_in_parquet(dir: &std::path::Path, pipeline: &str) -> bool {
+    std::fs::read_to_string(dir.join("_sluice").join(format!("{pipeline}-0")).join("checkpoint.json"))
+        .is_ok_and(|s| s.contains("\"copied\""))
+}
+
 /// Whether `sluice query` on `config` finds the copy of `table` committed.
 fn copied_in_duckdb(config: &std::path::Path) -> bool {
     let Ok(bin) = crate::common::sluice_bin() else { return false };
@@ -54,7 +83,7 @@ fn copied_in_duckdb(config: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
-pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
+pub async fn load(a: LoadArgs, target: Target) -> anyhow::Result<()> {
     let source = bench_server()?;
     let src_url = source.create_database("bench").await.map_err(anyhow::Error::msg)?;
     let src = connect(&src_url).await?;
@@ -76,15 +105,22 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         // dlt, its fastest backend.
         let dlt_file = dir.path().join("dlt.duckdb");
+        let dlt_lake = dir.path().join("dlt_lake");
         // SQLAlchemy's name for the scheme.
         let dlt_url = src_url.replacen("postgres://", "postgresql+psycopg2://", 1);
+        let (destination, run_args) = match target {
+            Target::DuckDb => (format!("dlt.destinations.duckdb('{}')", dlt_file.display()), ""),
+            Target::Parquet => (
+                format!("dlt.destinations.filesystem('file://{}')", dlt_lake.display()),
+                "loader_file_format='parquet'",
+            ),
+        };
         let script = format!(
             "import dlt\nfrom dlt.sources.sql_database import sql_database\n\
              src = sql_database(credentials='{dlt_url}', table_names=['t'], backend='connectorx')\n\
-             p = dlt.pipeline(pipeline_name='bench{run}', destination=dlt.destinations.duckdb('{}'), dataset_name='bench', \
+             p = dlt.pipeline(pipeline_name='bench{run}', destination={destination}, dataset_name='bench', \
              pipelines_dir='{}')\n\
-             p.run(src)\n",
-            dlt_file.display(),
+             p.run(src, {run_args})\n",
             dir.path().join("dlt_pipelines").display()
         );
         let t = Instant::now();
@@ -99,17 +135,24 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
             bail!("dlt failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         eprintln!("dlt (connectorx): {dlt_secs:.2}s");
-        let got = duck_figures(&dlt_file, "bench.t")?;
+        let got = match target {
+            Target::DuckDb => duck_figures(&dlt_file, "bench.t")?,
+            Target::Parquet => parquet_figures(&dlt_lake.join("bench").join("t"))?,
+        };
         if got != want {
             bail!("dlt's copy differs from the source: {got} vs {want}");
         }
 
         // Sluice.
         let file = dir.path().join("loaded.duckdb");
+        let lake = dir.path().join("lake");
+        let sink = match target {
+            Target::DuckDb => format!("type = \"duckdb\"\npath = \"{}\"", file.display()),
+            Target::Parquet => format!("type = \"parquet\"\nurl = \"{}\"", lake.display()),
+        };
         let toml = format!(
             "name = \"load{run}\"\n[source]\ntype = \"postgres\"\nurl = \"{src_url}\"\ntables = [\"public.t\"]\n\n\
-             [[sink]]\ntype = \"duckdb\"\npath = \"{}\"\n{}\n",
-            file.display(),
+             [[sink]]\n{sink}\n{}\n",
             a.sink_extra
         );
         let t = Instant::now();
@@ -119,7 +162,11 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
             proc.check_alive()?;
-            if copied_in_duckdb(&config) {
+            let done = match target {
+                Target::DuckDb => copied_in_duckdb(&config),
+                Target::Parquet => copied_in_parquet(&lake, &format!("load{run}")),
+            };
+            if done {
                 break;
             }
             if started.elapsed() > Duration::from_secs(3600) {
@@ -133,7 +180,10 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
         cpus.push(proc.cpu_secs());
         proc.stop()?;
         eprintln!("sluice: {sluice_secs:.2}s, {:.1} CPU s, peak RSS {:.1} MB", cpus[run], rss[run]);
-        let got = duck_figures(&file, "public.t")?;
+        let got = match target {
+            Target::DuckDb => duck_figures(&file, "public.t")?,
+            Target::Parquet => parquet_figures(&lake.join("table=public.t"))?,
+        };
         if got != want {
             bail!("Sluice's copy differs from the source: {got} vs {want}");
         }
@@ -144,8 +194,9 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
     let rows = a.rows as f64;
     let (dlt, sluice) = (rows / median(dlt_times), rows / median(sluice_times));
     println!(
-        "bench=duckdb-load rows={} runs={} sluice_rows_per_s={sluice:.0} dlt_rows_per_s={dlt:.0} ratio_vs_dlt={:.2} \
+        "bench={}-load rows={} runs={} sluice_rows_per_s={sluice:.0} dlt_rows_per_s={dlt:.0} ratio_vs_dlt={:.2} \
          sluice_peak_rss_mb={:.1}",
+        if target == Target::DuckDb { "duckdb" } else { "parquet" },
         a.rows,
         a.runs,
         sluice / dlt,

@@ -42,6 +42,8 @@ enum Cmd {
     KafkaConsume(kafka::ConsumeArgs),
     /// PostgreSQL -> DuckDB load of one table: Sluice vs dlt (connectorx)
     DuckdbLoad(duckdb::LoadArgs),
+    /// PostgreSQL -> Parquet files (local directory) load of one table: Sluice vs dlt's filesystem destination
+    ParquetLoad(duckdb::LoadArgs),
     /// A backlog of updates drained into a DuckDB replica, next to a PostgreSQL replica
     DuckdbDrain(duckdb::DrainArgs),
 }
@@ -58,7 +60,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::MysqlSnapshot(a) => mysql::snapshot(a).await,
         Cmd::KafkaProduce(a) => kafka::produce(a).await,
         Cmd::KafkaConsume(a) => kafka::consume(a).await,
-        Cmd::DuckdbLoad(a) => duckdb::load(a).await,
+        Cmd::DuckdbLoad(a) => duckdb::load(a, duckdb::Target::DuckDb).await,
+        Cmd::ParquetLoad(a) => duckdb::load(a, duckdb::Target::Parquet).await,
         Cmd::DuckdbDrain(a) => duckdb::drain(a).await,
     }
 }

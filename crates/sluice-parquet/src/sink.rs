@@ -81,17 +81,66 @@ pub(crate) fn store_err(what: impl Into<String>) -> impl FnOnce(object_store::Er
 /// How often a position reached only by heartbeats is stored.
 const POSITION_STORE_EVERY: Duration = Duration::from_secs(10);
 
-/// One row of a file: the row image and what the change was.
-struct LogRow {
-    values: Row,
+/// The rows of one file being built: its table's shape and the Arrow columns so far (rows go
+/// into columns as they arrive; nothing is kept twice).
+struct Part {
+    schema: SchemaRef,
+    rows: Rows,
+}
+
+/// The rows buffered, by table, shape version and date.
+type Buffered = BTreeMap<(TableId, u64, String), Part>;
+
+/// Files named but not yet encoded: each path and its columns (encoded off the sink's task).
+type Unencoded = Vec<(Path, SchemaRef, Rows)>;
+
+/// What a change row carries besides the row: `_op`, `_position`, `_commit_ts`, `_unchanged`.
+struct Meta {
     op: &'static str,
     position: String,
     commit: Option<Timestamp>,
-    unchanged: Vec<String>,
+    unchanged: Vec<Value>,
 }
 
-/// The rows buffered for one table, by shape version and date.
-type Buffered = BTreeMap<(TableId, u64, String), (SchemaRef, Vec<LogRow>)>;
+/// The Arrow schema of `schema`'s change files. Every table column is nullable: a delete may
+/// carry only the key, and a truncate marker carries no columns at all. Intervals are text
+/// (docs/types.md).
+fn file_schema(schema: &SchemaRef) -> Arc<arrow_schema::Schema> {
+    let field = |c| {
+        let f = sluice_arrow::field(c);
+        let t = sluice_arrow::intervals_as_text(f.data_type());
+        f.with_data_type(t).with_nullable(true)
+    };
+    let mut fields: Vec<Field> = schema.columns.iter().map(field).collect();
+    fields.extend([
+        Field::new("_op", A::Utf8, false),
+        Field::new("_position", A::Utf8, false),
+        Field::new("_commit_ts", A::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+        Field::new("_unchanged", A::List(Arc::new(Field::new("item", A::Utf8, true))), false),
+    ]);
+    Arc::new(arrow_schema::Schema::new(fields))
+}
+
+/// One Parquet file of `rows`.
+fn encode(props: &WriterProperties, table: &TableId, mut rows: Rows) -> Result<Bytes, ParquetError> {
+    let fatal = |e: &dyn std::fmt::Display| ParquetError::Fatal(format!("{table}: {e}"));
+    let batch = rows.finish().map_err(|e| fatal(&e))?;
+    let mut buf = Vec::new();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props.clone())).map_err(|e| fatal(&e))?;
+    w.write(&batch).map_err(|e| fatal(&e))?;
+    w.close().map_err(|e| fatal(&e))?;
+    Ok(Bytes::from(buf))
+}
+
+/// Encodes `parts` on a blocking thread (Parquet encoding and compression are CPU work).
+async fn encode_all(props: WriterProperties, parts: Unencoded) -> Result<Vec<(Path, Bytes)>, ParquetError> {
+    tokio::task::spawn_blocking(move || {
+        parts.into_iter().map(|(path, schema, rows)| Ok((path, encode(&props, &schema.id, rows)?))).collect()
+    })
+    .await
+    .map_err(|e| ParquetError::Fatal(format!("the encoding task stopped: {e}")))?
+}
 
 /// The sink.
 pub struct ParquetSink {
@@ -114,20 +163,17 @@ pub struct ParquetSink {
     /// What names the next commit's files: [`start_of`] the last stored checkpoint.
     base: String,
     inflight: Option<JoinHandle<Result<(), ParquetError>>>,
+    /// Spill files being encoded and written: where each is, and where the commit moves it
+    spilling: Option<JoinHandle<Result<Vec<(Path, Path)>, ParquetError>>>,
+    /// `base_of` the open transaction's position
+    txn_base: String,
+    /// The last day computed: days since 1970 and its `date=` text
+    day: (i64, String),
     buffered: usize,
     bytes: usize,
     stats: Arc<SinkStats>,
     stored: Option<Checkpoint>,
     stored_at: std::time::Instant,
-}
-
-/// `date=` of an instant (UTC), or of now.
-fn date_of(t: Option<Timestamp>) -> String {
-    let secs = t.map(|t| t.secs()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-    });
-    let (y, m, d) = sluice_core::civil_from_days(secs.div_euclid(86_400));
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// The text that names files from a position (and orders `_position`).
@@ -179,6 +225,9 @@ impl ParquetSink {
             last_position: None,
             base: "0".into(),
             inflight: None,
+            spilling: None,
+            txn_base: String::new(),
+            day: (i64::MIN, String::new()),
             buffered: 0,
             bytes: 0,
             stats: Arc::default(),
@@ -196,20 +245,35 @@ impl ParquetSink {
     }
 
     /// Writes what is buffered to spill files when it reached a limit of `buffer` (the runtime
-    /// commits only between transactions).
+    /// commits only between transactions). Encoding and writing run in the background while
+    /// rows keep coming; one spill at a time, so at most twice the buffer is held.
     async fn spill_if_full(&mut self) -> Result<(), ParquetError> {
         if self.buffered < self.cfg.buffer.count_records && self.bytes < self.cfg.buffer.size_bytes {
             return Ok(());
         }
+        self.finish_spill().await?;
         let store = self.store()?;
-        let files = self.files()?;
-        let spill = self.spill_dir();
-        for (path, bytes) in files {
-            let at = spill.clone().join(path.as_ref().replace('/', "~"));
-            put(&store, &at, bytes).await?;
-            self.spilled.push((at, path));
+        let parts = self.take_parts();
+        let (spill, props) = (self.spill_dir(), self.props());
+        self.spilling = Some(tokio::spawn(async move {
+            let mut moved = Vec::new();
+            for (path, bytes) in encode_all(props, parts).await? {
+                let at = spill.clone().join(path.as_ref().replace('/', "~"));
+                put(&store, &at, bytes).await?;
+                moved.push((at, path));
+            }
+            Ok(moved)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the spill under way.
+    async fn finish_spill(&mut self) -> Result<(), ParquetError> {
+        if let Some(job) = self.spilling.take() {
+            let moved = job.await.map_err(|e| ParquetError::Fatal(format!("the spill task stopped: {e}")))??;
+            debug!(sink = %self.name, files = moved.len(), "spilled the buffer ahead of the commit");
+            self.spilled.extend(moved);
         }
-        debug!(sink = %self.name, files = self.spilled.len(), "spilled the buffer ahead of the commit");
         Ok(())
     }
 
@@ -224,90 +288,128 @@ impl ParquetSink {
         Ok(())
     }
 
-    fn push(&mut self, table: &SchemaRef, row: LogRow) {
-        let date = date_of(row.commit);
-        self.bytes += row.values.iter().map(value_bytes).sum::<usize>() + 48;
-        self.buffered += 1;
-        self.rows
-            .entry((table.id.clone(), table.version, date))
-            .or_insert_with(|| (table.clone(), Vec::new()))
-            .1
-            .push(row);
+    /// `date=` of a commit instant (UTC), or of now; the last day is kept.
+    fn date(&mut self, t: Option<Timestamp>) -> String {
+        let secs = t.map(|t| t.secs()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+        });
+        let days = secs.div_euclid(86_400);
+        if self.day.0 != days {
+            let (y, m, d) = sluice_core::civil_from_days(days);
+            self.day = (days, format!("{y:04}-{m:02}-{d:02}"));
+        }
+        self.day.1.clone()
     }
 
-    fn change(&mut self, table: &SchemaRef, op: &Op) {
+    /// Adds a row (`values` in the table's column order) and its metadata to its file.
+    fn push(&mut self, table: &SchemaRef, date: String, values: &[Value], meta: Meta) -> Result<(), ParquetError> {
+        self.bytes += values.iter().map(value_bytes).sum::<usize>() + meta.position.len() + 48;
+        self.buffered += 1;
+        let part = self
+            .rows
+            .entry((table.id.clone(), table.version, date))
+            .or_insert_with(|| Part { schema: table.clone(), rows: Rows::new(file_schema(table)) });
+        let meta = [
+            Value::Text(meta.op.into()),
+            Value::Text(meta.position.into()),
+            meta.commit.map_or(Value::Null, Value::TimestampTz),
+            Value::List(meta.unchanged),
+        ];
+        part.rows
+            .push(values.iter().chain(meta.iter()))
+            .map_err(|e| ParquetError::Fatal(format!("{}: {e} (a Parquet file cannot hold it)", table.id)))
+    }
+
+    fn change(&mut self, table: &SchemaRef, op: &Op) -> Result<(), ParquetError> {
         let (op, image) = match op {
             Op::Insert { after } => ("c", Some(after)),
             Op::Update { before: Some(before), after } if key_moved(table, before, after) => {
                 // A new key: the old row is gone and a new one is there (as Debezium logs it), so
                 // that the current state per key needs nothing but the rows of that key.
-                self.log_row(table, "d", Some(before));
+                self.log_row(table, "d", Some(before))?;
                 ("c", Some(after))
             }
             Op::Update { after, .. } => ("u", Some(after)),
             Op::Delete { before } => ("d", Some(before)),
             Op::Truncate => ("t", None),
         };
-        self.log_row(table, op, image);
+        self.log_row(table, op, image)
     }
 
-    fn log_row(&mut self, table: &SchemaRef, op: &'static str, image: Option<&Row>) {
-        let txn = self.txn.as_ref();
-        let position = format!("{}-{:010}", base_of(txn.map(|t| &t.position)), self.seq);
+    fn log_row(&mut self, table: &SchemaRef, op: &'static str, image: Option<&Row>) -> Result<(), ParquetError> {
+        let position = format!("{}-{:010}", self.txn_base, self.seq);
         self.seq += 1;
-        let commit = txn.map(|t| Timestamp::from_micros(t.commit_ts_micros));
+        let commit = self.txn.as_ref().map(|t| Timestamp::from_micros(t.commit_ts_micros));
+        let date = self.date(commit);
+        let nulls;
+        let substituted;
         let mut unchanged = Vec::new();
-        let values: Row = match image {
-            Some(r) => r
-                .iter()
-                .zip(&table.columns)
-                .map(|(v, c)| {
-                    if *v == Value::Unchanged {
-                        unchanged.push(c.name.clone());
-                        Value::Null
-                    } else {
-                        v.clone()
-                    }
-                })
-                .collect(),
-            None => vec![Value::Null; table.columns.len()],
+        let values: &[Value] = match image {
+            Some(r) if r.iter().any(|v| *v == Value::Unchanged) => {
+                substituted = r
+                    .iter()
+                    .zip(&table.columns)
+                    .map(|(v, c)| {
+                        if *v == Value::Unchanged {
+                            unchanged.push(Value::Text(c.name.as_str().into()));
+                            Value::Null
+                        } else {
+                            v.clone()
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                &substituted
+            }
+            Some(r) => &r[..],
+            None => {
+                nulls = vec![Value::Null; table.columns.len()];
+                &nulls
+            }
         };
-        self.push(table, LogRow { values, op, position, commit, unchanged });
+        self.push(table, date, values, Meta { op, position, commit, unchanged })
     }
 
-    fn copy(&mut self, c: &sluice_core::Copy) {
+    fn copy(&mut self, c: &sluice_core::Copy) -> Result<(), ParquetError> {
         match &c.step {
             CopyStep::Begin { mode, .. } => {
                 if *mode == CopyMode::Replace {
                     // What the files held of the table before is void from here on.
                     let position = format!("{}-b", base_of(self.last_position.as_ref()));
                     let values = vec![Value::Null; c.table.columns.len()];
-                    self.push(&c.table, LogRow { values, op: "t", position, commit: None, unchanged: Vec::new() });
+                    let date = self.date(None);
+                    let meta = Meta { op: "t", position, commit: None, unchanged: Vec::new() };
+                    self.push(&c.table, date, &values, meta)?;
                 }
             }
             CopyStep::Rows(rows) => {
+                // A snapshot's rows come before every change; a live copy's at its place in
+                // the stream, after the transaction before it.
+                let base = match self.last_position.as_ref() {
+                    None => "0-r-".to_string(),
+                    Some(p) => format!("{}-c", p.sortable()),
+                };
+                let date = self.date(None);
                 for row in rows {
-                    // A snapshot's rows come before every change; a live copy's at its place in
-                    // the stream, after the transaction before it.
-                    let position = match self.last_position.as_ref() {
-                        None => format!("0-r-{:010}", self.seq),
-                        Some(p) => format!("{}-c{:010}", p.sortable(), self.seq),
-                    };
+                    let mut position = String::with_capacity(base.len() + 10);
+                    position.push_str(&base);
+                    {
+                        use std::fmt::Write;
+                        let _ = write!(position, "{:010}", self.seq);
+                    }
                     self.seq += 1;
-                    self.push(
-                        &c.table,
-                        LogRow { values: row.clone(), op: "r", position, commit: None, unchanged: Vec::new() },
-                    );
+                    let meta = Meta { op: "r", position, commit: None, unchanged: Vec::new() };
+                    self.push(&c.table, date.clone(), row, meta)?;
                 }
             }
             CopyStep::Bulk(_) | CopyStep::Progress { .. } | CopyStep::End => {}
         }
+        Ok(())
     }
 
-    /// The files of what is buffered: path and Parquet bytes, in a deterministic order.
-    fn files(&mut self) -> Result<Vec<(Path, Bytes)>, ParquetError> {
+    /// Names the files of what is buffered and takes their columns, in a deterministic order.
+    fn take_parts(&mut self) -> Unencoded {
         let mut out = Vec::new();
-        for ((id, _, date), (schema, rows)) in std::mem::take(&mut self.rows) {
+        for ((id, _, date), part) in std::mem::take(&mut self.rows) {
             let k = self.counts.entry((id.clone(), date.clone())).or_default();
             let name = format!("part-{}-{}-{}-{}.parquet", self.pipeline, self.index, self.base, k);
             *k += 1;
@@ -317,11 +419,11 @@ impl ParquetSink {
                 .join(format!("table={}.{}", id.schema, id.name))
                 .join(format!("date={date}"))
                 .join(name);
-            out.push((path, self.encode(&schema, &rows)?));
+            out.push((path, part.schema, part.rows));
         }
         self.buffered = 0;
         self.bytes = 0;
-        Ok(out)
+        out
     }
 
     fn props(&self) -> WriterProperties {
@@ -331,43 +433,6 @@ impl ParquetSink {
             _ => parquet::basic::Compression::SNAPPY,
         };
         WriterProperties::builder().set_compression(compression).build()
-    }
-
-    /// One Parquet file of `rows`.
-    fn encode(&self, schema: &SchemaRef, rows: &[LogRow]) -> Result<Bytes, ParquetError> {
-        let extra = [
-            Field::new("_op", A::Utf8, false),
-            Field::new("_position", A::Utf8, false),
-            Field::new("_commit_ts", A::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
-            Field::new("_unchanged", A::List(Arc::new(Field::new("item", A::Utf8, true))), false),
-        ];
-        // Every table column is nullable in a change file: a delete may carry only the key,
-        // and a truncate marker carries no columns at all. Intervals are text (docs/types.md).
-        let field = |c| {
-            let f = sluice_arrow::field(c);
-            let t = sluice_arrow::intervals_as_text(f.data_type());
-            f.with_data_type(t).with_nullable(true)
-        };
-        let mut fields: Vec<Field> = schema.columns.iter().map(field).collect();
-        fields.extend(extra);
-        let mut b = Rows::new(Arc::new(arrow_schema::Schema::new(fields)));
-        for r in rows {
-            let meta = [
-                Value::Text(r.op.into()),
-                Value::Text(r.position.as_str().into()),
-                r.commit.map_or(Value::Null, Value::TimestampTz),
-                Value::List(r.unchanged.iter().map(|c| Value::Text(c.as_str().into())).collect()),
-            ];
-            b.push(r.values.iter().chain(meta.iter()))
-                .map_err(|e| ParquetError::Fatal(format!("{}: {e} (a Parquet file cannot hold it)", schema.id)))?;
-        }
-        let batch = b.finish().map_err(|e| ParquetError::Fatal(format!("{}: {e}", schema.id)))?;
-        let mut buf = Vec::new();
-        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(self.props()))
-            .map_err(|e| ParquetError::Fatal(format!("{}: {e}", schema.id)))?;
-        w.write(&batch).map_err(|e| ParquetError::Fatal(format!("{}: {e}", schema.id)))?;
-        w.close().map_err(|e| ParquetError::Fatal(format!("{}: {e}", schema.id)))?;
-        Ok(Bytes::from(buf))
     }
 }
 
@@ -426,6 +491,13 @@ impl Sink for ParquetSink {
     }
 
     async fn open(&mut self, ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {
+        // Work of an earlier opening: a commit ends as it would have (its ack is answered);
+        // a spill is void (opening removes spill files).
+        if let Some(job) = self.spilling.take() {
+            job.abort();
+            let _ = job.await;
+        }
+        let _ = self.settle().await;
         self.stats = ctx.stats;
         let (store, root) = crate::store::open(&self.cfg)?;
         self.store = Some(store.clone());
@@ -501,15 +573,16 @@ impl Sink for ParquetSink {
     async fn write(&mut self, event: &Event) -> Result<(), ConnectorError> {
         match event {
             Event::Begin(meta) => {
+                self.txn_base = base_of(Some(&meta.position));
                 self.txn = Some(meta.clone());
                 self.seq = 0;
             }
-            Event::Change(c) => self.change(&c.table, &c.op),
+            Event::Change(c) => self.change(&c.table, &c.op)?,
             Event::Commit { meta, .. } => {
                 self.last_position = Some(meta.position.clone());
                 self.txn = None;
             }
-            Event::Copy(c) => self.copy(c),
+            Event::Copy(c) => self.copy(c)?,
             _ => {}
         }
         Ok(self.spill_if_full().await?)
@@ -518,6 +591,11 @@ impl Sink for ParquetSink {
     async fn commit(&mut self, checkpoint: Checkpoint, ack: Ack) -> Result<(), ConnectorError> {
         if let Err(e) = self.settle().await {
             ack.fail(ConnectorError::msg(ErrorClass::Transient, e.to_string()));
+            return Err(e.into());
+        }
+        if let Err(e) = self.finish_spill().await {
+            let class = if matches!(e, ParquetError::Store { .. }) { ErrorClass::Transient } else { ErrorClass::Fatal };
+            ack.fail(ConnectorError::msg(class, e.to_string()));
             return Err(e.into());
         }
         let only_position = self.rows.is_empty()
@@ -531,20 +609,19 @@ impl Sink for ParquetSink {
             ack.durable();
             return Ok(());
         }
-        let files = match self.files() {
-            Ok(f) => f,
-            Err(e) => {
-                ack.fail(ConnectorError::msg(ErrorClass::Fatal, e.to_string()));
-                return Err(e.into());
-            }
-        };
+        let unencoded = self.take_parts();
+        let props = self.props();
         let store = self.store()?;
         let dir = self.state_dir();
         let spilled = std::mem::take(&mut self.spilled);
         self.counts.clear();
         let pending = Pending {
             start: self.base.clone(),
-            files: spilled.iter().map(|(_, p)| p.to_string()).chain(files.iter().map(|(p, _)| p.to_string())).collect(),
+            files: spilled
+                .iter()
+                .map(|(_, p)| p.to_string())
+                .chain(unencoded.iter().map(|(p, _, _)| p.to_string()))
+                .collect(),
         };
         let pending_json = serde_json::to_vec(&pending).unwrap_or_default();
         let state = checkpoint.to_json();
@@ -563,6 +640,7 @@ impl Sink for ParquetSink {
             let r = async {
                 let (pending_path, checkpoint_path) =
                     (dir.clone().join("pending.json"), dir.clone().join("checkpoint.json"));
+                let files = encode_all(props, unencoded).await?;
                 let n = spilled.len() + files.len();
                 if n > 0 {
                     put(&store, &pending_path, Bytes::from(pending_json)).await?;
