@@ -9,8 +9,10 @@
 //! Each logical type has one Arrow type (the table in `docs/types.md`). Types Arrow has no
 //! exact counterpart for travel as text in their canonical form: time with zone, UUIDs, JSON,
 //! enums, decimals wider than 38 digits or of open precision, and values Sluice does not
-//! interpret. A value the Arrow type cannot hold (a decimal NaN, an infinite date or timestamp)
-//! is refused with the column named; the sink dead-letters or stops.
+//! interpret. Infinite dates and timestamps become the greatest and least values of the Arrow
+//! type but one (`±i32::MAX` days, `±i64::MAX` µs), which DuckDB reads as ±infinity. A value the
+//! Arrow type cannot hold (a decimal NaN, a timestamp past Arrow's range) is refused with the
+//! column named; the sink dead-letters or stops.
 
 use std::sync::Arc;
 
@@ -22,7 +24,7 @@ use arrow_array::builder::{
 use arrow_array::types::IntervalMonthDayNano;
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType as A, Field, Schema, TimeUnit};
-use sluice_core::{ColumnSchema, DataType, TableSchema, Value};
+use sluice_core::{ColumnSchema, DataType, Date, TableSchema, Timestamp, Value};
 
 /// Widest decimal Arrow's `Decimal128` (and DuckDB's `DECIMAL`) holds.
 pub const MAX_DECIMAL_PRECISION: u32 = 38;
@@ -76,6 +78,38 @@ pub fn arrow_type(t: &DataType, precision: Option<u32>, scale: Option<u32>) -> A
         | DataType::Enum { .. }
         | DataType::Other => A::Utf8,
     }
+}
+
+/// `d` as Arrow days: ±infinity as ±`i32::MAX` (DuckDB's own infinities; Spark and Athena see
+/// far dates). `None` for the one finite date that would read as −infinity.
+pub fn arrow_days(d: Date) -> Option<i32> {
+    if d == Date::INFINITY {
+        Some(i32::MAX)
+    } else if d == Date::NEG_INFINITY {
+        Some(-i32::MAX)
+    } else {
+        (d.0 != -i32::MAX).then_some(d.0)
+    }
+}
+
+/// `t` as Arrow microseconds: ±infinity as ±`i64::MAX` (DuckDB's own infinities). `None` past
+/// what microseconds since 1970 hold in 64 bits, or on a sentinel.
+pub fn arrow_micros(t: Timestamp) -> Option<i64> {
+    if t == Timestamp::INFINITY {
+        Some(i64::MAX)
+    } else if t == Timestamp::NEG_INFINITY {
+        Some(-i64::MAX)
+    } else {
+        t.micros().filter(|m| *m != i64::MAX && *m != -i64::MAX && *m != i64::MIN)
+    }
+}
+
+fn date_refused(column: &str) -> Refused {
+    refuse(column, format!("date {} days from 1970 has no Arrow date", -i32::MAX))
+}
+
+fn timestamp_refused(column: &str, t: &Timestamp) -> Refused {
+    refuse(column, format!("timestamp {t} is past what an Arrow timestamp holds"))
 }
 
 /// The Arrow field of a column (nullable unless the column is NOT NULL).
@@ -206,16 +240,11 @@ impl Col {
             (Col::F64(b), Value::Float32(x)) => b.append_value(f64::from(*x)),
             (Col::Dec(b, p, s), Value::Decimal(d)) => b.append_value(unscaled(d, *p, *s, column)?),
             (Col::Bin(b), Value::Bytes(x)) => b.append_value(x),
-            (Col::Date(b), Value::Date(d)) => {
-                if d.is_infinite() {
-                    return Err(refuse(column, "an infinite date has no Arrow date"));
-                }
-                b.append_value(d.0)
-            }
+            (Col::Date(b), Value::Date(d)) => b.append_value(arrow_days(*d).ok_or_else(|| date_refused(column))?),
             (Col::Time(b), Value::Time(t)) => b.append_value(t.0),
-            (Col::Ts(b, _), Value::Timestamp(t) | Value::TimestampTz(t)) => b.append_value(
-                t.micros().ok_or_else(|| refuse(column, format!("timestamp {t} has no Arrow timestamp")))?,
-            ),
+            (Col::Ts(b, _), Value::Timestamp(t) | Value::TimestampTz(t)) => {
+                b.append_value(arrow_micros(*t).ok_or_else(|| timestamp_refused(column, t))?)
+            }
             (Col::Iv(b), Value::Interval(i)) => b.append_value(IntervalMonthDayNano::new(
                 i.months,
                 i.days,
@@ -491,12 +520,10 @@ fn validate(t: &A, v: &Value, column: &str) -> Result<(), Refused> {
         (A::Float64, Value::Float64(_) | Value::Float32(_)) => true,
         (A::Decimal128(p, s), Value::Decimal(d)) => unscaled(d, *p, *s, column).map(|_| true)?,
         (A::Binary, Value::Bytes(_)) => true,
-        (A::Date32, Value::Date(d)) => {
-            !d.is_infinite() || return Err(refuse(column, "an infinite date has no Arrow date"))
-        }
+        (A::Date32, Value::Date(d)) => arrow_days(*d).map(|_| true).ok_or_else(|| date_refused(column))?,
         (A::Time64(_), Value::Time(_)) => true,
         (A::Timestamp(..), Value::Timestamp(t) | Value::TimestampTz(t)) => {
-            t.micros().is_some() || return Err(refuse(column, format!("timestamp {t} has no Arrow timestamp")))
+            arrow_micros(*t).map(|_| true).ok_or_else(|| timestamp_refused(column, t))?
         }
         (A::Interval(_), Value::Interval(i)) => {
             i.micros.checked_mul(1000).is_some() || return Err(refuse(column, "interval out of range"))

@@ -113,7 +113,7 @@ fn a_value_the_type_cannot_hold_refuses_the_whole_row() {
         ),
         (vec![Value::Int(2), Value::Decimal(Decimal::parse("12345.6").unwrap()), Value::Null], "does not fit"),
         (vec![Value::Int(2), Value::Decimal(Decimal::NAN), Value::Null], "NaN"),
-        (vec![Value::Int(2), Value::Null, Value::Date(Date::INFINITY)], "infinite date"),
+        (vec![Value::Int(2), Value::Null, Value::Date(Date(-i32::MAX))], "has no Arrow date"),
         (vec![Value::Text(Text::from("x")), Value::Null, Value::Null], "a text value"),
         (vec![Value::Int(2), Value::Unchanged, Value::Null], "unchanged"),
     ];
@@ -125,4 +125,16 @@ fn a_value_the_type_cannot_hold_refuses_the_whole_row() {
     let b = rows.finish().unwrap();
     assert_eq!(b.num_rows(), 2, "refused rows left nothing behind");
     assert_eq!(b.column(1).as_primitive::<Decimal128Type>().values(), &[150, -999_999]);
+}
+
+#[test]
+fn infinities_become_the_sentinels_duckdb_reads_as_infinity() {
+    let t = table(vec![col("day", DataType::Date), col("at", DataType::Timestamp)]);
+    let mut rows = Rows::new(schema(&t, &[]));
+    rows.push(&[Value::Date(Date::INFINITY), Value::Timestamp(Timestamp::NEG_INFINITY)]).unwrap();
+    rows.push(&[Value::Date(Date::NEG_INFINITY), Value::Timestamp(Timestamp::INFINITY)]).unwrap();
+    rows.push(&[Value::Date(Date(0)), Value::Timestamp(Timestamp::from_micros(1))]).unwrap();
+    let b = rows.finish().unwrap();
+    assert_eq!(b.column(0).as_primitive::<arrow_array::types::Date32Type>().values(), &[i32::MAX, -i32::MAX, 0]);
+    assert_eq!(b.column(1).as_primitive::<TimestampMicrosecondType>().values(), &[-i64::MAX, i64::MAX, 1]);
 }

@@ -14,7 +14,7 @@
 //! held only while a unit of work runs; between commits other processes can open it (DuckDB
 //! lets one process write a file, and none read it meanwhile).
 //!
-//! Errors: a value DuckDB's types cannot hold (a decimal NaN, an infinite date) fails the sink
+//! Errors: a value DuckDB's types cannot hold (a decimal NaN, a timestamp past Arrow's range) fails the sink
 //! naming the table and column; a table whose shape change the replica cannot follow goes to
 //! quarantine (`<checkpoint_schema>.quarantine`) and the rest keeps running; DuckDB failures
 //! are transient (the sink reopens and replays from the checkpoint).

@@ -169,6 +169,8 @@ pub struct ParquetSink {
     txn_base: String,
     /// The last day computed: days since 1970 and its `date=` text
     day: (i64, String),
+    /// Rows no file could hold, as JSON lines, written with the next commit
+    dead: Vec<u8>,
     buffered: usize,
     bytes: usize,
     stats: Arc<SinkStats>,
@@ -228,6 +230,7 @@ impl ParquetSink {
             spilling: None,
             txn_base: String::new(),
             day: (i64::MIN, String::new()),
+            dead: Vec::new(),
             buffered: 0,
             bytes: 0,
             stats: Arc::default(),
@@ -309,15 +312,29 @@ impl ParquetSink {
             .rows
             .entry((table.id.clone(), table.version, date))
             .or_insert_with(|| Part { schema: table.clone(), rows: Rows::new(file_schema(table)) });
+        let (op, position, commit) = (meta.op, meta.position.clone(), meta.commit);
         let meta = [
             Value::Text(meta.op.into()),
             Value::Text(meta.position.into()),
             meta.commit.map_or(Value::Null, Value::TimestampTz),
             Value::List(meta.unchanged),
         ];
-        part.rows
-            .push(values.iter().chain(meta.iter()))
-            .map_err(|e| ParquetError::Fatal(format!("{}: {e} (a Parquet file cannot hold it)", table.id)))
+        let Err(refused) = part.rows.push(values.iter().chain(meta.iter())) else { return Ok(()) };
+        // A value no Parquet column of its type holds (a decimal NaN, say): the row goes to the
+        // dead-letter file of this commit (nothing was added to the columns) and the rest goes on.
+        let line = serde_json::json!({
+            "table": table.id.to_string(),
+            "op": op,
+            "position": position,
+            "commit_ts": commit.map(|t| t.to_string()),
+            "error": format!("{refused} (a Parquet file cannot hold it)"),
+            "row": sluice_core::json::row_json(table, &values.to_vec()),
+        });
+        serde_json::to_writer(&mut self.dead, &line).map_err(|e| ParquetError::Fatal(format!("{}: {e}", table.id)))?;
+        self.dead.push(b'\n');
+        self.stats.dead_letters.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        warn!(sink = %self.name, table = %table.id, column = %refused.column, position = %position, "a row went to the dead-letter file: {refused}");
+        Ok(())
     }
 
     fn change(&mut self, table: &SchemaRef, op: &Op) -> Result<(), ParquetError> {
@@ -559,6 +576,7 @@ impl Sink for ParquetSink {
             }
         }
         self.rows.clear();
+        self.dead.clear();
         self.counts.clear();
         self.spilled.clear();
         self.buffered = 0;
@@ -600,6 +618,7 @@ impl Sink for ParquetSink {
         }
         let only_position = self.rows.is_empty()
             && self.spilled.is_empty()
+            && self.dead.is_empty()
             && self.stored_at.elapsed() < POSITION_STORE_EVERY
             && self
                 .stored
@@ -610,6 +629,10 @@ impl Sink for ParquetSink {
             return Ok(());
         }
         let unencoded = self.take_parts();
+        let dead = (!self.dead.is_empty()).then(|| {
+            let path = self.state_dir().join("dead_letters").join(format!("{}.jsonl", self.base));
+            (path, Bytes::from(std::mem::take(&mut self.dead)))
+        });
         let props = self.props();
         let store = self.store()?;
         let dir = self.state_dir();
@@ -621,6 +644,7 @@ impl Sink for ParquetSink {
                 .iter()
                 .map(|(_, p)| p.to_string())
                 .chain(unencoded.iter().map(|(p, _, _)| p.to_string()))
+                .chain(dead.iter().map(|(p, _)| p.to_string()))
                 .collect(),
         };
         let pending_json = serde_json::to_vec(&pending).unwrap_or_default();
@@ -640,7 +664,8 @@ impl Sink for ParquetSink {
             let r = async {
                 let (pending_path, checkpoint_path) =
                     (dir.clone().join("pending.json"), dir.clone().join("checkpoint.json"));
-                let files = encode_all(props, unencoded).await?;
+                let mut files = encode_all(props, unencoded).await?;
+                files.extend(dead);
                 let n = spilled.len() + files.len();
                 if n > 0 {
                     put(&store, &pending_path, Bytes::from(pending_json)).await?;

@@ -137,7 +137,7 @@ async fn postgres_to_duckdb_replica_follows_snapshot_and_stream_with_every_type(
     let env = Env::new(SETUP).await;
     env.src
         .batch_execute(&format!(
-            "INSERT INTO t VALUES {}, {}, {}; INSERT INTO t (id, r, d) VALUES (4, 'NaN', '-Infinity'); \
+            "INSERT INTO t VALUES {}, {}, {}; INSERT INTO t (id, r, d, dt, ts) VALUES (4, 'NaN', '-Infinity', '-infinity', 'infinity'); \
              INSERT INTO other VALUES ('a', 1), ('b', 2);",
             row(1),
             nulls(2),

@@ -197,7 +197,7 @@ async fn every_type(files: Files, url: &str, extra: &str) {
     let env = Env::new(SETUP).await;
     env.src
         .batch_execute(&format!(
-            "INSERT INTO t VALUES {}, {}, {}; INSERT INTO t (id, r, d) VALUES (4, 'NaN', '-Infinity'); \
+            "INSERT INTO t VALUES {}, {}, {}; INSERT INTO t (id, r, d, dt, ts) VALUES (4, 'NaN', '-Infinity', '-infinity', 'infinity'); \
              INSERT INTO other VALUES ('a', 1), ('b', 2);",
             row(1),
             nulls(2),
@@ -351,6 +351,61 @@ async fn parquet_files_follow_schema_changes() {
     let types = types[0][0].clone().unwrap();
     assert!(types.starts_with("id INTEGER, a BIGINT, gone INTEGER"), "{types}");
     assert!(types.contains("c VARCHAR"), "{types}");
+}
+
+/// A row with a value no Parquet column of its type holds (a decimal NaN in `numeric(6,2)`) goes
+/// to the dead-letter file, in the snapshot and in the stream; the rest keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_parquet_cannot_hold_goes_to_the_dead_letter_file() {
+    let env = Env::new(
+        "CREATE TABLE n (id int PRIMARY KEY, x numeric(6,2)); INSERT INTO n VALUES (1, 1.5), (2, 'NaN'), (3, 2.5);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let pipeline =
+        start(sluice::parse(&sink_toml(&env, "pqdead", &lake.display().to_string(), ""), &|_| None).expect("valid"));
+    let glob = Files::glob(&lake, "n");
+    let dead = lake.join("_sluice").join("pqdead-0").join("dead_letters").join("*.jsonl").display().to_string();
+    let ids = format!(
+        "SELECT CAST(id AS VARCHAR), CAST(x AS VARCHAR) FROM read_parquet('{glob}', union_by_name = true, \
+         hive_partitioning = false) ORDER BY id"
+    );
+    let letters = format!(
+        "SELECT \"table\", op, CAST(row.id AS VARCHAR), CAST(row.x AS VARCHAR), CAST(error LIKE '%column x%' AS VARCHAR) \
+         FROM read_json_auto('{dead}') ORDER BY row.id"
+    );
+    let strings =
+        |rows: &[&[&str]]| -> Rows { rows.iter().map(|r| r.iter().map(|v| Some(v.to_string())).collect()).collect() };
+    let until = |want_rows: Rows, want_letters: Rows| {
+        let (ids, letters) = (&ids, &letters);
+        async move {
+            let deadline = std::time::Instant::now() + CONVERGE;
+            loop {
+                let got = (parquet_query(ids).unwrap(), parquet_query(letters).unwrap());
+                if got.0.as_ref() == Some(&want_rows) && got.1.as_ref() == Some(&want_letters) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "after {CONVERGE:?}: rows {:?}, dead letters {:?}",
+                    got.0,
+                    got.1
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    // The snapshot's NaN row is parked; the others are in the files.
+    until(strings(&[&["1", "1.50"], &["3", "2.50"]]), strings(&[&["public.n", "r", "2", "NaN", "true"]])).await;
+    // And the stream's.
+    env.src.batch_execute("INSERT INTO n VALUES (4, 'NaN'), (5, 1);").await.unwrap();
+    until(
+        strings(&[&["1", "1.50"], &["3", "2.50"], &["5", "1.00"]]),
+        strings(&[&["public.n", "r", "2", "NaN", "true"], &["public.n", "c", "4", "NaN", "true"]]),
+    )
+    .await;
+    pipeline.stop().await;
 }
 
 const CRASH_SETUP: &str = "
