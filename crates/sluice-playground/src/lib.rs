@@ -15,8 +15,10 @@ pub mod mysql_scenario;
 mod s3;
 pub mod scenario;
 mod server;
+mod snowflake;
 
 pub use kafka::{KafkaBroker, KafkaKind};
 pub use mariadb::{MariaDbOptions, MariaDbServer};
 pub use s3::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
 pub use server::{free_port, pg_bindir, PgOptions, PgServer};
+pub use snowflake::{fakesnow_python, SnowflakeServer};

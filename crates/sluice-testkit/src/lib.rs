@@ -9,8 +9,8 @@ pub mod tls;
 use std::time::{Duration, Instant};
 
 pub use sluice_playground::{
-    free_port, pg_bindir, KafkaBroker, KafkaKind, MariaDbOptions, MariaDbServer, PgOptions, PgServer, S3Server,
-    S3_ACCESS_KEY, S3_SECRET_KEY,
+    fakesnow_python, free_port, pg_bindir, KafkaBroker, KafkaKind, MariaDbOptions, MariaDbServer, PgOptions, PgServer,
+    S3Server, SnowflakeServer, S3_ACCESS_KEY, S3_SECRET_KEY,
 };
 
 /// Starts a PostgreSQL server for a test, or fails the test saying what is missing.

@@ -43,3 +43,23 @@ fn mariadb_takes_extra_settings() {
     .unwrap_or_else(|e| panic!("cannot start MariaDB: {e}"));
     assert_eq!(server.cli("", "SELECT @@binlog_format").unwrap().trim(), "STATEMENT");
 }
+
+/// The Snowflake stand-in answers Snowflake's own Python connector, with the session and
+/// transaction functions the wrapper adds to fakesnow.
+#[test]
+fn fakesnow_serves_snowflakes_connector_with_sessions_and_aborts() {
+    let server = sluice_testkit::SnowflakeServer::start().unwrap_or_else(|e| panic!("cannot start fakesnow: {e}"));
+    let python = sluice_testkit::fakesnow_python().unwrap();
+    let out = std::process::Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/snowflake_check.py"))
+        .arg(server.port().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.log_tail(30)
+    );
+}
