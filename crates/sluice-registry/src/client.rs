@@ -12,9 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use axum::http::{header, Method};
 
 use crate::store::Level;
 
@@ -42,78 +40,12 @@ impl RegistryError {
     }
 }
 
-/// Where the registry is, and how to reach it.
-#[derive(Clone)]
-struct Endpoint {
-    tls: bool,
-    host: String,
-    port: u16,
-    /// Path prefix without a trailing slash (`""` or `/registry`)
-    prefix: String,
-    /// `Basic ...` when the URL has credentials
-    auth: Option<String>,
-}
-
 /// A Schema Registry client; cheap to clone (the caches are shared).
 #[derive(Clone)]
 pub struct RegistryClient {
-    endpoint: Endpoint,
-    tls: Option<tokio_rustls::TlsConnector>,
+    http: sluice_http::Client,
     ids: Arc<Mutex<HashMap<(String, String), u32>>>,
     schemas: Arc<Mutex<HashMap<u32, String>>>,
-}
-
-fn base64(input: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(input)
-}
-
-fn parse(url: &str) -> Result<Endpoint, RegistryError> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
-    } else {
-        return Err(RegistryError::Url("must start with http:// or https://".into()));
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
-    let auth = match userinfo {
-        Some(u) => {
-            let (user, secret) = u.split_once(':').unwrap_or((u, ""));
-            let (user, secret) = (sluice_config::percent_decode(user), sluice_config::percent_decode(secret));
-            Some(format!("Basic {}", base64(format!("{user}:{secret}").as_bytes())))
-        }
-        None => None,
-    };
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
-            (h, p.parse::<u16>().map_err(|_| RegistryError::Url(format!("port {p:?} is not a number")))?)
-        }
-        _ => (hostport, if tls { 443 } else { 80 }),
-    };
-    if host.is_empty() {
-        return Err(RegistryError::Url("names no host".into()));
-    }
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-    Ok(Endpoint { tls, host, port, prefix: path.trim_end_matches('/').to_string(), auth })
-}
-
-fn tls_connector() -> Result<tokio_rustls::TlsConnector, RegistryError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| RegistryError::Url(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// Escapes a subject for a URL path.
@@ -132,15 +64,13 @@ fn path_segment(s: &str) -> String {
 impl RegistryClient {
     /// A client for `url` (`http[s]://[user:secret@]host[:port][/path]`).
     pub fn new(url: &str) -> Result<RegistryClient, RegistryError> {
-        let endpoint = parse(url)?;
-        let tls = if endpoint.tls { Some(tls_connector()?) } else { None };
-        Ok(RegistryClient { endpoint, tls, ids: Default::default(), schemas: Default::default() })
+        let http = sluice_http::Client::new(url).map_err(RegistryError::Url)?;
+        Ok(RegistryClient { http, ids: Default::default(), schemas: Default::default() })
     }
 
     /// The registry's URL without credentials, for messages.
     pub fn describe(&self) -> String {
-        let e = &self.endpoint;
-        format!("{}://{}:{}{}", if e.tls { "https" } else { "http" }, e.host, e.port, e.prefix)
+        self.http.endpoint().describe()
     }
 
     async fn call(
@@ -151,31 +81,13 @@ impl RegistryClient {
     ) -> Result<serde_json::Value, RegistryError> {
         let url = self.describe();
         let transport = |what: String| RegistryError::Transport { url: url.clone(), what };
-        let e = &self.endpoint;
-        let tcp = tokio::net::TcpStream::connect((e.host.as_str(), e.port))
-            .await
-            .map_err(|err| transport(format!("cannot connect: {err}")))?;
-        let _ = tcp.set_nodelay(true);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", e.prefix))
-            .header(header::HOST, format!("{}:{}", e.host, e.port))
-            .header(header::ACCEPT, "application/vnd.schemaregistry.v1+json, application/json")
-            .header(header::CONTENT_TYPE, "application/vnd.schemaregistry.v1+json");
-        if let Some(a) = &e.auth {
-            req = req.header(header::AUTHORIZATION, a);
-        }
+        let headers = [
+            (header::ACCEPT, "application/vnd.schemaregistry.v1+json, application/json".to_string()),
+            (header::CONTENT_TYPE, "application/vnd.schemaregistry.v1+json".to_string()),
+        ];
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let req = req.body(Full::new(bytes)).map_err(|err| transport(format!("request: {err}")))?;
-        let (status, body) = match &self.tls {
-            Some(tls) => {
-                let name = rustls::pki_types::ServerName::try_from(e.host.clone())
-                    .map_err(|err| transport(format!("host name for TLS: {err}")))?;
-                let stream = tls.connect(name, tcp).await.map_err(|err| transport(format!("TLS: {err}")))?;
-                send(TokioIo::new(stream), req).await.map_err(transport)?
-            }
-            None => send(TokioIo::new(tcp), req).await.map_err(transport)?,
-        };
+        let answer = self.http.request(method, path, &headers, bytes).await.map_err(transport)?;
+        let (status, body) = (answer.status, answer.body);
         let json: serde_json::Value = if body.is_empty() {
             serde_json::Value::Null
         } else {
@@ -186,11 +98,11 @@ impl RegistryClient {
                 ))
             })?
         };
-        if !status.is_success() {
+        if !(200..300).contains(&status) {
             return Err(RegistryError::Refused {
                 url,
-                status: status.as_u16(),
-                code: json["error_code"].as_i64().unwrap_or(status.as_u16() as i64),
+                status,
+                code: json["error_code"].as_i64().unwrap_or(status as i64),
                 message: json["message"].as_str().unwrap_or("(no message)").to_string(),
             });
         }
@@ -246,49 +158,9 @@ impl RegistryClient {
     }
 }
 
-async fn send<T>(io: TokioIo<T>, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let resp = sender.send_request(req).await.map_err(|e| format!("HTTP: {e}"))?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| format!("reading the answer: {e}"))?.to_bytes();
-    Ok((status, body))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_give_host_port_prefix_and_basic_auth() {
-        let e = parse("https://KEY:s%40cret@psrc-123.eu-west-1.aws.confluent.cloud/registry/").unwrap();
-        assert!(e.tls);
-        assert_eq!(
-            (e.host.as_str(), e.port, e.prefix.as_str()),
-            ("psrc-123.eu-west-1.aws.confluent.cloud", 443, "/registry")
-        );
-        assert_eq!(e.auth.as_deref(), Some(format!("Basic {}", base64(b"KEY:s@cret")).as_str()));
-        let e = parse("http://127.0.0.1:8081").unwrap();
-        assert_eq!(
-            (e.tls, e.host.as_str(), e.port, e.prefix.as_str(), e.auth.is_none()),
-            (false, "127.0.0.1", 8081, "", true)
-        );
-        assert!(parse("ftp://x").is_err());
-        assert!(parse("http://:8081").is_err());
-        assert!(parse("http://h:port").is_err());
-    }
-
-    #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
-        assert_eq!(base64(b"a"), "YQ==");
-        assert_eq!(base64(b"ab"), "YWI=");
-    }
 
     #[test]
     fn descriptions_never_carry_credentials() {
