@@ -123,11 +123,14 @@ impl Client {
             .await
             .map_err(|err| format!("cannot connect: {err}"))?;
         let _ = tcp.set_nodelay(true);
-        let mut req =
-            Request::builder().method(method).uri(format!("{}{path}", e.prefix)).header(header::HOST, format!("{}:{}", e.host, e.port));
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", e.prefix))
+            .header(header::HOST, format!("{}:{}", e.host, e.port));
         let has_auth = headers.iter().any(|(n, _)| n == header::AUTHORIZATION);
         for (name, value) in headers {
-            let v = HeaderValue::from_str(value).map_err(|_| format!("header {name} holds characters HTTP does not allow"))?;
+            let v = HeaderValue::from_str(value)
+                .map_err(|_| format!("header {name} holds characters HTTP does not allow"))?;
             req = req.header(name, v);
         }
         if let (Some(a), false) = (&e.auth, has_auth) {

@@ -33,7 +33,7 @@ open_txns: dict[str, dict] = {}
 ids = itertools.count(1_700_000_000_000)
 
 BEGIN = re.compile(r"^\s*(BEGIN|START)(\s+(WORK|TRANSACTION))?(\s+NAME\s+(\S+))?\s*;?\s*$", re.I)
-ABORT = re.compile(r"^\s*SELECT\s+SYSTEM\$ABORT_(TRANSACTION|SESSION)\s*\(\s*'?(\d+)'?\s*\)\s*;?\s*$", re.I)
+ABORT = re.compile(r"^\s*SELECT\s+SYSTEM\$ABORT_(TRANSACTION|SESSION)\s*\(\s*(?:'?(\d+)'?|(\?))\s*\)\s*;?\s*$", re.I)
 END = re.compile(r"^\s*(COMMIT|ROLLBACK)(\s+(WORK|TRANSACTION))?\s*;?\s*$", re.I)
 
 
@@ -117,7 +117,8 @@ async def query(request):
                   for tok, t in open_txns.items()]
         return rows(["id", "user", "session", "name", "started_on", "state", "scope"], listed)
     if m := ABORT.match(sql):
-        kind, target = m.group(1).upper(), int(m.group(2))
+        bound = (body.get("bindings") or {}).get("1", {}).get("value")
+        kind, target = m.group(1).upper(), int(m.group(2) if m.group(2) else bound)
         for tok in list(fs.sessions):
             held = open_txns.get(tok)
             if (kind == "SESSION" and session_ids.get(tok) == target) or (kind == "TRANSACTION" and held and held["id"] == target):
