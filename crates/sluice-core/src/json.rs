@@ -77,3 +77,40 @@ mod tests {
         assert_eq!(value_json(&Value::UInt(u64::MAX)), serde_json::json!(u64::MAX));
     }
 }
+
+/// A change in the Snowflake Kafka connector's shape: `RECORD_METADATA` (`table`, `operation`
+/// `c`/`u`/`d`/`t`, `position`, `transaction_id`, `commit_time`, `key` as an object of the key
+/// columns) and `RECORD_CONTENT` (the row after the change; `None` for a delete or truncate).
+pub fn connector_record(
+    t: &TableSchema,
+    op: &crate::Op,
+    txn: Option<&crate::TxnMeta>,
+    position: Option<String>,
+) -> (J, Option<J>) {
+    use crate::Op;
+    let (code, before, after) = match op {
+        Op::Insert { after } => ("c", None, Some(after)),
+        Op::Update { before, after } => ("u", before.as_ref(), Some(after)),
+        Op::Delete { before } => ("d", Some(before), None),
+        Op::Truncate => ("t", None, None),
+    };
+    let key_of = |r: &Row| {
+        let mut o = serde_json::Map::new();
+        for (c, v) in t.columns.iter().zip(r) {
+            if c.key {
+                o.insert(c.name.clone(), value_json(v));
+            }
+        }
+        J::Object(o)
+    };
+    let commit = txn.map(|m| crate::Timestamp::from_micros(m.commit_ts_micros));
+    let meta = serde_json::json!({
+        "table": t.id.to_string(),
+        "operation": code,
+        "position": position,
+        "transaction_id": txn.map(|m| m.xid),
+        "commit_time": commit.map(|c| crate::Utc(c).to_string()),
+        "key": after.or(before).map(key_of).unwrap_or(J::Null),
+    });
+    (meta, after.map(|r| row_json(t, r)))
+}

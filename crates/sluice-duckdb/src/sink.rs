@@ -553,28 +553,8 @@ fn log_row(t: &TableSchema, op: &Op, txn: Option<&TxnMeta>, seq: u32, format: Ch
     let commit = txn.map(|m| sluice_core::Timestamp::from_micros(m.commit_ts_micros));
     match format {
         ChangelogFormat::Snowflake => {
-            let key_of = |r: &Row| {
-                let mut o = serde_json::Map::new();
-                for (c, v) in t.columns.iter().zip(r) {
-                    if c.key {
-                        o.insert(c.name.clone(), sluice_core::json::value_json(v));
-                    }
-                }
-                serde_json::Value::Object(o)
-            };
-            let key = after.or(before).map(key_of).unwrap_or(serde_json::Value::Null);
-            let meta = serde_json::json!({
-                "table": t.id.to_string(),
-                "operation": code,
-                "position": position,
-                "transaction_id": txn.map(|m| m.xid),
-                "commit_time": commit.map(|c| sluice_core::Utc(c).to_string()),
-                "key": key,
-            });
-            let content = match after {
-                Some(r) => Value::Json(sluice_core::json::row_json(t, r).to_string().as_str().into()),
-                None => Value::Null,
-            };
+            let (meta, content) = sluice_core::json::connector_record(t, op, txn, position);
+            let content = content.map_or(Value::Null, |c| Value::Json(c.to_string().as_str().into()));
             vec![Value::Json(meta.to_string().as_str().into()), content]
         }
         ChangelogFormat::Typed => {

@@ -1,11 +1,15 @@
 //! Snowflake for Sluice: the client REST protocol (`client`: password or key-pair login,
-//! statements with bound values, JSON and Arrow answers; `jwt`: the key-pair token), on which
-//! the sink is built (issue 12: the change log shaped as the Kafka connector's, and a live
-//! replica applied with one transaction per flush).
+//! statements with bound values, JSON and Arrow answers; `jwt`: the key-pair token) and the sink
+//! (`sink`: the change log shaped as the Snowflake Kafka connector's, one transaction per flush
+//! with the checkpoint; the live replica is next, issue 12).
 
 pub mod client;
+pub mod config;
+pub mod connector;
 pub mod jwt;
 mod result;
+pub mod sink;
 
 pub use client::{Auth, Bind, BindValue, Login, QueryResult, Session, SnowflakeError};
+pub use connector::{parse_sink, SnowflakeSinkConnector, TYPE};
 pub use jwt::KeyPair;

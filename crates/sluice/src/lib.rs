@@ -31,6 +31,8 @@ pub fn registry() -> Registry {
     let r = r.sink(sluice_duckdb::TYPE, sluice_duckdb::parse_sink);
     #[cfg(feature = "parquet")]
     let r = r.sink(sluice_parquet::TYPE, sluice_parquet::parse_sink);
+    #[cfg(feature = "snowflake")]
+    let r = r.sink(sluice_snowflake::TYPE, sluice_snowflake::parse_sink);
     r
 }
 
