@@ -58,26 +58,6 @@ pub fn row_json(schema: &TableSchema, row: &Row) -> J {
     J::Object(m)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::value::{Decimal, Timestamp};
-
-    #[test]
-    fn values_become_exact_json() {
-        assert_eq!(value_json(&Value::Float32(0.1)), serde_json::json!(0.1));
-        assert_eq!(value_json(&Value::Float64(f64::NEG_INFINITY)), serde_json::json!("-Infinity"));
-        assert_eq!(value_json(&Value::Decimal(Decimal::parse("1.50").unwrap())), serde_json::json!("1.50"));
-        assert_eq!(value_json(&Value::Json(r#"{"a":[1]}"#.into())), serde_json::json!({"a": [1]}));
-        assert_eq!(value_json(&Value::Bytes(bytes::Bytes::from_static(b"\x00\xff"))), serde_json::json!("AP8="));
-        assert_eq!(
-            value_json(&Value::TimestampTz(Timestamp::from_micros(1))),
-            serde_json::json!("1970-01-01T00:00:00.000001Z")
-        );
-        assert_eq!(value_json(&Value::UInt(u64::MAX)), serde_json::json!(u64::MAX));
-    }
-}
-
 /// A change in the Snowflake Kafka connector's shape: `RECORD_METADATA` (`table`, `operation`
 /// `c`/`u`/`d`/`t`, `position`, `transaction_id`, `commit_time`, `key` as an object of the key
 /// columns) and `RECORD_CONTENT` (the row after the change; `None` for a delete or truncate).
@@ -113,4 +93,24 @@ pub fn connector_record(
         "key": after.or(before).map(key_of).unwrap_or(J::Null),
     });
     (meta, after.map(|r| row_json(t, r)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::{Decimal, Timestamp};
+
+    #[test]
+    fn values_become_exact_json() {
+        assert_eq!(value_json(&Value::Float32(0.1)), serde_json::json!(0.1));
+        assert_eq!(value_json(&Value::Float64(f64::NEG_INFINITY)), serde_json::json!("-Infinity"));
+        assert_eq!(value_json(&Value::Decimal(Decimal::parse("1.50").unwrap())), serde_json::json!("1.50"));
+        assert_eq!(value_json(&Value::Json(r#"{"a":[1]}"#.into())), serde_json::json!({"a": [1]}));
+        assert_eq!(value_json(&Value::Bytes(bytes::Bytes::from_static(b"\x00\xff"))), serde_json::json!("AP8="));
+        assert_eq!(
+            value_json(&Value::TimestampTz(Timestamp::from_micros(1))),
+            serde_json::json!("1970-01-01T00:00:00.000001Z")
+        );
+        assert_eq!(value_json(&Value::UInt(u64::MAX)), serde_json::json!(u64::MAX));
+    }
 }

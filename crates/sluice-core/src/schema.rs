@@ -258,6 +258,14 @@ impl TableSchema {
     pub fn key_of(&self, row: &Row) -> Key {
         self.columns.iter().zip(row).filter(|(c, _)| c.key).map(|(_, v)| v.clone()).collect()
     }
+
+    /// Whether an update gave its row a new key: `before` holds a complete old key that differs
+    /// from `after`'s. Change logs write such an update as a delete and an insert (as Debezium
+    /// does), so the current state per key needs only the entries of that key.
+    pub fn key_moved(&self, before: &Row, after: &Row) -> bool {
+        let (old, new) = (self.key_of(before), self.key_of(after));
+        !old.is_empty() && old.iter().all(|v| !matches!(v, Value::Null | Value::Unchanged)) && old != new
+    }
 }
 
 /// Values in the column order of the row's [`TableSchema`].

@@ -91,6 +91,9 @@ struct Part {
 /// The rows buffered, by table, shape version and date.
 type Buffered = BTreeMap<(TableId, u64, String), Part>;
 
+/// A spill under way: where each file went, and where the commit moves it.
+type Spill = JoinHandle<Result<Vec<(Path, Path)>, ParquetError>>;
+
 /// Files named but not yet encoded: each path and its columns (encoded off the sink's task).
 type Unencoded = Vec<(Path, SchemaRef, Rows)>;
 
@@ -164,7 +167,7 @@ pub struct ParquetSink {
     base: String,
     inflight: Option<JoinHandle<Result<(), ParquetError>>>,
     /// Spill files being encoded and written: where each is, and where the commit moves it
-    spilling: Option<JoinHandle<Result<Vec<(Path, Path)>, ParquetError>>>,
+    spilling: Option<Spill>,
     /// `base_of` the open transaction's position
     txn_base: String,
     /// The last day computed: days since 1970 and its `date=` text
@@ -340,7 +343,7 @@ impl ParquetSink {
     fn change(&mut self, table: &SchemaRef, op: &Op) -> Result<(), ParquetError> {
         let (op, image) = match op {
             Op::Insert { after } => ("c", Some(after)),
-            Op::Update { before: Some(before), after } if key_moved(table, before, after) => {
+            Op::Update { before: Some(before), after } if table.key_moved(before, after) => {
                 // A new key: the old row is gone and a new one is there (as Debezium logs it), so
                 // that the current state per key needs nothing but the rows of that key.
                 self.log_row(table, "d", Some(before))?;
@@ -362,7 +365,7 @@ impl ParquetSink {
         let substituted;
         let mut unchanged = Vec::new();
         let values: &[Value] = match image {
-            Some(r) if r.iter().any(|v| *v == Value::Unchanged) => {
+            Some(r) if r.contains(&Value::Unchanged) => {
                 substituted = r
                     .iter()
                     .zip(&table.columns)
@@ -451,12 +454,6 @@ impl ParquetSink {
         };
         WriterProperties::builder().set_compression(compression).build()
     }
-}
-
-/// Whether an update gave its row a new key (`before` holds a complete old key that differs).
-fn key_moved(table: &SchemaRef, before: &Row, after: &Row) -> bool {
-    let (old, new) = (table.key_of(before), table.key_of(after));
-    !old.is_empty() && old.iter().all(|v| !matches!(v, Value::Null | Value::Unchanged)) && old != new
 }
 
 fn value_bytes(v: &Value) -> usize {

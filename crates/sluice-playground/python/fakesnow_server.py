@@ -30,6 +30,9 @@ import fakesnow.server as fs
 
 session_ids: dict[str, int] = {}
 open_txns: dict[str, dict] = {}
+# Statements running per session: an abort waits for them (fakesnow runs a session's statements on
+# one DuckDB cursor, which must not be rolled back under a running statement; Snowflake cancels it).
+in_flight: dict[str, int] = {}
 ids = itertools.count(1_700_000_000_000)
 
 BEGIN = re.compile(r"^\s*(BEGIN|START)(\s+(WORK|TRANSACTION))?(\s+NAME\s+(\S+))?\s*;?\s*$", re.I)
@@ -79,7 +82,10 @@ def error(code: str, message: str) -> JSONResponse:
                          "success": False})
 
 
-def abort(token: str, close: bool) -> None:
+async def abort(token: str, close: bool) -> None:
+    import asyncio
+    while in_flight.get(token, 0) > 0:
+        await asyncio.sleep(0.01)
     conn = fs.sessions.get(token)
     if conn is not None:
         try:
@@ -102,12 +108,20 @@ async def login(request):
 
 
 async def query(request):
+    token = request.headers.get("Authorization", "")[17:-1]
+    in_flight[token] = in_flight.get(token, 0) + 1
+    try:
+        return await run(request, token)
+    finally:
+        in_flight[token] -= 1
+
+
+async def run(request, token):
     raw = await request.body()
     if request.headers.get("Content-Encoding") == "gzip":
         raw = gzip.decompress(raw)
     body = json.loads(raw)
     sql = body.get("sqlText", "")
-    token = request.headers.get("Authorization", "")[17:-1]
     if token not in fs.sessions:
         return await fs.query_request(Rebodied(request, raw))
     if re.match(r"^\s*SELECT\s+CURRENT_SESSION\s*\(\s*\)\s*;?\s*$", sql, re.I):
@@ -122,7 +136,7 @@ async def query(request):
         for tok in list(fs.sessions):
             held = open_txns.get(tok)
             if (kind == "SESSION" and session_ids.get(tok) == target) or (kind == "TRANSACTION" and held and held["id"] == target):
-                abort(tok, close=kind == "SESSION")
+                await abort(tok, close=kind == "SESSION")
                 return rows([f"SYSTEM$ABORT_{kind}({target})"], [[f"Aborted {kind.lower()} {target}"]])
         return error("000604", f"{kind.lower()} {target} not found")
     if m := BEGIN.match(sql):
@@ -140,7 +154,7 @@ async def query(request):
 async def close(request):
     token = request.headers.get("Authorization", "")[17:-1]
     # A session closed by its client ends its transaction, as Snowflake rolls it back.
-    abort(token, close=False)
+    await abort(token, close=False)
     session_ids.pop(token, None)
     return await fs.session(request)
 

@@ -5,7 +5,7 @@
 //! ```text
 //!  flush:  CREATE TABLE IF NOT EXISTS "<TABLE>" / "SLUICE_STAGE_<pipeline>_<n>"   (DDL commits: before BEGIN)
 //!          BEGIN NAME SLUICE_<pipeline>_<n>
-//!            DELETE FROM stage;  INSERT INTO stage VALUES (?, ?, ?)        (array-bound, TEXT)
+//!            DELETE FROM stage;  INSERT INTO stage VALUES (?, ?, ?), ..    (bound TEXT, 1,000 rows a statement)
 //!            INSERT INTO "<TABLE>" SELECT PARSE_JSON(M), PARSE_JSON(C) FROM stage WHERE T = ?
 //!            DELETE FROM "<checkpoint_table>" WHERE ..;  INSERT .. VALUES (?, ?, ?)
 //!          COMMIT                                                            → ack
@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sluice_core::{
-    Ack, BatchPolicy, Checkpoint, ConnectorError, CopyStep, ErrorClass, Event, Op, Sink, SinkContext, TableId, TxnMeta,
+    Ack, BatchPolicy, Checkpoint, ConnectorError, CopyMode, CopyStep, ErrorClass, Event, Op, Position, Sink,
+    SinkContext, TableId, TxnMeta,
 };
 use tracing::{info, warn};
 
@@ -31,8 +32,9 @@ use crate::client::{Auth, Bind, Login, Session, SnowflakeError};
 use crate::config::SnowflakeSinkConfig;
 use crate::jwt::KeyPair;
 
-/// Rows per array-bound INSERT into the stage.
-const STAGE_ROWS: usize = 10_000;
+/// Rows per multi-row INSERT into the stage (three bound values each). One statement per chunk
+/// rather than an array binding, which fakesnow runs row by row; Snowflake takes both.
+const STAGE_ROWS: usize = 1_000;
 
 impl From<SnowflakeError> for ConnectorError {
     fn from(e: SnowflakeError) -> ConnectorError {
@@ -62,6 +64,8 @@ pub struct SnowflakeSink {
     rows: BTreeMap<TableId, Vec<LogRow>>,
     txn: Option<TxnMeta>,
     seq: u32,
+    /// The last transaction's position: where a copy of a live table stands in the stream
+    last_position: Option<Position>,
     bytes: usize,
     created: HashSet<String>,
 }
@@ -77,6 +81,7 @@ impl SnowflakeSink {
             rows: BTreeMap::new(),
             txn: None,
             seq: 0,
+            last_position: None,
             bytes: 0,
             created: HashSet::new(),
         }
@@ -188,12 +193,14 @@ impl SnowflakeSink {
             s.query(&format!("DELETE FROM {stage}"), &[]).await?;
             for (table, (_, target)) in rows.iter().zip(&targets) {
                 for chunk in table.1.chunks(STAGE_ROWS) {
-                    let binds = [
-                        Bind::many("TEXT", vec![Some(target.clone()); chunk.len()]),
-                        Bind::many("TEXT", chunk.iter().map(|r| Some(r.meta.clone())).collect()),
-                        Bind::many("TEXT", chunk.iter().map(|r| r.content.clone()).collect()),
-                    ];
-                    s.query(&format!("INSERT INTO {stage} VALUES (?, ?, ?)"), &binds).await?;
+                    let mut binds = Vec::with_capacity(chunk.len() * 3);
+                    for r in chunk {
+                        binds.push(Bind::text(target.clone()));
+                        binds.push(Bind::text(r.meta.clone()));
+                        binds.push(Bind::one("TEXT", r.content.clone()));
+                    }
+                    let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+                    s.query(&format!("INSERT INTO {stage} VALUES {values}"), &binds).await?;
                 }
                 s.query(
                     &format!("INSERT INTO {target} SELECT PARSE_JSON(M), PARSE_JSON(C) FROM {stage} WHERE T = ?"),
@@ -254,7 +261,7 @@ impl Sink for SnowflakeSink {
         let ckpt = self.qualified(&self.cfg.checkpoint_table);
         s.query(&format!("CREATE TABLE IF NOT EXISTS {ckpt} (PIPELINE TEXT, SINK NUMBER, STATE TEXT)"), &[]).await?;
         let stored = s.query(&format!("SELECT STATE FROM {ckpt} WHERE PIPELINE = ? AND SINK = ?"), &self.key()).await?;
-        let checkpoint = match stored.rows.first().and_then(|r| r.first().cloned().flatten()) {
+        let checkpoint: Option<Checkpoint> = match stored.rows.first().and_then(|r| r.first().cloned().flatten()) {
             Some(text) => Some(Checkpoint::from_json(&text).map_err(|e| {
                 ConnectorError::msg(
                     ErrorClass::Fatal,
@@ -263,6 +270,7 @@ impl Sink for SnowflakeSink {
             })?),
             None => None,
         };
+        self.last_position = checkpoint.as_ref().and_then(|c| c.position.clone());
         info!(sink = %self.name, database = %self.cfg.database, schema = %self.cfg.schema, "sink opened");
         self.session = Some(s);
         Ok(checkpoint)
@@ -274,21 +282,56 @@ impl Sink for SnowflakeSink {
                 self.txn = Some(meta.clone());
                 self.seq = 0;
             }
-            Event::Commit { .. } => self.txn = None,
+            Event::Commit { meta, .. } => {
+                self.last_position = Some(meta.position.clone());
+                self.txn = None;
+            }
             Event::Change(c) => {
-                let position = self.txn.as_ref().map(|m| format!("{}-{:08}", m.position.sortable(), self.seq));
-                self.seq += 1;
-                let (meta, content) = sluice_core::json::connector_record(&c.table, &c.op, self.txn.as_ref(), position);
-                self.push(&c.table.id, meta, content);
+                // A key change is a delete of the old key and an insert of the new one, as
+                // Debezium logs it: the current state per key then needs only that key's entries.
+                let split;
+                let ops: &[Op] = match &c.op {
+                    Op::Update { before: Some(before), after } if c.table.key_moved(before, after) => {
+                        split = [Op::Delete { before: before.clone() }, Op::Insert { after: after.clone() }];
+                        &split
+                    }
+                    op => std::slice::from_ref(op),
+                };
+                for op in ops {
+                    let position = self.txn.as_ref().map(|m| format!("{}-{:08}", m.position.sortable(), self.seq));
+                    self.seq += 1;
+                    let (meta, content) =
+                        sluice_core::json::connector_record(&c.table, op, self.txn.as_ref(), position);
+                    self.push(&c.table.id, meta, content);
+                }
             }
             Event::Copy(c) => {
-                if let CopyStep::Rows(rows) = &c.step {
-                    for row in rows {
-                        let op = Op::Insert { after: row.clone() };
-                        let (mut meta, content) = sluice_core::json::connector_record(&c.table, &op, None, None);
-                        meta["operation"] = "r".into();
-                        self.push(&c.table.id, meta, content);
+                // A snapshot's rows come before every change (`0-r-..`); a live table's copy at its
+                // place in the stream, after the transaction before it (`<position>-c..`), and a
+                // copy that replaces what the log held of the table starts with a truncate.
+                let base = self.last_position.as_ref().map(Position::sortable);
+                match &c.step {
+                    CopyStep::Begin { mode: CopyMode::Replace, .. } => {
+                        let position = format!("{}-b", base.as_deref().unwrap_or("0"));
+                        let (meta, _) =
+                            sluice_core::json::connector_record(&c.table, &Op::Truncate, None, Some(position));
+                        self.push(&c.table.id, meta, None);
                     }
+                    CopyStep::Rows(rows) => {
+                        for row in rows {
+                            let position = match &base {
+                                None => format!("0-r-{:010}", self.seq),
+                                Some(p) => format!("{p}-c{:010}", self.seq),
+                            };
+                            self.seq += 1;
+                            let op = Op::Insert { after: row.clone() };
+                            let (mut meta, content) =
+                                sluice_core::json::connector_record(&c.table, &op, None, Some(position));
+                            meta["operation"] = "r".into();
+                            self.push(&c.table.id, meta, content);
+                        }
+                    }
+                    _ => {}
                 }
             }
             _ => {}

@@ -1,0 +1,157 @@
+//! PostgreSQL → Snowflake change log on the test kit's Snowflake stand-in (fakesnow), read back
+//! with Snowflake's own Python connector and folded into current state as a user's MERGE would.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Env, CONVERGE};
+use sluice_testkit::{fakesnow_python, SnowflakeServer};
+
+const SETUP: &str = "
+CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance numeric(14,2) NOT NULL);
+INSERT INTO accounts SELECT g, 'owner-' || g, g % 1000 FROM generate_series(1, 3000) g;
+";
+
+/// The folded state of the change log (see tests/python/snowflake_changelog_state.py).
+fn state(server: &SnowflakeServer, table: &str) -> serde_json::Value {
+    let out = std::process::Command::new(fakesnow_python().unwrap())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/snowflake_changelog_state.py"))
+        .args([&server.port().to_string(), table, "id", "owner", "balance"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), server.log_tail(20));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn source_rows(env: &Env) -> serde_json::Value {
+    let rows =
+        env.src.query("SELECT id::text, owner, balance::text FROM accounts ORDER BY accounts.id", &[]).await.unwrap();
+    serde_json::Value::Array(
+        rows.iter()
+            .map(|r| serde_json::json!([r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2)]))
+            .collect(),
+    )
+}
+
+/// Waits until the folded change log equals the source; returns the fold.
+async fn converge(env: &Env, server: &SnowflakeServer, log: &std::path::Path) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + CONVERGE;
+    loop {
+        let (want, fold) = (source_rows(env).await, state(server, "ACCOUNTS"));
+        if fold["rows"] == want {
+            return fold;
+        }
+        if std::time::Instant::now() > deadline {
+            let (got, want) =
+                (fold["rows"].as_array().cloned().unwrap_or_default(), want.as_array().cloned().unwrap_or_default());
+            let first = got.iter().zip(&want).find(|(g, w)| g != w);
+            if let Some((g, _)) = first {
+                let out = std::process::Command::new(fakesnow_python().unwrap())
+                    .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/snowflake_changelog_state.py"))
+                    .args([&server.port().to_string(), "ACCOUNTS", "id", "owner", "balance"])
+                    .env("TRACE", format!("\"id\": {}}}", g[0].as_str().unwrap_or_default()))
+                    .output()
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                eprintln!("TRACE {}", v["trace"]);
+                let owner = g[1].as_str().unwrap_or_default().to_string();
+                let src = env
+                    .src
+                    .query("SELECT id::text, owner FROM accounts WHERE owner LIKE $1", &[&format!("{owner}%")])
+                    .await
+                    .unwrap();
+                eprintln!(
+                    "SOURCE {:?}",
+                    src.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>()
+                );
+            }
+            panic!(
+                "the change log folds to a state other than the source's after {CONVERGE:?}: {} rows vs {}; first \
+                 difference (log, source): {first:?}; truncates at {}, last positions {}\nsluice log:\n{}",
+                got.len(),
+                want.len(),
+                fold["truncates"],
+                fold["last_positions"],
+                common::process::log_tail(log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Snapshot, then inserts, updates, key changes, deletes and a truncate under crashes at the
+/// named points and SIGKILLs (a flush's transaction left open by a killed process must be
+/// aborted by the next): the log holds every change once and folds to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_snowflake_changelog_holds_every_change_once_across_crashes() {
+    let seed = common::crash_seed();
+    let env = Env::new(SETUP).await;
+    let server = SnowflakeServer::start().unwrap_or_else(|e| panic!("cannot start fakesnow: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"sfcrash\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\nslot_takeover_secs = 1\n\n[[sink]]\n\
+             type = \"snowflake\"\naccount = \"xy12345\"\nurl = \"{}\"\nuser = \"svc_sluice\"\npassword = \"check\"\n\
+             database = \"STREAMING\"\nbuffer = {{ count_records = 500, flush_time_s = 0.05 }}\n",
+            env.src_url,
+            server.url()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let log = dir.path().join("sluice.log");
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let client = common::connect(&env.src_url).await;
+    let load = tokio::spawn(async move {
+        let mut rng = sluice_playground::scenario::Rng::new(seed);
+        let (mut txns, mut next) = (0u64, 100_000i64);
+        while !*stop_rx.borrow_and_update() {
+            let mut sql = String::from("BEGIN;");
+            for _ in 0..rng.range(1, 6) {
+                let id = rng.range(1, 3000) as i64;
+                next += 1;
+                sql.push_str(&match rng.range(1, 1000) {
+                    1 => "TRUNCATE accounts; INSERT INTO accounts SELECT g, 'again-' || g, 1 FROM generate_series(1, 100) g;"
+                        .to_string(),
+                    2..=600 => format!("UPDATE accounts SET balance = balance + 1, owner = owner || '.' WHERE id = {id};"),
+                    601..=800 => format!("INSERT INTO accounts VALUES ({next}, 'new', 0);"),
+                    801..=950 => format!("DELETE FROM accounts WHERE id = {id};"),
+                    _ => format!("UPDATE accounts SET id = -{next} WHERE id = {id};"),
+                });
+            }
+            sql.push_str("COMMIT;");
+            client.batch_execute(&sql).await.expect("workload transaction");
+            txns += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        txns
+    });
+    for (point, hit) in [("sink.before_commit", 2), ("sink.after_commit", 3), ("source.before_confirm", 3)] {
+        eprintln!("crash point {point}, hit {hit}");
+        common::process::crash_there(&config, &log, point, hit).await;
+    }
+    let mut rng = sluice_playground::scenario::Rng::new(seed);
+    let mut sluice = common::process::spawn(&config, &log);
+    for _ in 0..3 {
+        // Deliberately random kill moments, not a wait for a condition.
+        tokio::time::sleep(Duration::from_millis(rng.range(300, 2000) as u64)).await;
+        if let Ok(Some(status)) = sluice.child.try_wait() {
+            panic!("sluice exited by itself ({status}):\n{}", common::process::log_tail(&log));
+        }
+        sluice.child.kill().expect("SIGKILL");
+        sluice.child.wait().unwrap();
+        sluice = common::process::spawn(&config, &log);
+    }
+    let _ = stop_tx.send(true);
+    assert!(load.await.unwrap() > 20, "the workload ran");
+    converge(&env, &server, &log).await;
+    sluice.stop(&log).await;
+    let fold = converge(&env, &server, &log).await;
+    assert_eq!(fold["duplicates"], 0, "an entry is in the log twice (same position)");
+    assert_eq!(fold["copied"], fold["copied_keys"], "a snapshot row is in the log twice");
+    assert!(fold["copied"].as_u64().unwrap() >= 3000, "the snapshot's rows: {}", fold["copied"]);
+    assert!(fold["changes"].as_u64().unwrap() > 20, "{fold}");
+}
