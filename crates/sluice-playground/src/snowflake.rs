@@ -49,9 +49,12 @@ impl SnowflakeServer {
             let port = free_port();
             let out = std::fs::File::create(&log).map_err(|e| format!("fakesnow log: {e}"))?;
             let err = out.try_clone().map_err(|e| format!("fakesnow log: {e}"))?;
+            // fakesnow keeps its stage files under TMPDIR: in the server's own directory, they go
+            // when it does.
             let mut child = Command::new(&python)
                 .arg(&script)
                 .arg(port.to_string())
+                .env("TMPDIR", dir.path())
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
