@@ -32,6 +32,11 @@ use crate::client::{Auth, Bind, Login, Session, SnowflakeError};
 use crate::config::SnowflakeSinkConfig;
 use crate::jwt::KeyPair;
 
+/// How often a position reached without rows (heartbeats) is stored: each flush is a
+/// transaction that wakes a warehouse, so an idle pipeline stores its position only this often
+/// (replaying from an older one re-sends nothing: no row of ours lies between).
+const POSITION_STORE_EVERY: Duration = Duration::from_secs(60);
+
 /// Rows per multi-row INSERT into the stage (three bound values each). One statement per chunk
 /// rather than an array binding, which fakesnow runs row by row; Snowflake takes both.
 const STAGE_ROWS: usize = 1_000;
@@ -68,6 +73,8 @@ pub struct SnowflakeSink {
     last_position: Option<Position>,
     bytes: usize,
     created: HashSet<String>,
+    /// The last checkpoint stored, and when
+    stored: Option<(Checkpoint, std::time::Instant)>,
 }
 
 impl SnowflakeSink {
@@ -84,6 +91,7 @@ impl SnowflakeSink {
             last_position: None,
             bytes: 0,
             created: HashSet::new(),
+            stored: None,
         }
     }
 
@@ -271,6 +279,7 @@ impl Sink for SnowflakeSink {
             None => None,
         };
         self.last_position = checkpoint.as_ref().and_then(|c| c.position.clone());
+        self.stored = checkpoint.clone().map(|c| (c, std::time::Instant::now()));
         info!(sink = %self.name, database = %self.cfg.database, schema = %self.cfg.schema, "sink opened");
         self.session = Some(s);
         Ok(checkpoint)
@@ -340,8 +349,19 @@ impl Sink for SnowflakeSink {
     }
 
     async fn commit(&mut self, checkpoint: Checkpoint, ack: Ack) -> Result<(), ConnectorError> {
+        let only_position = self.rows.is_empty()
+            && self.stored.as_ref().is_some_and(|(s, at)| {
+                at.elapsed() < POSITION_STORE_EVERY
+                    && s.tables == checkpoint.tables
+                    && s.table_ids == checkpoint.table_ids
+            });
+        if only_position {
+            ack.durable();
+            return Ok(());
+        }
         match self.flush(&checkpoint).await {
             Ok(()) => {
+                self.stored = Some((checkpoint, std::time::Instant::now()));
                 ack.durable();
                 Ok(())
             }

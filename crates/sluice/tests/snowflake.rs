@@ -152,6 +152,7 @@ async fn postgres_to_snowflake_changelog_holds_every_change_once_across_crashes(
     let fold = converge(&env, &server, &log).await;
     assert_eq!(fold["duplicates"], 0, "an entry is in the log twice (same position)");
     assert_eq!(fold["copied"], fold["copied_keys"], "a snapshot row is in the log twice");
-    assert!(fold["copied"].as_u64().unwrap() >= 3000, "the snapshot's rows: {}", fold["copied"]);
+    // The workload starts before the snapshot, so it holds about the 3,000 rows set up.
+    assert!(fold["copied"].as_u64().unwrap() > 2500, "the snapshot's rows: {}", fold["copied"]);
     assert!(fold["changes"].as_u64().unwrap() > 20, "{fold}");
 }
