@@ -464,6 +464,25 @@ impl BufferConfig {
         }
         Ok(())
     }
+
+    /// The runtime's side: commit after `count_records` rows or `flush_time_s`.
+    pub fn batch_policy(&self) -> sluice_core::BatchPolicy {
+        sluice_core::BatchPolicy {
+            max_rows: self.count_records,
+            max_delay: std::time::Duration::from_secs_f64(self.flush_time_s),
+        }
+    }
+
+    /// The sink's side: whether `bytes` buffered call for a commit now.
+    pub fn is_full(&self, bytes: usize) -> bool {
+        bytes >= self.size_bytes
+    }
+
+    /// Whether `rows` or `bytes` held inside one unit of work reached a limit (the sink then
+    /// writes ahead of the commit to keep memory bounded).
+    pub fn reached(&self, rows: usize, bytes: usize) -> bool {
+        rows >= self.count_records || self.is_full(bytes)
+    }
 }
 
 /// `sink[].schema_changes`: what a replica does when a source table changes shape. Changes

@@ -701,6 +701,17 @@ mod bytes_as_base64 {
 }
 
 impl Value {
+    /// About how many bytes the value holds in memory: what a sink's buffer limit counts.
+    pub fn approx_bytes(&self) -> usize {
+        16 + match self {
+            Value::Text(t) | Value::Json(t) | Value::Enum(t) | Value::Other(t) => t.as_str().len(),
+            Value::Bytes(b) => b.len(),
+            Value::Decimal(d) => d.as_str().len(),
+            Value::List(l) => l.iter().map(Value::approx_bytes).sum(),
+            _ => 0,
+        }
+    }
+
     /// Whether the value is NULL.
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)

@@ -322,7 +322,7 @@ impl DuckDbSink {
     async fn after_row(&mut self, row_bytes: usize, must_hold: bool) -> Result<(), DuckDbError> {
         self.buffered += 1;
         self.bytes += row_bytes;
-        if must_hold && (self.buffered >= self.cfg.buffer.count_records || self.bytes >= self.cfg.buffer.size_bytes) {
+        if must_hold && self.cfg.buffer.reached(self.buffered, self.bytes) {
             self.write_out().await?;
         }
         Ok(())
@@ -391,7 +391,7 @@ impl DuckDbSink {
             }
             CopyStep::Rows(rows) => {
                 for row in rows {
-                    let bytes = row.iter().map(value_bytes).sum();
+                    let bytes = row.iter().map(Value::approx_bytes).sum();
                     let Some(t) = self.target(&c.table).await? else { return Ok(()) };
                     if changelog {
                         let op = Op::Insert { after: row.clone() };
@@ -501,17 +501,7 @@ fn row_bytes(op: &Op) -> usize {
         Op::Delete { before } => before,
         Op::Truncate => return 0,
     };
-    row.iter().map(value_bytes).sum()
-}
-
-fn value_bytes(v: &Value) -> usize {
-    16 + match v {
-        Value::Text(t) | Value::Json(t) | Value::Enum(t) | Value::Other(t) => t.as_str().len(),
-        Value::Bytes(b) => b.len(),
-        Value::Decimal(d) => d.as_str().len(),
-        Value::List(l) => l.iter().map(value_bytes).sum(),
-        _ => 0,
-    }
+    row.iter().map(Value::approx_bytes).sum()
 }
 
 /// The columns of a change-log table.
@@ -685,14 +675,11 @@ impl Sink for DuckDbSink {
     }
 
     fn batch_policy(&self) -> BatchPolicy {
-        BatchPolicy {
-            max_rows: self.cfg.buffer.count_records,
-            max_delay: Duration::from_secs_f64(self.cfg.buffer.flush_time_s),
-        }
+        self.cfg.buffer.batch_policy()
     }
 
     fn wants_commit(&self) -> bool {
-        self.bytes >= self.cfg.buffer.size_bytes
+        self.cfg.buffer.is_full(self.bytes)
     }
 
     async fn open(&mut self, ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {

@@ -254,7 +254,7 @@ impl ParquetSink {
     /// commits only between transactions). Encoding and writing run in the background while
     /// rows keep coming; one spill at a time, so at most twice the buffer is held.
     async fn spill_if_full(&mut self) -> Result<(), ParquetError> {
-        if self.buffered < self.cfg.buffer.count_records && self.bytes < self.cfg.buffer.size_bytes {
+        if !self.cfg.buffer.reached(self.buffered, self.bytes) {
             return Ok(());
         }
         self.finish_spill().await?;
@@ -309,7 +309,7 @@ impl ParquetSink {
 
     /// Adds a row (`values` in the table's column order) and its metadata to its file.
     fn push(&mut self, table: &SchemaRef, date: String, values: &[Value], meta: Meta) -> Result<(), ParquetError> {
-        self.bytes += values.iter().map(value_bytes).sum::<usize>() + meta.position.len() + 48;
+        self.bytes += values.iter().map(Value::approx_bytes).sum::<usize>() + meta.position.len() + 48;
         self.buffered += 1;
         let part = self
             .rows
@@ -456,16 +456,6 @@ impl ParquetSink {
     }
 }
 
-fn value_bytes(v: &Value) -> usize {
-    16 + match v {
-        Value::Text(t) | Value::Json(t) | Value::Enum(t) | Value::Other(t) => t.as_str().len(),
-        Value::Bytes(b) => b.len(),
-        Value::Decimal(d) => d.as_str().len(),
-        Value::List(l) => l.iter().map(value_bytes).sum(),
-        _ => 0,
-    }
-}
-
 /// Writes one object, visible only when complete (multipart above 10 MB).
 pub(crate) async fn put(store: &Arc<dyn ObjectStore>, path: &Path, bytes: Bytes) -> Result<(), ParquetError> {
     use tokio::io::AsyncWriteExt;
@@ -494,14 +484,11 @@ impl Sink for ParquetSink {
     }
 
     fn batch_policy(&self) -> BatchPolicy {
-        BatchPolicy {
-            max_rows: self.cfg.buffer.count_records,
-            max_delay: Duration::from_secs_f64(self.cfg.buffer.flush_time_s),
-        }
+        self.cfg.buffer.batch_policy()
     }
 
     fn wants_commit(&self) -> bool {
-        self.bytes >= self.cfg.buffer.size_bytes
+        self.cfg.buffer.is_full(self.bytes)
     }
 
     async fn open(&mut self, ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {

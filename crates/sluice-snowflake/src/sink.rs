@@ -247,14 +247,11 @@ impl Sink for SnowflakeSink {
     }
 
     fn batch_policy(&self) -> BatchPolicy {
-        BatchPolicy {
-            max_rows: self.cfg.buffer.count_records,
-            max_delay: Duration::from_secs_f64(self.cfg.buffer.flush_time_s),
-        }
+        self.cfg.buffer.batch_policy()
     }
 
     fn wants_commit(&self) -> bool {
-        self.bytes >= self.cfg.buffer.size_bytes
+        self.cfg.buffer.is_full(self.bytes)
     }
 
     async fn open(&mut self, _ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {

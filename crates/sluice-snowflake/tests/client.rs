@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use sluice_snowflake::{Auth, Bind, KeyPair, Login, Session};
-use sluice_testkit::{fakesnow_python, SnowflakeServer};
+use sluice_testkit::snowflake::snowflake_query;
+use sluice_testkit::SnowflakeServer;
 
 fn login(server: &SnowflakeServer, auth: Auth) -> Login {
     Login {
@@ -19,18 +20,12 @@ fn login(server: &SnowflakeServer, auth: Auth) -> Login {
     }
 }
 
-/// What Snowflake's Python connector reads with `sql` (values as `str()`).
+/// What Snowflake's Python connector reads with `sql`, NULL as "None" (Python's `str`).
 fn python_rows(server: &SnowflakeServer, sql: &str) -> Vec<Vec<String>> {
-    let script = "import sys, json, snowflake.connector as s\n\
-                  c = s.connect(user='check', password='check', account='check', host='127.0.0.1', port=int(sys.argv[1]), \
-                  protocol='http', database='STREAMING', schema='PUBLIC')\n\
-                  print(json.dumps([[str(v) for v in r] for r in c.cursor().execute(sys.argv[2]).fetchall()]))";
-    let out = std::process::Command::new(fakesnow_python().unwrap())
-        .args(["-c", script, &server.port().to_string(), sql])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    snowflake_query(server, "STREAMING", sql)
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v.unwrap_or_else(|| "None".into())).collect())
+        .collect()
 }
 
 #[tokio::test]

@@ -8,24 +8,13 @@ use sluice_core::{Sink, TableId};
 use sluice_snowflake::config::SnowflakeSinkConfig;
 use sluice_snowflake::sink::SnowflakeSink;
 use sluice_testkit::compliance::{run_all, Kind, SinkHarness};
-use sluice_testkit::{fakesnow_python, SnowflakeServer};
+use sluice_testkit::snowflake::snowflake_query;
+use sluice_testkit::SnowflakeServer;
 
 struct Harness {
     server: SnowflakeServer,
     cfg: SnowflakeSinkConfig,
 }
-
-const READ: &str = "import sys, json, snowflake.connector as s
-c = s.connect(user='check', password='check', account='check', host='127.0.0.1', port=int(sys.argv[1]),
-              protocol='http', database='STREAMING', schema='PUBLIC')
-try:
-    rows = c.cursor().execute(sys.argv[2]).fetchall()
-except s.errors.ProgrammingError as e:
-    if e.errno != 2003:  # no such table yet
-        raise
-    rows = []
-print(json.dumps([[None if v is None else str(v) for v in r] for r in rows]))
-";
 
 #[async_trait]
 impl SinkHarness for Harness {
@@ -43,12 +32,7 @@ impl SinkHarness for Harness {
              ORDER BY RECORD_METADATA:position::TEXT",
             table.name.to_uppercase()
         );
-        let out = std::process::Command::new(fakesnow_python().unwrap())
-            .args(["-c", READ, &self.server.port().to_string(), &sql])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), self.server.log_tail(20));
-        serde_json::from_slice(&out.stdout).unwrap()
+        snowflake_query(&self.server, "STREAMING", &sql)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod compliance;
 pub mod duckdb;
+pub mod snowflake;
 pub mod tls;
 
 use std::time::{Duration, Instant};

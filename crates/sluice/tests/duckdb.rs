@@ -72,10 +72,6 @@ fn nulls(id: i32) -> String {
 /// The rows of `table` in both engines, by `key`, rendered alike; waits until they are equal
 /// (or panics with both after the deadline).
 async fn converge(env: &Env, path: &Path, table: &str, columns: &[(&str, &str)], key: &str) {
-    let pg_sql = format!(
-        "SELECT {} FROM {table} ORDER BY {key}",
-        columns.iter().map(|(p, _)| format!("coalesce(({p})::text, '<null>')")).collect::<Vec<_>>().join(", ")
-    );
     let duck_sql = format!(
         "SELECT {} FROM public.{table} ORDER BY {key}",
         columns
@@ -84,40 +80,14 @@ async fn converge(env: &Env, path: &Path, table: &str, columns: &[(&str, &str)],
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let deadline = std::time::Instant::now() + CONVERGE;
-    loop {
-        let want: Vec<Vec<Option<String>>> = env
-            .src
-            .query(&pg_sql, &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (0..columns.len()).map(|i| Some(r.get::<_, String>(i))).collect())
-            .collect();
-        let got = if path.exists() { duckdb_query(path, &duck_sql).unwrap_or_else(|e| panic!("{e}")) } else { None };
-        let got = got.map(|rows| {
-            rows.into_iter()
-                .map(|r| r.into_iter().map(|v| v.map(|v| if v == "<null>" { "<null>".into() } else { v })).collect())
-                .collect::<Vec<Vec<Option<String>>>>()
-        });
-        if got.as_ref() == Some(&want) {
-            return;
+    common::converge_to(env, table, columns, key, || {
+        if path.exists() {
+            duckdb_query(path, &duck_sql).unwrap_or_else(|e| panic!("{e}"))
+        } else {
+            None
         }
-        if std::time::Instant::now() > deadline {
-            let show = |rows: &[Vec<Option<String>>]| {
-                rows.iter()
-                    .map(|r| r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect::<Vec<_>>().join(" | "))
-                    .collect::<Vec<_>>()
-                    .join("\n  ")
-            };
-            panic!(
-                "{table} in DuckDB differs from PostgreSQL after {CONVERGE:?}:\nPostgreSQL:\n  {}\nDuckDB:\n  {}",
-                show(&want),
-                got.as_deref().map(show).unwrap_or_else(|| "(no table)".into())
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 fn toml(env: &Env, name: &str, path: &Path, extra: &str) -> String {
@@ -416,28 +386,19 @@ async fn crashes_at_every_point_and_sigkills_leave_an_exact_duckdb_replica() {
     let log = dir.path().join("sluice.log");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load = workload(common::connect(&env.src_url).await, seed, stop_rx);
-    for (point, hit) in [
-        ("snapshot.mid_table", 2),
-        ("sink.before_commit", 4),
-        ("sink.after_commit", 4),
-        ("source.before_confirm", 3),
-        ("source.after_confirm", 3),
-    ] {
-        eprintln!("crash point {point}, hit {hit}");
-        common::process::crash_there(&config, &log, point, hit).await;
-    }
-    let mut rng = sluice_playground::scenario::Rng::new(seed);
-    let mut sluice = common::process::spawn(&config, &log);
-    for _ in 0..3 {
-        // Deliberately random kill moments, not a wait for a condition.
-        tokio::time::sleep(Duration::from_millis(rng.range(300, 2000) as u64)).await;
-        if let Ok(Some(status)) = sluice.child.try_wait() {
-            panic!("sluice exited by itself ({status}):\n{}", common::process::log_tail(&log));
-        }
-        sluice.child.kill().expect("SIGKILL");
-        sluice.child.wait().unwrap();
-        sluice = common::process::spawn(&config, &log);
-    }
+    let sluice = common::process::crash_then_kill(
+        &config,
+        &log,
+        &[
+            ("snapshot.mid_table", 2),
+            ("sink.before_commit", 4),
+            ("sink.after_commit", 4),
+            ("source.before_confirm", 3),
+            ("source.after_confirm", 3),
+        ],
+        seed,
+    )
+    .await;
     let _ = stop_tx.send(true);
     assert!(load.await.unwrap() > 20, "the workload ran");
     converge(&env, &path, "accounts", ACCOUNTS, "id").await;

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{start, Env, CONVERGE};
+use common::{converge_to as converge, start, Env, CONVERGE};
 use sluice_testkit::duckdb::{parquet_query, s3_download};
 use sluice_testkit::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
 
@@ -120,44 +120,6 @@ impl Files {
 
     fn glob(root: &Path, table: &str) -> String {
         root.join(format!("table=public.{table}")).join("*").join("*.parquet").display().to_string()
-    }
-}
-
-/// Waits until `read` (SQL over the table's files, rows rendered alike) equals PostgreSQL's
-/// rendering of `table`; panics with both after the deadline.
-async fn converge(env: &Env, table: &str, columns: &[(&str, &str)], key: &str, read: impl Fn() -> Option<Rows>) {
-    let pg_sql = format!(
-        "SELECT {} FROM {table} ORDER BY {key}",
-        columns.iter().map(|(p, _)| format!("coalesce(({p})::text, '<null>')")).collect::<Vec<_>>().join(", ")
-    );
-    let deadline = std::time::Instant::now() + CONVERGE;
-    loop {
-        let want: Rows = env
-            .src
-            .query(&pg_sql, &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (0..columns.len()).map(|i| Some(r.get::<_, String>(i))).collect())
-            .collect();
-        let got = read();
-        if got.as_ref() == Some(&want) {
-            return;
-        }
-        if std::time::Instant::now() > deadline {
-            let show = |rows: &[Vec<Option<String>>]| {
-                rows.iter()
-                    .map(|r| r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect::<Vec<_>>().join(" | "))
-                    .collect::<Vec<_>>()
-                    .join("\n  ")
-            };
-            panic!(
-                "{table} from the Parquet files differs from PostgreSQL after {CONVERGE:?}:\nPostgreSQL:\n  {}\nParquet:\n  {}",
-                show(&want),
-                got.as_deref().map(show).unwrap_or_else(|| "(no files)".into())
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -488,30 +450,21 @@ async fn crashes_at_every_point_and_sigkills_leave_exact_parquet_files() {
     let log = dir.path().join("sluice.log");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load = workload(common::connect(&env.src_url).await, seed, stop_rx);
-    for (point, hit) in [
-        ("snapshot.mid_table", 2),
-        ("sink.mid_files", 3),
-        ("sink.before_commit", 4),
-        ("sink.after_commit", 4),
-        ("sink.mid_compaction", 1),
-        ("source.before_confirm", 3),
-        ("source.after_confirm", 3),
-    ] {
-        eprintln!("crash point {point}, hit {hit}");
-        common::process::crash_there(&config, &log, point, hit).await;
-    }
-    let mut rng = sluice_playground::scenario::Rng::new(seed);
-    let mut sluice = common::process::spawn(&config, &log);
-    for _ in 0..3 {
-        // Deliberately random kill moments, not a wait for a condition.
-        tokio::time::sleep(Duration::from_millis(rng.range(300, 2000) as u64)).await;
-        if let Ok(Some(status)) = sluice.child.try_wait() {
-            panic!("sluice exited by itself ({status}):\n{}", common::process::log_tail(&log));
-        }
-        sluice.child.kill().expect("SIGKILL");
-        sluice.child.wait().unwrap();
-        sluice = common::process::spawn(&config, &log);
-    }
+    let sluice = common::process::crash_then_kill(
+        &config,
+        &log,
+        &[
+            ("snapshot.mid_table", 2),
+            ("sink.mid_files", 3),
+            ("sink.before_commit", 4),
+            ("sink.after_commit", 4),
+            ("sink.mid_compaction", 1),
+            ("source.before_confirm", 3),
+            ("source.after_confirm", 3),
+        ],
+        seed,
+    )
+    .await;
     let _ = stop_tx.send(true);
     assert!(load.await.unwrap() > 20, "the workload ran");
     let files = Files::S3 {

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Env, CONVERGE};
+use sluice_testkit::snowflake::snowflake_query;
 use sluice_testkit::{fakesnow_python, SnowflakeServer};
 
 const SETUP: &str = "
@@ -46,26 +47,6 @@ async fn converge(env: &Env, server: &SnowflakeServer, log: &std::path::Path) ->
             let (got, want) =
                 (fold["rows"].as_array().cloned().unwrap_or_default(), want.as_array().cloned().unwrap_or_default());
             let first = got.iter().zip(&want).find(|(g, w)| g != w);
-            if let Some((g, _)) = first {
-                let out = std::process::Command::new(fakesnow_python().unwrap())
-                    .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/snowflake_changelog_state.py"))
-                    .args([&server.port().to_string(), "ACCOUNTS", "id", "owner", "balance"])
-                    .env("TRACE", format!("\"id\": {}}}", g[0].as_str().unwrap_or_default()))
-                    .output()
-                    .unwrap();
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-                eprintln!("TRACE {}", v["trace"]);
-                let owner = g[1].as_str().unwrap_or_default().to_string();
-                let src = env
-                    .src
-                    .query("SELECT id::text, owner FROM accounts WHERE owner LIKE $1", &[&format!("{owner}%")])
-                    .await
-                    .unwrap();
-                eprintln!(
-                    "SOURCE {:?}",
-                    src.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>()
-                );
-            }
             panic!(
                 "the change log folds to a state other than the source's after {CONVERGE:?}: {} rows vs {}; first \
                  difference (log, source): {first:?}; truncates at {}, last positions {}\nsluice log:\n{}",
@@ -129,22 +110,13 @@ async fn postgres_to_snowflake_changelog_holds_every_change_once_across_crashes(
         }
         txns
     });
-    for (point, hit) in [("sink.before_commit", 2), ("sink.after_commit", 3), ("source.before_confirm", 3)] {
-        eprintln!("crash point {point}, hit {hit}");
-        common::process::crash_there(&config, &log, point, hit).await;
-    }
-    let mut rng = sluice_playground::scenario::Rng::new(seed);
-    let mut sluice = common::process::spawn(&config, &log);
-    for _ in 0..3 {
-        // Deliberately random kill moments, not a wait for a condition.
-        tokio::time::sleep(Duration::from_millis(rng.range(300, 2000) as u64)).await;
-        if let Ok(Some(status)) = sluice.child.try_wait() {
-            panic!("sluice exited by itself ({status}):\n{}", common::process::log_tail(&log));
-        }
-        sluice.child.kill().expect("SIGKILL");
-        sluice.child.wait().unwrap();
-        sluice = common::process::spawn(&config, &log);
-    }
+    let sluice = common::process::crash_then_kill(
+        &config,
+        &log,
+        &[("sink.before_commit", 2), ("sink.after_commit", 3), ("source.before_confirm", 3)],
+        seed,
+    )
+    .await;
     let _ = stop_tx.send(true);
     assert!(load.await.unwrap() > 20, "the workload ran");
     converge(&env, &server, &log).await;
@@ -155,22 +127,6 @@ async fn postgres_to_snowflake_changelog_holds_every_change_once_across_crashes(
     // The workload starts before the snapshot, so it holds about the 3,000 rows set up.
     assert!(fold["copied"].as_u64().unwrap() > 2500, "the snapshot's rows: {}", fold["copied"]);
     assert!(fold["changes"].as_u64().unwrap() > 20, "{fold}");
-}
-
-/// What Snowflake's Python connector reads with `sql`, values as `str()`.
-fn snowflake_rows(server: &SnowflakeServer, sql: &str) -> Vec<Vec<Option<String>>> {
-    let script = "import sys, json, snowflake.connector as s\n\
-                  c = s.connect(user='check', password='check', account='check', host='127.0.0.1', port=int(sys.argv[1]), \
-                  protocol='http', database='STREAMING', schema='PUBLIC')\n\
-                  try:\n    rows = c.cursor().execute(sys.argv[2]).fetchall()\n\
-                  except s.errors.ProgrammingError as e:\n    rows = [] if e.errno == 2003 else exit(str(e))\n\
-                  print(json.dumps([[None if v is None else str(v) for v in r] for r in rows]))";
-    let out = std::process::Command::new(fakesnow_python().unwrap())
-        .args(["-c", script, &server.port().to_string(), sql])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), server.log_tail(20));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Every type's value lands in RECORD_CONTENT in the JSON form docs/types.md gives, and the
@@ -204,7 +160,7 @@ async fn every_type_lands_in_record_content_as_documented() {
         async move {
             let deadline = std::time::Instant::now() + CONVERGE;
             loop {
-                let rows = snowflake_rows(server, sql);
+                let rows = snowflake_query(server, "STREAMING", sql);
                 if rows.len() == n {
                     return rows;
                 }

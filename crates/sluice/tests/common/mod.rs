@@ -298,3 +298,48 @@ pub fn crash_seed() -> u64 {
     println!("crash test seed: {seed} (rerun with SLUICE_CRASH_SEED={seed})");
     seed
 }
+
+/// Waits until `read` (the sink's rows of `table` read with a third-party client, each value
+/// rendered as the second expression of its `columns` pair) equals PostgreSQL's rendering (the
+/// first); panics with both after the deadline.
+pub async fn converge_to(
+    env: &Env,
+    table: &str,
+    columns: &[(&str, &str)],
+    key: &str,
+    read: impl Fn() -> Option<Vec<Vec<Option<String>>>>,
+) {
+    let pg_sql = format!(
+        "SELECT {} FROM {table} ORDER BY {key}",
+        columns.iter().map(|(p, _)| format!("coalesce(({p})::text, '<null>')")).collect::<Vec<_>>().join(", ")
+    );
+    let deadline = std::time::Instant::now() + CONVERGE;
+    loop {
+        let want: Vec<Vec<Option<String>>> = env
+            .src
+            .query(&pg_sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (0..columns.len()).map(|i| Some(r.get::<_, String>(i))).collect())
+            .collect();
+        let got = read();
+        if got.as_ref() == Some(&want) {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let show = |rows: &[Vec<Option<String>>]| {
+                rows.iter()
+                    .map(|r| r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect::<Vec<_>>().join(" | "))
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            };
+            panic!(
+                "{table} in the sink differs from PostgreSQL after {CONVERGE:?}:\nPostgreSQL:\n  {}\nsink:\n  {}",
+                show(&want),
+                got.as_deref().map(show).unwrap_or_else(|| "(nothing yet)".into())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -106,3 +106,25 @@ pub async fn crash_there(config: &str, log: &std::path::Path, point: &str, hit: 
         log_tail(log)
     );
 }
+
+/// Crashes sluice at each of `points` (name, hit) in turn, then runs it and kills it with
+/// SIGKILL three times at random moments drawn from `seed`; returns the sluice left running.
+pub async fn crash_then_kill(config: &str, log: &std::path::Path, points: &[(&str, u32)], seed: u64) -> Sluice {
+    for (point, hit) in points {
+        eprintln!("crash point {point}, hit {hit}");
+        crash_there(config, log, point, *hit).await;
+    }
+    let mut rng = sluice_playground::scenario::Rng::new(seed);
+    let mut sluice = spawn(config, log);
+    for _ in 0..3 {
+        // Deliberately random kill moments, not a wait for a condition.
+        tokio::time::sleep(Duration::from_millis(rng.range(300, 2000) as u64)).await;
+        if let Ok(Some(status)) = sluice.child.try_wait() {
+            panic!("sluice exited by itself ({status}):\n{}", log_tail(log));
+        }
+        sluice.child.kill().expect("SIGKILL");
+        sluice.child.wait().unwrap();
+        sluice = spawn(config, log);
+    }
+    sluice
+}

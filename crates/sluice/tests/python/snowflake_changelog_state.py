@@ -6,7 +6,6 @@ key, `t` empties the table. Prints JSON: {"rows": [[col values as text]...] sort
 Usage: python snowflake_changelog_state.py PORT TABLE COL [COL ...]
 """
 import json
-import os
 import sys
 
 import snowflake.connector
@@ -45,6 +44,4 @@ print(json.dumps({
     "copied_keys": len({json.dumps(e[0]["key"], sort_keys=True) for e in copied}),
     "truncates": [e[0]["position"] for e in changes if e[0]["operation"] == "t"],
     "last_positions": positions[-3:],
-    "trace": [[m["operation"], m["position"], m["key"], c] for m, c in entries
-              if os.environ.get("TRACE") and (os.environ["TRACE"] in json.dumps(m["key"]) or (c and os.environ["TRACE"] == c.get("owner")))],
 }))
