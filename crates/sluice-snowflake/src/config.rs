@@ -1,7 +1,7 @@
 //! `[[sink]]` with `type = "snowflake"`.
 
 use serde::{Deserialize, Serialize};
-use sluice_config::{invalid, typed, BufferConfig, ConfigError, ParseContext, Secret};
+use sluice_config::{invalid, typed, BufferConfig, ConfigError, ParseContext, SchemaChanges, Secret};
 
 /// Default of `checkpoint_table`.
 pub const DEFAULT_CHECKPOINT_TABLE: &str = "SLUICE_CHECKPOINTS";
@@ -36,6 +36,9 @@ pub struct SnowflakeSinkConfig {
     /// When buffered changes are flushed
     #[serde(default = "default_buffer")]
     pub buffer: BufferConfig,
+    /// Replica: what a source table's shape change does to its Snowflake table
+    #[serde(default)]
+    pub schema_changes: SchemaChanges,
     /// The table in `database.schema` that holds the sink's checkpoint
     #[serde(default = "default_checkpoint_table")]
     pub checkpoint_table: String,
@@ -72,12 +75,6 @@ impl SnowflakeSinkConfig {
         }
         if c.mode != "changelog" && c.mode != "replica" {
             return Err(invalid(format!("{at}.mode"), format!("{:?}: expected \"changelog\" or \"replica\"", c.mode)));
-        }
-        if c.mode == "replica" {
-            return Err(invalid(
-                format!("{at}.mode"),
-                "\"replica\" is not built yet (issue 12, next); use \"changelog\" for now",
-            ));
         }
         match (&c.private_key_file, &c.password) {
             (Some(_), Some(_)) => {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sluice_config::{ConfigError, ParseContext};
-use sluice_core::{CheckResult, Sink, SinkConnector};
+use sluice_core::{CheckResult, ConnectorError, Sink, SinkConnector, SinkTable, TableId};
 
 use crate::config::SnowflakeSinkConfig;
 use crate::sink::SnowflakeSink;
@@ -54,6 +54,14 @@ impl SinkConnector for SnowflakeSinkConnector {
 
     fn describe(&self) -> String {
         format!("snowflake {} {}.{} ({})", self.0.account, self.0.database, self.0.schema, self.0.mode)
+    }
+
+    async fn tables(&self, pipeline: &str, index: usize) -> Result<Vec<SinkTable>, ConnectorError> {
+        crate::sink::tables(&self.0, pipeline, index).await
+    }
+
+    async fn release(&self, pipeline: &str, index: usize, table: &TableId) -> Result<bool, ConnectorError> {
+        crate::sink::release(&self.0, pipeline, index, table).await
     }
 
     fn to_json(&self) -> serde_json::Value {

@@ -1,7 +1,7 @@
 //! Snowflake for Sluice: the client REST protocol (`client`: password or key-pair login,
 //! statements with bound values, JSON and Arrow answers; `jwt`: the key-pair token) and the sink
-//! (`sink`: the change log shaped as the Snowflake Kafka connector's, one transaction per flush
-//! with the checkpoint; the live replica is next, issue 12).
+//! (`sink`: the change log shaped as the Snowflake Kafka connector's, or a typed live replica
+//! (`types`), one transaction per flush with the checkpoint).
 
 pub mod client;
 pub mod config;
@@ -9,6 +9,7 @@ pub mod connector;
 pub mod jwt;
 mod result;
 pub mod sink;
+pub mod types;
 
 pub use client::{Auth, Bind, BindValue, Login, QueryResult, Session, SnowflakeError};
 pub use connector::{parse_sink, SnowflakeSinkConnector, TYPE};
