@@ -192,3 +192,236 @@ async fn every_type_lands_in_record_content_as_documented() {
         })
     );
 }
+
+/// Waits until the replica's accounts, read by Snowflake's Python connector, equal the source's.
+async fn replica_converges(env: &Env, server: &SnowflakeServer) {
+    let columns =
+        [("id", "\"ID\""), ("owner", "\"OWNER\""), ("balance", "\"BALANCE\""), ("md5(note)", "MD5(\"NOTE\")")];
+    let sql = format!(
+        "SELECT {} FROM \"ACCOUNTS\" ORDER BY \"ID\"",
+        columns.iter().map(|(_, s)| *s).collect::<Vec<_>>().join(", ")
+    );
+    common::converge_to(env, "accounts", &columns, "accounts.id", || {
+        let rows = snowflake_query(server, "REPLICA", &sql);
+        Some(
+            rows.into_iter()
+                .map(|r| r.into_iter().map(|v| Some(v.unwrap_or_else(|| "<null>".into()))).collect())
+                .collect(),
+        )
+    })
+    .await;
+}
+
+/// Snapshot, then inserts, updates that leave a large (TOASTed, unchanged) column out, key
+/// changes, deletes and truncates under crashes at the named points and SIGKILLs: the typed
+/// replica ends equal to the source, row for row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_snowflake_replica_is_exact_across_crashes() {
+    let seed = common::crash_seed();
+    let env = Env::new(
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance numeric(14,2) NOT NULL, note text);
+         ALTER TABLE accounts ALTER COLUMN note SET STORAGE EXTERNAL;
+         INSERT INTO accounts SELECT g, 'owner-' || g, g % 1000, CASE WHEN g % 100 = 0 THEN repeat(md5(g::text), 200) END
+           FROM generate_series(1, 3000) g;",
+    )
+    .await;
+    let server = SnowflakeServer::start().unwrap_or_else(|e| panic!("cannot start fakesnow: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"sfreplica\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\nslot_takeover_secs = 1\n\n[[sink]]\n\
+             type = \"snowflake\"\nmode = \"replica\"\naccount = \"xy12345\"\nurl = \"{}\"\nuser = \"svc_sluice\"\n\
+             password = \"check\"\ndatabase = \"REPLICA\"\nbuffer = {{ count_records = 500, flush_time_s = 0.05 }}\n",
+            env.src_url,
+            server.url()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let log = dir.path().join("sluice.log");
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let client = common::connect(&env.src_url).await;
+    let load = tokio::spawn(async move {
+        let mut rng = sluice_playground::scenario::Rng::new(seed);
+        let (mut txns, mut next) = (0u64, 100_000i64);
+        while !*stop_rx.borrow_and_update() {
+            let mut sql = String::from("BEGIN;");
+            for _ in 0..rng.range(1, 6) {
+                let id = rng.range(1, 3000) as i64;
+                next += 1;
+                sql.push_str(&match rng.range(1, 400) {
+                    1 => "TRUNCATE accounts; INSERT INTO accounts SELECT g, 'again-' || g, 1, \
+                          repeat(md5(g::text), 100) FROM generate_series(1, 100) g;"
+                        .to_string(),
+                    2..=240 => {
+                        format!("UPDATE accounts SET balance = balance + 1, owner = owner || '.' WHERE id = {id};")
+                    }
+                    241..=320 => format!("INSERT INTO accounts VALUES ({next}, 'new', 0, repeat('n', {id}));"),
+                    321..=380 => format!("DELETE FROM accounts WHERE id = {id};"),
+                    _ => format!("UPDATE accounts SET id = -{next} WHERE id = {id};"),
+                });
+            }
+            sql.push_str("COMMIT;");
+            client.batch_execute(&sql).await.expect("workload transaction");
+            txns += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        txns
+    });
+    let sluice = common::process::crash_then_kill(
+        &config,
+        &log,
+        &[("sink.before_commit", 2), ("sink.after_commit", 3), ("source.before_confirm", 3)],
+        seed,
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    assert!(load.await.unwrap() > 20, "the workload ran");
+    replica_converges(&env, &server).await;
+    sluice.stop(&log).await;
+    let notes = snowflake_query(&server, "REPLICA", "SELECT COUNT(*) FROM \"ACCOUNTS\" WHERE \"NOTE\" IS NOT NULL");
+    assert_ne!(notes[0][0].as_deref(), Some("0"), "large values survive updates that leave them out");
+}
+
+/// A typed replica: every type of docs/types.md in its Snowflake column, read back typed by
+/// Snowflake's Python connector; then a column added (with a default) and one dropped on the
+/// source, an update that leaves a TOASTed value out, and a truncate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_types_schema_changes_and_truncate() {
+    let env = Env::new(
+        "CREATE TYPE mood AS ENUM ('sad', 'happy');
+         CREATE TABLE t (id int PRIMARY KEY, i2 smallint, i8 bigint, num numeric(12,2), opn numeric, r real,
+           d double precision, b boolean, tx text, byt bytea, dt date, tm time, ts timestamp, tstz timestamptz,
+           iv interval, u uuid, jb jsonb, m mood, a_i int[], inf_dt date, big text, gone int);
+         ALTER TABLE t ALTER COLUMN big SET STORAGE EXTERNAL;
+         INSERT INTO t VALUES (1, -32768, 9223372036854775807, -9999999999.99, 'NaN', 1.5, '-Infinity', true,
+           'héllo \"q\"', '\\x00ff10', '2024-02-29', '23:59:59.999999', '1999-12-31 23:59:59.999999',
+           '2000-01-01 00:00:00.000001+00', '1 year 2 mons 3 days 04:05:06.789',
+           'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"k\": [1, 2.5, null]}', 'happy', '{1,NULL,3}', 'infinity',
+           repeat('0123456789abcdef', 1000), 7);
+         INSERT INTO t (id) VALUES (2);",
+    )
+    .await;
+    let server = SnowflakeServer::start().unwrap_or_else(|e| panic!("cannot start fakesnow: {e}"));
+    let toml = format!(
+        "name = \"sftyped\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n\n[[sink]]\ntype = \"snowflake\"\n\
+         mode = \"replica\"\naccount = \"xy12345\"\nurl = \"{}\"\nuser = \"svc_sluice\"\npassword = \"check\"\n\
+         database = \"REPLICA\"\nbuffer = {{ count_records = 100, flush_time_s = 0.1 }}\n",
+        env.src_url,
+        server.url()
+    );
+    let pipeline = common::start(sluice::parse(&toml, &|_| None).expect("valid"));
+    let read = |sql: &str| snowflake_query(&server, "REPLICA", sql);
+    let until = |sql: &'static str, want: Vec<Vec<Option<String>>>| {
+        let read = &read;
+        async move {
+            let deadline = std::time::Instant::now() + CONVERGE;
+            loop {
+                let got = read(sql);
+                if got == want {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "{sql}: expected {want:?}, found {got:?}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    let s = |v: &str| Some(v.to_string());
+    until("SELECT \"ID\" FROM \"T\" ORDER BY \"ID\"", vec![vec![s("1")], vec![s("2")]]).await;
+    // Each column's Snowflake type, as the catalog lists it.
+    let types = read(
+        "SELECT COLUMN_NAME, DATA_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE FROM INFORMATION_SCHEMA.COLUMNS \
+         WHERE TABLE_NAME = 'T' ORDER BY ORDINAL_POSITION",
+    );
+    let types: Vec<String> = types
+        .iter()
+        .map(|r| match (&r[2], &r[3]) {
+            (Some(p), Some(sc)) => format!("{} {}({p},{sc})", r[0].as_deref().unwrap(), r[1].as_deref().unwrap()),
+            _ => format!("{} {}", r[0].as_deref().unwrap(), r[1].as_deref().unwrap()),
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "ID NUMBER(38,0)",
+            "I2 NUMBER(38,0)",
+            "I8 NUMBER(38,0)",
+            "NUM NUMBER(12,2)",
+            "OPN TEXT",
+            "R FLOAT",
+            "D FLOAT",
+            "B BOOLEAN",
+            "TX TEXT",
+            "BYT BINARY",
+            "DT DATE",
+            "TM TIME",
+            "TS TIMESTAMP_NTZ",
+            "TSTZ TIMESTAMP_TZ",
+            "IV TEXT",
+            "U TEXT",
+            "JB VARIANT",
+            "M TEXT",
+            "A_I VARIANT",
+            "INF_DT DATE",
+            "BIG TEXT",
+            "GONE NUMBER(38,0)"
+        ]
+    );
+    // Values through the connector's own typed conversions (Python's str of each).
+    let row = read("SELECT * EXCLUDE (\"BIG\"), LENGTH(\"BIG\") FROM \"T\" WHERE \"ID\" = 1");
+    let want: Vec<Option<String>> = [
+        "1",
+        "-32768",
+        "9223372036854775807",
+        "-9999999999.99",
+        "NaN",
+        "1.5",
+        "-inf",
+        "True",
+        "héllo \"q\"",
+        "bytearray(b'\\x00\\xff\\x10')",
+        "2024-02-29",
+        "23:59:59.999999",
+        "1999-12-31 23:59:59.999999",
+        "2000-01-01 00:00:00.000001+00:00",
+        "P1Y2M3DT4H5M6.789S",
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "{\"k\":[1,2.5,null]}",
+        "happy",
+        "[1,null,3]",
+        "9999-12-31",
+        "7",
+        "16000",
+    ]
+    .iter()
+    .map(|v| s(v))
+    .collect();
+    assert_eq!(row, vec![want]);
+    let paths = read("SELECT \"JB\":k[1]::FLOAT, \"A_I\"[2]::INT FROM \"T\" WHERE \"ID\" = 1");
+    assert_eq!(paths, vec![vec![s("2.5"), s("3")]], "VARIANT paths read the documents");
+    // Shape changes: a column added with a default (rows before it read as the default), one
+    // dropped; an update that does not resend the TOASTed value; then a truncate.
+    env.src
+        .batch_execute(
+            "ALTER TABLE t ADD COLUMN extra text DEFAULT 'dflt'; ALTER TABLE t DROP COLUMN gone;
+             INSERT INTO t (id, extra) VALUES (3, 'x'); UPDATE t SET tx = 'changed' WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    until(
+        "SELECT \"ID\", \"TX\", LENGTH(\"BIG\"), \"EXTRA\" FROM \"T\" ORDER BY \"ID\"",
+        vec![
+            vec![s("1"), s("changed"), s("16000"), s("dflt")],
+            vec![s("2"), None, None, s("dflt")],
+            vec![s("3"), None, None, s("x")],
+        ],
+    )
+    .await;
+    let gone = read("SELECT COUNT(*) FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_NAME = 'T' AND COLUMN_NAME = 'GONE'");
+    assert_eq!(gone, vec![vec![s("0")]], "a dropped column is dropped (schema_changes = follow)");
+    env.src.batch_execute("TRUNCATE t; INSERT INTO t (id, tx) VALUES (9, 'after');").await.unwrap();
+    until("SELECT \"ID\", \"TX\" FROM \"T\" ORDER BY \"ID\"", vec![vec![s("9"), s("after")]]).await;
+    pipeline.stop().await;
+}
