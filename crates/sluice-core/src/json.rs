@@ -60,7 +60,9 @@ pub fn row_json(schema: &TableSchema, row: &Row) -> J {
 
 /// A change in the Snowflake Kafka connector's shape: `RECORD_METADATA` (`table`, `operation`
 /// `c`/`u`/`d`/`t`, `position`, `transaction_id`, `commit_time`, `key` as an object of the key
-/// columns) and `RECORD_CONTENT` (the row after the change; `None` for a delete or truncate).
+/// columns; for a record read from Kafka the connector's `topic`, `partition`, `offset`,
+/// `CreateTime` (ms) and `key` in place of the transaction fields) and `RECORD_CONTENT` (the row
+/// after the change; `None` for a delete or truncate).
 pub fn connector_record(
     t: &TableSchema,
     op: &crate::Op,
@@ -84,13 +86,31 @@ pub fn connector_record(
         J::Object(o)
     };
     let commit = txn.map(|m| crate::Timestamp::from_micros(m.commit_ts_micros));
+    let key = after.or(before).map(key_of).unwrap_or(J::Null);
+    // A record read from Kafka: the connector's own fields (its documented queries read
+    // `RECORD_METADATA:topic`, `:partition`, `:offset`, `:CreateTime`, `:key`).
+    if let Some(crate::TxnMeta { position: crate::Position::Kafka(at), commit_ts_micros, .. }) = txn {
+        if let Some((topic, partition, offset)) = at.entries().next() {
+            let meta = serde_json::json!({
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "CreateTime": commit_ts_micros.div_euclid(1000),
+                "key": key,
+                "table": t.id.to_string(),
+                "operation": code,
+                "position": position,
+            });
+            return (meta, after.map(|r| row_json(t, r)));
+        }
+    }
     let meta = serde_json::json!({
         "table": t.id.to_string(),
         "operation": code,
         "position": position,
         "transaction_id": txn.map(|m| m.xid),
         "commit_time": commit.map(|c| crate::Utc(c).to_string()),
-        "key": after.or(before).map(key_of).unwrap_or(J::Null),
+        "key": key,
     });
     (meta, after.map(|r| row_json(t, r)))
 }

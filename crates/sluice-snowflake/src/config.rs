@@ -36,6 +36,10 @@ pub struct SnowflakeSinkConfig {
     /// When buffered changes are flushed
     #[serde(default = "default_buffer")]
     pub buffer: BufferConfig,
+    /// Kafka sources: the Snowflake table of each topic (the connector's
+    /// `snowflake.topic2table.map`); other topics go to the source table's name
+    #[serde(default)]
+    pub topic2table: std::collections::BTreeMap<String, String>,
     /// Replica: what a source table's shape change does to its Snowflake table
     #[serde(default)]
     pub schema_changes: SchemaChanges,
@@ -92,6 +96,11 @@ impl SnowflakeSinkConfig {
             }
         }
         c.buffer.validate(at)?;
+        for (topic, table) in &c.topic2table {
+            if table.trim().is_empty() {
+                return Err(invalid(format!("{at}.topic2table.{topic}"), "names no table"));
+            }
+        }
         if c.checkpoint_table.trim().is_empty() {
             return Err(invalid(format!("{at}.checkpoint_table"), "must not be empty"));
         }

@@ -243,16 +243,20 @@ impl SnowflakeSink {
         if self.quarantine.contains_key(&schema.id) {
             return Ok(None);
         }
-        let current = self.targets.get(&schema.id).is_some_and(|t| t.schema.version == schema.version);
+        let table = self.table_name(&schema.id);
+        // A change log is one table per Snowflake name (two topics may map to one table).
+        let key =
+            if self.replica() { schema.id.clone() } else { TableId::new(schema.id.schema.clone(), table.clone()) };
+        let current = self.targets.get(&key).is_some_and(|t| t.schema.version == schema.version);
         if !current {
-            let name = self.qualified(&schema.id.name);
+            let name = self.qualified(&table);
             if self.replica() {
-                let seen = self.targets.get(&schema.id).map(|t| t.schema.clone());
-                if let Some(reason) = self.reconcile(schema, seen.as_deref()).await? {
+                let seen = self.targets.get(&key).map(|t| t.schema.clone());
+                if let Some(reason) = self.reconcile(schema, &table, seen.as_deref()).await? {
                     warn!(sink = %self.name, table = %schema.id, reason = %reason, "table put in quarantine; its changes are skipped");
                     self.quarantine.insert(schema.id.clone(), reason.clone());
                     self.quarantined.push((schema.id.clone(), reason));
-                    self.targets.remove(&schema.id);
+                    self.targets.remove(&key);
                     return Ok(None);
                 }
             } else if !self.created.contains(&name) {
@@ -263,7 +267,7 @@ impl SnowflakeSink {
                 self.created.insert(name.clone());
             }
             let replica = self.replica();
-            let t = self.targets.entry(schema.id.clone()).or_insert_with(|| Target {
+            let t = self.targets.entry(key.clone()).or_insert_with(|| Target {
                 schema: schema.clone(),
                 name,
                 batch: None,
@@ -274,7 +278,18 @@ impl SnowflakeSink {
             t.schema = schema.clone();
             t.batch = replica.then(|| KeyedBatch::new(schema.clone()));
         }
-        Ok(self.targets.get_mut(&schema.id))
+        Ok(self.targets.get_mut(&key))
+    }
+
+    /// The Snowflake table (unquoted, upper-cased when quoted) of source table `id`: the
+    /// `topic2table` entry of the record's topic for a Kafka source, else the table's name.
+    fn table_name(&self, id: &TableId) -> String {
+        if let Some(TxnMeta { position: Position::Kafka(at), .. }) = &self.txn {
+            if let Some(t) = at.entries().next().and_then(|(topic, ..)| self.cfg.topic2table.get(topic)) {
+                return t.clone();
+            }
+        }
+        id.name.clone()
     }
 
     /// Creates the replica table or changes its shape to `schema`'s; `Some(reason)` when the
@@ -283,6 +298,7 @@ impl SnowflakeSink {
     async fn reconcile(
         &mut self,
         schema: &TableSchema,
+        table: &str,
         seen: Option<&TableSchema>,
     ) -> Result<Option<String>, ConnectorError> {
         if schema.key_indexes().is_empty() {
@@ -299,8 +315,8 @@ impl SnowflakeSink {
             self.session()?.query("COMMIT", &[]).await?;
             self.open_txn = false;
         }
-        let name = self.qualified(&schema.id.name);
-        let existing = table_columns(self.session()?, &self.cfg, &schema.id.name).await?;
+        let name = self.qualified(table);
+        let existing = table_columns(self.session()?, &self.cfg, table).await?;
         let mut ddl: Vec<String> = Vec::new();
         if existing.is_empty() {
             let mut defs: Vec<String> = schema

@@ -172,11 +172,23 @@ async fn every_type_lands_in_record_content_as_documented() {
     // The snapshot's row first, then an update and a delete.
     entries(1).await;
     env.src.batch_execute("UPDATE t SET tx = 'changed' WHERE id = 1; DELETE FROM t WHERE id = 1;").await.unwrap();
-    let rows = entries(3).await;
+    // A column added on the source appears in the next entries' content (the log's columns
+    // are VARIANT: no DDL).
+    env.src
+        .batch_execute("ALTER TABLE t ADD COLUMN extra text; INSERT INTO t (id, extra) VALUES (2, 'x');")
+        .await
+        .unwrap();
+    let rows = entries(4).await;
     pipeline.stop().await;
+    let added = snowflake_query(
+        &server,
+        "STREAMING",
+        "SELECT RECORD_CONTENT:extra::TEXT FROM \"T\" WHERE RECORD_METADATA:key:id::INT = 2",
+    );
+    assert_eq!(added, vec![vec![Some("x".to_string())]], "the added column in the content");
     let ops: Vec<(Option<String>, Option<String>)> = rows.iter().map(|r| (r[0].clone(), r[1].clone())).collect();
     let s = |v: &str| Some(v.to_string());
-    assert_eq!(ops, [(s("r"), s("1")), (s("u"), s("1")), (s("d"), s("1"))]);
+    assert_eq!(ops, [(s("r"), s("1")), (s("u"), s("1")), (s("d"), s("1")), (s("c"), s("2"))]);
     assert_eq!(rows[0][3], None, "a copied row has no commit time");
     assert!(rows[1][3].as_deref().is_some_and(|t| t.ends_with('Z')), "commit time in UTC: {:?}", rows[1][3]);
     assert_eq!(rows[2][2], None, "a delete has no content");
@@ -424,4 +436,72 @@ async fn replica_types_schema_changes_and_truncate() {
     env.src.batch_execute("TRUNCATE t; INSERT INTO t (id, tx) VALUES (9, 'after');").await.unwrap();
     until("SELECT \"ID\", \"TX\" FROM \"T\" ORDER BY \"ID\"", vec![vec![s("9"), s("after")]]).await;
     pipeline.stop().await;
+}
+
+/// Avro records from Confluent's own serializer (a Schema Registry, as in the connector's
+/// guide) land in the change log with the Kafka connector's metadata: the connector's
+/// documented queries (`RECORD_METADATA:topic`, `:offset`, `RECORD_CONTENT:<field>`) read them,
+/// in the table `topic2table` names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_avro_records_land_with_the_connectors_metadata() {
+    let broker = sluice_testkit::KafkaBroker::start().unwrap_or_else(|e| panic!("cannot start a Kafka broker: {e}"));
+    let data = tempfile::tempdir().unwrap();
+    let registry = common::kafka::registry(data.path()).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/produce_confluent.py");
+    let out = std::process::Command::new("python3")
+        .args([script, &broker.bootstrap(), &registry, "sf.shop.orders", "sf.shop.events"])
+        .output()
+        .expect("run python3");
+    assert!(out.status.success(), "produce: {}", String::from_utf8_lossy(&out.stderr));
+    let server = SnowflakeServer::start().unwrap_or_else(|e| panic!("cannot start fakesnow: {e}"));
+    let toml = format!(
+        "name = \"sfkafka\"\n[source]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"sf.shop.orders\"]\n\
+         format = \"avro\"\nschema_registry = \"{registry}\"\n\n[[sink]]\ntype = \"snowflake\"\naccount = \"xy12345\"\n\
+         url = \"{}\"\nuser = \"svc_sluice\"\npassword = \"check\"\ndatabase = \"STREAMING\"\n\
+         topic2table = {{ \"sf.shop.orders\" = \"ORDERS_LOG\" }}\nbuffer = {{ count_records = 100, flush_time_s = 0.1 }}\n",
+        broker.bootstrap(),
+        server.url()
+    );
+    let pipeline = common::start(sluice::parse(&toml, &|_| None).expect("valid"));
+    let sql = "SELECT RECORD_METADATA:topic::STRING, RECORD_METADATA:partition::INT, RECORD_METADATA:offset::INT, \
+               RECORD_METADATA:key:id::INT, RECORD_CONTENT:name::STRING, RECORD_CONTENT:price::NUMBER(10,2), \
+               RECORD_METADATA:CreateTime::NUMBER > 1600000000000 FROM ORDERS_LOG \
+               ORDER BY RECORD_METADATA:key:id::INT, RECORD_METADATA:offset::INT";
+    let deadline = std::time::Instant::now() + CONVERGE;
+    let rows = loop {
+        let rows = snowflake_query(&server, "STREAMING", sql);
+        if rows.len() == 5 {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "5 records expected in ORDERS_LOG, found {rows:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    pipeline.stop().await;
+    let s = |v: &str| Some(v.to_string());
+    // Each key's records are in one partition, in the order produced; (partition, offset) is
+    // each record's own.
+    let places: std::collections::HashSet<(Option<String>, Option<String>)> =
+        rows.iter().map(|r| (r[1].clone(), r[2].clone())).collect();
+    assert_eq!(places.len(), 5, "partition and offset identify each record: {rows:?}");
+    for key in ["1", "3"] {
+        let parts: std::collections::HashSet<&Option<String>> =
+            rows.iter().filter(|r| r[3].as_deref() == Some(key)).map(|r| &r[1]).collect();
+        assert_eq!(parts.len(), 1, "key {key} in one partition: {rows:?}");
+    }
+    let seen: Vec<Vec<Option<String>>> =
+        rows.iter().map(|r| vec![r[0].clone(), r[3].clone(), r[4].clone(), r[5].clone(), r[6].clone()]).collect();
+    let entry = |id: &str, name: Option<String>, price: Option<String>| {
+        vec![s("sf.shop.orders"), s(id), name, price, s("True")]
+    };
+    assert_eq!(
+        seen,
+        vec![
+            entry("1", s("widget"), s("10.00")),
+            entry("1", s("widget"), s("12.50")),
+            entry("2", s("gadget"), None),
+            entry("3", s("gone"), None),
+            // A tombstone: the key, no content.
+            entry("3", None, None),
+        ]
+    );
 }
