@@ -2,6 +2,7 @@
 //! config into a running pipeline, the terminal's progress display and the playground.
 //! `main.rs` is only the command line; recovery and retries live in `sluice-runtime`.
 
+pub mod import;
 pub mod playground;
 pub mod progress;
 

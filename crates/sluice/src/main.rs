@@ -64,6 +64,9 @@ enum Cmd {
         #[arg(long)]
         sink: Option<usize>,
     },
+    /// Turn other tools' configurations into a pipeline file.
+    #[command(subcommand)]
+    Import(ImportCmd),
     /// Start a local source and replica with sample data and a workload, and watch the replica
     /// follow. Needs only the PostgreSQL server packages (scripts/setup.sh installs them).
     Playground(sluice::playground::Args),
@@ -76,6 +79,22 @@ enum Cmd {
         /// Directory that keeps the registry's schemas across restarts
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCmd {
+    /// Kafka Connect connector configurations (.properties, or the REST API's JSON): the
+    /// Snowflake sink, Debezium MySQL/MariaDB and PostgreSQL sources, the JDBC sinks. Prints the
+    /// pipeline (or writes it to --output) and lists, on stderr and in the file, every property
+    /// it could not map.
+    KafkaConnect {
+        /// Connector files: at most one source, any number of sinks
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write the pipeline here instead of stdout
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -97,6 +116,7 @@ fn main() -> ExitCode {
             Cmd::Query { pipeline, sql, sink } => query(pipeline, sql, sink).await,
             #[cfg(feature = "registry")]
             Cmd::Registry { listen, data } => registry(listen, data).await,
+            Cmd::Import(ImportCmd::KafkaConnect { files, output }) => import_kafka_connect(files, output),
             Cmd::Playground(args) => match sluice::playground::run(args, stop_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -288,4 +308,57 @@ async fn check(path: PathBuf) -> ExitCode {
         println!("all checks passed");
         ExitCode::SUCCESS
     }
+}
+
+fn import_kafka_connect(files: Vec<PathBuf>, output: Option<PathBuf>) -> ExitCode {
+    let mut connectors = Vec::new();
+    for f in &files {
+        let parsed = std::fs::read_to_string(f)
+            .map_err(|e| format!("{}: {e}", f.display()))
+            .and_then(|text| sluice::import::Connector::parse(&f.display().to_string(), &text));
+        match parsed {
+            Ok(c) => connectors.push(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let imported = match sluice::import::import(connectors) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The file must be one Sluice accepts, with the secrets it references set.
+    let placeholder = |var: &str| imported.env.iter().any(|e| e == var).then(|| "secret".to_string());
+    if let Err(e) = sluice::parse(&imported.toml, &placeholder) {
+        eprintln!("warning: the imported pipeline needs editing before it runs: {e}");
+    }
+    match &output {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, &imported.toml) {
+                eprintln!("error: write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{}", imported.toml),
+    }
+    if imported.unmapped.is_empty() {
+        eprintln!("every property was mapped");
+    } else {
+        eprintln!(
+            "{} properties not mapped (review them; also listed at the top of the file):",
+            imported.unmapped.len()
+        );
+        for u in &imported.unmapped {
+            eprintln!("  {u}");
+        }
+    }
+    if !imported.env.is_empty() {
+        eprintln!("set these in the environment before `sluice run`: {}", imported.env.join(", "));
+    }
+    ExitCode::SUCCESS
 }

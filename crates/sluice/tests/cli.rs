@@ -248,3 +248,81 @@ fn the_playground_converges_on_every_source_and_replica() {
         assert!(out.contains("Replica is identical to the source"), "{args:?}: {out}");
     }
 }
+
+/// `sluice import kafka-connect` on sample connector files: each set becomes a pipeline Sluice
+/// accepts, every property is accounted for, and no secret from the files is shown.
+#[test]
+fn import_turns_kafka_connect_configs_into_a_pipeline() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kafka-connect");
+    let file = |f: &str| format!("{data}/{f}");
+    let secrets = ["mysql-secret", "pg-secret", "jdbc-secret", "registry-secret", "passphrase-not-to-show", "MIIEvQ"];
+    let import = |files: &[&str]| -> (String, String) {
+        let paths: Vec<String> = files.iter().map(|f| file(f)).collect();
+        let mut args = vec!["import", "kafka-connect"];
+        args.extend(paths.iter().map(String::as_str));
+        let out = sluice(&args);
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+        assert!(out.status.success(), "{files:?}: {stderr}");
+        assert!(!stderr.contains("warning"), "{files:?}: the pipeline does not validate: {stderr}");
+        for s in secrets {
+            assert!(!stdout.contains(s) && !stderr.contains(s), "{files:?}: a secret is shown: {s}");
+        }
+        // The file is a pipeline Sluice accepts once the referenced variables are set.
+        let cfg = sluice::parse(&stdout, &|_| Some("value".into())).unwrap_or_else(|e| panic!("{stdout}\n{e}"));
+        let kinds: Vec<&str> = std::iter::once(cfg.source.kind()).chain(cfg.sinks.iter().map(|s| s.kind())).collect();
+        (stdout, format!("{}|{stderr}", kinds.join(",")))
+    };
+    // The Snowflake connector alone: its topics through a Kafka source (Avro, registry auth from
+    // the environment), its buffer and topic2table kept; the inline key and passphrase flagged.
+    let (toml, report) = import(&["snowflake-sink.properties"]);
+    assert!(report.starts_with("kafka,snowflake|"), "{report}");
+    for line in [
+        "topics = [\"orders\", \"customers\"]",
+        "format = \"avro\"",
+        "schema_registry = \"http://${SCHEMA_REGISTRY_USER_INFO}@registry.internal:8081\"",
+        "account = \"xy12345.eu-west-1\"",
+        "buffer = { count_records = 10000, flush_time_s = 60, size_bytes = 5000000 }",
+        "topic2table = { \"orders\" = \"ORDERS_LOG\", \"customers\" = \"CUSTOMERS_LOG\" }",
+    ] {
+        assert!(toml.lines().any(|l| l == line), "missing {line}:\n{toml}");
+    }
+    for key in ["snowflake.private.key —", "snowflake.private.key.passphrase —", "jmx —"] {
+        assert!(report.contains(key), "{key} not reported:\n{report}");
+    }
+    // Debezium MySQL with the Snowflake sink: the database read directly, no Kafka.
+    let (toml, report) = import(&["debezium-mysql.properties", "snowflake-sink.properties"]);
+    assert!(report.starts_with("mysql,snowflake|"), "{report}");
+    assert!(toml.contains("url = \"mysql://debezium:${MYSQL_PASSWORD}@mysql.internal:3306\""), "{toml}");
+    assert!(
+        toml.contains("tables = [\"inventory.*\"]") && toml.contains("exclude = [\"inventory.audit_*\"]"),
+        "{toml}"
+    );
+    assert!(toml.contains("server_id = 184054"), "{toml}");
+    assert!(report.contains("snowflake.topic2table.map —"), "{report}");
+    // Debezium PostgreSQL alone (the REST API's JSON): Debezium's topics from a Kafka sink.
+    let (toml, report) = import(&["debezium-postgres.json"]);
+    assert!(report.starts_with("postgres,kafka|"), "{report}");
+    assert!(
+        toml.contains("slot = \"dbz_slot\"") && toml.contains("topic = \"fulfillment.{schema}.{table}\""),
+        "{toml}"
+    );
+    assert!(toml.contains("tables = [\"public.inventory\", \"public.orders\"]"), "{toml}");
+    assert!(report.contains("column.exclude.list — leave columns out with a publication column list"), "{report}");
+    // The JDBC sink behind Debezium MySQL: a PostgreSQL replica following schema changes.
+    let (toml, report) = import(&["debezium-mysql.properties", "jdbc-sink.properties"]);
+    assert!(report.starts_with("mysql,postgres|"), "{report}");
+    assert!(report.contains("every property was mapped"), "{report}");
+    assert!(
+        toml.contains("url = \"postgres://loader:${SINK_POSTGRES_PASSWORD}@warehouse.internal:5432/analytics\"")
+            && toml.contains("mode = \"replica\"")
+            && toml.contains("schema_changes = \"follow\""),
+        "{toml}"
+    );
+    // A connector it does not know is refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("s3.properties");
+    std::fs::write(&other, "name=s3\nconnector.class=io.confluent.connect.s3.S3SinkConnector\n").unwrap();
+    let out = sluice(&["import", "kafka-connect", &other.display().to_string()]);
+    assert!(!out.status.success() && text(&out).contains("S3SinkConnector"), "{}", text(&out));
+}
