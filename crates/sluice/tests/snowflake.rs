@@ -1,5 +1,6 @@
-//! PostgreSQL → Snowflake change log on the test kit's Snowflake stand-in (fakesnow), read back
-//! with Snowflake's own Python connector and folded into current state as a user's MERGE would.
+//! PostgreSQL and Kafka → Snowflake, change log and replica, on the test kit's Snowflake stand-in
+//! (fakesnow), read back with Snowflake's own Python connector (the change log also folded into
+//! current state as a user's MERGE would).
 
 mod common;
 
@@ -441,7 +442,8 @@ async fn replica_types_schema_changes_and_truncate() {
 /// Avro records from Confluent's own serializer (a Schema Registry, as in the connector's
 /// guide) land in the change log with the Kafka connector's metadata: the connector's
 /// documented queries (`RECORD_METADATA:topic`, `:offset`, `RECORD_CONTENT:<field>`) read them,
-/// in the table `topic2table` names.
+/// in the table `topic2table` names; a replica sink of the same pipeline holds their current
+/// state, typed (the tombstone deleted its key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_avro_records_land_with_the_connectors_metadata() {
     let broker = sluice_testkit::KafkaBroker::start().unwrap_or_else(|e| panic!("cannot start a Kafka broker: {e}"));
@@ -458,9 +460,12 @@ async fn kafka_avro_records_land_with_the_connectors_metadata() {
         "name = \"sfkafka\"\n[source]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"sf.shop.orders\"]\n\
          format = \"avro\"\nschema_registry = \"{registry}\"\n\n[[sink]]\ntype = \"snowflake\"\naccount = \"xy12345\"\n\
          url = \"{}\"\nuser = \"svc_sluice\"\npassword = \"check\"\ndatabase = \"STREAMING\"\n\
-         topic2table = {{ \"sf.shop.orders\" = \"ORDERS_LOG\" }}\nbuffer = {{ count_records = 100, flush_time_s = 0.1 }}\n",
+         topic2table = {{ \"sf.shop.orders\" = \"ORDERS_LOG\" }}\nbuffer = {{ count_records = 100, flush_time_s = 0.1 }}\n\n\
+         [[sink]]\ntype = \"snowflake\"\nmode = \"replica\"\naccount = \"xy12345\"\nurl = \"{url}\"\nuser = \"svc_sluice\"\n\
+         password = \"check\"\ndatabase = \"REPLICA\"\nbuffer = {{ count_records = 100, flush_time_s = 0.1 }}\n",
         broker.bootstrap(),
-        server.url()
+        server.url(),
+        url = server.url()
     );
     let pipeline = common::start(sluice::parse(&toml, &|_| None).expect("valid"));
     let sql = "SELECT RECORD_METADATA:topic::STRING, RECORD_METADATA:partition::INT, RECORD_METADATA:offset::INT, \
@@ -476,6 +481,26 @@ async fn kafka_avro_records_land_with_the_connectors_metadata() {
         assert!(std::time::Instant::now() < deadline, "5 records expected in ORDERS_LOG, found {rows:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    // The replica sink of the same pipeline holds the records' current state, typed.
+    let replica_sql = "SELECT \"ID\", \"NAME\", \"PRICE\", \"DAY\", \"FLAG\" FROM \"ORDERS\" ORDER BY \"ID\"";
+    let want = vec![
+        vec![
+            Some("1".to_string()),
+            Some("widget".into()),
+            Some("12.50".into()),
+            Some("2024-02-29".into()),
+            Some("True".into()),
+        ],
+        vec![Some("2".to_string()), Some("gadget".into()), None, None, Some("False".into())],
+    ];
+    loop {
+        let rows = snowflake_query(&server, "REPLICA", replica_sql);
+        if rows == want {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the replica of the topic: expected {want:?}, found {rows:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     pipeline.stop().await;
     let s = |v: &str| Some(v.to_string());
     // Each key's records are in one partition, in the order produced; (partition, offset) is
