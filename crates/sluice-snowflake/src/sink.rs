@@ -65,6 +65,10 @@ const POSITION_STORE_EVERY: Duration = Duration::from_secs(60);
 /// array binding, which fakesnow runs row by row; Snowflake takes both.
 const STAGE_BINDS: usize = 3_000;
 
+/// How long another process's open transaction of this sink must stay open before a process
+/// sharing the target takes it for a dead one's (a live flush commits within seconds).
+const STALE_AFTER: Duration = Duration::from_secs(10);
+
 /// The stage column that says what a replica's staged row is: `W` a whole row, `D` a delete
 /// (only the key), `P<n>` the n-th set of columns of rows that did not resend every value.
 const OP_COLUMN: &str = "_SLUICE_OP";
@@ -147,6 +151,11 @@ pub struct SnowflakeSink {
     stats: Arc<SinkStats>,
     /// The last checkpoint stored, and when
     stored: Option<(Checkpoint, std::time::Instant)>,
+    /// Other processes of the pipeline write this target too (`SinkContext::shared`)
+    shared: bool,
+    /// This process's position before the next commit: what it opened with, adopted or last
+    /// stored (a shared sink's commit is refused if another process moved past it)
+    known: Option<Position>,
 }
 
 impl SnowflakeSink {
@@ -172,6 +181,8 @@ impl SnowflakeSink {
             dead: Vec::new(),
             stats: Arc::default(),
             stored: None,
+            shared: false,
+            known: None,
         }
     }
 
@@ -184,17 +195,24 @@ impl SnowflakeSink {
         qualified(&self.cfg, name)
     }
 
-    /// The staging table of the change log, or of one replica table.
+    /// The staging table of the change log, or of one replica table: a temporary table (the
+    /// session's own, so processes sharing a target never see each other's rows), named
+    /// unqualified as temporary tables are found in the session's database and schema.
     fn stage(&self, table: Option<&TableId>) -> String {
         match table {
-            None => self.qualified(&format!("SLUICE_STAGE_{}_{}", self.pipeline, self.index)),
-            Some(t) => self.qualified(&format!("SLUICE_STAGE_{}_{}_{}", self.pipeline, self.index, t.name)),
+            None => ident(&format!("SLUICE_STAGE_{}_{}", self.pipeline, self.index)),
+            Some(t) => ident(&format!("SLUICE_STAGE_{}_{}_{}", self.pipeline, self.index, t.name)),
         }
     }
 
-    /// The name this sink's transactions carry, so a successor can find one left open.
+    /// The name this sink's transactions carry, so a successor can find one left open. Processes
+    /// sharing the target (a Kafka consumer group) each add their session id.
     fn txn_name(&self) -> String {
-        format!("SLUICE_{}_{}", self.pipeline.to_uppercase(), self.index)
+        let base = format!("SLUICE_{}_{}", self.pipeline.to_uppercase(), self.index);
+        match (self.shared, self.session.as_ref().and_then(Session::id)) {
+            (true, Some(id)) => format!("{base}_S{id}"),
+            _ => base,
+        }
     }
 
     fn session(&self) -> Result<&Session, ConnectorError> {
@@ -204,21 +222,40 @@ impl SnowflakeSink {
     }
 
     /// Aborts a transaction of ours that another session holds open (a predecessor that died
-    /// between BEGIN and COMMIT): Snowflake keeps it, and its locks, until it is aborted.
+    /// between BEGIN and COMMIT): Snowflake keeps it, and its locks, until it is aborted. When
+    /// processes share the target, another's open transaction may be a live flush: only one
+    /// still open after [`STALE_AFTER`] is aborted (aborting a live one would only make that
+    /// process replay it).
     async fn abort_predecessor(&self, s: &Session) -> Result<(), ConnectorError> {
-        let open = s.query("SHOW TRANSACTIONS", &[]).await?;
-        let col = |name: &str| open.columns.iter().position(|c| c.eq_ignore_ascii_case(name));
-        let (Some(id), Some(name), session) = (col("id"), col("name"), col("session")) else {
-            return Ok(());
-        };
+        let base = format!("SLUICE_{}_{}", self.pipeline.to_uppercase(), self.index);
         let own = s.id().map(|i| i.to_string());
-        for row in &open.rows {
-            let ours = row[name].as_deref().is_some_and(|n| n.eq_ignore_ascii_case(&self.txn_name()));
-            let other = session.and_then(|i| row[i].clone()) != own;
-            if ours && other {
-                warn!(sink = %self.name, transaction = ?row[id], "aborting the transaction a previous run left open");
-                s.query("SELECT SYSTEM$ABORT_TRANSACTION(?)", &[Bind::one("FIXED", row[id].clone())]).await?;
-            }
+        let shared = self.shared;
+        let list = || async {
+            let open = s.query("SHOW TRANSACTIONS", &[]).await?;
+            let col = |name: &str| open.columns.iter().position(|c| c.eq_ignore_ascii_case(name));
+            let (Some(id), Some(name), session) = (col("id"), col("name"), col("session")) else {
+                return Ok::<Vec<String>, ConnectorError>(Vec::new());
+            };
+            Ok(open
+                .rows
+                .iter()
+                .filter(|row| {
+                    let n = row[name].as_deref().unwrap_or("").to_uppercase();
+                    let ours = if shared { n.starts_with(&format!("{base}_S")) } else { n == base };
+                    ours && session.and_then(|i| row[i].clone()) != own
+                })
+                .filter_map(|row| row[id].clone())
+                .collect())
+        };
+        let mut stale = list().await?;
+        if shared && !stale.is_empty() {
+            tokio::time::sleep(STALE_AFTER).await;
+            let still = list().await?;
+            stale.retain(|id| still.contains(id));
+        }
+        for id in stale {
+            warn!(sink = %self.name, transaction = %id, "aborting the transaction a previous run left open");
+            s.query("SELECT SYSTEM$ABORT_TRANSACTION(?)", &[Bind::one("FIXED", Some(id))]).await?;
         }
         Ok(())
     }
@@ -337,7 +374,7 @@ impl SnowflakeSink {
         }
         let mut stage: Vec<String> = schema.columns.iter().map(|c| format!("{} TEXT", ident(&c.name))).collect();
         stage.push(format!("{} TEXT", ident(OP_COLUMN)));
-        ddl.push(format!("CREATE OR REPLACE TABLE {} ({})", self.stage(Some(&schema.id)), stage.join(", ")));
+        ddl.push(format!("CREATE OR REPLACE TEMPORARY TABLE {} ({})", self.stage(Some(&schema.id)), stage.join(", ")));
         for sql in &ddl {
             self.ddl(sql).await?;
             if !sql.contains("SLUICE_STAGE_") {
@@ -802,9 +839,37 @@ impl SnowflakeSink {
             .await?;
         }
         let ckpt = self.qualified(&self.cfg.checkpoint_table);
+        if self.shared {
+            // Takes the row's lock (Snowflake holds it to COMMIT), so the merge below reads what
+            // no other process is changing.
+            s.query(&format!("UPDATE {ckpt} SET STATE = STATE WHERE PIPELINE = ? AND SINK = ?"), &self.key()).await?;
+        }
+        let stored = read_checkpoint(s, &self.cfg, &self.pipeline, self.index).await?;
+        let to_store = match stored {
+            Some(stored) if self.shared => checkpoint
+                .merge_shared(&stored, self.known.as_ref())
+                .map_err(|e| ConnectorError::msg(ErrorClass::Transient, format!("{}: {e}", self.name)))?,
+            Some(stored) => {
+                if let (Some(old), Some(new)) = (&stored.position, &checkpoint.position) {
+                    if old != new && old.includes(new) {
+                        return Err(ConnectorError::msg(
+                            ErrorClass::Fatal,
+                            format!(
+                                "{}: the checkpoint of pipeline {:?} in {ckpt} is at {old}, past this process's {new}: \
+                                 another sluice process has been writing this target for the same pipeline. This one \
+                                 stops so the target never moves backwards; run one process per pipeline",
+                                self.name, self.pipeline
+                            ),
+                        ));
+                    }
+                }
+                checkpoint.clone()
+            }
+            None => checkpoint.clone(),
+        };
         s.query(&format!("DELETE FROM {ckpt} WHERE PIPELINE = ? AND SINK = ?"), &self.key()).await?;
         let mut binds = self.key().to_vec();
-        binds.push(Bind::text(checkpoint.to_json()));
+        binds.push(Bind::text(to_store.to_json()));
         s.query(&format!("INSERT INTO {ckpt} VALUES (?, ?, ?)"), &binds).await?;
         sluice_core::crash_point("sink.before_commit");
         s.query("COMMIT", &[]).await?;
@@ -985,6 +1050,7 @@ impl Sink for SnowflakeSink {
 
     async fn open(&mut self, ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {
         self.stats = ctx.stats;
+        self.shared = ctx.shared;
         self.close().await?;
         self.targets.clear();
         self.steps.clear();
@@ -1024,10 +1090,12 @@ impl Sink for SnowflakeSink {
                 warn!(sink = %self.name, table = %t, reason = %reason, "table is in quarantine; its changes are skipped");
             }
         } else {
-            s.query(&format!("CREATE TABLE IF NOT EXISTS {} (T TEXT, M TEXT, C TEXT)", self.stage(None)), &[]).await?;
+            s.query(&format!("CREATE OR REPLACE TEMPORARY TABLE {} (T TEXT, M TEXT, C TEXT)", self.stage(None)), &[])
+                .await?;
         }
         let checkpoint = read_checkpoint(&s, &self.cfg, &self.pipeline, self.index).await?;
         self.last_position = checkpoint.as_ref().and_then(|c| c.position.clone());
+        self.known = self.last_position.clone();
         self.stored = checkpoint.clone().map(|c| (c, std::time::Instant::now()));
         info!(sink = %self.name, database = %self.cfg.database, schema = %self.cfg.schema, "sink opened");
         self.session = Some(s);
@@ -1075,6 +1143,7 @@ impl Sink for SnowflakeSink {
         let r = self.flush(&checkpoint).await;
         match self.fail_on(r).await {
             Ok(()) => {
+                self.known = checkpoint.position.clone();
                 self.stored = Some((checkpoint, std::time::Instant::now()));
                 ack.durable();
                 Ok(())
@@ -1084,6 +1153,20 @@ impl Sink for SnowflakeSink {
                 Err(e)
             }
         }
+    }
+
+    async fn adopt(&mut self, scope: &Position) -> Result<Option<Position>, ConnectorError> {
+        if !self.shared {
+            return Ok(None);
+        }
+        let stored = read_checkpoint(self.session()?, &self.cfg, &self.pipeline, self.index).await?;
+        let Some(stored) = stored.and_then(|c| c.position) else { return Ok(None) };
+        let adopted = stored.within(scope);
+        match &mut self.known {
+            Some(k) => k.advance(&adopted),
+            None => self.known = Some(adopted),
+        }
+        Ok(Some(stored))
     }
 
     async fn close(&mut self) -> Result<(), ConnectorError> {
