@@ -470,6 +470,7 @@ impl BufferConfig {
         sluice_core::BatchPolicy {
             max_rows: self.count_records,
             max_delay: std::time::Duration::from_secs_f64(self.flush_time_s),
+            commit_when_idle: false,
         }
     }
 

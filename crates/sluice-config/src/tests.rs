@@ -41,7 +41,7 @@ impl Sink for Inert {
         "inert"
     }
     fn batch_policy(&self) -> BatchPolicy {
-        BatchPolicy { max_rows: 1, max_delay: std::time::Duration::ZERO }
+        BatchPolicy { max_rows: 1, max_delay: std::time::Duration::ZERO, commit_when_idle: false }
     }
     async fn open(&mut self, _: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {
         Err(ConnectorError::msg(ErrorClass::Fatal, "config tests build no sink"))

@@ -126,6 +126,11 @@ pub struct BatchPolicy {
     pub max_rows: usize,
     /// Commit once the oldest uncommitted row has waited this long (at the next boundary).
     pub max_delay: Duration,
+    /// Also commit as soon as the input is idle (nothing more queued for the sink, no commit of
+    /// it in flight) at a boundary, instead of waiting for `max_delay`: a quiet stream's
+    /// transactions become visible at once, and under load changes gather while the previous
+    /// commit runs (group commit), so throughput is kept. For targets whose commits are cheap.
+    pub commit_when_idle: bool,
 }
 
 /// Counters a sink keeps for the pipeline's status.

@@ -385,7 +385,11 @@ impl Sink for KafkaSink {
     }
 
     fn batch_policy(&self) -> BatchPolicy {
-        BatchPolicy { max_rows: self.cfg.batch.max_rows, max_delay: Duration::from_millis(self.cfg.batch.max_delay_ms) }
+        BatchPolicy {
+            max_rows: self.cfg.batch.max_rows,
+            max_delay: Duration::from_millis(self.cfg.batch.max_delay_ms),
+            commit_when_idle: false,
+        }
     }
 
     async fn open(&mut self, ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {

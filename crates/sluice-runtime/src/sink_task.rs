@@ -166,10 +166,18 @@ impl Driver {
                 report = self.ack_rx.recv() => {
                     if let Some(r) = report {
                         self.on_ack(r)?;
+                        if self.idle_commit_due(rx) {
+                            self.commit().await?;
+                        }
                     }
                 }
                 cmd = rx.recv() => match cmd {
-                    Some(ToSink::Events(batch)) => self.on_batch(batch).await?,
+                    Some(ToSink::Events(batch)) => {
+                        self.on_batch(batch).await?;
+                        if self.idle_commit_due(rx) {
+                            self.commit().await?;
+                        }
+                    }
                     Some(ToSink::Sync(reply)) => {
                         // The epoch is ending: a transaction being skipped will not continue.
                         self.skipping = false;
@@ -276,6 +284,16 @@ impl Driver {
         self.sink.write_batch(std::mem::take(run)).await?;
         self.counters.rows.fetch_add(rows as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether to commit now because the input is idle (see `BatchPolicy::commit_when_idle`):
+    /// nothing queued, no commit in flight, changes uncommitted, at a boundary.
+    fn idle_commit_due(&self, rx: &mpsc::Receiver<ToSink>) -> bool {
+        self.policy.commit_when_idle
+            && self.uncommitted > 0
+            && self.pending.is_empty()
+            && rx.is_empty()
+            && self.at_boundary()
     }
 
     /// Whether the batch is full or old enough to commit (at a boundary).

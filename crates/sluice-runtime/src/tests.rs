@@ -78,6 +78,8 @@ struct World {
     /// This sink's writes never return.
     hang: Option<usize>,
     held: Vec<Ack>,
+    /// The sinks' batch policy instead of the default (3 rows, 5 ms)
+    policy: Option<BatchPolicy>,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -248,7 +250,8 @@ impl Sink for MemSink {
         "mem"
     }
     fn batch_policy(&self) -> BatchPolicy {
-        BatchPolicy { max_rows: 3, max_delay: Duration::from_millis(5) }
+        let policy = self.w.lock().unwrap().policy;
+        policy.unwrap_or(BatchPolicy { max_rows: 3, max_delay: Duration::from_millis(5), commit_when_idle: false })
     }
     async fn open(&mut self, _ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {
         let mut w = self.w.lock().unwrap();
@@ -399,6 +402,21 @@ async fn the_source_is_confirmed_only_what_every_sink_holds_durably() {
     }
     wait(&w, "the heartbeat to be confirmed", |w| w.confirmed == Some(lsn(2050))).await;
     assert!(stop(tx, running).await.is_ok());
+}
+
+/// A sink that commits when the input is idle makes a quiet stream durable at once (within the
+/// wait's 10 s), not after its batch delay (an hour here).
+#[tokio::test]
+async fn commit_when_idle_does_not_wait_for_the_batch_delay() {
+    let w = world(20, 1);
+    seed(&w, 0, 0, true);
+    w.lock().unwrap().policy =
+        Some(BatchPolicy { max_rows: 1000, max_delay: Duration::from_secs(3600), commit_when_idle: true });
+    let (tx, rx) = watch::channel(false);
+    let running = spawn(pipeline(&w, 1), rx);
+    wait(&w, "every transaction to be durable", |w| holds_everything(w, 0)).await;
+    assert!(stop(tx, running).await.is_ok());
+    no_duplicates(&w.lock().unwrap().targets[0].applied);
 }
 
 #[tokio::test]
@@ -802,7 +820,7 @@ impl Sink for ClaimSink {
     }
     fn batch_policy(&self) -> BatchPolicy {
         // Large batches: only the claim makes partition 0's records durable before it.
-        BatchPolicy { max_rows: 1000, max_delay: Duration::from_secs(60) }
+        BatchPolicy { max_rows: 1000, max_delay: Duration::from_secs(60), commit_when_idle: false }
     }
     async fn open(&mut self, _ctx: SinkContext) -> Result<Option<Checkpoint>, ConnectorError> {
         Ok(None)

@@ -711,7 +711,11 @@ impl Sink for PgSink {
     }
 
     fn batch_policy(&self) -> BatchPolicy {
-        BatchPolicy { max_rows: self.cfg.batch.max_rows, max_delay: Duration::from_millis(self.cfg.batch.max_delay_ms) }
+        BatchPolicy {
+            max_rows: self.cfg.batch.max_rows,
+            max_delay: Duration::from_millis(self.cfg.batch.max_delay_ms),
+            commit_when_idle: true,
+        }
     }
 
     fn accepted_formats(&self) -> Vec<BulkFormat> {
