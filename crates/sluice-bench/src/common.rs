@@ -64,6 +64,16 @@ impl Pair {
         Ok(Pair { _source: source, _target: target, src_url, replica_url, src, replica })
     }
 
+    /// The target server (for more databases on it).
+    pub fn target(&self) -> &PgServer {
+        &self._target
+    }
+
+    /// The source server's port.
+    pub fn source_port(&self) -> u16 {
+        self._source.port()
+    }
+
     /// Pipeline TOML from `bench` to `replica` for the given tables.
     pub fn pipeline(&self, name: &str, tables: &str, sink_extra: &str) -> String {
         format!(

@@ -78,12 +78,15 @@ impl SnowflakeError {
         }
     }
 
-    /// Whether trying again later may succeed: the service was unreachable or busy, or the
-    /// session expired (a new login follows).
+    /// Whether trying again later may succeed: the service was unreachable or busy, the
+    /// session expired (a new login follows), a statement timed out, or the transaction was
+    /// aborted (000615: by another process of the pipeline; the flush is replayed).
     pub fn is_transient(&self) -> bool {
         match self {
             SnowflakeError::Transport { .. } => true,
-            SnowflakeError::Refused { code, .. } => matches!(code.as_str(), "390112" | "390114" | "000625" | "000630"),
+            SnowflakeError::Refused { code, .. } => {
+                matches!(code.as_str(), "390112" | "390114" | "000625" | "000630" | "000615")
+            }
         }
     }
 }

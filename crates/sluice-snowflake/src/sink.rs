@@ -46,8 +46,8 @@ use sluice_config::SchemaChanges;
 use sluice_core::collapse::{Added, KeyedBatch, NetOp};
 use sluice_core::json::{row_json, value_json};
 use sluice_core::{
-    Ack, BatchPolicy, Checkpoint, ConnectorError, CopyMode, CopyStep, ErrorClass, Event, Op, Position, Row, SchemaRef,
-    Sink, SinkContext, SinkStats, TableId, TableSchema, TxnMeta, Value,
+    Ack, BatchPolicy, Checkpoint, ColumnSchema, ConnectorError, CopyMode, CopyStep, ErrorClass, Event, Op, Position,
+    Row, SchemaRef, Sink, SinkContext, SinkStats, TableId, TableSchema, TxnMeta, Value,
 };
 use tracing::{info, warn};
 
@@ -66,8 +66,9 @@ const POSITION_STORE_EVERY: Duration = Duration::from_secs(60);
 const STAGE_BINDS: usize = 3_000;
 
 /// How long another process's open transaction of this sink must stay open before a process
-/// sharing the target takes it for a dead one's (a live flush commits within seconds).
-const STALE_AFTER: Duration = Duration::from_secs(10);
+/// sharing the target takes it for a dead one's (a live flush commits within seconds; aborting a
+/// live one only makes that process replay it).
+const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// The stage column that says what a replica's staged row is: `W` a whole row, `D` a delete
 /// (only the key), `P<n>` the n-th set of columns of rows that did not resend every value.
@@ -113,8 +114,8 @@ enum Step {
     Log { target: String, rows: Vec<LogRow> },
     /// A replica table's net operations (`plain`: inserts into a table a snapshot emptied)
     Apply { schema: SchemaRef, target: String, ops: Vec<NetOp>, plain: bool },
-    /// A statement: a truncate, a row moved to a new key
-    Sql(String, Vec<Bind>),
+    /// A statement of one table: a truncate, a row moved to a new key
+    Sql { table: TableId, sql: String, binds: Vec<Bind> },
 }
 
 /// A change the target cannot hold: stored in the dead-letter table, with the flush.
@@ -156,6 +157,8 @@ pub struct SnowflakeSink {
     /// This process's position before the next commit: what it opened with, adopted or last
     /// stored (a shared sink's commit is refused if another process moved past it)
     known: Option<Position>,
+    /// Where the transactions written since the last commit end
+    written: Option<Position>,
 }
 
 impl SnowflakeSink {
@@ -183,6 +186,7 @@ impl SnowflakeSink {
             stored: None,
             shared: false,
             known: None,
+            written: None,
         }
     }
 
@@ -201,18 +205,27 @@ impl SnowflakeSink {
     fn stage(&self, table: Option<&TableId>) -> String {
         match table {
             None => ident(&format!("SLUICE_STAGE_{}_{}", self.pipeline, self.index)),
-            Some(t) => ident(&format!("SLUICE_STAGE_{}_{}_{}", self.pipeline, self.index, t.name)),
+            Some(t) => ident(&format!("SLUICE_STAGE_{}_{}_{}_{}", self.pipeline, self.index, t.schema, t.name)),
         }
     }
 
-    /// The name this sink's transactions carry, so a successor can find one left open. Processes
-    /// sharing the target (a Kafka consumer group) each add their session id.
+    /// The name this sink's transactions carry, so a successor can find one left open:
+    /// pipeline, sink and a digest of the target (database, schema, checkpoint table), so
+    /// deployments of one pipeline into other databases never take each other's for their own.
+    /// Processes sharing the target (a Kafka consumer group) each add their session id.
     fn txn_name(&self) -> String {
-        let base = format!("SLUICE_{}_{}", self.pipeline.to_uppercase(), self.index);
+        let base = self.txn_base();
         match (self.shared, self.session.as_ref().and_then(Session::id)) {
             (true, Some(id)) => format!("{base}_S{id}"),
             _ => base,
         }
+    }
+
+    fn txn_base(&self) -> String {
+        let target = format!("{}\u{0}{}\u{0}{}", self.cfg.database, self.cfg.schema, self.cfg.checkpoint_table);
+        let digest =
+            target.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        format!("SLUICE_{}_{}_{:08X}", self.pipeline.to_uppercase(), self.index, digest as u32)
     }
 
     fn session(&self) -> Result<&Session, ConnectorError> {
@@ -227,7 +240,7 @@ impl SnowflakeSink {
     /// still open after [`STALE_AFTER`] is aborted (aborting a live one would only make that
     /// process replay it).
     async fn abort_predecessor(&self, s: &Session) -> Result<(), ConnectorError> {
-        let base = format!("SLUICE_{}_{}", self.pipeline.to_uppercase(), self.index);
+        let base = self.txn_base();
         let own = s.id().map(|i| i.to_string());
         let shared = self.shared;
         let list = || async {
@@ -248,10 +261,15 @@ impl SnowflakeSink {
                 .collect())
         };
         let mut stale = list().await?;
-        if shared && !stale.is_empty() {
-            tokio::time::sleep(STALE_AFTER).await;
-            let still = list().await?;
-            stale.retain(|id| still.contains(id));
+        if shared {
+            // A live peer's flush ends within seconds (its next one has another id): keep only
+            // transactions still open after STALE_AFTER, looking every few seconds.
+            let since = std::time::Instant::now();
+            while !stale.is_empty() && since.elapsed() < STALE_AFTER {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let still = list().await?;
+                stale.retain(|id| still.contains(id));
+            }
         }
         for id in stale {
             warn!(sink = %self.name, transaction = %id, "aborting the transaction a previous run left open");
@@ -330,15 +348,20 @@ impl SnowflakeSink {
     }
 
     /// Creates the replica table or changes its shape to `schema`'s; `Some(reason)` when the
-    /// `schema_changes` policy (or data safety) forbids it. What is buffered of the old shape is
-    /// written and committed first: DDL commits in Snowflake.
+    /// `schema_changes` policy (or data safety) forbids it. DDL commits in Snowflake, so when a
+    /// transaction is open (written ahead), or the table has changes of its old shape pending,
+    /// those are written and committed first, after the same overtaken/fenced check as a flush
+    /// (a replica's changes replayed over them leave the same rows).
     async fn reconcile(
         &mut self,
         schema: &TableSchema,
         table: &str,
         seen: Option<&TableSchema>,
     ) -> Result<Option<String>, ConnectorError> {
+        let key = schema.id.clone();
         if schema.key_indexes().is_empty() {
+            // What the table's keyed shape buffered still goes out, in order.
+            self.drain_table(&key);
             return Ok(Some(format!(
                 "table {} has no primary key (nor a unique key the source logs rows by); a Snowflake replica applies \
                  changes by key: add one on the source, then release the table (sluice tables --release {}), or use \
@@ -346,15 +369,21 @@ impl SnowflakeSink {
                 schema.id, schema.id
             )));
         }
-        self.write_out().await?;
-        if self.open_txn {
-            info!(sink = %self.name, table = %schema.id, "a shape change needs DDL: committing what was written ahead first");
-            self.session()?.query("COMMIT", &[]).await?;
-            self.open_txn = false;
-        }
         let name = self.qualified(table);
+        if let Some(other) = self.targets.iter().find(|(id, t)| **id != key && t.name == name).map(|(id, _)| id.clone())
+        {
+            return Ok(Some(format!(
+                "table {} maps to {name}, which already holds {other}: Snowflake names are upper-cased and take no \
+                 source schema; select one of them into another pipeline (or another database), then release it",
+                schema.id
+            )));
+        }
+        if self.open_txn || self.pending_for(&key) {
+            self.write_out().await?;
+            self.commit_early(&schema.id).await?;
+        }
         let existing = table_columns(self.session()?, &self.cfg, table).await?;
-        let mut ddl: Vec<String> = Vec::new();
+        let mut ddl: Vec<(String, Vec<Bind>)> = Vec::new();
         if existing.is_empty() {
             let mut defs: Vec<String> = schema
                 .columns
@@ -365,23 +394,56 @@ impl SnowflakeSink {
                 .collect();
             let keys: Vec<String> = schema.columns.iter().filter(|c| c.key).map(|c| ident(&c.name)).collect();
             defs.push(format!("PRIMARY KEY ({})", keys.join(", ")));
-            ddl.push(format!("CREATE TABLE IF NOT EXISTS {name} ({})", defs.join(", ")));
+            ddl.push((format!("CREATE TABLE IF NOT EXISTS {name} ({})", defs.join(", ")), Vec::new()));
         } else {
             match shape_changes(&name, schema, seen, &existing, self.cfg.schema_changes) {
                 Ok(mut changes) => ddl.append(&mut changes),
                 Err(reason) => return Ok(Some(reason)),
             }
         }
+        for (sql, binds) in &ddl {
+            self.session()?.query(sql, binds).await?;
+            info!(sink = %self.name, table = %schema.id, statement = %sql, "table created or changed");
+        }
         let mut stage: Vec<String> = schema.columns.iter().map(|c| format!("{} TEXT", ident(&c.name))).collect();
         stage.push(format!("{} TEXT", ident(OP_COLUMN)));
-        ddl.push(format!("CREATE OR REPLACE TEMPORARY TABLE {} ({})", self.stage(Some(&schema.id)), stage.join(", ")));
-        for sql in &ddl {
-            self.ddl(sql).await?;
-            if !sql.contains("SLUICE_STAGE_") {
-                info!(sink = %self.name, table = %schema.id, statement = %sql, "table shape changed");
+        let stage =
+            format!("CREATE OR REPLACE TEMPORARY TABLE {} ({})", self.stage(Some(&schema.id)), stage.join(", "));
+        self.session()?.query(&stage, &[]).await?;
+        Ok(None)
+    }
+
+    /// Whether the table has changes buffered or steps waiting.
+    fn pending_for(&self, id: &TableId) -> bool {
+        let buffered = self.targets.get(id).is_some_and(|t| {
+            !t.rows.is_empty() || !t.log.is_empty() || t.batch.as_ref().is_some_and(|b| !b.is_empty())
+        });
+        buffered
+            || self.steps.iter().any(|s| match s {
+                Step::Apply { schema, .. } => schema.id == *id,
+                Step::Sql { table, .. } => table == id,
+                Step::Log { .. } => false,
+            })
+    }
+
+    /// Commits the open transaction without a checkpoint (DDL must follow), once the stored
+    /// checkpoint shows no other process applied what it holds.
+    async fn commit_early(&mut self, why: &TableId) -> Result<(), ConnectorError> {
+        if !self.open_txn {
+            return Ok(());
+        }
+        let mut upto = Checkpoint { position: self.known.clone(), ..Default::default() };
+        if let Some(w) = &self.written {
+            match &mut upto.position {
+                Some(p) => p.advance(w),
+                None => upto.position = Some(w.clone()),
             }
         }
-        Ok(None)
+        self.guard(&upto).await?;
+        info!(sink = %self.name, table = %why, "DDL for a new table shape: committing what was written ahead first");
+        self.session()?.query("COMMIT", &[]).await?;
+        self.open_txn = false;
+        Ok(())
     }
 
     /// Moves what is buffered into steps: each table's rows, then its net operations.
@@ -449,7 +511,7 @@ impl SnowflakeSink {
             match step {
                 Step::Log { target, rows } => self.append_log(&target, &rows).await?,
                 Step::Apply { schema, target, ops, plain } => self.apply(&schema, &target, ops, plain).await?,
-                Step::Sql(sql, binds) => {
+                Step::Sql { sql, binds, .. } => {
                     self.session()?.query(&sql, &binds).await?;
                 }
             }
@@ -615,23 +677,49 @@ impl SnowflakeSink {
     }
 
     /// A row moved to a new key without resending some values: its key and the values sent
-    /// are updated in place.
-    fn move_step(target: &str, schema: &TableSchema, old_key: &[Value], row: &Row) -> Result<Step, String> {
-        let mut set = Vec::new();
-        let mut binds = Vec::new();
+    /// are updated in place. A row already under the new key (a replay over a commit that held
+    /// the move) is removed first, and only while the old key still exists, so a replay leaves
+    /// one row.
+    fn move_steps(target: &str, schema: &TableSchema, old_key: &[Value], row: &Row) -> Result<Vec<Step>, String> {
+        let text = |c: &ColumnSchema, v: &Value| {
+            types::stage_text(c, v).map(|t| Bind::one("TEXT", t)).map_err(|e| format!("column {}: {e}", c.name))
+        };
+        let (mut set, mut set_binds) = (Vec::new(), Vec::new());
         for (c, v) in schema.columns.iter().zip(row) {
             if *v != Value::Unchanged {
                 set.push(format!("{} = {}", ident(&c.name), types::cast(c, "?")));
-                binds.push(Bind::one("TEXT", types::stage_text(c, v).map_err(|e| format!("column {}: {e}", c.name))?));
+                set_binds.push(text(c, v)?);
             }
         }
-        let mut wheres = Vec::new();
+        let (mut old, mut old_binds, mut new, mut new_binds) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (i, v) in schema.key_indexes().into_iter().zip(old_key) {
             let c = &schema.columns[i];
-            wheres.push(format!("{} = {}", ident(&c.name), types::cast(c, "?")));
-            binds.push(Bind::one("TEXT", types::stage_text(c, v).map_err(|e| format!("column {}: {e}", c.name))?));
+            old.push(format!("o.{} = {}", ident(&c.name), types::cast(c, "?")));
+            old_binds.push(text(c, v)?);
+            new.push(format!("{} = {}", ident(&c.name), types::cast(c, "?")));
+            new_binds.push(text(c, &row[i])?);
         }
-        Ok(Step::Sql(format!("UPDATE {target} SET {} WHERE {}", set.join(", "), wheres.join(" AND ")), binds))
+        let mut delete_binds = new_binds;
+        delete_binds.extend(old_binds.iter().cloned());
+        let mut update_binds = set_binds;
+        update_binds.extend(old_binds);
+        let old_here = old.iter().map(|w| w.trim_start_matches("o.").to_string()).collect::<Vec<_>>().join(" AND ");
+        Ok(vec![
+            Step::Sql {
+                table: schema.id.clone(),
+                sql: format!(
+                    "DELETE FROM {target} WHERE {} AND EXISTS (SELECT 1 FROM {target} AS o WHERE {})",
+                    new.join(" AND "),
+                    old.join(" AND ")
+                ),
+                binds: delete_binds,
+            },
+            Step::Sql {
+                table: schema.id.clone(),
+                sql: format!("UPDATE {target} SET {} WHERE {old_here}", set.join(", ")),
+                binds: update_binds,
+            },
+        ])
     }
 
     /// Counts a buffered row and writes ahead when the buffer is full.
@@ -689,12 +777,16 @@ impl SnowflakeSink {
             Added::Truncate => {
                 // What the batch held before is void; the table is emptied in order.
                 self.drain_table(&table.id);
-                self.steps.push(Step::Sql(format!("DELETE FROM {name}"), Vec::new()));
+                self.steps.push(Step::Sql {
+                    table: table.id.clone(),
+                    sql: format!("DELETE FROM {name}"),
+                    binds: Vec::new(),
+                });
             }
             Added::MoveRow { old_key, row } => {
                 self.drain_table(&table.id);
-                match Self::move_step(&name, table, &old_key, &row) {
-                    Ok(step) => self.steps.push(step),
+                match Self::move_steps(&name, table, &old_key, &row) {
+                    Ok(steps) => self.steps.extend(steps),
                     Err(e) => self.dead_letter(table, &NetOp::Upsert(row), e),
                 }
             }
@@ -715,7 +807,11 @@ impl SnowflakeSink {
                     t.rows.clear();
                     t.loading = *mode == CopyMode::Snapshot;
                     let name = t.name.clone();
-                    self.steps.push(Step::Sql(format!("DELETE FROM {name}"), Vec::new()));
+                    self.steps.push(Step::Sql {
+                        table: c.table.id.clone(),
+                        sql: format!("DELETE FROM {name}"),
+                        binds: Vec::new(),
+                    });
                 }
             }
             CopyStep::Rows(rows) => {
@@ -786,9 +882,13 @@ impl SnowflakeSink {
                 self.txn = Some(meta.clone());
                 self.seq = 0;
             }
-            Event::Commit { meta, .. } => {
+            Event::Commit { meta, position } => {
                 self.last_position = Some(meta.position.clone());
                 self.txn = None;
+                match &mut self.written {
+                    Some(w) => w.advance(position),
+                    None => self.written = Some(position.clone()),
+                }
             }
             Event::Change(c) => self.change(&c.table, Cow::Borrowed(&c.op)).await?,
             Event::Copy(c) => self.copy(c).await?,
@@ -839,13 +939,34 @@ impl SnowflakeSink {
             .await?;
         }
         let ckpt = self.qualified(&self.cfg.checkpoint_table);
+        let to_store = self.guard(checkpoint).await?;
+        let s = self.session()?;
+        s.query(&format!("DELETE FROM {ckpt} WHERE PIPELINE = ? AND SINK = ?"), &self.key()).await?;
+        let mut binds = self.key().to_vec();
+        binds.push(Bind::text(to_store.to_json()));
+        s.query(&format!("INSERT INTO {ckpt} VALUES (?, ?, ?)"), &binds).await?;
+        sluice_core::crash_point("sink.before_commit");
+        s.query("COMMIT", &[]).await?;
+        self.open_txn = false;
+        sluice_core::crash_point("sink.after_commit");
+        self.quarantined.clear();
+        self.dead.clear();
+        Ok(())
+    }
+
+    /// Inside the flush's transaction: what to store for `checkpoint`, after checking that no
+    /// other process moved the target past this one. A shared target's row is locked (an
+    /// `UPDATE` Snowflake holds to COMMIT) and `checkpoint` merged into it, refused for a
+    /// partition another process applied past what this one knew; a single writer's stored
+    /// position past `checkpoint` means another process wrote the target (this one is fenced).
+    async fn guard(&self, checkpoint: &Checkpoint) -> Result<Checkpoint, ConnectorError> {
+        let s = self.session()?;
+        let ckpt = self.qualified(&self.cfg.checkpoint_table);
         if self.shared {
-            // Takes the row's lock (Snowflake holds it to COMMIT), so the merge below reads what
-            // no other process is changing.
             s.query(&format!("UPDATE {ckpt} SET STATE = STATE WHERE PIPELINE = ? AND SINK = ?"), &self.key()).await?;
         }
         let stored = read_checkpoint(s, &self.cfg, &self.pipeline, self.index).await?;
-        let to_store = match stored {
+        Ok(match stored {
             Some(stored) if self.shared => checkpoint
                 .merge_shared(&stored, self.known.as_ref())
                 .map_err(|e| ConnectorError::msg(ErrorClass::Transient, format!("{}: {e}", self.name)))?,
@@ -866,18 +987,7 @@ impl SnowflakeSink {
                 checkpoint.clone()
             }
             None => checkpoint.clone(),
-        };
-        s.query(&format!("DELETE FROM {ckpt} WHERE PIPELINE = ? AND SINK = ?"), &self.key()).await?;
-        let mut binds = self.key().to_vec();
-        binds.push(Bind::text(to_store.to_json()));
-        s.query(&format!("INSERT INTO {ckpt} VALUES (?, ?, ?)"), &binds).await?;
-        sluice_core::crash_point("sink.before_commit");
-        s.query("COMMIT", &[]).await?;
-        self.open_txn = false;
-        sluice_core::crash_point("sink.after_commit");
-        self.quarantined.clear();
-        self.dead.clear();
-        Ok(())
+        })
     }
 
     fn key(&self) -> [Bind; 2] {
@@ -961,14 +1071,14 @@ fn shape_changes(
     seen: Option<&TableSchema>,
     existing: &[(String, String)],
     policy: SchemaChanges,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<(String, Vec<Bind>)>, String> {
     let up = |s: &str| s.to_uppercase();
     let seen_names: Vec<String> = seen.map(|s| s.columns.iter().map(|c| up(&c.name)).collect()).unwrap_or_default();
     let gone: Vec<&(String, String)> = existing
         .iter()
         .filter(|(n, _)| !schema.columns.iter().any(|c| up(&c.name) == *n) && seen_names.contains(n))
         .collect();
-    let mut ddl = Vec::new();
+    let mut ddl: Vec<(String, Vec<Bind>)> = Vec::new();
     let mut renamed = Vec::new();
     for (pos, c) in schema.columns.iter().enumerate() {
         let wanted = types::wanted_catalog_type(c);
@@ -988,7 +1098,10 @@ fn shape_changes(
                         c.name, schema.id, schema.id
                     ));
                 }
-                ddl.push(format!("ALTER TABLE {name} ALTER COLUMN {} SET DATA TYPE {wanted}", ident(&c.name)));
+                ddl.push((
+                    format!("ALTER TABLE {name} ALTER COLUMN {} SET DATA TYPE {wanted}", ident(&c.name)),
+                    Vec::new(),
+                ));
             }
             None => {
                 if policy == SchemaChanges::Freeze {
@@ -1003,23 +1116,38 @@ fn shape_changes(
                     .filter(|old| old.name != c.name && gone.iter().any(|(n, t)| *n == up(&old.name) && *t == wanted));
                 match old {
                     Some(old) => {
-                        ddl.push(format!(
-                            "ALTER TABLE {name} RENAME COLUMN {} TO {}",
-                            ident(&old.name),
-                            ident(&c.name)
+                        ddl.push((
+                            format!("ALTER TABLE {name} RENAME COLUMN {} TO {}", ident(&old.name), ident(&c.name)),
+                            Vec::new(),
                         ));
                         renamed.push(up(&old.name));
                     }
-                    None => {
-                        ddl.push(format!("ALTER TABLE {name} ADD COLUMN {} {}", ident(&c.name), types::column_type(c)));
-                        if let Some(text) =
-                            c.missing_value.as_ref().and_then(|v| types::stage_text(c, v).ok().flatten())
-                        {
-                            // Rows written before the column existed read as its default.
-                            let literal = format!("'{}'", text.replace('\'', "''"));
-                            ddl.push(format!("UPDATE {name} SET {} = {}", ident(&c.name), types::cast(c, &literal)));
+                    None => match c.missing_value.as_ref().and_then(|v| types::stage_text(c, v).ok().flatten()) {
+                        None => ddl.push((
+                            format!("ALTER TABLE {name} ADD COLUMN {} {}", ident(&c.name), types::column_type(c)),
+                            Vec::new(),
+                        )),
+                        Some(text) => {
+                            // Rows written before the column existed read as its default: the
+                            // column is filled under a working name and renamed once full, so a
+                            // crash in between leaves no column half filled (the next run starts
+                            // over).
+                            let work = ident(&format!("{}__SLUICE_ADDING", c.name));
+                            ddl.push((format!("ALTER TABLE {name} DROP COLUMN IF EXISTS {work}"), Vec::new()));
+                            ddl.push((
+                                format!("ALTER TABLE {name} ADD COLUMN {work} {}", types::column_type(c)),
+                                Vec::new(),
+                            ));
+                            ddl.push((
+                                format!("UPDATE {name} SET {work} = {}", types::cast(c, "?")),
+                                vec![Bind::text(text)],
+                            ));
+                            ddl.push((
+                                format!("ALTER TABLE {name} RENAME COLUMN {work} TO {}", ident(&c.name)),
+                                Vec::new(),
+                            ));
                         }
-                    }
+                    },
                 }
             }
         }
@@ -1027,7 +1155,7 @@ fn shape_changes(
     if policy == SchemaChanges::Follow {
         for (n, _) in gone {
             if !renamed.contains(n) {
-                ddl.push(format!("ALTER TABLE {name} DROP COLUMN {}", ident(n)));
+                ddl.push((format!("ALTER TABLE {name} DROP COLUMN {}", ident(n)), Vec::new()));
             }
         }
     }
@@ -1093,9 +1221,24 @@ impl Sink for SnowflakeSink {
             s.query(&format!("CREATE OR REPLACE TEMPORARY TABLE {} (T TEXT, M TEXT, C TEXT)", self.stage(None)), &[])
                 .await?;
         }
+        if self.shared {
+            // A row for the first commit's lock to hold (processes starting together would
+            // otherwise both find none and overwrite each other's offsets).
+            let mut binds = self.key().to_vec();
+            binds.extend(self.key());
+            s.query(
+                &format!(
+                    "INSERT INTO {ckpt} SELECT ?, ?, NULL WHERE NOT EXISTS \
+                     (SELECT 1 FROM {ckpt} WHERE PIPELINE = ? AND SINK = ?)"
+                ),
+                &binds,
+            )
+            .await?;
+        }
         let checkpoint = read_checkpoint(&s, &self.cfg, &self.pipeline, self.index).await?;
         self.last_position = checkpoint.as_ref().and_then(|c| c.position.clone());
         self.known = self.last_position.clone();
+        self.written = None;
         self.stored = checkpoint.clone().map(|c| (c, std::time::Instant::now()));
         info!(sink = %self.name, database = %self.cfg.database, schema = %self.cfg.schema, "sink opened");
         self.session = Some(s);
@@ -1144,6 +1287,7 @@ impl Sink for SnowflakeSink {
         match self.fail_on(r).await {
             Ok(()) => {
                 self.known = checkpoint.position.clone();
+                self.written = None;
                 self.stored = Some((checkpoint, std::time::Instant::now()));
                 ack.durable();
                 Ok(())
@@ -1191,7 +1335,9 @@ async fn read_checkpoint(
 ) -> Result<Option<Checkpoint>, ConnectorError> {
     let ckpt = qualified(cfg, &cfg.checkpoint_table);
     let key = [Bind::text(pipeline), Bind::one("FIXED", Some(index.to_string()))];
-    let stored = s.query(&format!("SELECT STATE FROM {ckpt} WHERE PIPELINE = ? AND SINK = ?"), &key).await?;
+    let stored = s
+        .query(&format!("SELECT STATE FROM {ckpt} WHERE PIPELINE = ? AND SINK = ? AND STATE IS NOT NULL"), &key)
+        .await?;
     match stored.rows.first().and_then(|r| r.first().cloned().flatten()) {
         Some(text) => Ok(Some(Checkpoint::from_json(&text).map_err(|e| {
             ConnectorError::msg(ErrorClass::Fatal, format!("the checkpoint in {ckpt} cannot be read: {e}"))
@@ -1317,10 +1463,11 @@ mod tests {
         let existing = vec![("ID".to_string(), "NUMBER(38,0)".to_string()), ("A".to_string(), "TEXT".to_string())];
         // Renamed at the same position with the same type.
         let renamed = table(&[("id", DataType::Int64, true), ("b", DataType::Text, false)]);
+        let sql = |d: Vec<(String, Vec<Bind>)>| d.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
         let ddl = shape_changes("T", &renamed, Some(&old), &existing, SchemaChanges::Follow).unwrap();
-        assert_eq!(ddl, vec!["ALTER TABLE T RENAME COLUMN \"A\" TO \"B\""]);
+        assert_eq!(sql(ddl), vec!["ALTER TABLE T RENAME COLUMN \"A\" TO \"B\""]);
         let ddl = shape_changes("T", &renamed, Some(&old), &existing, SchemaChanges::AddOnly).unwrap();
-        assert_eq!(ddl, vec!["ALTER TABLE T ADD COLUMN \"B\" TEXT"]);
+        assert_eq!(sql(ddl), vec!["ALTER TABLE T ADD COLUMN \"B\" TEXT"]);
         assert!(shape_changes("T", &renamed, Some(&old), &existing, SchemaChanges::Freeze)
             .unwrap_err()
             .contains("freeze"));
@@ -1332,7 +1479,7 @@ mod tests {
         // A dropped column is dropped only under follow.
         let dropped = table(&[("id", DataType::Int64, true)]);
         assert_eq!(
-            shape_changes("T", &dropped, Some(&old), &existing, SchemaChanges::Follow).unwrap(),
+            sql(shape_changes("T", &dropped, Some(&old), &existing, SchemaChanges::Follow).unwrap()),
             vec!["ALTER TABLE T DROP COLUMN \"A\""]
         );
         assert!(shape_changes("T", &dropped, Some(&old), &existing, SchemaChanges::AddOnly).unwrap().is_empty());

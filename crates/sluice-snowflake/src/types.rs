@@ -111,7 +111,16 @@ pub fn stage_text(c: &ColumnSchema, v: &Value) -> Result<Option<String>, String>
                  numeric (the replica then keeps it as exact TEXT)"
             ))
         }
-        Value::Decimal(d) => d.to_string(),
+        Value::Decimal(d) => {
+            if let (true, Some(p), Some(s)) = (numeric, c.precision, c.scale) {
+                let (int, frac) = d.digits();
+                let int = int.trim_start_matches('0');
+                if int.len() as u32 > p - s || frac.len() as u32 > s {
+                    return Err(format!("{d} has more digits than NUMBER({p},{s}) holds"));
+                }
+            }
+            d.to_string()
+        }
         Value::Text(t) | Value::Enum(t) | Value::Other(t) | Value::Json(t) => t.to_string(),
         Value::Bytes(b) => base64::engine::general_purpose::STANDARD.encode(b),
         // Snowflake's dates and timestamps stop at year 9999: ±infinity become the first and
@@ -123,6 +132,14 @@ pub fn stage_text(c: &ColumnSchema, v: &Value) -> Result<Option<String>, String>
         }
         Value::Timestamp(t) | Value::TimestampTz(t) if *t == Timestamp::NEG_INFINITY => {
             format!("0001-01-01T00:00:00{}", if matches!(v, Value::TimestampTz(_)) { "Z" } else { "" })
+        }
+        Value::Date(d) if !(1..=9999).contains(&d.ymd().0) => {
+            return Err(format!("{d}: Snowflake's dates run from year 1 to 9999"))
+        }
+        Value::Timestamp(t) | Value::TimestampTz(t)
+            if !(1..=9999).contains(&sluice_core::civil_from_days(t.secs().div_euclid(86_400)).0) =>
+        {
+            return Err(format!("{}: Snowflake's timestamps run from year 1 to 9999", sluice_core::json::value_json(v)))
         }
         Value::List(_) => sluice_core::json::value_json(v).to_string(),
         other => match sluice_core::json::value_json(other) {
@@ -164,6 +181,16 @@ mod tests {
         assert_eq!(stage_text(&col(DataType::Float32), &Value::Float32(0.1)).unwrap().unwrap(), "0.1");
         assert_eq!(stage_text(&col(DataType::Date), &Value::Date(Date::INFINITY)).unwrap().unwrap(), "9999-12-31");
         assert_eq!(stage_text(&col(DataType::Int64), &Value::Null).unwrap(), None);
+        assert!(
+            stage_text(&col(DataType::Date), &Value::Date(sluice_core::Date::from_ymd(10_000, 1, 1).unwrap())).is_err()
+        );
+        assert!(
+            stage_text(&col(DataType::Date), &Value::Date(sluice_core::Date::from_ymd(0, 12, 31).unwrap())).is_err()
+        );
+        let big = sluice_core::Decimal::parse("12345678901.5").unwrap();
+        assert!(stage_text(&dec, &Value::Decimal(big)).unwrap_err().contains("NUMBER(12,2)"));
+        let fine = sluice_core::Decimal::parse("-0099.5").unwrap();
+        assert!(stage_text(&dec, &Value::Decimal(fine)).is_ok());
         assert_eq!(catalog_type("NUMBER", Some(12), Some(2)), wanted_catalog_type(&dec));
         assert_eq!(catalog_type("TIMESTAMP_NTZ", None, None), wanted_catalog_type(&col(DataType::Timestamp)));
         assert!(widens("NUMBER(10,2)", "NUMBER(12,2)") && !widens("NUMBER(10,2)", "NUMBER(12,3)"));
