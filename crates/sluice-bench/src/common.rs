@@ -330,3 +330,34 @@ pub fn perf_stop(perf: Option<std::process::Child>) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A `pgcopydb` command (Debian's, installed by bench/peers.sh) whose files all land in `dir`:
+/// pgcopydb 0.10 writes under `/tmp/pgcopydb` and the home directory whatever `--dir` says, so
+/// HOME, TMPDIR and XDG_* point into `dir` too; the PostgreSQL binaries it calls (`pg_dump`,
+/// `pg_restore`) come first on PATH.
+pub fn pgcopydb(dir: &std::path::Path) -> anyhow::Result<std::process::Command> {
+    let bindir = sluice_playground::pg_bindir().map_err(anyhow::Error::msg)?;
+    let path = format!("{}:{}", bindir.display(), std::env::var("PATH").unwrap_or_default());
+    let mut c = std::process::Command::new("pgcopydb");
+    c.env("PATH", path)
+        .env("HOME", dir)
+        .env("TMPDIR", dir)
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("XDG_RUNTIME_DIR", dir.join("run"));
+    Ok(c)
+}
+
+/// Runs `cmd`, failing with its output when it fails.
+pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("run {what}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

@@ -3,7 +3,9 @@
 //! A backlog is written while nothing consumes it; three consumers then drain the same WAL one
 //! after another: `pg_recvlogical` with pgoutput into /dev/null (how fast the walsender can hand
 //! changes out at all), PostgreSQL's native logical replication (subscription enabled only after
-//! the backlog exists), and Sluice. "Done" is the moment a marker row, committed after the
+//! the backlog exists), Sluice, and pgcopydb's `follow` (wal2json, its only plugin in 0.10; its slot set up by
+//! `pgcopydb stream setup` before the backlog; it does not stop at `--endpos` by itself, so it is
+//! stopped once the marker is in). pgcopydb's replica is compared too, and a mismatch reported. "Done" is the moment a marker row, committed after the
 //! backlog, is visible in the target: both appliers keep commit order, so everything before it
 //! is applied too. The replicas are compared with the source afterwards.
 
@@ -13,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::common::{
-    backend_cpu_secs, bench_server, connect, copied, digest, exec, median, top_statements, until_true, Pair, SluiceProc,
+    backend_cpu_secs, bench_server, connect, copied, digest, exec, median, pgcopydb, run_ok, top_statements,
+    until_true, Pair, SluiceProc,
 };
 
 pub(crate) const TABLES: &str = "
@@ -71,6 +74,9 @@ pub struct Args {
     /// Extra lines for the source section of the Sluice pipeline (e.g. encoding = "text")
     #[arg(long, default_value = "")]
     source_extra: String,
+    /// Leave pgcopydb out (its `follow` takes minutes on the default backlog)
+    #[arg(long)]
+    skip_pgcopydb: bool,
 }
 
 struct DrainRun {
@@ -78,6 +84,8 @@ struct DrainRun {
     native: f64,
     sluice: f64,
     rss_mb: f64,
+    /// pgcopydb's time, and whether its replica equals the source
+    pgcopydb: Option<(f64, bool)>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -93,6 +101,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             changes / r.sluice,
             r.rss_mb
         );
+        if let Some((secs, exact)) = r.pgcopydb {
+            println!("run {}: pgcopydb_rows_per_s={:.0} pgcopydb_exact={exact}", i + 1, changes / secs);
+        }
         runs.push(r);
     }
     let ceiling = changes / median(runs.iter().map(|r| r.ceiling).collect());
@@ -106,6 +117,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         sluice / native,
         sluice / ceiling
     );
+    let peer: Vec<f64> = runs.iter().filter_map(|r| r.pgcopydb.map(|p| p.0)).collect();
+    if !peer.is_empty() {
+        let exact = runs.iter().filter_map(|r| r.pgcopydb).all(|p| p.1);
+        let peer = changes / median(peer);
+        println!(
+            "bench=drain-pgcopydb pgcopydb_rows_per_s={peer:.0} ratio_vs_pgcopydb={:.2} pgcopydb_exact={exact}",
+            sluice / peer
+        );
+    }
     Ok(())
 }
 
@@ -148,6 +168,20 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     let mut first = SluiceProc::start(&dir, &toml)?;
     until_true(&replica, &copied(&["t", "marker"]), Duration::from_secs(120), || first.check_alive()).await?;
     first.stop()?;
+
+    // pgcopydb: its slot (wal2json) and the target's replication origin, before the backlog.
+    let peer_work = tempfile::tempdir()?;
+    let peer_dir = peer_work.path().join("pgcopydb").display().to_string();
+    let peer_url = target.create_database("pgcopydb").await.map_err(anyhow::Error::msg)?;
+    let peer = connect(&peer_url).await?;
+    if !a.skip_pgcopydb {
+        exec(&peer, TABLES).await?;
+        run_ok(
+            pgcopydb(peer_work.path())?
+                .args(["stream", "setup", "--source", &src_url, "--target", &peer_url, "--dir", &peer_dir]),
+            "pgcopydb stream setup",
+        )?;
+    }
 
     let t = Instant::now();
     exec(&src, &format!("CALL backlog({}, {}, {})", a.inserts, a.updates, a.deletes)).await?;
@@ -218,7 +252,58 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
         bail!("the native replica differs from the source");
     }
     exec(&native, "DROP SUBSCRIPTION native_sub").await?;
-    Ok(DrainRun { ceiling, native: native_secs, sluice: sluice_secs, rss_mb })
+
+    // pgcopydb follow, stopped once the marker is in. Its apply waits for the sentinel's apply
+    // mode (which `clone --follow` sets after its copy), set here first.
+    let mut peer_result = None;
+    if !a.skip_pgcopydb {
+        run_ok(
+            pgcopydb(peer_work.path())?.args(["stream", "sentinel", "set", "apply", "--source", &src_url]),
+            "pgcopydb stream sentinel set apply",
+        )?;
+        let t = Instant::now();
+        let mut follow = pgcopydb(peer_work.path())?
+            .args([
+                "follow",
+                "--source",
+                &src_url,
+                "--target",
+                &peer_url,
+                "--dir",
+                &peer_dir,
+                "--resume",
+                "--not-consistent",
+                "--endpos",
+                &end_lsn,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(peer_work.path().join("follow.log"))?)
+            .spawn()
+            .context("run pgcopydb follow")?;
+        let done =
+            until_true(&peer, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || {
+                match follow.try_wait()? {
+                    Some(status) if !status.success() => {
+                        let log = std::fs::read_to_string(peer_work.path().join("follow.log")).unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                        bail!(
+                            "pgcopydb follow exited with {status}:\n{}",
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        )
+                    }
+                    _ => Ok(()),
+                }
+            })
+            .await;
+        let secs = t.elapsed().as_secs_f64();
+        let _ = follow.kill();
+        let _ = follow.wait();
+        done?;
+        let exact = digest(&peer, "t").await? == want;
+        eprintln!("pgcopydb follow: {secs:.2}s{}", if exact { "" } else { " (its replica DIFFERS from the source)" });
+        peer_result = Some((secs, exact));
+    }
+    Ok(DrainRun { ceiling, native: native_secs, sluice: sluice_secs, rss_mb, pgcopydb: peer_result })
 }
 
 #[derive(clap::Args)]

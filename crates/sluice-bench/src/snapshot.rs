@@ -1,13 +1,16 @@
-//! Benchmark 2: the initial snapshot of one large table into an empty replica, against
-//! `COPY ... TO STDOUT (FORMAT binary) | COPY ... FROM STDIN (FORMAT binary)` between the same
-//! two servers, into a table of the same shape (with its primary key).
+//! Benchmark 2: the initial snapshot of one large table into an empty replica, against two
+//! baselines between the same two servers: a single-stream
+//! `COPY ... TO STDOUT (FORMAT binary) | COPY ... FROM STDIN (FORMAT binary)` pipe into a table
+//! of the same shape without its key, the primary key built afterwards (timed); and pgcopydb's
+//! `copy data --table-jobs 2 --index-jobs 2` (table data, then the key) into the table created
+//! without its key.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::common::{bench_server, connect, copied, digest, exec, median, until_true, SluiceProc};
+use crate::common::{bench_server, connect, copied, digest, exec, median, pgcopydb, run_ok, until_true, SluiceProc};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,6 +26,7 @@ pub struct Args {
 }
 
 const TABLE: &str = "CREATE TABLE t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, c timestamptz NOT NULL, d numeric(12,2) NOT NULL)";
+const TABLE_NO_KEY: &str = "CREATE TABLE t (id bigint NOT NULL, a int NOT NULL, b text NOT NULL, c timestamptz NOT NULL, d numeric(12,2) NOT NULL)";
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let source = bench_server()?;
@@ -44,10 +48,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let bindir = sluice_playground::pg_bindir().map_err(anyhow::Error::msg)?;
     let psql = bindir.join("psql");
     let (mut copy_times, mut sluice_times, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pgcopydb_times, mut pgcopydb_exact) = (Vec::new(), true);
     for run in 0..a.runs {
         let copy_url = target.create_database(&format!("copy{run}")).await.map_err(anyhow::Error::msg)?;
         let copy = connect(&copy_url).await?;
-        exec(&copy, TABLE).await?;
+        exec(&copy, TABLE_NO_KEY).await?;
         let t = Instant::now();
         let status = Command::new("sh")
             .arg("-c")
@@ -57,11 +62,46 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             ))
             .status()
             .context("run the COPY pipe")?;
-        let copy_secs = t.elapsed().as_secs_f64();
         if !status.success() {
             bail!("COPY pipe failed: {status}");
         }
-        eprintln!("binary COPY pipe: {copy_secs:.2}s");
+        exec(&copy, "ALTER TABLE t ADD PRIMARY KEY (id)").await?;
+        let copy_secs = t.elapsed().as_secs_f64();
+        eprintln!("binary COPY pipe, key built after: {copy_secs:.2}s");
+
+        let peer_url = target.create_database(&format!("pgcopydb{run}")).await.map_err(anyhow::Error::msg)?;
+        let peer = connect(&peer_url).await?;
+        let work = tempfile::tempdir()?;
+        let dir = work.path().join("pgcopydb").display().to_string();
+        // The schema without its indexes and constraints, as `pgcopydb copy schema`'s pre-data
+        // part leaves it; `copy data` builds the key.
+        exec(&peer, TABLE_NO_KEY).await?;
+        let t = Instant::now();
+        run_ok(
+            pgcopydb(work.path())?.args([
+                "copy",
+                "data",
+                "--source",
+                &src_url,
+                "--target",
+                &peer_url,
+                "--table-jobs",
+                "2",
+                "--index-jobs",
+                "2",
+                "--dir",
+                &dir,
+            ]),
+            "pgcopydb copy data",
+        )?;
+        let peer_secs = t.elapsed().as_secs_f64();
+        let exact = digest(&peer, "t").await.map(|d| d == want).unwrap_or(false);
+        eprintln!(
+            "pgcopydb copy data: {peer_secs:.2}s{}",
+            if exact { "" } else { " (its copy DIFFERS from the source)" }
+        );
+        pgcopydb_exact &= exact;
+        pgcopydb_times.push(peer_secs);
 
         let replica_url = target.create_database(&format!("replica{run}")).await.map_err(anyhow::Error::msg)?;
         let replica = connect(&replica_url).await?;
@@ -89,11 +129,14 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let rows = a.rows as f64;
     let copy = rows / median(copy_times);
     let sluice = rows / median(sluice_times);
+    let peer = rows / median(pgcopydb_times);
     println!(
-        "bench=snapshot rows={} runs={} sluice_rows_per_s={sluice:.0} copy_rows_per_s={copy:.0} ratio_vs_copy={:.2} sluice_peak_rss_mb={:.1}",
+        "bench=snapshot rows={} runs={} sluice_rows_per_s={sluice:.0} copy_rows_per_s={copy:.0} pgcopydb_rows_per_s={peer:.0} \
+         ratio_vs_copy={:.2} ratio_vs_pgcopydb={:.2} pgcopydb_exact={pgcopydb_exact} sluice_peak_rss_mb={:.1}",
         a.rows,
         a.runs,
         sluice / copy,
+        sluice / peer,
         median(rss)
     );
     Ok(())
