@@ -23,6 +23,10 @@ pub struct Args {
     /// Extra TOML lines for the sink, e.g. 'snapshot_connections = 1'
     #[arg(long, default_value = "")]
     sink_extra: String,
+    /// Also time a text-format COPY pipe (key built after), to see what the format costs the
+    /// servers
+    #[arg(long)]
+    text_pipe: bool,
 }
 
 const TABLE: &str = "CREATE TABLE t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, c timestamptz NOT NULL, d numeric(12,2) NOT NULL)";
@@ -68,6 +72,26 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         exec(&copy, "ALTER TABLE t ADD PRIMARY KEY (id)").await?;
         let copy_secs = t.elapsed().as_secs_f64();
         eprintln!("binary COPY pipe, key built after: {copy_secs:.2}s");
+        if a.text_pipe {
+            let text_url = target.create_database(&format!("text{run}")).await.map_err(anyhow::Error::msg)?;
+            let text = connect(&text_url).await?;
+            exec(&text, TABLE_NO_KEY).await?;
+            let t = Instant::now();
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "'{p}' -X -q -d '{src_url}' -c 'COPY t TO STDOUT' | '{p}' -X -q -d '{text_url}' -c 'COPY t FROM STDIN'",
+                    p = psql.display()
+                ))
+                .status()
+                .context("run the text COPY pipe")?;
+            if !status.success() {
+                bail!("text COPY pipe failed: {status}");
+            }
+            let load = t.elapsed().as_secs_f64();
+            exec(&text, "ALTER TABLE t ADD PRIMARY KEY (id)").await?;
+            eprintln!("text COPY pipe: {load:.2}s, key built after: {:.2}s", t.elapsed().as_secs_f64());
+        }
 
         let peer_url = target.create_database(&format!("pgcopydb{run}")).await.map_err(anyhow::Error::msg)?;
         let peer = connect(&peer_url).await?;
