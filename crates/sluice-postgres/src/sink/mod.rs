@@ -50,7 +50,7 @@ use tracing::{info, warn};
 
 use crate::catalog::{self, TypeCache};
 use crate::config::{PgSinkConfig, SinkMode};
-use crate::copy::COPY_TEXT;
+use crate::copy::{COPY_BINARY, COPY_TEXT};
 use crate::error::{Ctx, PgError};
 use apply::{Planner, Sorted, Step};
 use changelog::LogRow;
@@ -484,7 +484,11 @@ impl PgSink {
                 }
             }
             CopyStep::Rows(rows) => self.copied_rows(schema, rows).await?,
-            CopyStep::Bulk(bulk) if bulk.format() == COPY_TEXT && self.loading_into(schema) => {
+            CopyStep::Bulk(bulk)
+                if self.loading_into(schema)
+                    && (bulk.format() == COPY_TEXT || bulk.format() == COPY_BINARY)
+                    && self.snapshot.as_ref().is_some_and(|w| w.takes(bulk.format() == COPY_BINARY)) =>
+            {
                 self.dirty = true;
                 self.snapshot_writers()?.send(bulk.data().clone()).await?;
             }
@@ -569,10 +573,29 @@ impl PgSink {
                 Some(SnapshotCopy::open(self.cfg.url.expose(), &self.label(), self.cfg.snapshot_connections).await?);
         }
         let cols = schema.columns.iter().map(|c| crate::ident::quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
-        let sql = format!("COPY {name} ({cols}) FROM STDIN");
-        self.snapshot_writers()?.begin_table(schema.id.clone(), sql).await?;
+        let binary = self.binary_load(schema)?;
+        let sql = format!("COPY {name} ({cols}) FROM STDIN{}", if binary { " (FORMAT binary)" } else { "" });
+        let codecs = self.target(&schema.id)?.codecs(schema);
+        self.snapshot_writers()?.begin_table(schema.id.clone(), sql, binary.then_some(codecs)).await?;
         self.loading = Some(schema.clone());
         Ok(())
+    }
+
+    /// Whether a consistent copy of `schema` is loaded in binary COPY: the source is PostgreSQL
+    /// and every target column has the source column's type, with a binary form (the source
+    /// then sends its binary tuples, passed through untouched; typed rows are encoded in binary).
+    fn binary_load(&self, schema: &TableSchema) -> Result<bool, PgError> {
+        if self.cfg.encoding != crate::config::Encoding::Binary
+            || !self.cfg.bulk_passthrough
+            || schema.dialect != catalog::DIALECT
+        {
+            return Ok(false);
+        }
+        let t = self.target(&schema.id)?;
+        Ok(schema
+            .columns
+            .iter()
+            .all(|c| t.columns.get(&c.name).is_some_and(|tc| tc.cast == c.native_type && tc.codec.binary_ok())))
     }
 
     /// The consistent copy of `schema` ended: the loading connections commit, and the primary
@@ -719,10 +742,10 @@ impl Sink for PgSink {
     }
 
     fn accepted_formats(&self) -> Vec<BulkFormat> {
-        if self.cfg.mode == SinkMode::Replica && self.cfg.bulk_passthrough {
-            vec![COPY_TEXT]
-        } else {
-            Vec::new()
+        match (self.cfg.mode, self.cfg.bulk_passthrough, self.cfg.encoding) {
+            (SinkMode::Replica, true, crate::config::Encoding::Binary) => vec![COPY_BINARY, COPY_TEXT],
+            (SinkMode::Replica, true, _) => vec![COPY_TEXT],
+            _ => Vec::new(),
         }
     }
 

@@ -8,7 +8,10 @@
 //!
 //! Parsing rows is the target's slowest part of a bulk load and is single-threaded per
 //! statement, so one `COPY` per connection lets the target use several cores. Blocks are
-//! passed on as the source wrote them: nothing is parsed or re-encoded here. Each writer's
+//! passed on as the source wrote them: nothing is parsed or re-encoded here. A table whose
+//! columns all have the source's types is loaded in binary COPY (each writer sends the stream's
+//! header, the source's binary tuples, then the trailer), which neither server formats or
+//! parses as text; others in text. Each writer's
 //! `COPY` commits on its own when its table is finished; the sink marks the table copied only
 //! after all of them did. A table whose load fails or is interrupted is copied again from its
 //! first row (the target table is emptied again), so partial contents are never taken for a
@@ -46,6 +49,8 @@ struct TableCopy {
     table: TableId,
     writers: Vec<Writer>,
     next: usize,
+    /// Binary COPY, typed rows encoded with these codecs; `None`: text
+    binary: Option<Vec<PgType>>,
 }
 
 struct Writer {
@@ -72,21 +77,32 @@ impl SnapshotCopy {
         Ok(SnapshotCopy { clients, current: None, rows: BytesMut::new(), scratch: BytesMut::new() })
     }
 
-    /// Finishes the table being filled and starts `copy_sql` (a `COPY .. FROM STDIN` in text
-    /// format) for `table` on every connection.
-    pub async fn begin_table(&mut self, table: TableId, copy_sql: String) -> Result<(), PgError> {
+    /// Finishes the table being filled and starts `copy_sql` (a `COPY .. FROM STDIN`, in binary
+    /// format when `binary` gives the columns' codecs, else text) for `table` on every connection.
+    pub async fn begin_table(
+        &mut self,
+        table: TableId,
+        copy_sql: String,
+        binary: Option<Vec<PgType>>,
+    ) -> Result<(), PgError> {
         self.finish_table().await?;
         let writers = self
             .clients
             .iter()
             .map(|client| {
                 let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-                let task = tokio::spawn(write_copy(client.clone(), copy_sql.clone(), table.clone(), rx));
+                let task =
+                    tokio::spawn(write_copy(client.clone(), copy_sql.clone(), table.clone(), binary.is_some(), rx));
                 Writer { tx, task }
             })
             .collect();
-        self.current = Some(TableCopy { table, writers, next: 0 });
+        self.current = Some(TableCopy { table, writers, next: 0, binary });
         Ok(())
+    }
+
+    /// Whether the table being filled takes blocks in binary COPY (`true`) or text (`false`).
+    pub fn takes(&self, binary: bool) -> bool {
+        self.current.as_ref().is_some_and(|c| c.binary.is_some() == binary)
     }
 
     /// Hands a block of whole rows in COPY text format to the next writer.
@@ -104,8 +120,11 @@ impl SnapshotCopy {
     /// Adds one typed row, written with the target columns' `codecs`; rows are sent on in
     /// blocks.
     pub async fn push_row(&mut self, codecs: &[PgType], row: &Row) -> Result<(), PgError> {
-        copy::encode_row(&mut self.rows, &mut self.scratch, codecs, row)
-            .map_err(|e| PgError::Encode(format!("a copied row: {e}")))?;
+        match self.current.as_ref().and_then(|c| c.binary.as_ref()) {
+            Some(binary) => copy::encode_binary_row(&mut self.rows, binary, row),
+            None => copy::encode_row(&mut self.rows, &mut self.scratch, codecs, row),
+        }
+        .map_err(|e| PgError::Encode(format!("a copied row: {e}")))?;
         if self.rows.len() >= ROW_BLOCK_BYTES {
             let block = self.rows.split().freeze();
             self.send(block).await?;
@@ -173,15 +192,26 @@ async fn write_copy(
     client: Arc<Client>,
     sql: String,
     table: TableId,
+    binary: bool,
     mut blocks: mpsc::Receiver<Bytes>,
 ) -> Result<u64, PgError> {
     let sink = client.copy_in::<_, Bytes>(&sql).await.ctx(format!("start COPY into {table}"))?;
     let mut sink = std::pin::pin!(sink);
+    if binary {
+        let mut header = BytesMut::new();
+        copy::binary_header(&mut header);
+        sink.feed(header.freeze()).await.ctx(format!("COPY into {table}"))?;
+    }
     while let Some(block) = blocks.recv().await {
         sink.feed(block).await.ctx(format!("COPY into {table}"))?;
         if blocks.is_empty() {
             sink.flush().await.ctx(format!("COPY into {table}"))?;
         }
+    }
+    if binary {
+        let mut trailer = BytesMut::new();
+        copy::binary_trailer(&mut trailer);
+        sink.feed(trailer.freeze()).await.ctx(format!("COPY into {table}"))?;
     }
     sink.as_mut().finish().await.ctx(format!("finish COPY into {table}"))
 }

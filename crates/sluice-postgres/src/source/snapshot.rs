@@ -1,8 +1,9 @@
 //! The consistent snapshot of a fresh start: every selected table read with `COPY .. TO STDOUT`
 //! in the snapshot the slot exported, before any change is streamed.
 //!
-//! Rows travel on as the server wrote them, in blocks of whole lines ([`COPY_TEXT`] bulk rows)
-//! when a sink takes that format, else decoded into typed rows here. At most
+//! Rows travel on as the server wrote them, in blocks of whole binary tuples ([`COPY_BINARY`],
+//! when a sink takes it and every column's type has a binary form Sluice reads) or of whole text
+//! lines ([`COPY_TEXT`]) when a sink takes that format, else decoded into typed rows here. At most
 //! [`SNAPSHOT_BUDGET_BYTES`] of them are in the pipeline at once: each block holds a share of a
 //! budget until the last sink has written it, so memory stays bounded whatever the table size.
 
@@ -16,7 +17,10 @@ use tracing::info;
 
 use super::send;
 use crate::catalog::{self, SourceTable, TypeCache};
-use crate::copy::{count_rows, BlockBuilder, CopyTextDecoder, COPY_TEXT};
+use crate::copy::{
+    count_rows, BinaryBlockBuilder, BlockBuilder, CopyBinaryDecoder, CopyTextDecoder, CopyTextError, COPY_BINARY,
+    COPY_TEXT,
+};
 use crate::error::{Ctx, PgError};
 use crate::ident::{quote_ident, quote_literal};
 
@@ -54,7 +58,13 @@ pub(super) async fn copy_all(
         let mut table = types.table(&client, t.id.clone(), &cols, &key, catalog::next_version(), &[]).await?;
         table.partitioned = t.partitioned;
         table.row_filter = t.row_filter.clone();
-        let decoder = Arc::new(CopyTextDecoder::new(table.types.clone()));
+        let binary = accepted.contains(&COPY_BINARY) && table.types.iter().all(|t| t.binary_ok());
+        let decoder: Arc<dyn sluice_core::BulkDecoder> = if binary {
+            Arc::new(CopyBinaryDecoder::new(table.types.clone()))
+        } else {
+            Arc::new(CopyTextDecoder::new(table.types.clone()))
+        };
+        let (format, bulk) = if binary { (COPY_BINARY, true) } else { (COPY_TEXT, bulk) };
         let copy = |step| Event::Copy(Copy::new(to, table.schema.clone(), step));
         let estimated_rows = u64::try_from(t.estimated_rows).ok().filter(|n| *n > 0);
         let source_id = Some(t.identity());
@@ -62,35 +72,37 @@ pub(super) async fn copy_all(
         let list = table.schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
         let stream = client
             .copy_out(&format!(
-                "COPY (SELECT {list} FROM {}{}) TO STDOUT",
+                "COPY (SELECT {list} FROM {}{}) TO STDOUT{}",
                 catalog::from_rows(&t.id, t.partitioned),
-                catalog::row_filter_clause(t.row_filter.as_deref())
+                catalog::row_filter_clause(t.row_filter.as_deref()),
+                if binary { " (FORMAT binary)" } else { "" }
             ))
             .await
             .ctx(format!("snapshot of {}", t.id))?;
         let mut stream = std::pin::pin!(stream);
-        let mut blocks = BlockBuilder::new(SNAPSHOT_BLOCK_BYTES);
+        let mut blocks = Blocks::new(binary);
         let mut rows: u64 = 0;
         loop {
             let chunk = stream.next().await.transpose().ctx(format!("snapshot of {}", t.id))?;
             let block = match &chunk {
                 Some(c) => blocks.push(c),
-                None => blocks.finish().map_err(|e| PgError::Protocol(format!("snapshot of {}: {e}", t.id)))?,
-            };
-            if let Some(block) = block {
+                None => blocks.finish(),
+            }
+            .map_err(|e| PgError::Protocol(format!("snapshot of {}: {e}", t.id)))?;
+            if let Some((block, n)) = block {
                 let permits = block.len().clamp(1, SNAPSHOT_BUDGET_BYTES) as u32;
                 let share = budget
                     .clone()
                     .acquire_many_owned(permits)
                     .await
                     .map_err(|_| PgError::Protocol("snapshot memory budget closed".into()))?;
-                let n = count_rows(&block);
                 rows += n as u64;
                 let step = if bulk {
-                    CopyStep::Bulk(BulkRows::new(COPY_TEXT, block, n, decoder.clone()))
+                    CopyStep::Bulk(BulkRows::new(format, block, n, decoder.clone()))
                 } else {
-                    let decoded =
-                        decoder.rows(&block).map_err(|e| PgError::Protocol(format!("snapshot of {}: {e}", t.id)))?;
+                    let decoded = decoder
+                        .decode(&table.schema, &block)
+                        .map_err(|e| PgError::Protocol(format!("snapshot of {}: {e}", t.id)))?;
                     CopyStep::Rows(decoded)
                 };
                 // Typed rows take more memory than their text; the share covers the text.
@@ -110,4 +122,40 @@ pub(super) async fn copy_all(
     }
     client.batch_execute("COMMIT").await.ctx("finish snapshot")?;
     Ok(true)
+}
+
+/// Blocks of whole rows from a COPY stream, text or binary, with their row counts.
+enum Blocks {
+    Text(BlockBuilder),
+    Binary(BinaryBlockBuilder),
+}
+
+impl Blocks {
+    fn new(binary: bool) -> Blocks {
+        if binary {
+            Blocks::Binary(BinaryBlockBuilder::new(SNAPSHOT_BLOCK_BYTES))
+        } else {
+            Blocks::Text(BlockBuilder::new(SNAPSHOT_BLOCK_BYTES))
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) -> Result<Option<(bytes::Bytes, usize)>, CopyTextError> {
+        match self {
+            Blocks::Text(b) => Ok(b.push(chunk).map(|block| {
+                let n = count_rows(&block);
+                (block, n)
+            })),
+            Blocks::Binary(b) => b.push(chunk),
+        }
+    }
+
+    fn finish(&mut self) -> Result<Option<(bytes::Bytes, usize)>, CopyTextError> {
+        match self {
+            Blocks::Text(b) => Ok(b.finish()?.map(|block| {
+                let n = count_rows(&block);
+                (block, n)
+            })),
+            Blocks::Binary(b) => b.finish(),
+        }
+    }
 }
