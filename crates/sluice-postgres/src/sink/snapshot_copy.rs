@@ -11,7 +11,8 @@
 //! passed on as the source wrote them: nothing is parsed or re-encoded here. A table whose
 //! columns all have the source's types is loaded in binary COPY (each writer sends the stream's
 //! header, the source's binary tuples, then the trailer), which neither server formats or
-//! parses as text; others in text. Each writer's
+//! parses as text, over one connection (nothing to parse in parallel, and two streams into one
+//! table wait on each other's relation extension); others in text over all of them. Each writer's
 //! `COPY` commits on its own when its table is finished; the sink marks the table copied only
 //! after all of them did. A table whose load fails or is interrupted is copied again from its
 //! first row (the target table is emptied again), so partial contents are never taken for a
@@ -86,8 +87,11 @@ impl SnapshotCopy {
         binary: Option<Vec<PgType>>,
     ) -> Result<(), PgError> {
         self.finish_table().await?;
-        let writers = self
-            .clients
+        // Binary tuples need no parsing worth spreading over connections, and two COPY streams
+        // into one table wait on each other's relation extension: one writer loads faster
+        // (BENCHMARKS.md, issue 13).
+        let connections = if binary.is_some() { 1 } else { self.clients.len() };
+        let writers = self.clients[..connections]
             .iter()
             .map(|client| {
                 let (tx, rx) = mpsc::channel(WRITER_QUEUE);
