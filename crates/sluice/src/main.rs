@@ -103,24 +103,34 @@ enum ImportCmd {
 
 /// mimalloc keeps memory it no longer needs mapped for reuse: by default whole arenas are
 /// committed up front and freed pages are returned to the OS only after a delay. For a process
-/// whose working set is small and churns (a drain), that nearly doubled peak RSS: the drain
-/// benchmark's 114-122 MB became 67 MB with these set here, at the same speed (48 MB when they
-/// come from the environment, before mimalloc's first arena; BENCHMARKS.md). Set before any
-/// thread starts; a MIMALLOC_* variable in the environment still wins.
-fn tune_allocator() {
-    #[cfg(not(feature = "system-alloc"))]
-    for (option, name) in [(4, "MIMALLOC_ARENA_EAGER_COMMIT"), (15, "MIMALLOC_PURGE_DELAY")] {
-        // mimalloc 2's mi_option_e: 4 = arena_eager_commit, 15 = purge_delay.
-        if std::env::var_os(name).is_none() {
-            // SAFETY: sets a global option of the allocator; called before any other thread
-            // exists.
-            unsafe { libmimalloc_sys::mi_option_set(option, 0) };
+/// whose working set is small and churns (a drain), that nearly doubled peak RSS (the drain
+/// benchmark's 114-122 MB; 48 MB with both off, at the same speed; BENCHMARKS.md). The options
+/// must be set before mimalloc maps its first arena, so this runs as an ELF constructor, before
+/// the Rust runtime allocates anything; it allocates nothing itself. A MIMALLOC_* variable in
+/// the environment still wins.
+#[cfg(all(not(feature = "system-alloc"), target_os = "linux"))]
+#[used]
+#[link_section = ".init_array"]
+static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+
+#[cfg(all(not(feature = "system-alloc"), target_os = "linux"))]
+extern "C" fn tune_allocator() {
+    extern "C" {
+        fn getenv(name: *const std::ffi::c_char) -> *mut std::ffi::c_char;
+    }
+    // mimalloc 2's mi_option_e: 4 = arena_eager_commit, 15 = purge_delay.
+    for (option, name) in [(4, c"MIMALLOC_ARENA_EAGER_COMMIT"), (15, c"MIMALLOC_PURGE_DELAY")] {
+        // SAFETY: getenv reads the environment the loader set up; mi_option_set writes a global
+        // option of the allocator. Constructors run on the main thread before any other exists.
+        unsafe {
+            if getenv(name.as_ptr()).is_null() {
+                libmimalloc_sys::mi_option_set(option, 0);
+            }
         }
     }
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = Cli::parse();
     init_logs(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
