@@ -54,43 +54,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let (mut copy_times, mut sluice_times, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     let (mut pgcopydb_times, mut pgcopydb_exact) = (Vec::new(), true);
     for run in 0..a.runs {
-        let copy_url = target.create_database(&format!("copy{run}")).await.map_err(anyhow::Error::msg)?;
-        let copy = connect(&copy_url).await?;
-        exec(&copy, TABLE_NO_KEY).await?;
-        let t = Instant::now();
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "'{p}' -X -q -d '{src_url}' -c 'COPY t TO STDOUT (FORMAT binary)' | '{p}' -X -q -d '{copy_url}' -c 'COPY t FROM STDIN (FORMAT binary)'",
-                p = psql.display()
-            ))
-            .status()
-            .context("run the COPY pipe")?;
-        if !status.success() {
-            bail!("COPY pipe failed: {status}");
-        }
-        exec(&copy, "ALTER TABLE t ADD PRIMARY KEY (id)").await?;
-        let copy_secs = t.elapsed().as_secs_f64();
+        let (copy, _, copy_secs) = pipe(&target, &format!("copy{run}"), &psql, &src_url, " (FORMAT binary)").await?;
         eprintln!("binary COPY pipe, key built after: {copy_secs:.2}s");
         if a.text_pipe {
-            let text_url = target.create_database(&format!("text{run}")).await.map_err(anyhow::Error::msg)?;
-            let text = connect(&text_url).await?;
-            exec(&text, TABLE_NO_KEY).await?;
-            let t = Instant::now();
-            let status = Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "'{p}' -X -q -d '{src_url}' -c 'COPY t TO STDOUT' | '{p}' -X -q -d '{text_url}' -c 'COPY t FROM STDIN'",
-                    p = psql.display()
-                ))
-                .status()
-                .context("run the text COPY pipe")?;
-            if !status.success() {
-                bail!("text COPY pipe failed: {status}");
-            }
-            let load = t.elapsed().as_secs_f64();
-            exec(&text, "ALTER TABLE t ADD PRIMARY KEY (id)").await?;
-            eprintln!("text COPY pipe: {load:.2}s, key built after: {:.2}s", t.elapsed().as_secs_f64());
+            let (_, load, total) = pipe(&target, &format!("text{run}"), &psql, &src_url, "").await?;
+            eprintln!("text COPY pipe: {load:.2}s, key built after: {total:.2}s");
         }
 
         let peer_url = target.create_database(&format!("pgcopydb{run}")).await.map_err(anyhow::Error::msg)?;
@@ -164,4 +132,34 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         median(rss)
     );
     Ok(())
+}
+
+/// `COPY t TO STDOUT{options} | COPY t FROM STDIN{options}` with psql from the source into a new
+/// database `db` on `target`, into the table without its key, built afterwards. Returns a client
+/// of that database, the seconds the rows took and the seconds with the key.
+async fn pipe(
+    target: &sluice_playground::PgServer,
+    db: &str,
+    psql: &std::path::Path,
+    src_url: &str,
+    options: &str,
+) -> anyhow::Result<(tokio_postgres::Client, f64, f64)> {
+    let url = target.create_database(db).await.map_err(anyhow::Error::msg)?;
+    let client = connect(&url).await?;
+    exec(&client, TABLE_NO_KEY).await?;
+    let t = Instant::now();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{p}' -X -q -d '{src_url}' -c 'COPY t TO STDOUT{options}' | '{p}' -X -q -d '{url}' -c 'COPY t FROM STDIN{options}'",
+            p = psql.display()
+        ))
+        .status()
+        .context("run the COPY pipe")?;
+    if !status.success() {
+        bail!("COPY pipe{options} failed: {status}");
+    }
+    let load = t.elapsed().as_secs_f64();
+    exec(&client, "ALTER TABLE t ADD PRIMARY KEY (id)").await?;
+    Ok((client, load, t.elapsed().as_secs_f64()))
 }

@@ -430,6 +430,14 @@ impl Position {
         }
     }
 
+    /// [`Position::advance`] of an optional resume point: `later` itself when there is none yet.
+    pub fn advance_into(slot: &mut Option<Position>, later: &Position) {
+        match slot {
+            Some(p) => p.advance(later),
+            None => *slot = Some(later.clone()),
+        }
+    }
+
     /// Moves this resume point forward to include `later` (a commit's or heartbeat's resume
     /// point, which for Kafka may name only some partitions). Never moves backwards.
     pub fn advance(&mut self, later: &Position) {

@@ -369,11 +369,7 @@ impl Driver {
             }
         }
         if let Some(stored) = self.sink.adopt(scope).await? {
-            let stored = stored.within(scope);
-            match &mut self.accepted.position {
-                Some(p) => p.advance(&stored),
-                None => self.accepted.position = Some(stored),
-            }
+            sluice_core::Position::advance_into(&mut self.accepted.position, &stored.within(scope));
         }
         debug!(sink = %self.sink.name(), id, position = ?self.accepted.position, "claim answered");
         let _ = self.out.send(FromSink::Claimed {
@@ -386,10 +382,7 @@ impl Driver {
     }
 
     fn advance(&mut self, position: &sluice_core::Position, state: Option<Arc<serde_json::Value>>) {
-        match &mut self.accepted.position {
-            Some(p) => p.advance(position),
-            None => self.accepted.position = Some(position.clone()),
-        }
+        sluice_core::Position::advance_into(&mut self.accepted.position, position);
         if let Some(s) = state {
             self.accepted.transform = Some((*s).clone());
         }

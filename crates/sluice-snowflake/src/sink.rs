@@ -434,10 +434,7 @@ impl SnowflakeSink {
         }
         let mut upto = Checkpoint { position: self.known.clone(), ..Default::default() };
         if let Some(w) = &self.written {
-            match &mut upto.position {
-                Some(p) => p.advance(w),
-                None => upto.position = Some(w.clone()),
-            }
+            Position::advance_into(&mut upto.position, w);
         }
         self.guard(&upto).await?;
         info!(sink = %self.name, table = %why, "DDL for a new table shape: committing what was written ahead first");
@@ -885,10 +882,7 @@ impl SnowflakeSink {
             Event::Commit { meta, position } => {
                 self.last_position = Some(meta.position.clone());
                 self.txn = None;
-                match &mut self.written {
-                    Some(w) => w.advance(position),
-                    None => self.written = Some(position.clone()),
-                }
+                Position::advance_into(&mut self.written, position);
             }
             Event::Change(c) => self.change(&c.table, Cow::Borrowed(&c.op)).await?,
             Event::Copy(c) => self.copy(c).await?,
@@ -1305,11 +1299,7 @@ impl Sink for SnowflakeSink {
         }
         let stored = read_checkpoint(self.session()?, &self.cfg, &self.pipeline, self.index).await?;
         let Some(stored) = stored.and_then(|c| c.position) else { return Ok(None) };
-        let adopted = stored.within(scope);
-        match &mut self.known {
-            Some(k) => k.advance(&adopted),
-            None => self.known = Some(adopted),
-        }
+        Position::advance_into(&mut self.known, &stored.within(scope));
         Ok(Some(stored))
     }
 

@@ -26,10 +26,10 @@ pub fn column_type(c: &ColumnSchema) -> String {
         | DataType::UInt32
         | DataType::UInt64 => "NUMBER(38,0)".into(),
         DataType::Float32 | DataType::Float64 => "FLOAT".into(),
-        DataType::Decimal => match (c.precision, c.scale) {
-            (Some(p), Some(s)) if p >= 1 && p <= MAX_PRECISION && s <= p => format!("NUMBER({p},{s})"),
+        DataType::Decimal => match number(c) {
+            Some((p, s)) => format!("NUMBER({p},{s})"),
             // An open numeric, or more digits than NUMBER holds: exact text.
-            _ => "TEXT".into(),
+            None => "TEXT".into(),
         },
         DataType::Bytes => "BINARY".into(),
         DataType::Date => "DATE".into(),
@@ -43,6 +43,15 @@ pub fn column_type(c: &ColumnSchema) -> String {
         | DataType::TimeTz
         | DataType::Interval
         | DataType::Uuid => "TEXT".into(),
+    }
+}
+
+/// The precision and scale of a decimal column Snowflake holds as `NUMBER(p,s)`; `None` for one
+/// kept as exact text (open, or more digits than NUMBER holds) and for other types.
+fn number(c: &ColumnSchema) -> Option<(u32, u32)> {
+    match (&c.data_type, c.precision, c.scale) {
+        (DataType::Decimal, Some(p), Some(s)) if (1..=MAX_PRECISION).contains(&p) && s <= p => Some((p, s)),
+        _ => None,
     }
 }
 
@@ -93,7 +102,7 @@ pub fn widens(from: &str, to: &str) -> bool {
 /// The text a stage column holds for `v`; `None` for NULL. `Err` names what the column's type
 /// cannot hold.
 pub fn stage_text(c: &ColumnSchema, v: &Value) -> Result<Option<String>, String> {
-    let numeric = column_type(c).starts_with("NUMBER");
+    let numeric = number(c);
     Ok(Some(match v {
         Value::Null | Value::Unchanged => return Ok(None),
         Value::Bool(b) => b.to_string(),
@@ -105,14 +114,14 @@ pub fn stage_text(c: &ColumnSchema, v: &Value) -> Result<Option<String>, String>
         Value::Float64(f) => {
             float_text(f.is_nan(), f.is_infinite(), f.is_sign_negative()).unwrap_or_else(|| f.to_string())
         }
-        Value::Decimal(d) if numeric && d.kind() != sluice_core::DecimalKind::Finite => {
+        Value::Decimal(d) if numeric.is_some() && d.kind() != sluice_core::DecimalKind::Finite => {
             return Err(format!(
                 "{d} cannot be stored in a Snowflake NUMBER; declare the source column as an unconstrained \
                  numeric (the replica then keeps it as exact TEXT)"
             ))
         }
         Value::Decimal(d) => {
-            if let (true, Some(p), Some(s)) = (numeric, c.precision, c.scale) {
+            if let Some((p, s)) = numeric {
                 let (int, frac) = d.digits();
                 let int = int.trim_start_matches('0');
                 if int.len() as u32 > p - s || frac.len() as u32 > s {

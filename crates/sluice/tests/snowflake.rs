@@ -62,6 +62,98 @@ async fn converge(env: &Env, server: &SnowflakeServer, log: &std::path::Path) ->
     }
 }
 
+type Rows = Vec<Vec<Option<String>>>;
+
+/// Waits until `sql` in `database`, read by Snowflake's Python connector, gives rows `done`
+/// accepts; panics with the last rows after [`CONVERGE`].
+async fn until_rows(server: &SnowflakeServer, database: &str, sql: &str, done: impl Fn(&Rows) -> bool) -> Rows {
+    let deadline = std::time::Instant::now() + CONVERGE;
+    loop {
+        let rows = snowflake_query(server, database, sql);
+        if done(&rows) {
+            return rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sql}: not as expected after {CONVERGE:?}, found {rows:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A `sluice run` pipeline file in `dir`: the source's `accounts` into the test kit's Snowflake,
+/// with `sink_extra` lines; returns its path.
+fn crash_pipeline(dir: &std::path::Path, name: &str, env: &Env, server: &SnowflakeServer, sink_extra: &str) -> String {
+    let config = dir.join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"{name}\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\nslot_takeover_secs = 1\n\n[[sink]]\n\
+             type = \"snowflake\"\naccount = \"xy12345\"\nurl = \"{}\"\nuser = \"svc_sluice\"\npassword = \"check\"\n\
+             buffer = {{ count_records = 500, flush_time_s = 0.05 }}\n{sink_extra}\n",
+            env.src_url,
+            server.url()
+        ),
+    )
+    .unwrap();
+    config.display().to_string()
+}
+
+/// Runs sluice on `config` through the crash points and three SIGKILLs while transactions of
+/// inserts, updates (60%), deletes, key changes and now and then a truncate with 100 new rows
+/// hit `accounts`; `note` adds a large `note` value to new rows. Returns the sluice left running.
+async fn crash_under_load(
+    env: &Env,
+    config: &str,
+    log: &std::path::Path,
+    seed: u64,
+    note: bool,
+) -> common::process::Sluice {
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let client = common::connect(&env.src_url).await;
+    let (note_value, refill_note) =
+        if note { (", repeat('n', {id})", ", repeat(md5(g::text), 100)") } else { ("", "") };
+    let load = tokio::spawn(async move {
+        let mut rng = sluice_playground::scenario::Rng::new(seed);
+        let (mut txns, mut next) = (0u64, 100_000i64);
+        while !*stop_rx.borrow_and_update() {
+            let mut sql = String::from("BEGIN;");
+            for _ in 0..rng.range(1, 6) {
+                let id = rng.range(1, 3000) as i64;
+                next += 1;
+                sql.push_str(&match rng.range(1, 400) {
+                    1 => format!(
+                        "TRUNCATE accounts; INSERT INTO accounts SELECT g, 'again-' || g, 1{refill_note} \
+                         FROM generate_series(1, 100) g;"
+                    ),
+                    2..=240 => {
+                        format!("UPDATE accounts SET balance = balance + 1, owner = owner || '.' WHERE id = {id};")
+                    }
+                    241..=320 => format!(
+                        "INSERT INTO accounts VALUES ({next}, 'new', 0{});",
+                        note_value.replace("{id}", &id.to_string())
+                    ),
+                    321..=380 => format!("DELETE FROM accounts WHERE id = {id};"),
+                    _ => format!("UPDATE accounts SET id = -{next} WHERE id = {id};"),
+                });
+            }
+            sql.push_str("COMMIT;");
+            client.batch_execute(&sql).await.expect("workload transaction");
+            txns += 1;
+            // Pacing of the workload (about 100 transactions a second), not a wait.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        txns
+    });
+    let sluice = common::process::crash_then_kill(
+        config,
+        log,
+        &[("sink.before_commit", 2), ("sink.after_commit", 3), ("source.before_confirm", 3)],
+        seed,
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    assert!(load.await.unwrap() > 20, "the workload ran");
+    sluice
+}
+
 /// Snapshot, then inserts, updates, key changes, deletes and a truncate under crashes at the
 /// named points and SIGKILLs (a flush's transaction left open by a killed process must be
 /// aborted by the next): the log holds every change once and folds to the source.
@@ -71,55 +163,9 @@ async fn postgres_to_snowflake_changelog_holds_every_change_once_across_crashes(
     let env = Env::new(SETUP).await;
     let server = SnowflakeServer::start().unwrap_or_else(|e| panic!("cannot start fakesnow: {e}"));
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "name = \"sfcrash\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\nslot_takeover_secs = 1\n\n[[sink]]\n\
-             type = \"snowflake\"\naccount = \"xy12345\"\nurl = \"{}\"\nuser = \"svc_sluice\"\npassword = \"check\"\n\
-             database = \"STREAMING\"\nbuffer = {{ count_records = 500, flush_time_s = 0.05 }}\n",
-            env.src_url,
-            server.url()
-        ),
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    let config = crash_pipeline(dir.path(), "sfcrash", &env, &server, "database = \"STREAMING\"");
     let log = dir.path().join("sluice.log");
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let client = common::connect(&env.src_url).await;
-    let load = tokio::spawn(async move {
-        let mut rng = sluice_playground::scenario::Rng::new(seed);
-        let (mut txns, mut next) = (0u64, 100_000i64);
-        while !*stop_rx.borrow_and_update() {
-            let mut sql = String::from("BEGIN;");
-            for _ in 0..rng.range(1, 6) {
-                let id = rng.range(1, 3000) as i64;
-                next += 1;
-                sql.push_str(&match rng.range(1, 1000) {
-                    1 => "TRUNCATE accounts; INSERT INTO accounts SELECT g, 'again-' || g, 1 FROM generate_series(1, 100) g;"
-                        .to_string(),
-                    2..=600 => format!("UPDATE accounts SET balance = balance + 1, owner = owner || '.' WHERE id = {id};"),
-                    601..=800 => format!("INSERT INTO accounts VALUES ({next}, 'new', 0);"),
-                    801..=950 => format!("DELETE FROM accounts WHERE id = {id};"),
-                    _ => format!("UPDATE accounts SET id = -{next} WHERE id = {id};"),
-                });
-            }
-            sql.push_str("COMMIT;");
-            client.batch_execute(&sql).await.expect("workload transaction");
-            txns += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        txns
-    });
-    let sluice = common::process::crash_then_kill(
-        &config,
-        &log,
-        &[("sink.before_commit", 2), ("sink.after_commit", 3), ("source.before_confirm", 3)],
-        seed,
-    )
-    .await;
-    let _ = stop_tx.send(true);
-    assert!(load.await.unwrap() > 20, "the workload ran");
+    let sluice = crash_under_load(&env, &config, &log, seed, false).await;
     converge(&env, &server, &log).await;
     sluice.stop(&log).await;
     let fold = converge(&env, &server, &log).await;
@@ -156,20 +202,7 @@ async fn every_type_lands_in_record_content_as_documented() {
     let pipeline = common::start(sluice::parse(&toml, &|_| None).expect("valid"));
     let sql = "SELECT RECORD_METADATA:operation::TEXT, RECORD_METADATA:key:id::TEXT, RECORD_CONTENT::TEXT, \
                RECORD_METADATA:commit_time::TEXT FROM \"T\" ORDER BY RECORD_METADATA:position::TEXT";
-    let entries = |n: usize| {
-        let (server, sql) = (&server, sql);
-        async move {
-            let deadline = std::time::Instant::now() + CONVERGE;
-            loop {
-                let rows = snowflake_query(server, "STREAMING", sql);
-                if rows.len() == n {
-                    return rows;
-                }
-                assert!(std::time::Instant::now() < deadline, "{n} entries expected, found {rows:?}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    };
+    let entries = |n: usize| until_rows(&server, "STREAMING", sql, move |rows| rows.len() == n);
     // The snapshot's row first, then an update and a delete.
     entries(1).await;
     env.src.batch_execute("UPDATE t SET tx = 'changed' WHERE id = 1; DELETE FROM t WHERE id = 1;").await.unwrap();
@@ -240,58 +273,9 @@ async fn postgres_to_snowflake_replica_is_exact_across_crashes() {
     .await;
     let server = SnowflakeServer::start().unwrap_or_else(|e| panic!("cannot start fakesnow: {e}"));
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "name = \"sfreplica\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\nslot_takeover_secs = 1\n\n[[sink]]\n\
-             type = \"snowflake\"\nmode = \"replica\"\naccount = \"xy12345\"\nurl = \"{}\"\nuser = \"svc_sluice\"\n\
-             password = \"check\"\ndatabase = \"REPLICA\"\nbuffer = {{ count_records = 500, flush_time_s = 0.05 }}\n",
-            env.src_url,
-            server.url()
-        ),
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    let config = crash_pipeline(dir.path(), "sfreplica", &env, &server, "mode = \"replica\"\ndatabase = \"REPLICA\"");
     let log = dir.path().join("sluice.log");
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let client = common::connect(&env.src_url).await;
-    let load = tokio::spawn(async move {
-        let mut rng = sluice_playground::scenario::Rng::new(seed);
-        let (mut txns, mut next) = (0u64, 100_000i64);
-        while !*stop_rx.borrow_and_update() {
-            let mut sql = String::from("BEGIN;");
-            for _ in 0..rng.range(1, 6) {
-                let id = rng.range(1, 3000) as i64;
-                next += 1;
-                sql.push_str(&match rng.range(1, 400) {
-                    1 => "TRUNCATE accounts; INSERT INTO accounts SELECT g, 'again-' || g, 1, \
-                          repeat(md5(g::text), 100) FROM generate_series(1, 100) g;"
-                        .to_string(),
-                    2..=240 => {
-                        format!("UPDATE accounts SET balance = balance + 1, owner = owner || '.' WHERE id = {id};")
-                    }
-                    241..=320 => format!("INSERT INTO accounts VALUES ({next}, 'new', 0, repeat('n', {id}));"),
-                    321..=380 => format!("DELETE FROM accounts WHERE id = {id};"),
-                    _ => format!("UPDATE accounts SET id = -{next} WHERE id = {id};"),
-                });
-            }
-            sql.push_str("COMMIT;");
-            client.batch_execute(&sql).await.expect("workload transaction");
-            txns += 1;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        txns
-    });
-    let sluice = common::process::crash_then_kill(
-        &config,
-        &log,
-        &[("sink.before_commit", 2), ("sink.after_commit", 3), ("source.before_confirm", 3)],
-        seed,
-    )
-    .await;
-    let _ = stop_tx.send(true);
-    assert!(load.await.unwrap() > 20, "the workload ran");
+    let sluice = crash_under_load(&env, &config, &log, seed, true).await;
     replica_converges(&env, &server).await;
     sluice.stop(&log).await;
     let notes = snowflake_query(&server, "REPLICA", "SELECT COUNT(*) FROM \"ACCOUNTS\" WHERE \"NOTE\" IS NOT NULL");
@@ -327,20 +311,7 @@ async fn replica_types_schema_changes_and_truncate() {
     );
     let pipeline = common::start(sluice::parse(&toml, &|_| None).expect("valid"));
     let read = |sql: &str| snowflake_query(&server, "REPLICA", sql);
-    let until = |sql: &'static str, want: Vec<Vec<Option<String>>>| {
-        let read = &read;
-        async move {
-            let deadline = std::time::Instant::now() + CONVERGE;
-            loop {
-                let got = read(sql);
-                if got == want {
-                    return;
-                }
-                assert!(std::time::Instant::now() < deadline, "{sql}: expected {want:?}, found {got:?}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    };
+    let until = |sql: &'static str, want: Rows| until_rows(&server, "REPLICA", sql, move |rows| *rows == want);
     let s = |v: &str| Some(v.to_string());
     until("SELECT \"ID\" FROM \"T\" ORDER BY \"ID\"", vec![vec![s("1")], vec![s("2")]]).await;
     // Each column's Snowflake type, as the catalog lists it.
@@ -472,15 +443,7 @@ async fn kafka_avro_records_land_with_the_connectors_metadata() {
                RECORD_METADATA:key:id::INT, RECORD_CONTENT:name::STRING, RECORD_CONTENT:price::NUMBER(10,2), \
                RECORD_METADATA:CreateTime::NUMBER > 1600000000000 FROM ORDERS_LOG \
                ORDER BY RECORD_METADATA:key:id::INT, RECORD_METADATA:offset::INT";
-    let deadline = std::time::Instant::now() + CONVERGE;
-    let rows = loop {
-        let rows = snowflake_query(&server, "STREAMING", sql);
-        if rows.len() == 5 {
-            break rows;
-        }
-        assert!(std::time::Instant::now() < deadline, "5 records expected in ORDERS_LOG, found {rows:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let rows = until_rows(&server, "STREAMING", sql, |rows| rows.len() == 5).await;
     // The replica sink of the same pipeline holds the records' current state, typed.
     let replica_sql = "SELECT \"ID\", \"NAME\", \"PRICE\", \"DAY\", \"FLAG\" FROM \"ORDERS\" ORDER BY \"ID\"";
     let want = vec![
@@ -493,14 +456,7 @@ async fn kafka_avro_records_land_with_the_connectors_metadata() {
         ],
         vec![Some("2".to_string()), Some("gadget".into()), None, None, Some("False".into())],
     ];
-    loop {
-        let rows = snowflake_query(&server, "REPLICA", replica_sql);
-        if rows == want {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the replica of the topic: expected {want:?}, found {rows:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    until_rows(&server, "REPLICA", replica_sql, |rows| *rows == want).await;
     pipeline.stop().await;
     let s = |v: &str| Some(v.to_string());
     // Each key's records are in one partition, in the order produced; (partition, offset) is

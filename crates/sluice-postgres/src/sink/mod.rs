@@ -836,11 +836,7 @@ impl Sink for PgSink {
         self.settle().await?;
         let client = self.client()?;
         let Some(stored) = self.store.read(&client).await?.and_then(|c| c.position) else { return Ok(None) };
-        let adopted = stored.within(scope);
-        match &mut self.known {
-            Some(k) => k.advance(&adopted),
-            None => self.known = Some(adopted),
-        }
+        Position::advance_into(&mut self.known, &stored.within(scope));
         Ok(Some(stored))
     }
 
