@@ -172,6 +172,16 @@ impl Checkpoint {
         }
     }
 
+    /// Whether `other` holds what this one does except perhaps the position: the same tables,
+    /// copy progress and transform state. A sink whose next checkpoint differs from the stored
+    /// one only in position (heartbeats) may store it lazily.
+    pub fn same_but_position(&self, other: &Checkpoint) -> bool {
+        self.tables == other.tables
+            && self.table_ids == other.table_ids
+            && self.transform == other.transform
+            && self.all_tables_copied == other.all_tables_copied
+    }
+
     /// Whether the sink holds anything at all: a position or a copied table.
     pub fn is_empty(&self) -> bool {
         self.position.is_none() && self.tables.is_empty() && !self.all_tables_copied

@@ -781,12 +781,7 @@ impl Sink for DuckDbSink {
             && self.quarantined.is_empty()
             && self.buffered == 0
             && self.stored_at.elapsed() < POSITION_STORE_EVERY
-            && self.stored.as_ref().is_some_and(|s| {
-                s.tables == checkpoint.tables
-                    && s.table_ids == checkpoint.table_ids
-                    && s.transform == checkpoint.transform
-                    && s.all_tables_copied == checkpoint.all_tables_copied
-            })
+            && self.stored.as_ref().is_some_and(|s| s.same_but_position(&checkpoint))
             && self.targets.values().all(|t| t.rows.is_empty() && t.batch.as_ref().is_none_or(KeyedBatch::is_empty));
         if only_position {
             ack.durable();

@@ -604,10 +604,7 @@ impl Sink for ParquetSink {
             && self.spilled.is_empty()
             && self.dead.is_empty()
             && self.stored_at.elapsed() < POSITION_STORE_EVERY
-            && self
-                .stored
-                .as_ref()
-                .is_some_and(|s| s.tables == checkpoint.tables && s.table_ids == checkpoint.table_ids);
+            && self.stored.as_ref().is_some_and(|s| s.same_but_position(&checkpoint));
         if only_position {
             ack.durable();
             return Ok(());

@@ -1266,13 +1266,10 @@ impl Sink for SnowflakeSink {
                 .values()
                 .all(|t| t.log.is_empty() && t.rows.is_empty() && t.batch.as_ref().is_none_or(KeyedBatch::is_empty));
         let only_position = idle
-            && self.stored.as_ref().is_some_and(|(s, at)| {
-                at.elapsed() < POSITION_STORE_EVERY
-                    && s.tables == checkpoint.tables
-                    && s.table_ids == checkpoint.table_ids
-                    && s.transform == checkpoint.transform
-                    && s.all_tables_copied == checkpoint.all_tables_copied
-            });
+            && self
+                .stored
+                .as_ref()
+                .is_some_and(|(s, at)| at.elapsed() < POSITION_STORE_EVERY && s.same_but_position(&checkpoint));
         if only_position {
             ack.durable();
             return Ok(());

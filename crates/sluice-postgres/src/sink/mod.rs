@@ -799,12 +799,7 @@ impl Sink for PgSink {
         let only_position = !self.dirty
             && !self.in_tx
             && self.stored_at.elapsed() < POSITION_STORE_EVERY
-            && self.stored.as_ref().is_some_and(|s| {
-                s.tables == checkpoint.tables
-                    && s.table_ids == checkpoint.table_ids
-                    && s.transform == checkpoint.transform
-                    && s.all_tables_copied == checkpoint.all_tables_copied
-            });
+            && self.stored.as_ref().is_some_and(|s| s.same_but_position(&checkpoint));
         if only_position {
             // Only heartbeats since the last commit: nothing the target must hold changed. A
             // restart from the older stored position skips nothing that concerns this sink. The
