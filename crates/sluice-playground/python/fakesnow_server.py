@@ -9,7 +9,9 @@ what a sink needs of Snowflake and fakesnow does not serve, answered here:
   session holds open (the session is closed too for the latter), as Snowflake does for a client
   that went away.
 
-Usage: python fakesnow_server.py PORT
+Usage: python fakesnow_server.py PORT_FILE
+(listens on a free loopback port it binds itself, then writes the port number to PORT_FILE, so
+the caller never talks to another process that took a port it picked first)
 """
 
 import itertools
@@ -168,4 +170,14 @@ routes = [
 app = Starlette(routes=routes)
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    import os
+    import socket
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port_file = sys.argv[1]
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(listener.getsockname()[1]))
+    os.replace(port_file + ".tmp", port_file)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])

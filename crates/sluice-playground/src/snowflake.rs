@@ -2,13 +2,17 @@
 //! DuckDB; installed by scripts/setup.sh into `.deps/fakesnow`), wrapped by
 //! `python/fakesnow_server.py` to answer what a sink needs and fakesnow lacks (session ids,
 //! named transactions, `SHOW TRANSACTIONS`, `SYSTEM$ABORT_TRANSACTION`/`SESSION`). In memory, on
-//! a free loopback port, stopped on drop.
+//! a free loopback port the server binds itself, stopped on drop.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use crate::kafka::{stop_group, tail, wait_ready};
-use crate::server::free_port;
+use std::time::{Duration, Instant};
+
+use crate::kafka::{stop_group, tail};
+
+/// How long the server may take to start (Python imports DuckDB and fakesnow first).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 const WRAPPER: &str = include_str!("../python/fakesnow_server.py");
 
@@ -44,32 +48,39 @@ impl SnowflakeServer {
         std::fs::write(&script, WRAPPER).map_err(|e| format!("write {}: {e}", script.display()))?;
         let log = dir.path().join("fakesnow.log");
         let python = fakesnow_python()?;
-        let mut last = String::new();
-        for _ in 0..3 {
-            let port = free_port();
-            let out = std::fs::File::create(&log).map_err(|e| format!("fakesnow log: {e}"))?;
-            let err = out.try_clone().map_err(|e| format!("fakesnow log: {e}"))?;
-            // fakesnow keeps its stage files under TMPDIR: in the server's own directory, they go
-            // when it does.
-            let mut child = Command::new(&python)
-                .arg(&script)
-                .arg(port.to_string())
-                .env("TMPDIR", dir.path())
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .process_group(0)
-                .spawn()
-                .map_err(|e| format!("cannot start fakesnow: {e}"))?;
-            match wait_ready(&mut child, port) {
-                Ok(()) => return Ok(SnowflakeServer { port, child: Some(child), dir }),
-                Err(e) => {
-                    last = format!("fakesnow: {e}:\n{}", tail(&log, 20));
-                    stop_group(child);
-                }
+        let out = std::fs::File::create(&log).map_err(|e| format!("fakesnow log: {e}"))?;
+        let err = out.try_clone().map_err(|e| format!("fakesnow log: {e}"))?;
+        let port_file = dir.path().join("port");
+        // fakesnow keeps its stage files under TMPDIR: in the server's own directory, they go
+        // when it does.
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .arg(&port_file)
+            .env("TMPDIR", dir.path())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start fakesnow: {e}"))?;
+        // The server binds a free port itself and names it: no other process can be on it.
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(port) = std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse().ok()) {
+                return Ok(SnowflakeServer { port, child: Some(child), dir });
             }
+            let failed = match child.try_wait() {
+                Ok(Some(status)) => Some(format!("exited at start ({status})")),
+                _ if Instant::now() > deadline => Some(format!("named no port within {START_TIMEOUT:?}")),
+                _ => None,
+            };
+            if let Some(why) = failed {
+                let why = format!("fakesnow: {why}:\n{}", tail(&log, 20));
+                stop_group(child);
+                return Err(why);
+            }
+            std::thread::sleep(Duration::from_millis(25));
         }
-        Err(last)
     }
 
     /// `http://127.0.0.1:PORT`, for the sink's `url`.
