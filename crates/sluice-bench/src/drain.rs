@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::common::{
-    backend_cpu_secs, bench_server, connect, copied, digest, exec, median, pgcopydb, run_ok, top_statements,
-    until_true, Pair, SluiceProc,
+    backend_cpu_secs, bench_server, connect, copied, digest, exec, median, perf_start, perf_stop, pgcopydb, run_ok,
+    top_statements, until_true, Pair, SluiceProc,
 };
 
 pub(crate) const TABLES: &str = "
@@ -221,11 +221,13 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     // Sluice.
     let t = Instant::now();
     let mut proc = SluiceProc::start(&dir, &toml)?;
+    let perf = perf_start(&proc)?;
     until_true(&replica, "SELECT EXISTS (SELECT 1 FROM marker WHERE id = 1)", Duration::from_secs(1800), || {
         proc.check_alive()
     })
     .await?;
     let sluice_secs = t.elapsed().as_secs_f64();
+    perf_stop(perf)?;
     let rss_mb = proc.peak_rss_mb();
     let cpu = proc.cpu_secs();
     let log_path = proc.log.clone();

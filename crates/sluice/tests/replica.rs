@@ -82,7 +82,8 @@ async fn updates_deletes_and_truncates_are_applied_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_values_are_kept_with_identity_default_and_full() {
     let env = Env::new(
-        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
+        // `k_id` is named like the sink's name for the key `id` in a partial update would have been.
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text, k_id int);
          ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
          CREATE TABLE docs_full (id int PRIMARY KEY, title text, body text);
          ALTER TABLE docs_full ALTER COLUMN body SET STORAGE EXTERNAL;
@@ -97,7 +98,7 @@ async fn unchanged_toast_values_are_kept_with_identity_default_and_full() {
         .batch_execute(
             "INSERT INTO docs VALUES (2, 'streamed', repeat('c', 50000) || 'end');
              INSERT INTO docs_full VALUES (2, 'streamed', repeat('d', 50000) || 'end');
-             UPDATE docs SET title = 'retitled';
+             UPDATE docs SET title = 'retitled', k_id = id;
              UPDATE docs_full SET title = 'retitled';
              BEGIN; UPDATE docs SET title = 'twice' WHERE id = 2; UPDATE docs SET title = 'thrice' WHERE id = 2; COMMIT;
              UPDATE docs SET id = 3 WHERE id = 1;

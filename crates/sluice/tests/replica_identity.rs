@@ -57,7 +57,7 @@ async fn an_identity_index_other_than_the_primary_key_matches_updates_and_delete
 
 /// The rows of `events` as sorted text, duplicates kept.
 async fn multiset(c: &tokio_postgres::Client, table: &str) -> Vec<String> {
-    c.query(&format!("SELECT format('%s|%s|%s', kind, n, payload) FROM {table} ORDER BY 1"), &[])
+    c.query(&format!("SELECT format('%s|%s|%s|%s', kind, n, payload, old_n) FROM {table} ORDER BY 1"), &[])
         .await
         .unwrap()
         .iter()
@@ -68,7 +68,8 @@ async fn multiset(c: &tokio_postgres::Client, table: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_without_a_key_replicates_with_replica_identity_full() {
     let env = Env::new(
-        "CREATE TABLE events (kind text, n int, payload json);
+        // `old_n` is named like the sink's name for the old value of `n` would have been.
+        "CREATE TABLE events (kind text, n int, payload json, old_n int);
          ALTER TABLE events REPLICA IDENTITY FULL;
          INSERT INTO events VALUES ('a', 1, '{}'), ('a', 1, '{}'), ('b', 2, '{\"x\": 1}'), ('n', NULL, NULL);",
     )
@@ -83,7 +84,7 @@ async fn a_table_without_a_key_replicates_with_replica_identity_full() {
     for sql in [
         // one of two identical rows
         "DELETE FROM events WHERE ctid = (SELECT min(ctid) FROM events WHERE kind = 'a')",
-        "UPDATE events SET n = 3, payload = '{\"x\": 2}' WHERE kind = 'b'",
+        "UPDATE events SET n = 3, payload = '{\"x\": 2}', old_n = 2 WHERE kind = 'b'",
         "UPDATE events SET kind = 'm' WHERE kind = 'n'",
         "INSERT INTO events VALUES ('c', 4, '[1, 2]'), ('c', 4, '[1, 2]')",
         "UPDATE events SET n = 5 WHERE ctid = (SELECT min(ctid) FROM events WHERE kind = 'c')",
@@ -126,5 +127,5 @@ async fn a_table_without_a_key_replicates_with_replica_identity_full() {
     running.stop().await;
     let kinds: Vec<String> = ops.iter().map(|r| r.get(0)).collect();
     assert_eq!(kinds, ["r", "r", "r", "r", "d", "u", "u", "c", "c", "u"]);
-    assert_eq!(ops[4].get::<_, Option<String>>(1).as_deref(), Some(r#"{"n": 1, "kind": "a", "payload": {}}"#));
+    assert_eq!(ops[4].get::<_, Option<String>>(1).as_deref(), Some(r#"{"n": 1, "kind": "a", "old_n": null, "payload": {}}"#));
 }
