@@ -310,6 +310,18 @@ pub async fn backend_cpu_secs(client: &Client, query: &str) -> f64 {
     }
 }
 
+/// With BENCH_SLUICE_LOG set (a log level), prints the lines of sluice's log at `path` that
+/// contain any of `words`, to show when each step happened.
+pub fn print_log(path: &std::path::Path, words: &[&str]) {
+    if std::env::var("BENCH_SLUICE_LOG").is_err() {
+        return;
+    }
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    for l in log.lines().filter(|l| words.iter().any(|w| l.contains(w))) {
+        eprintln!("  sluice log: {l}");
+    }
+}
+
 /// BENCH_PERF=FILE records a CPU profile of sluice while it works (perf record -p).
 pub fn perf_start(p: &SluiceProc) -> anyhow::Result<Option<std::process::Child>> {
     let Ok(out) = std::env::var("BENCH_PERF") else { return Ok(None) };

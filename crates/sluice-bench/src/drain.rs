@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::common::{
-    backend_cpu_secs, bench_server, connect, copied, digest, exec, median, perf_start, perf_stop, pgcopydb, run_ok,
-    top_statements, until_true, Pair, SluiceProc,
+    backend_cpu_secs, bench_server, connect, copied, digest, exec, median, perf_start, perf_stop, pgcopydb, print_log,
+    run_ok, top_statements, until_true, Pair, SluiceProc,
 };
 
 pub(crate) const TABLES: &str = "
@@ -230,21 +230,16 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     perf_stop(perf)?;
     let rss_mb = proc.peak_rss_mb();
     let cpu = proc.cpu_secs();
-    let log_path = proc.log.clone();
     let apply_cpu =
         backend_cpu_secs(&replica, "SELECT pid FROM pg_stat_activity WHERE application_name = 'sluice'").await;
     let sender_cpu =
         backend_cpu_secs(&src, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'sluice_bench'").await;
     eprintln!("sluice: target backends {apply_cpu:.2} CPU s, walsender {sender_cpu:.2} CPU s");
     top_statements(&replica, "sluice").await;
+    let log = proc.log.clone();
     proc.stop()?;
     eprintln!("sluice: {sluice_secs:.2}s, peak RSS {rss_mb:.1} MB, {cpu:.2} CPU seconds");
-    if std::env::var("BENCH_SLUICE_LOG").is_ok() {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        for l in log.lines().filter(|l| l.contains("stopped")) {
-            eprintln!("  sluice log: {l}");
-        }
-    }
+    print_log(&log, &["stopped"]);
 
     let want = digest(&src, "t").await?;
     if digest(&replica, "t").await? != want {

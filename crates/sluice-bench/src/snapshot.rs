@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::common::{bench_server, connect, copied, digest, exec, median, pgcopydb, run_ok, until_true, SluiceProc};
+use crate::common::{
+    bench_server, connect, copied, digest, exec, median, perf_start, perf_stop, pgcopydb, print_log, run_ok,
+    until_true, SluiceProc,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -105,11 +108,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         );
         let t = Instant::now();
         let mut proc = SluiceProc::start(&dir, &toml)?;
+        let perf = perf_start(&proc)?;
         until_true(&replica, &copied(&["t"]), Duration::from_secs(3600), || proc.check_alive()).await?;
         let sluice_secs = t.elapsed().as_secs_f64();
+        perf_stop(perf)?;
         rss.push(proc.peak_rss_mb());
         let cpu = proc.cpu_secs();
+        let log = proc.log.clone();
         proc.stop()?;
+        print_log(&log, &["INFO", "WARN"]);
         eprintln!("sluice snapshot: {sluice_secs:.2}s, sluice used {cpu:.2} CPU s");
         if digest(&replica, "t").await? != want || digest(&copy, "t").await? != want {
             bail!("a copy differs from the source");

@@ -61,11 +61,18 @@ pub enum PgError {
 /// Attaches context to a tokio-postgres result.
 pub(crate) trait Ctx<T> {
     fn ctx(self, what: impl Into<String>) -> Result<T, PgError>;
+    /// [`Ctx::ctx`] with the description built only on failure (for calls made per row or
+    /// block, where formatting it every time was measurable).
+    fn ctx_with(self, what: impl FnOnce() -> String) -> Result<T, PgError>;
 }
 
 impl<T> Ctx<T> for Result<T, tokio_postgres::Error> {
     fn ctx(self, what: impl Into<String>) -> Result<T, PgError> {
         self.map_err(|source| PgError::Client { what: what.into(), source })
+    }
+
+    fn ctx_with(self, what: impl FnOnce() -> String) -> Result<T, PgError> {
+        self.map_err(|source| PgError::Client { what: what(), source })
     }
 }
 

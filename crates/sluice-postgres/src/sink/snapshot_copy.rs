@@ -204,18 +204,18 @@ async fn write_copy(
     if binary {
         let mut header = BytesMut::new();
         copy::binary_header(&mut header);
-        sink.feed(header.freeze()).await.ctx(format!("COPY into {table}"))?;
+        sink.feed(header.freeze()).await.ctx_with(|| format!("COPY into {table}"))?;
     }
     while let Some(block) = blocks.recv().await {
-        sink.feed(block).await.ctx(format!("COPY into {table}"))?;
+        sink.feed(block).await.ctx_with(|| format!("COPY into {table}"))?;
         if blocks.is_empty() {
-            sink.flush().await.ctx(format!("COPY into {table}"))?;
+            sink.flush().await.ctx_with(|| format!("COPY into {table}"))?;
         }
     }
     if binary {
         let mut trailer = BytesMut::new();
         copy::binary_trailer(&mut trailer);
-        sink.feed(trailer.freeze()).await.ctx(format!("COPY into {table}"))?;
+        sink.feed(trailer.freeze()).await.ctx_with(|| format!("COPY into {table}"))?;
     }
     sink.as_mut().finish().await.ctx(format!("finish COPY into {table}"))
 }

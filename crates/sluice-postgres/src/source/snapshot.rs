@@ -83,7 +83,7 @@ pub(super) async fn copy_all(
         let mut blocks = Blocks::new(binary);
         let mut rows: u64 = 0;
         loop {
-            let chunk = stream.next().await.transpose().ctx(format!("snapshot of {}", t.id))?;
+            let chunk = stream.next().await.transpose().ctx_with(|| format!("snapshot of {}", t.id))?;
             let block = match &chunk {
                 Some(c) => blocks.push(c),
                 None => blocks.finish(),
