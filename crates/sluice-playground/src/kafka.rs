@@ -164,19 +164,64 @@ impl KafkaBroker {
     }
 }
 
-/// Waits until the broker listens on `port`, or says why not.
-pub(crate) fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
+/// Waits until `child` (or a process of the group it leads) listens on `port`, or says why
+/// not. The port was free a moment before the child started, so another test's server may have
+/// taken it since: a listener counts only if the child or its group holds its socket, and one
+/// held by anybody else is an error (the caller then tries another port).
+pub fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("exited at start ({status})"));
         }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
+        let sockets = listening_sockets(port);
+        if !sockets.is_empty() {
+            // A socket is in the table only once listening, and its descriptor is open from
+            // before that, so a listener not held by the group now never will be.
+            if group_holds(child.id(), &sockets) {
+                return Ok(());
+            }
+            return Err(format!("port {port} was taken by another process"));
         }
         std::thread::sleep(Duration::from_millis(25));
     }
     Err(format!("did not listen on port {port} within {START_TIMEOUT:?}"))
+}
+
+/// Inodes of the sockets listening on TCP `port` (IPv4 or IPv6), from /proc/net.
+fn listening_sockets(port: u16) -> Vec<u64> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else { continue };
+            let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && *state == "0A" {
+                inodes.extend(inode.parse::<u64>().ok().filter(|i| *i != 0));
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether process `group`, or a process of the group it leads, has one of `sockets` open.
+fn group_holds(group: u32, sockets: &[u64]) -> bool {
+    let wanted: Vec<String> = sockets.iter().map(|i| format!("socket:[{i}]")).collect();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return false };
+    procs.flatten().any(|p| {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { return false };
+        // Field 5 of /proc/PID/stat (after the parenthesised name) is the process group.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let pgrp = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok());
+        if pid != group && pgrp != Some(group) {
+            return false;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+        fds.flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| wanted.iter().any(|w| l.as_os_str() == w.as_str())))
+    })
 }
 
 /// Stops the process group `child` leads: SIGTERM, then SIGKILL for what is left after the
@@ -203,5 +248,41 @@ pub(crate) fn tail(path: &std::path::Path, lines: usize) -> String {
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    /// A child in its own process group, as the stand-ins are started.
+    fn spawn(args: &[&str]) -> Child {
+        Command::new(args[0]).args(&args[1..]).stdin(Stdio::null()).process_group(0).spawn().unwrap()
+    }
+
+    #[test]
+    fn a_port_taken_by_another_process_is_not_taken_for_the_child_listening() {
+        // This process holds the port; the child never listens on it.
+        let foreign = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = foreign.local_addr().unwrap().port();
+        let mut child = spawn(&["sleep", "30"]);
+        let got = wait_ready(&mut child, port);
+        stop_group(child);
+        let err = got.expect_err("a listener of another process must not count");
+        assert!(err.contains("taken by another process"), "{err}");
+    }
+
+    #[test]
+    fn the_child_listening_is_ready() {
+        let port = free_port();
+        let script = format!(
+            "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\ns.listen()\ntime.sleep(30)"
+        );
+        let mut child = spawn(&["python3", "-c", &script]);
+        let got = wait_ready(&mut child, port);
+        stop_group(child);
+        got.expect("the child's own listener counts");
     }
 }

@@ -17,7 +17,7 @@ pub mod scenario;
 mod server;
 mod snowflake;
 
-pub use kafka::{KafkaBroker, KafkaKind};
+pub use kafka::{wait_ready, KafkaBroker, KafkaKind};
 pub use mariadb::{MariaDbOptions, MariaDbServer};
 pub use s3::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
 pub use server::{free_port, pg_bindir, PgOptions, PgServer};

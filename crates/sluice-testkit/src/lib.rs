@@ -10,8 +10,8 @@ pub mod tls;
 use std::time::{Duration, Instant};
 
 pub use sluice_playground::{
-    fakesnow_python, free_port, pg_bindir, KafkaBroker, KafkaKind, MariaDbOptions, MariaDbServer, PgOptions, PgServer,
-    S3Server, SnowflakeServer, S3_ACCESS_KEY, S3_SECRET_KEY,
+    fakesnow_python, free_port, pg_bindir, wait_ready, KafkaBroker, KafkaKind, MariaDbOptions, MariaDbServer,
+    PgOptions, PgServer, S3Server, SnowflakeServer, S3_ACCESS_KEY, S3_SECRET_KEY,
 };
 
 /// Starts a PostgreSQL server for a test, or fails the test saying what is missing.

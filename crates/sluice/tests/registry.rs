@@ -5,9 +5,8 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use sluice_testkit::{free_port, wait_for};
+use sluice_testkit::{free_port, wait_ready};
 
 struct Registry {
     child: Child,
@@ -18,17 +17,15 @@ impl Registry {
     async fn start(data: &Path, log: &Path) -> Registry {
         let port = free_port();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["registry", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn sluice registry");
-        wait_for("the registry to listen", Duration::from_secs(30), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
-        })
-        .await;
+        // Only this child's listener counts (another test may have taken the port meanwhile).
+        tokio::task::block_in_place(|| wait_ready(&mut child, port)).expect("the registry to listen");
         Registry { child, url: format!("http://127.0.0.1:{port}") }
     }
 

@@ -127,5 +127,8 @@ async fn a_table_without_a_key_replicates_with_replica_identity_full() {
     running.stop().await;
     let kinds: Vec<String> = ops.iter().map(|r| r.get(0)).collect();
     assert_eq!(kinds, ["r", "r", "r", "r", "d", "u", "u", "c", "c", "u"]);
-    assert_eq!(ops[4].get::<_, Option<String>>(1).as_deref(), Some(r#"{"n": 1, "kind": "a", "old_n": null, "payload": {}}"#));
+    assert_eq!(
+        ops[4].get::<_, Option<String>>(1).as_deref(),
+        Some(r#"{"n": 1, "kind": "a", "old_n": null, "payload": {}}"#)
+    );
 }
