@@ -216,8 +216,8 @@ impl Params {
     /// column `cN` from parameter `$N` (positional names, so none can collide with a column's).
     /// The arrays are unnested in the select list, which streams the rows (`ProjectSet`),
     /// rather than with `FROM unnest(..)`, a function scan that first copies every row into a
-    /// tuplestore: about 5% less server time per updated row in 10,000-row batches, pooled
-    /// over eight passes of `bench/sql/update-forms.sql` (single passes on this noisy machine
+    /// tuplestore: about 4% less server time per updated row in 10,000-row batches, pooled
+    /// over six passes of `bench/sql/update-forms.sql` (single passes on this noisy machine
     /// ranged from 14% less to 9% more).
     fn rows(&self) -> String {
         let cols = self
