@@ -7,6 +7,7 @@
 //! no `state` column: it is added, and their rows are read with `Checkpoint::from_v1`.
 
 use sluice_core::{Checkpoint, ConnectorError, ErrorClass, Position, TableId, TableProgress};
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::error::{Ctx, PgError};
@@ -107,37 +108,73 @@ impl CheckpointWrite {
         Err(PgError::Retry(format!("the checkpoint row in {} kept changing under this process", self.table)))
     }
 
-    /// Stores the checkpoint, inside the caller's transaction. Refuses to move the stored
-    /// position backwards: a stored position past this one means another sluice process wrote
-    /// this sink after this one (fencing's second line, behind the sink's advisory lock).
+    /// Stores the checkpoint, inside the caller's transaction: [`CheckpointWrite::check`], then
+    /// [`CheckpointWrite::store`].
     pub async fn execute(&self, client: &Client) -> Result<(), PgError> {
+        self.check(client).await?;
+        self.store(client).await
+    }
+
+    /// Locks the stored row until the transaction ends and refuses to move the stored position
+    /// backwards: a stored position past this one means another sluice process wrote this sink
+    /// after this one (fencing's second line, behind the sink's advisory lock). One request, so
+    /// it can be pipelined behind `BEGIN`. A shared sink checks in [`CheckpointWrite::store`].
+    pub async fn check(&self, client: &Client) -> Result<(), PgError> {
+        let (None, Some(new)) = (&self.shared, &self.position) else { return Ok(()) };
+        let rows = client
+            .query_typed(&self.lock_sql, &[(&self.pipeline, Type::TEXT), (&self.sink, Type::TEXT)])
+            .await
+            .ctx("read the stored checkpoint")?;
+        let stored: Option<String> = rows.first().and_then(|r| r.get(0));
+        let parse = |s: &str| serde_json::from_str::<Position>(s).ok();
+        if let (Some(old), Some(new)) = (stored.as_deref().and_then(parse), parse(new)) {
+            if old != new && old.includes(&new) {
+                return Err(PgError::Fenced(format!(
+                    "the checkpoint of pipeline {:?} ({}) in {} is at {old}, past this process's {new}: another \
+                     sluice process has been writing this target for the same pipeline. This one stops so the \
+                     replica never moves backwards; run one process per pipeline (a standby waits for the \
+                     slot by itself)",
+                    self.pipeline, self.sink, self.table
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the row (after [`CheckpointWrite::check`] in the same transaction). One request
+    /// unless the sink is shared, when the stored row is read, merged with and written.
+    pub async fn store(&self, client: &Client) -> Result<(), PgError> {
         if let Some(shared) = &self.shared {
             return self.execute_shared(client, shared).await;
         }
-        if let Some(new) = &self.position {
-            let stored: Option<String> = client
-                .query_opt(&self.lock_sql, &[&self.pipeline, &self.sink])
-                .await
-                .ctx("read the stored checkpoint")?
-                .and_then(|r| r.get(0));
-            let parse = |s: &str| serde_json::from_str::<Position>(s).ok();
-            if let (Some(old), Some(new)) = (stored.as_deref().and_then(parse), parse(new)) {
-                if old != new && old.includes(&new) {
-                    return Err(PgError::Fenced(format!(
-                        "the checkpoint of pipeline {:?} ({}) in {} is at {old}, past this process's {new}: another \
-                         sluice process has been writing this target for the same pipeline. This one stops so the \
-                         replica never moves backwards; run one process per pipeline (a standby waits for the \
-                         slot by itself)",
-                        self.pipeline, self.sink, self.table
-                    )));
-                }
-            }
-        }
         client
-            .execute(&self.sql, &[&self.pipeline, &self.sink, &self.position, &self.snapshot_done, &self.state])
+            .query_typed(
+                &self.sql,
+                &[
+                    (&self.pipeline, Type::TEXT),
+                    (&self.sink, Type::TEXT),
+                    (&self.position, Type::TEXT),
+                    (&self.snapshot_done, Type::BOOL),
+                    (&self.state, Type::TEXT),
+                ],
+            )
             .await
             .ctx("store checkpoint")?;
         Ok(())
+    }
+
+    /// [`CheckpointWrite::store`] then `COMMIT`, sent together when the store is one request,
+    /// so the target does not wait a round trip between them. If the store fails, the
+    /// transaction is aborted and the `COMMIT` behind it only ends it: nothing is committed and
+    /// the store's error is returned.
+    pub async fn store_and_commit(&self, client: &Client) -> Result<(), PgError> {
+        if self.shared.is_some() {
+            self.store(client).await?;
+            return client.batch_execute("COMMIT").await.ctx("commit target transaction");
+        }
+        let (stored, committed) = tokio::join!(self.store(client), client.batch_execute("COMMIT"));
+        stored?;
+        committed.ctx("commit target transaction")
     }
 }
 

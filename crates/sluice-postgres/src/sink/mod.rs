@@ -623,9 +623,10 @@ impl PgSink {
         self.write_all().await?;
         self.begin().await?;
         let client = self.client()?;
-        self.checkpoint_write(checkpoint).execute(&client).await?;
+        let write = self.checkpoint_write(checkpoint);
+        write.check(&client).await?;
         sluice_core::crash_point("sink.before_commit");
-        client.batch_execute("COMMIT").await.ctx("commit target transaction")?;
+        write.store_and_commit(&client).await?;
         sluice_core::crash_point("sink.after_commit");
         self.in_tx = false;
         Ok(())
@@ -689,7 +690,10 @@ impl Job {
 
     async fn apply(self) -> Result<(), PgError> {
         let client = &self.client;
-        client.batch_execute("BEGIN").await.ctx("begin target transaction")?;
+        // The checkpoint row is locked and checked first, sent with BEGIN: one round trip.
+        let (begun, checked) = tokio::join!(client.batch_execute("BEGIN"), self.checkpoint.check(client));
+        begun.ctx("begin target transaction")?;
+        checked?;
         let mut refused = None;
         for step in &self.steps {
             if let Err(e) = step.execute(client).await {
@@ -705,6 +709,7 @@ impl Job {
             // what it refuses in the dead-letter table.
             warn!(error = %ConnectorError::from(e), "batch refused by the target; applying it change by change");
             client.batch_execute("ROLLBACK; BEGIN").await.ctx("roll back refused batch")?;
+            self.checkpoint.check(client).await?;
             let mut statements = HashMap::new();
             for (schema, target, sorted) in self.tables {
                 let mut w = Writer {
@@ -719,9 +724,8 @@ impl Job {
                 client.batch_execute("RELEASE SAVEPOINT sluice_write").await.ctx("release savepoint")?;
             }
         }
-        self.checkpoint.execute(client).await?;
         sluice_core::crash_point("sink.before_commit");
-        client.batch_execute("COMMIT").await.ctx("commit target transaction")?;
+        self.checkpoint.store_and_commit(client).await?;
         sluice_core::crash_point("sink.after_commit");
         Ok(())
     }
