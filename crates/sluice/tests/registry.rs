@@ -15,18 +15,28 @@ struct Registry {
 
 impl Registry {
     async fn start(data: &Path, log: &Path) -> Registry {
-        let port = free_port();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["registry", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-            .arg(data)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn sluice registry");
-        // Only this child's listener counts (another test may have taken the port meanwhile).
-        tokio::task::block_in_place(|| wait_ready(&mut child, port)).expect("the registry to listen");
-        Registry { child, url: format!("http://127.0.0.1:{port}") }
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(["registry", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+                .arg(data)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn sluice registry");
+            // Only this child's listener counts (another test may have taken the port meanwhile).
+            match tokio::task::block_in_place(|| wait_ready(&mut child, port)) {
+                Ok(()) => return Registry { child, url: format!("http://127.0.0.1:{port}") },
+                Err(e) => {
+                    last = e;
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        panic!("the registry did not start: {last}");
     }
 
     /// SIGTERM, then a clean exit.

@@ -580,3 +580,33 @@ async fn an_update_of_a_row_missing_on_the_target_puts_it_back() {
     env.converge("u", "id").await;
     pipeline.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_index_on_the_target_sees_changes_in_the_order_that_made_them_valid() {
+    // Row 2 gives up the value row 1 then takes, in one source transaction: applied in key
+    // order, row 1 would collide with row 2 on the replica's unique index.
+    let env = Env::new(
+        "CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL);
+         CREATE TABLE later (id int PRIMARY KEY, email text NOT NULL);
+         INSERT INTO people VALUES (1, 'a'), (2, 'x'); INSERT INTO later VALUES (1, 'a'), (2, 'x');",
+    )
+    .await;
+    // `people` has the index on the replica before Sluice first sees it; `later` gets it once
+    // copied, so Sluice learns of it only when the target refuses a batch.
+    env.dst.batch_execute("CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL UNIQUE)").await.unwrap();
+    let pipeline = start(env.config("unique", "", ""));
+    env.wait_copied("unique", &["people", "later"]).await;
+    env.dst.batch_execute("CREATE UNIQUE INDEX ON later (email)").await.unwrap();
+    env.src
+        .batch_execute(
+            "BEGIN; UPDATE people SET email = 'q' WHERE id = 2; UPDATE people SET email = 'x' WHERE id = 1;
+                    UPDATE later SET email = 'q' WHERE id = 2; UPDATE later SET email = 'x' WHERE id = 1; COMMIT;",
+        )
+        .await
+        .unwrap();
+    env.converge("people", "id").await;
+    env.converge("later", "id").await;
+    pipeline.stop().await;
+    let parked: i64 = env.dst.query_one("SELECT count(*) FROM sluice.dead_letters", &[]).await.unwrap().get(0);
+    assert_eq!(parked, 0, "no valid change may be parked as a dead letter");
+}

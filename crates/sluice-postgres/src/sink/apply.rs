@@ -166,26 +166,38 @@ impl Step {
     }
 }
 
-/// A batch's net operations sorted by the statement that applies them.
+/// A batch's net operations sorted by the statement that applies them, each with the position
+/// its operation had in the batch (`*_at`).
 pub(crate) struct Sorted {
     deletes: Arc<Vec<Key>>,
     upserts: Arc<Vec<Row>>,
     inserts: Arc<Vec<Row>>,
     updates: Arc<Vec<Row>>,
     partial: Vec<Vec<(Key, Row)>>,
+    deletes_at: Vec<usize>,
+    upserts_at: Vec<usize>,
+    inserts_at: Vec<usize>,
+    updates_at: Vec<usize>,
+    partial_at: Vec<Vec<usize>>,
 }
 
 impl Sorted {
-    /// The operations again, to apply them another way; plain inserts become upserts (a batch
-    /// is only applied again after the target refused it, and an insert meeting an existing row
-    /// is the usual reason).
+    /// The operations again, in the order they had in the batch, to apply them another way;
+    /// plain inserts become upserts (a batch is only applied again after the target refused it,
+    /// and an insert meeting an existing row is the usual reason). Arrival order matters when
+    /// they are applied one by one: with a unique index besides the key, key order can make a
+    /// valid sequence collide (row 2 gives up a value row 1 takes).
     pub fn ops(&self) -> Vec<NetOp> {
-        let mut out = Vec::new();
-        out.extend(self.deletes.iter().cloned().map(NetOp::Delete));
-        out.extend(self.upserts.iter().chain(self.inserts.iter()).cloned().map(NetOp::Upsert));
-        out.extend(self.updates.iter().cloned().map(NetOp::Update));
-        out.extend(self.partial.iter().flatten().map(|(_, r)| NetOp::Update(r.clone())));
-        out
+        let mut out: Vec<(usize, NetOp)> = Vec::new();
+        out.extend(self.deletes_at.iter().copied().zip(self.deletes.iter().cloned().map(NetOp::Delete)));
+        out.extend(self.upserts_at.iter().copied().zip(self.upserts.iter().cloned().map(NetOp::Upsert)));
+        out.extend(self.inserts_at.iter().copied().zip(self.inserts.iter().cloned().map(NetOp::Upsert)));
+        out.extend(self.updates_at.iter().copied().zip(self.updates.iter().cloned().map(NetOp::Update)));
+        for (at, rows) in self.partial_at.iter().zip(&self.partial) {
+            out.extend(at.iter().copied().zip(rows.iter().map(|(_, r)| NetOp::Update(r.clone()))));
+        }
+        out.sort_by_key(|(at, _)| *at);
+        out.into_iter().map(|(_, op)| op).collect()
     }
 }
 
@@ -286,42 +298,58 @@ impl Planner<'_> {
         ops: Vec<NetOp>,
     ) -> Result<(Vec<Step>, Sorted), PgError> {
         let key_idx = schema.key_indexes();
-        let mut deletes: Vec<Key> = Vec::new();
-        let mut upserts: Vec<Row> = Vec::new();
-        let mut inserts: Vec<Row> = Vec::new();
-        let mut updates: Vec<Row> = Vec::new();
-        let mut partial: FxHashMap<Vec<bool>, Vec<(Key, Row)>> = FxHashMap::default();
-        for op in ops {
+        let mut deletes: Vec<(usize, Key)> = Vec::new();
+        let mut upserts: Vec<(usize, Row)> = Vec::new();
+        let mut inserts: Vec<(usize, Row)> = Vec::new();
+        let mut updates: Vec<(usize, Row)> = Vec::new();
+        let mut partial: FxHashMap<Vec<bool>, Vec<(usize, (Key, Row))>> = FxHashMap::default();
+        for (at, op) in ops.into_iter().enumerate() {
             match op {
-                NetOp::Delete(k) => deletes.push(k),
-                NetOp::Insert(r) if !r.contains(&Value::Unchanged) => inserts.push(r),
+                NetOp::Delete(k) => deletes.push((at, k)),
+                NetOp::Insert(r) if !r.contains(&Value::Unchanged) => inserts.push((at, r)),
                 NetOp::Insert(r) | NetOp::Upsert(r) | NetOp::Update(r) if r.contains(&Value::Unchanged) => {
                     let mask = r.iter().map(|v| *v != Value::Unchanged).collect();
                     let key = key_idx.iter().map(|&i| r[i].clone()).collect();
-                    partial.entry(mask).or_default().push((key, r));
+                    partial.entry(mask).or_default().push((at, (key, r)));
                 }
-                NetOp::Upsert(r) | NetOp::Insert(r) => upserts.push(r),
-                NetOp::Update(r) => updates.push(r),
+                NetOp::Upsert(r) | NetOp::Insert(r) => upserts.push((at, r)),
+                NetOp::Update(r) => updates.push((at, r)),
             }
         }
+        let mut partial: Vec<Vec<(usize, (Key, Row))>> = partial.into_values().collect();
         // In key order, each statement walks the key's index and the heap in order instead of
         // jumping about (bench/sql/update-forms.sql: 14-21% less server time than the same rows
         // in random order); rows that arrived in key order are only checked (a run is O(n)).
-        deletes.sort_by(|a, b| key_order(a.iter().zip(b)));
-        let by_key = |a: &Row, b: &Row| key_order(key_idx.iter().map(|&i| (&a[i], &b[i])));
-        for rows in [&mut upserts, &mut inserts, &mut updates] {
-            rows.sort_by(by_key);
+        // Not when the target has another unique index (or an exclusion constraint), which
+        // PostgreSQL checks row by row: there the order the source applied them in is the one
+        // known to be valid.
+        if !target.other_unique {
+            deletes.sort_by(|a, b| key_order(a.1.iter().zip(&b.1)));
+            let by_key = |a: &(usize, Row), b: &(usize, Row)| key_order(key_idx.iter().map(|&i| (&a.1[i], &b.1[i])));
+            for rows in [&mut upserts, &mut inserts, &mut updates] {
+                rows.sort_by(by_key);
+            }
+            for rows in &mut partial {
+                rows.sort_by(|a, b| key_order(a.1 .0.iter().zip(&b.1 .0)));
+            }
         }
-        let mut partial: Vec<Vec<(Key, Row)>> = partial.into_values().collect();
-        for rows in &mut partial {
-            rows.sort_by(|a, b| key_order(a.0.iter().zip(&b.0)));
-        }
+        let (deletes_at, deletes): (Vec<usize>, Vec<Key>) = deletes.into_iter().unzip();
+        let (upserts_at, upserts): (Vec<usize>, Vec<Row>) = upserts.into_iter().unzip();
+        let (inserts_at, inserts): (Vec<usize>, Vec<Row>) = inserts.into_iter().unzip();
+        let (updates_at, updates): (Vec<usize>, Vec<Row>) = updates.into_iter().unzip();
+        let (partial_at, partial): (Vec<Vec<usize>>, Vec<Vec<(Key, Row)>>) =
+            partial.into_iter().map(|rows| rows.into_iter().unzip()).unzip();
         let sorted = Sorted {
             deletes: Arc::new(deletes),
             upserts: Arc::new(upserts),
             inserts: Arc::new(inserts),
             updates: Arc::new(updates),
             partial,
+            deletes_at,
+            upserts_at,
+            inserts_at,
+            updates_at,
+            partial_at,
         };
         let mut steps = Vec::new();
         if !sorted.deletes.is_empty() {

@@ -164,15 +164,17 @@ impl CheckpointWrite {
     }
 
     /// [`CheckpointWrite::store`] then `COMMIT`, sent together when the store is one request,
-    /// so the target does not wait a round trip between them. If the store fails, the
-    /// transaction is aborted and the `COMMIT` behind it only ends it: nothing is committed and
-    /// the store's error is returned.
+    /// so the target does not wait a round trip between them (`join!` polls the store first,
+    /// which queues its request before the `COMMIT` is queued). If the server refuses the
+    /// store, the transaction is aborted and the `COMMIT` behind it only ends it: nothing is
+    /// committed and the store's error is returned. The store cannot fail before its request
+    /// is queued: its parameters are text and a boolean bound as TEXT and BOOL.
     pub async fn store_and_commit(&self, client: &Client) -> Result<(), PgError> {
         if self.shared.is_some() {
             self.store(client).await?;
             return client.batch_execute("COMMIT").await.ctx("commit target transaction");
         }
-        let (stored, committed) = tokio::join!(self.store(client), client.batch_execute("COMMIT"));
+        let (stored, committed) = tokio::join!(biased; self.store(client), client.batch_execute("COMMIT"));
         stored?;
         committed.ctx("commit target transaction")
     }

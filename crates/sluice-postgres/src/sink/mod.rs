@@ -626,9 +626,11 @@ impl PgSink {
         let write = self.checkpoint_write(checkpoint);
         write.check(&client).await?;
         sluice_core::crash_point("sink.before_commit");
-        write.store_and_commit(&client).await?;
-        sluice_core::crash_point("sink.after_commit");
+        let committed = write.store_and_commit(&client).await;
+        // Committed, or ended by the COMMIT after a refused store: either way no longer open.
         self.in_tx = false;
+        committed?;
+        sluice_core::crash_point("sink.after_commit");
         Ok(())
     }
 
@@ -691,7 +693,7 @@ impl Job {
     async fn apply(self) -> Result<(), PgError> {
         let client = &self.client;
         // The checkpoint row is locked and checked first, sent with BEGIN: one round trip.
-        let (begun, checked) = tokio::join!(client.batch_execute("BEGIN"), self.checkpoint.check(client));
+        let (begun, checked) = tokio::join!(biased; client.batch_execute("BEGIN"), self.checkpoint.check(client));
         begun.ctx("begin target transaction")?;
         checked?;
         let mut refused = None;

@@ -36,6 +36,9 @@ pub(crate) struct Target {
     /// Whether the table has its primary key (tables created for a consistent snapshot get it
     /// after the load).
     pub has_key: bool,
+    /// Whether it has a unique index or an exclusion constraint besides the primary key (a
+    /// batch's rows are then applied in the order they arrived, not in key order).
+    pub other_unique: bool,
     /// The source columns it was last reconciled with: only these can be dropped or renamed
     /// when the source drops or renames them.
     pub source_columns: Vec<String>,
@@ -129,14 +132,22 @@ async fn target_columns(client: &Client, qualified_name: &str) -> Result<Vec<Exi
 }
 
 async fn has_primary_key(client: &Client, qualified_name: &str) -> Result<bool, PgError> {
-    Ok(client
+    Ok(indexes(client, qualified_name).await?.0)
+}
+
+/// Whether the table has a primary key, and whether it has a unique index or an exclusion
+/// constraint besides it.
+async fn indexes(client: &Client, qualified_name: &str) -> Result<(bool, bool), PgError> {
+    let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = to_regclass($1) AND indisprimary)",
+            "SELECT coalesce(bool_or(indisprimary), false), \
+                    coalesce(bool_or((indisunique OR indisexclusion) AND NOT indisprimary), false) \
+             FROM pg_index WHERE indrelid = to_regclass($1)",
             &[&qualified_name],
         )
         .await
-        .ctx(format!("look up the primary key of {qualified_name}"))?
-        .get(0))
+        .ctx(format!("look up the indexes of {qualified_name}"))?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// Creates or widens the table `tid` for rows of `schema`, inside the caller's transaction.
@@ -185,6 +196,7 @@ pub(crate) async fn reconcile(
             name,
             columns: HashMap::new(),
             has_key: true,
+            other_unique: false,
             source_columns: Vec::new(),
         });
     }
@@ -259,9 +271,9 @@ pub(crate) async fn reconcile(
         let codec = types.resolve(client, oid, typmod).await?.pg;
         columns.insert(col, TargetColumn { cast, codec, array_oid });
     }
-    let has_key = has_primary_key(client, &name).await?;
+    let (has_key, other_unique) = indexes(client, &name).await?;
     let source_columns = schema.columns.iter().map(|c| c.name.clone()).collect();
-    Ok(Target { version: schema.version, name, columns, has_key, source_columns })
+    Ok(Target { version: schema.version, name, columns, has_key, other_unique, source_columns })
 }
 
 /// One change to a target table's shape.
