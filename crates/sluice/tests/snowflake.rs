@@ -67,15 +67,17 @@ type Rows = Vec<Vec<Option<String>>>;
 /// Waits until `sql` in `database`, read by Snowflake's Python connector, gives rows `done`
 /// accepts; panics with the last rows after [`CONVERGE`].
 async fn until_rows(server: &SnowflakeServer, database: &str, sql: &str, done: impl Fn(&Rows) -> bool) -> Rows {
-    let deadline = std::time::Instant::now() + CONVERGE;
-    loop {
+    let mut last = Rows::new();
+    let found = sluice_testkit::poll_until(CONVERGE, || {
         let rows = snowflake_query(server, database, sql);
-        if done(&rows) {
-            return rows;
+        let ok = done(&rows);
+        if !ok {
+            last = rows.clone();
         }
-        assert!(std::time::Instant::now() < deadline, "{sql}: not as expected after {CONVERGE:?}, found {rows:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        async move { ok.then_some(rows) }
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("{sql}: not as expected after {CONVERGE:?}, found {last:?}"))
 }
 
 /// A `sluice run` pipeline file in `dir`: the source's `accounts` into the test kit's Snowflake,
