@@ -112,14 +112,23 @@ python3 -c "$s3_check" >/dev/null 2>&1 \
 # the Snowflake sink's tests run against the first and check with the second. fakesnow needs
 # DuckDB 2.0's Python package, the DuckDB checks above need 1.5.6: so a virtualenv of its own.
 fakesnow_venv="$(cd "$(dirname "$0")/.." && pwd)/.deps/fakesnow"
-fs_check="import fakesnow.server, snowflake.connector, importlib.metadata as m, sys; sys.exit(m.version('fakesnow') != '0.12.1')"
-if ! "$fakesnow_venv/bin/python" -c "$fs_check" >/dev/null 2>&1; then
+# Importing fakesnow makes a stage directory under TMPDIR: the check gets one of its own.
+fs_check() {
+  local tmp status
+  tmp=$(mktemp -d)
+  TMPDIR="$tmp" "$fakesnow_venv/bin/python" -c \
+    "import fakesnow.server, snowflake.connector, importlib.metadata as m, sys; sys.exit(m.version('fakesnow') != '0.12.1')" \
+    >/dev/null 2>&1 && status=0 || status=1
+  rm -rf "$tmp"
+  return "$status"
+}
+if ! fs_check; then
   echo "setup: installing fakesnow 0.12.1 and snowflake-connector-python into .deps/fakesnow" >&2
   python3 -m venv "$fakesnow_venv"
   "$fakesnow_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     "fakesnow[server]==0.12.1" "snowflake-connector-python==3.18.1" >&2
 fi
-"$fakesnow_venv/bin/python" -c "$fs_check" >/dev/null 2>&1 \
+fs_check \
   || { echo "setup: fakesnow is still missing from .deps/fakesnow after install" >&2; exit 1; }
 
 if ! command -v cargo >/dev/null 2>&1; then
