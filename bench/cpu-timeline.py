@@ -16,8 +16,9 @@ HZ = os.sysconf("SC_CLK_TCK")
 
 
 def kind(cmd):
-    if "/sluice run " in cmd or cmd.startswith("sluice run "):
-        return "sluice"
+    argv = cmd.split(" ")
+    if len(argv) > 1 and os.path.basename(argv[0]).startswith("sluice") and argv[1] == "run":
+        return "sluice"  # also a copy under another name (BENCH_SLUICE_BIN=/tmp/sluice-new)
     if "walsender" in cmd:
         return "walsender"
     if "logical replication" in cmd and "worker" in cmd:

@@ -195,6 +195,11 @@ impl ReplicationConn {
         Some(BackendMessage { tag, body: frame.freeze() })
     }
 
+    /// The next backend message if it was already read from the socket; never waits.
+    pub fn try_recv(&mut self) -> Option<BackendMessage> {
+        self.try_parse()
+    }
+
     /// Receives the next backend message. Cancel-safe.
     pub async fn recv(&mut self) -> Result<BackendMessage, PgError> {
         loop {

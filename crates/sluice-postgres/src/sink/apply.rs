@@ -27,6 +27,7 @@ use tokio_postgres::{Client, Statement};
 use tracing::debug;
 
 use super::target::Target;
+use super::Inflight;
 use crate::codec::{self, PgType};
 use crate::config::Encoding;
 use crate::copy;
@@ -36,8 +37,9 @@ use crate::ident::quote_ident;
 /// OID of `text`, the element type of text array parameters.
 const TEXT_OID: u32 = 25;
 
-/// One column of a batch as an array parameter, encoded from the rows when it is sent: binary
-/// elements of the column's own type (`elem` is its OID), or text.
+/// One column of a batch as an array parameter, encoded from the rows when it is sent (or
+/// beforehand, [`Step::encode_ahead`]): binary elements of the column's own type (`elem` is its
+/// OID), or text.
 #[derive(Debug, Clone)]
 pub struct Column {
     rows: Arc<Vec<Row>>,
@@ -45,10 +47,29 @@ pub struct Column {
     codec: PgType,
     /// Binary, with elements of this type OID; `None` for text.
     elem: Option<u32>,
+    /// The array already encoded.
+    encoded: Option<Bytes>,
 }
 
-impl ToSql for Column {
-    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+impl Column {
+    fn new(rows: &Arc<Vec<Row>>, col: usize, codec: PgType, elem: Option<u32>) -> Self {
+        Column { rows: rows.clone(), col, codec, elem, encoded: None }
+    }
+
+    /// Encodes the array now, so sending it later only copies bytes. A value that cannot be
+    /// encoded leaves the column as it was: sending it reports the error as it always did.
+    fn encode_ahead(&mut self) {
+        let mut out = BytesMut::new();
+        if self.encode(&mut out).is_ok() {
+            self.encoded = Some(out.freeze());
+        }
+    }
+
+    fn encode(&self, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if let Some(bytes) = &self.encoded {
+            out.extend_from_slice(bytes);
+            return Ok(IsNull::No);
+        }
         let has_null = self.rows.iter().any(|r| matches!(r[self.col], Value::Null | Value::Unchanged));
         out.put_i32(1);
         out.put_i32(i32::from(has_null));
@@ -71,6 +92,12 @@ impl ToSql for Column {
             }
         }
         Ok(IsNull::No)
+    }
+}
+
+impl ToSql for Column {
+    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        self.encode(out)
     }
 
     fn accepts(_ty: &Type) -> bool {
@@ -144,6 +171,17 @@ fn bind(params: &[Column]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 impl Step {
+    /// Encodes the parameters now rather than when the statement is sent: a batch is encoded
+    /// while the one before it still runs on the target.
+    pub fn encode_ahead(&mut self) {
+        match self {
+            Step::Exec { params, .. } | Step::UpdateElseUpsert { params, .. } => {
+                params.iter_mut().for_each(Column::encode_ahead)
+            }
+            Step::Copy { .. } => {}
+        }
+    }
+
     /// Runs the statement; returns the rows it affected.
     pub async fn execute(&self, client: &Client) -> Result<u64, PgError> {
         match self {
@@ -203,18 +241,18 @@ impl Sorted {
 
 /// Prepares statements on one connection, caching them by text.
 pub(crate) struct Planner<'a> {
-    pub client: &'a Client,
-    pub statements: &'a mut HashMap<String, Statement>,
-    pub encoding: Encoding,
+    client: &'a Client,
+    statements: &'a mut HashMap<String, Statement>,
+    encoding: Encoding,
+    /// The batch committing in the background on the same connection, planned ahead of: a
+    /// statement that is not prepared yet waits for it first, so the preparation cannot land
+    /// in (and fail with) that batch's transaction.
+    ahead_of: Option<&'a mut Inflight>,
 }
 
 /// The rows as one text parameter per column, each written with its column's codec.
 pub fn columns(rows: &Arc<Vec<Row>>, codecs: &[PgType]) -> Vec<Column> {
-    codecs
-        .iter()
-        .enumerate()
-        .map(|(col, codec)| Column { rows: rows.clone(), col, codec: codec.clone(), elem: None })
-        .collect()
+    codecs.iter().enumerate().map(|(col, codec)| Column::new(rows, col, codec.clone(), None)).collect()
 }
 
 /// A batch's parameters with the SQL that reads them: `$n` (typed, binary) or `$n::text[]`.
@@ -255,10 +293,22 @@ impl Params {
     }
 }
 
-impl Planner<'_> {
+impl<'a> Planner<'a> {
+    pub fn new(client: &'a Client, statements: &'a mut HashMap<String, Statement>, encoding: Encoding) -> Self {
+        Planner { client, statements, encoding, ahead_of: None }
+    }
+
+    /// Plans ahead of `inflight` (see the field).
+    pub fn ahead_of(self, inflight: &'a mut Inflight) -> Self {
+        Planner { ahead_of: Some(inflight), ..self }
+    }
+
     async fn statement(&mut self, sql: String, types: &[Type]) -> Result<Statement, PgError> {
         if let Some(s) = self.statements.get(&sql) {
             return Ok(s.clone());
+        }
+        if let Some(inflight) = self.ahead_of.as_deref_mut() {
+            inflight.settle().await?;
         }
         let head: String = sql.chars().take(60).collect();
         let st = self.client.prepare_typed(&sql, types).await.ctx(format!("prepare {head}"))?;
@@ -283,7 +333,7 @@ impl Planner<'_> {
                 _ => None,
             });
             types.push(array.filter(|_| elem.is_some()).unwrap_or(Type::TEXT_ARRAY));
-            columns.push(Column { rows: rows.clone(), col: *idx, codec, elem });
+            columns.push(Column::new(rows, *idx, codec, elem));
         }
         Params { columns, types }
     }

@@ -94,7 +94,7 @@ pub struct PgSink {
     /// When the stored checkpoint was last written
     stored_at: std::time::Instant,
     /// A batch committing in the background.
-    inflight: Option<JoinHandle<JobDone>>,
+    inflight: Inflight,
     txn: Option<TxnMeta>,
     statements: HashMap<String, Statement>,
     /// Replica mode, during a consistent copy: the connections loading the table, and the table.
@@ -110,6 +110,21 @@ pub struct PgSink {
     /// stored, with the offsets of partitions it adopted since ([`Sink::adopt`]). A partition
     /// whose stored offset is past this one was applied by another process.
     known: Option<Position>,
+}
+
+/// The batch committing in the background, if any.
+#[derive(Default)]
+pub(crate) struct Inflight(Option<JoinHandle<JobDone>>);
+
+impl Inflight {
+    /// Waits for it to end; its failure is returned here.
+    pub(crate) async fn settle(&mut self) -> Result<(), PgError> {
+        let Some(handle) = self.0.take() else { return Ok(()) };
+        match handle.await.map_err(|e| PgError::Protocol(format!("sink commit task failed: {e}")))? {
+            JobDone::Committed => Ok(()),
+            JobDone::Failed(msg) => Err(PgError::Protocol(msg)),
+        }
+    }
 }
 
 /// How a background commit ended.
@@ -178,7 +193,7 @@ impl PgSink {
             dirty: false,
             stored: None,
             stored_at: std::time::Instant::now(),
-            inflight: None,
+            inflight: Inflight::default(),
             txn: None,
             statements: HashMap::new(),
             snapshot: None,
@@ -209,11 +224,7 @@ impl PgSink {
 
     /// Waits for the batch committing in the background, if any.
     async fn settle(&mut self) -> Result<(), PgError> {
-        let Some(handle) = self.inflight.take() else { return Ok(()) };
-        match handle.await.map_err(|e| PgError::Protocol(format!("sink commit task failed: {e}")))? {
-            JobDone::Committed => Ok(()),
-            JobDone::Failed(msg) => Err(PgError::Protocol(msg)),
-        }
+        self.inflight.settle().await
     }
 
     fn dead_letters(&self) -> DeadLetters {
@@ -354,8 +365,7 @@ impl PgSink {
             self.begin().await?;
             let target = self.target(&schema.id)?.clone();
             let client = self.client()?;
-            let mut planner =
-                Planner { client: &client, statements: &mut self.statements, encoding: self.cfg.encoding };
+            let mut planner = Planner::new(&client, &mut self.statements, self.cfg.encoding);
             if let Some(step) = planner.unkeyed(schema, &target, &op).await? {
                 step.execute(&client).await?;
             }
@@ -371,8 +381,7 @@ impl PgSink {
                 self.begin().await?;
                 let target = self.target(&schema.id)?.clone();
                 let client = self.client()?;
-                let mut planner =
-                    Planner { client: &client, statements: &mut self.statements, encoding: self.cfg.encoding };
+                let mut planner = Planner::new(&client, &mut self.statements, self.cfg.encoding);
                 if let Some(step) = planner.update(schema, &target, vec![(old_key, row)], true).await? {
                     step.execute(&client).await?;
                 }
@@ -539,7 +548,7 @@ impl PgSink {
             self.begin().await?;
             let target = self.target(&schema.id)?.clone();
             let client = self.client()?;
-            let planner = Planner { client: &client, statements: &mut self.statements, encoding: self.cfg.encoding };
+            let planner = Planner::new(&client, &mut self.statements, self.cfg.encoding);
             planner.copy(schema, &target, rows)?.execute(&client).await?;
             return Ok(());
         }
@@ -635,7 +644,9 @@ impl PgSink {
     }
 
     /// Hands the buffered batch to a background task that applies it in its own target
-    /// transaction with the checkpoint, so the next batch is gathered meanwhile.
+    /// transaction with the checkpoint, so the next batch is gathered meanwhile. The batch is
+    /// planned and its parameters encoded while the previous one may still be committing:
+    /// the target then waits only for the round trips between the two, not for Sluice's work.
     async fn commit_in_background(&mut self, checkpoint: &Checkpoint, ack: Ack) -> Result<(), PgError> {
         let client = self.client()?;
         let mut steps = Vec::new();
@@ -643,14 +654,16 @@ impl PgSink {
         for (id, batch) in std::mem::take(&mut self.batches) {
             let schema = batch.schema().clone();
             let target = self.target(&id)?.clone();
-            let (planned, sorted) =
-                Planner { client: &client, statements: &mut self.statements, encoding: self.cfg.encoding }
-                    .plan(&schema, &target, batch.into_ops())
-                    .await?;
+            let (planned, sorted) = Planner::new(&client, &mut self.statements, self.cfg.encoding)
+                .ahead_of(&mut self.inflight)
+                .plan(&schema, &target, batch.into_ops())
+                .await?;
             steps.extend(planned);
             tables.push((schema, target, sorted));
         }
+        steps.iter_mut().for_each(Step::encode_ahead);
         self.buffered = 0;
+        self.settle().await?;
         let job = Job {
             client,
             steps,
@@ -659,7 +672,7 @@ impl PgSink {
             dead: self.dead_letters(),
             encoding: self.cfg.encoding,
         };
-        self.inflight = Some(tokio::spawn(job.run(ack)));
+        self.inflight = Inflight(Some(tokio::spawn(job.run(ack))));
         Ok(())
     }
 }
@@ -801,7 +814,14 @@ impl Sink for PgSink {
     }
 
     async fn commit(&mut self, checkpoint: Checkpoint, ack: Ack) -> Result<(), ConnectorError> {
-        self.settle().await?;
+        // Batches that share their target transaction with work already done in it (a huge
+        // source transaction written out early, DDL, a truncate, the end of a bulk load) or
+        // that append change logs commit here; the common case commits in the background.
+        let background = !self.in_tx && self.cfg.mode != SinkMode::Changelog && self.logs.is_empty();
+        if !(background && self.dirty) {
+            // (A dirty background batch is planned first and waits for its predecessor after.)
+            self.settle().await?;
+        }
         let only_position = !self.dirty
             && !self.in_tx
             && self.stored_at.elapsed() < POSITION_STORE_EVERY
@@ -814,10 +834,7 @@ impl Sink for PgSink {
             ack.durable();
             return Ok(());
         }
-        // Batches that share their target transaction with work already done in it (a huge
-        // source transaction written out early, DDL, a truncate, the end of a bulk load) or
-        // that append change logs commit here; the common case commits in the background.
-        if self.in_tx || self.cfg.mode == SinkMode::Changelog || !self.logs.is_empty() {
+        if !background {
             self.commit_now(&checkpoint).await?;
             ack.durable();
         } else {

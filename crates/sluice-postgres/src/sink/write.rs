@@ -40,9 +40,7 @@ impl Writer<'_> {
     pub async fn write_ops(&mut self, schema: &TableSchema, target: &Target, ops: Vec<NetOp>) -> Result<(), PgError> {
         let n = ops.len();
         self.client.batch_execute("SAVEPOINT sluice_write").await.ctx("savepoint")?;
-        let planned = Planner { client: self.client, statements: self.statements, encoding: self.encoding }
-            .plan(schema, target, ops)
-            .await;
+        let planned = Planner::new(self.client, self.statements, self.encoding).plan(schema, target, ops).await;
         let (steps, sorted) = match planned {
             Ok(p) => p,
             Err(e) => return Err(e),
@@ -80,9 +78,8 @@ impl Writer<'_> {
     }
 
     async fn apply(&mut self, schema: &TableSchema, target: &Target, ops: &[NetOp]) -> Result<(), PgError> {
-        let (steps, _) = Planner { client: self.client, statements: self.statements, encoding: self.encoding }
-            .plan(schema, target, ops.to_vec())
-            .await?;
+        let (steps, _) =
+            Planner::new(self.client, self.statements, self.encoding).plan(schema, target, ops.to_vec()).await?;
         self.execute(&steps).await
     }
 
