@@ -239,7 +239,7 @@ async fn once(a: &Args) -> anyhow::Result<DrainRun> {
     let log = proc.log.clone();
     proc.stop()?;
     eprintln!("sluice: {sluice_secs:.2}s, peak RSS {rss_mb:.1} MB, {cpu:.2} CPU seconds");
-    print_log(&log, &["stopped"]);
+    print_log(&log, &["stopped", "batch ready"]);
 
     let want = digest(&src, "t").await?;
     if digest(&replica, "t").await? != want {

@@ -46,7 +46,7 @@ use sluice_core::{
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::catalog::{self, TypeCache};
 use crate::config::{PgSinkConfig, SinkMode};
@@ -117,6 +117,11 @@ pub struct PgSink {
 pub(crate) struct Inflight(Option<JoinHandle<JobDone>>);
 
 impl Inflight {
+    /// A batch is committing and has not ended yet.
+    fn busy(&self) -> bool {
+        self.0.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
     /// Waits for it to end; its failure is returned here.
     pub(crate) async fn settle(&mut self) -> Result<(), PgError> {
         let Some(handle) = self.0.take() else { return Ok(()) };
@@ -649,6 +654,8 @@ impl PgSink {
     /// the target then waits only for the round trips between the two, not for Sluice's work.
     async fn commit_in_background(&mut self, checkpoint: &Checkpoint, ack: Ack) -> Result<(), PgError> {
         let client = self.client()?;
+        let started = std::time::Instant::now();
+        let rows = self.buffered;
         let mut steps = Vec::new();
         let mut tables = Vec::new();
         for (id, batch) in std::mem::take(&mut self.batches) {
@@ -663,7 +670,18 @@ impl PgSink {
         }
         steps.iter_mut().for_each(Step::encode_ahead);
         self.buffered = 0;
+        let planned = started.elapsed();
+        // Whether the target was still applying the previous batch when this one was ready
+        // (the target then bounds the stream) or had to wait for it: a debug line per batch.
+        let target_busy = self.inflight.busy();
         self.settle().await?;
+        debug!(
+            rows,
+            planned_us = planned.as_micros() as u64,
+            waited_us = (started.elapsed() - planned).as_micros() as u64,
+            target_busy,
+            "batch ready"
+        );
         let job = Job {
             client,
             steps,
