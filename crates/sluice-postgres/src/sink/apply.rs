@@ -696,6 +696,29 @@ impl<'a> Planner<'a> {
 mod tests {
     use super::*;
 
+    fn encoded(c: &Column) -> Result<Vec<u8>, String> {
+        let mut out = BytesMut::new();
+        c.to_sql(&Type::INT4_ARRAY, &mut out).map(|_| out.to_vec()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_column_encoded_ahead_sends_the_same_bytes_and_a_bad_value_still_fails_when_sent() {
+        let rows = Arc::new(vec![vec![Value::Int(7)], vec![Value::Null], vec![Value::Int(-3)]]);
+        let lazy = Column::new(&rows, 0, PgType::Int4, Some(23));
+        let mut ahead = lazy.clone();
+        ahead.encode_ahead();
+        assert!(ahead.encoded.is_some());
+        assert_eq!(encoded(&ahead), encoded(&lazy));
+        assert!(encoded(&lazy).unwrap().len() > 20, "header and three elements");
+
+        let bad = Arc::new(vec![vec![Value::Int(1 << 40)]]);
+        let mut ahead = Column::new(&bad, 0, PgType::Int4, Some(23));
+        ahead.encode_ahead();
+        assert!(ahead.encoded.is_none(), "left to fail when sent, as before");
+        let err = encoded(&ahead).unwrap_err();
+        assert_eq!(Some(err), encoded(&Column::new(&bad, 0, PgType::Int4, Some(23))).err());
+    }
+
     #[test]
     fn rows_are_applied_in_key_order_and_incomparable_keys_keep_their_order() {
         let mut keys: Vec<Key> = vec![
