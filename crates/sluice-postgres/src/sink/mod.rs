@@ -661,10 +661,19 @@ impl PgSink {
         for (id, batch) in std::mem::take(&mut self.batches) {
             let schema = batch.schema().clone();
             let target = self.target(&id)?.clone();
-            let (planned, sorted) = Planner::new(&client, &mut self.statements, self.cfg.encoding)
+            let planned = Planner::new(&client, &mut self.statements, self.cfg.encoding)
                 .ahead_of(&mut self.inflight)
                 .plan(&schema, &target, batch.into_ops())
-                .await?;
+                .await;
+            let (planned, sorted) = match planned {
+                Ok(p) => p,
+                Err(e) => {
+                    // The previous batch's outcome first: if it failed, that is what to report
+                    // (a transient failure reopens the sink, this error might stop it).
+                    self.settle().await?;
+                    return Err(e);
+                }
+            };
             steps.extend(planned);
             tables.push((schema, target, sorted));
         }
@@ -737,6 +746,8 @@ impl Job {
                 break;
             }
         }
+        // The statements' encoded parameters are not needed any more (a replay encodes anew).
+        drop(self.steps);
         if let Some(e) = refused {
             // The target refused a change: apply the batch again change by change, parking
             // what it refuses in the dead-letter table.

@@ -65,6 +65,8 @@ pub(super) struct Streamer<'a> {
     stop: watch::Receiver<bool>,
     /// When a stop was requested, the moment it no longer waits for the current transaction.
     stop_deadline: Option<tokio::time::Instant>,
+    /// When the last status update went to the server.
+    status_at: tokio::time::Instant,
     last_discovery: Instant,
     /// The server sends values in binary (pgoutput's `binary` option).
     binary: bool,
@@ -113,6 +115,7 @@ impl<'a> Streamer<'a> {
             confirmed_rx,
             stop,
             stop_deadline: None,
+            status_at: tokio::time::Instant::now(),
             last_discovery: Instant::now(),
             binary: false,
             messages: true,
@@ -248,6 +251,7 @@ impl<'a> Streamer<'a> {
             sluice_core::crash_point("source.before_confirm");
         }
         repl.send_status(self.confirmed.0, false).await?;
+        self.status_at = tokio::time::Instant::now();
         if advanced {
             sluice_core::crash_point("source.after_confirm");
             self.reported = self.confirmed;
@@ -255,11 +259,11 @@ impl<'a> Streamer<'a> {
         Ok(())
     }
 
-    /// Work done only between transactions: announcing tables, copy chunks.
     /// Handles up to [`BURST`] more messages that were already read from the socket, without
     /// waiting for others and without a turn of `run`'s select per message (polling its timers
     /// and watches cost more than decoding a small change). Stops where `run` would: at a
-    /// requested stop, or when the stream is ending.
+    /// requested stop, or when the stream is ending. While an event waits for room in the
+    /// queue, `emit` keeps the status updates on time.
     async fn burst(&mut self, repl: &mut ReplicationConn, interval: Duration) -> Result<Result<(), Stopping>, PgError> {
         for _ in 0..BURST {
             if self.must_stop() {
@@ -276,6 +280,7 @@ impl<'a> Streamer<'a> {
         Ok(Ok(()))
     }
 
+    /// Work done only between transactions: announcing tables, copy chunks.
     async fn between_transactions(
         &mut self,
         repl: &mut ReplicationConn,
@@ -440,6 +445,8 @@ impl<'a> Streamer<'a> {
         };
         let events = events.clone();
         loop {
+            // A status update an interval after the last one, however many events waited since.
+            let status_due = self.status_at + interval;
             tokio::select! {
                 permit = events.reserve() => {
                     permit.map_err(|_| PgError::Protocol("pipeline stopped while the source was sending".into()))?.send(ev);
@@ -455,7 +462,7 @@ impl<'a> Streamer<'a> {
                         return Ok(Err(Stopping));
                     }
                 }
-                _ = tokio::time::sleep(interval) => self.report(repl).await?,
+                _ = tokio::time::sleep_until(status_due) => self.report(repl).await?,
             }
         }
     }
