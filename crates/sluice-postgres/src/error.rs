@@ -131,7 +131,11 @@ impl PgError {
                     db.message(),
                     db.hint().map(|h| format!("; hint: {h}")).unwrap_or_default()
                 ),
-                None => self.to_string(),
+                // A parameter that could not be encoded: tokio-postgres says only which one.
+                None => match std::error::Error::source(source) {
+                    Some(cause) => format!("{self}: {cause}"),
+                    None => self.to_string(),
+                },
             },
             _ => self.to_string(),
         }

@@ -119,3 +119,56 @@ async fn a_second_incarnation_of_a_sink_waits_until_the_first_lets_go() {
         .expect("open");
     second.close().await.expect("close");
 }
+
+/// Inserts with a value PostgreSQL cannot hold (a date before its range, which a Kafka source's
+/// Avro date can carry): that row goes to the dead-letter table, the rest of the batch lands,
+/// and the commit is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_the_target_cannot_hold_goes_to_the_dead_letter_table() {
+    use sluice_core::{
+        AckIssuer, AckReport, Change, Checkpoint, ColumnSchema, DataType, Date, Event, Lsn, Op, Position, SinkContext,
+        TableProgress, TableSchema, TxnMeta, Value,
+    };
+    use std::sync::Arc;
+    let server = pg_server();
+    let h = Harness::new(&server, "poison", "replica").await;
+    let table = Arc::new(TableSchema {
+        id: TableId::new("public", "d"),
+        columns: vec![
+            ColumnSchema::new("id", DataType::Int64, "bigint").key(),
+            ColumnSchema::new("at", DataType::Date, "date"),
+        ],
+        version: 1,
+        dialect: "postgres".into(),
+    });
+    let meta = TxnMeta { xid: 1, commit_ts_micros: 1_700_000_000_000_000, position: Position::Pg(Lsn(100)) };
+    let mut events = vec![Event::Begin(meta.clone())];
+    for (id, at) in [(1, Date(0)), (2, Date(i32::MIN + 1)), (3, Date(20_000))] {
+        let after = vec![Value::Int(id), Value::Date(at)];
+        events.push(Event::Change(Change { table: table.clone(), op: Op::Insert { after } }));
+    }
+    events.push(Event::Commit { meta, position: Position::Pg(Lsn(110)) });
+
+    let mut sink = h.sink();
+    sink.open(SinkContext::default()).await.expect("open");
+    for ev in &events {
+        sink.write(ev).await.expect("write");
+    }
+    let (mut acks, mut reports) = AckIssuer::new();
+    let mut cp = Checkpoint { position: Some(Position::Pg(Lsn(110))), ..Default::default() };
+    cp.tables.insert(table.id.clone(), TableProgress::Copied);
+    sink.commit(cp, acks.issue()).await.expect("the commit is taken, not refused");
+    let report = tokio::time::timeout(std::time::Duration::from_secs(30), reports.recv()).await.expect("an ack");
+    assert!(matches!(report, Some(AckReport::Durable(_))), "{report:?}");
+    sink.close().await.expect("close");
+
+    let ids: Vec<i64> =
+        h.client.query("SELECT id FROM d ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, [1, 3]);
+    let dead = h.client.query("SELECT source_table, row->>'id', error FROM sluice.dead_letters", &[]).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].get::<_, String>(0), "public.d");
+    assert_eq!(dead[0].get::<_, Option<String>>(1).as_deref(), Some("2"));
+    let error: String = dead[0].get(2);
+    assert!(error.contains("range"), "{error}");
+}

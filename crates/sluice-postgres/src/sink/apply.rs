@@ -411,7 +411,18 @@ impl<'a> Planner<'a> {
             steps.push(Step::Exec { st, params: p.columns, what: format!("upsert into {}", schema.id) });
         }
         if !sorted.inserts.is_empty() {
-            steps.push(self.copy(schema, target, &sorted.inserts)?);
+            match self.copy(schema, target, &sorted.inserts) {
+                Ok(step) => steps.push(step),
+                // A value the COPY cannot carry: the rows go as an upsert instead, whose
+                // parameters fail when sent, so the batch is replayed change by change and the
+                // bad row parked with the dead letters like any other refused change.
+                Err(PgError::Encode(_)) => {
+                    let p = self.row_params(schema, target, &sorted.inserts);
+                    let st = self.upsert_statement(schema, target, &p).await?;
+                    steps.push(Step::Exec { st, params: p.columns, what: format!("insert into {}", schema.id) });
+                }
+                Err(e) => return Err(e),
+            }
         }
         if !sorted.updates.is_empty() {
             steps.push(self.update_else_upsert(schema, target, sorted.updates.clone()).await?);
