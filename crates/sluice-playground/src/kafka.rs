@@ -174,21 +174,18 @@ pub fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("exited at start ({status})"));
         }
-        let Some(sockets) = listening_sockets(port) else {
+        match listening_sockets(port) {
             // No /proc/net here: any listener has to do.
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-            continue;
-        };
-        if !sockets.is_empty() {
+            None if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() => return Ok(()),
             // A socket is in the table only once listening, and its descriptor is open from
             // before that, so a listener not held by the group now never will be.
-            if group_holds(child.id(), &sockets) {
-                return Ok(());
+            Some(sockets) if !sockets.is_empty() => {
+                return match group_holds(child.id(), &sockets) {
+                    true => Ok(()),
+                    false => Err(format!("port {port} was taken by another process")),
+                };
             }
-            return Err(format!("port {port} was taken by another process"));
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(25));
     }
